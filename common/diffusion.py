@@ -1,0 +1,125 @@
+"""Variance-preserving Gaussian diffusion in discrete time, kept apart from any network.
+
+Forward process: z_t = α_t·x + σ_t·ε, ε ~ N(0, I) on the state space. For s < t,
+    q(z_t | z_s) = N(α_{t|s}·z_s, σ²_{t|s}),  α_{t|s} = α_t/α_s,  σ²_{t|s} = σ_t² − α²_{t|s}·σ_s².
+Reverse step with a noise prediction ε̂ = ε_θ(z_t, t):
+    p(z_s | z_t) = N(μ, σ²),  μ = z_t/α_{t|s} − σ²_{t|s}/(α_{t|s}·σ_t)·ε̂,  σ = σ_{t|s}·σ_s/σ_t,
+which is the exact posterior q(z_s | z_t, x) at x = x̂₀(z_t). Any s < t works, so respaced sampling
+over a subset of steps is the same formula. The last step returns x ~ N(x̂₀(z_0), (σ_0/α_0)²).
+"""
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from common.schedules import NoiseSchedule
+from common.spaces import PointSetSpace
+
+
+class Denoiser(Protocol):
+    def __call__(self, z: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """ε̂ of shape ``(B, N, D)`` from ``z (B, N, D)``, time ``t = step/T (B,)``, ``mask (B, N)``."""
+
+
+def respaced_steps(n_steps: int, n_sampling_steps: int | None) -> list[int]:
+    """Descending integer steps T = t_0 > t_1 > … > 0 visited by a sampler with ``n_sampling_steps``."""
+    if n_sampling_steps is None or n_sampling_steps >= n_steps:
+        return list(range(n_steps, -1, -1))
+    if n_sampling_steps < 1:
+        raise ValueError(f"the number of sampling steps must be positive, got {n_sampling_steps}")
+    grid = torch.linspace(n_steps, 0, n_sampling_steps + 1).round().long().tolist()
+    return sorted(set(grid), reverse=True)
+
+
+class GaussianDiffusion(torch.nn.Module):
+    """The diffusion process on a :class:`PointSetSpace` with a :class:`NoiseSchedule`."""
+
+    def __init__(self, schedule: NoiseSchedule, space: PointSetSpace):
+        super().__init__()
+        self.schedule = schedule
+        self.space = space
+
+    @property
+    def n_steps(self) -> int:
+        return self.schedule.n_steps
+
+    def _coefficients(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """γ, α, σ at integer steps ``t (B,)``, shaped ``(B, 1, 1)`` to broadcast against ``x``."""
+        gamma = self.schedule.gamma(t).to(x.dtype).view(-1, 1, 1)
+        return gamma, NoiseSchedule.alpha(gamma), NoiseSchedule.sigma(gamma)
+
+    def add_noise(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample z_t ~ q(z_t | x). Returns ``(z_t, ε)``, both ``(B, N, D)``."""
+        _, alpha, sigma = self._coefficients(t, x)
+        eps = self.space.noise(x, mask, generator)
+        return alpha * x + sigma * eps, eps
+
+    def denoising_loss(self, denoiser: Denoiser, x: torch.Tensor, mask: torch.Tensor,
+                       cond: torch.Tensor | None = None, t: torch.Tensor | None = None) -> torch.Tensor:
+        """ε-prediction loss per set, ``(B,)``: Σ‖ε − ε̂‖² / (N·D), t uniform on {0, …, T} (EDM's L2)."""
+        if t is None:
+            t = torch.randint(0, self.n_steps + 1, (x.shape[0],), device=x.device)
+        z, eps = self.add_noise(x, t, mask)
+        eps_hat = denoiser(z, t.to(x.dtype) / self.n_steps, mask, cond)
+        err = ((eps - eps_hat) ** 2) * mask.unsqueeze(-1)
+        return err.sum((1, 2)) / (x.shape[1] * x.shape[2])
+
+    def predict_x0(self, z: torch.Tensor, eps_hat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x̂₀ = (z_t − σ_t·ε̂)/α_t."""
+        _, alpha, sigma = self._coefficients(t, z)
+        return (z - sigma * eps_hat) / alpha
+
+    def reverse_step(self, z: torch.Tensor, eps_hat: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean ``(B, N, D)`` and standard deviation ``(B, 1, 1)`` of p(z_s | z_t) for s < t."""
+        gamma_t, _, sigma_t = self._coefficients(t, z)
+        gamma_s, _, sigma_s = self._coefficients(s, z)
+        sigma2_ts = -torch.expm1(F.softplus(gamma_s) - F.softplus(gamma_t))
+        alpha_ts = torch.exp(0.5 * (F.logsigmoid(-gamma_t) - F.logsigmoid(-gamma_s)))
+        mean = z / alpha_ts - (sigma2_ts / alpha_ts / sigma_t) * eps_hat
+        std = torch.sqrt(sigma2_ts) * sigma_s / sigma_t
+        return mean, std
+
+    def final_step(self, z0: torch.Tensor, eps_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of p(x | z_0) = N(x̂₀, (σ_0/α_0)²)."""
+        t0 = torch.zeros(z0.shape[0], dtype=torch.long, device=z0.device)
+        gamma0, _, _ = self._coefficients(t0, z0)
+        return self.predict_x0(z0, eps_hat, t0), torch.exp(0.5 * gamma0)
+
+    def step_log_prob(self, z_s: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """log N(z_s; μ, σ²) on the space, per set ``(B,)`` (the centred channels count (n − 1) dims)."""
+        d = self.space.dims(mask, z_s.shape[-1]).to(z_s.dtype)
+        sq = (((z_s - mean) * mask.unsqueeze(-1)) ** 2).sum((1, 2)) / std.view(-1) ** 2
+        return -0.5 * sq - d * (torch.log(std.view(-1)) + 0.5 * torch.log(torch.tensor(2 * torch.pi)))
+
+    @staticmethod
+    def step_kl(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """KL(N(μ_p, σ²) ‖ N(μ_q, σ²)) = ‖μ_p − μ_q‖² / (2σ²), summed over dimensions, ``(B,)``."""
+        return (((mean_p - mean_q) * mask.unsqueeze(-1)) ** 2).sum((1, 2)) / (2 * std.view(-1) ** 2)
+
+    @torch.no_grad()
+    def sample(self, denoiser: Denoiser, mask: torch.Tensor, n_channels: int, n_sampling_steps: int | None = None,
+               cond: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               callback: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Ancestral sampling from z_T ~ N(0, I) through the (possibly respaced) steps. ``-> (B, N, D)``.
+
+        ``callback(k)`` is called after the k-th network evaluation (for progress bars).
+        """
+        b, n = mask.shape
+        z = self.space.noise(torch.empty(b, n, n_channels, device=mask.device), mask, generator)
+        steps = respaced_steps(self.n_steps, n_sampling_steps)
+        for k, (t_int, s_int) in enumerate(zip(steps[:-1], steps[1:])):
+            t = torch.full((b,), t_int, dtype=torch.long, device=mask.device)
+            s = torch.full((b,), s_int, dtype=torch.long, device=mask.device)
+            eps_hat = denoiser(z, t.to(z.dtype) / self.n_steps, mask, cond)
+            mean, std = self.reverse_step(z, eps_hat, t, s)
+            z = self.space.project(mean + std * self.space.noise(z, mask, generator), mask)
+            if callback:
+                callback(k + 1)
+        zeros = torch.zeros(b, device=mask.device, dtype=z.dtype)
+        mean, std = self.final_step(z, denoiser(z, zeros, mask, cond))
+        if callback:
+            callback(len(steps))
+        return self.space.project(mean + std * self.space.noise(z, mask, generator), mask)

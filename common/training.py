@@ -1,0 +1,206 @@
+"""A small training loop shared by every model: AdamW, EMA, adaptive gradient clipping, atomic
+checkpoints, exact resume, progress, and PyTorch DDP under ``torchrun``.
+
+The model is any ``nn.Module`` whose ``forward(*batch)`` returns a scalar loss and which has
+``export() -> dict`` (what a shipped weights file holds). Batches come from a :class:`BatchSource`,
+a deterministic function of the step number, so a resumed run sees exactly the data it would have seen.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from common.runtime import ProcessGroup, atomic_torch_save
+
+
+class BatchSource(Protocol):
+    def __call__(self, step: int, rank: int, world_size: int) -> Sequence[torch.Tensor]:
+        """The batch (a tuple of tensors) that process ``rank`` trains on at ``step``."""
+
+
+class EpochSampler:
+    """Indices of a data set in shuffled epochs, as a pure function of the step.
+
+    Global batch ``b·world_size`` per step; epoch ``e`` uses ``RandomState(seed + e).permutation``.
+    """
+
+    def __init__(self, n_items: int, batch_size: int, seed: int = 0):
+        if n_items < 1:
+            raise ValueError("cannot train on an empty data set")
+        self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
+
+    def indices(self, step: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+        per_step = self.batch_size * world_size
+        start = step * per_step + rank * self.batch_size
+        out = []
+        while len(out) < self.batch_size:
+            epoch, offset = divmod(start + len(out), self.n_items)
+            perm = np.random.RandomState(self.seed + epoch).permutation(self.n_items)
+            out.extend(perm[offset : offset + self.batch_size - len(out)])
+        return np.asarray(out)
+
+
+class AdaptiveGradClip:
+    """Clip the gradient norm at 1.5·mean + 2·std of the last 50 norms (EDM's stabilisation)."""
+
+    def __init__(self, history: int = 50, initial: float = 3000.0):
+        self.norms: deque[float] = deque([initial], maxlen=history)
+
+    def __call__(self, params) -> float:
+        norms = np.asarray(self.norms)
+        limit = 1.5 * norms.mean() + 2 * norms.std()
+        norm = float(nn.utils.clip_grad_norm_(params, max_norm=limit))
+        self.norms.append(min(norm, limit))
+        return norm
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20_000
+    batch_size: int = 64
+    lr: float = 1e-4
+    warmup_steps: int = 0
+    ema_decay: float = 0.999
+    weight_decay: float = 1e-12
+    checkpoint_every: int = 500
+    log_every: int = 100
+    seed: int = 0
+    compile: bool = False  # the caller torch.compiles its hot network in place (same state_dict keys)
+
+
+class Progress:
+    """Steps, loss, rate and time left: a tqdm bar on a terminal, plain lines in a log file."""
+
+    def __init__(self, total: int, start: int, enabled: bool, log_every: int):
+        self.total, self.start, self.log_every = total, start, log_every
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        elif step % self.log_every == 0 or step == self.total:
+            done = step - self.start
+            rate = done / max(time.perf_counter() - self.t0, 1e-9)
+            left = (self.total - step) / max(rate, 1e-9)
+            print(f"step {step}/{self.total}  loss {loss:.4f}  {rate:.2f} step/s  "
+                  f"left {time.strftime('%H:%M:%S', time.gmtime(left))}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Trainer:
+    """Trains ``model`` on ``batches`` and keeps ``run_dir/checkpoint.pt`` (everything needed to resume)
+    and ``run_dir/model.pt`` (the EMA weights as ``model.export()``), both written atomically.
+
+    Args:
+        model: module with ``forward(*batch) -> loss`` and ``export() -> dict``.
+        batches: deterministic batch source. config: optimisation settings.
+        run_dir: output folder. device: where to train. on_checkpoint: called with (step, ema model)
+            on the main process after each checkpoint (e.g. to evaluate samples).
+    """
+
+    def __init__(self, model: nn.Module, batches: BatchSource, config: TrainConfig, run_dir: str | Path,
+                 device: torch.device, on_checkpoint: Callable[[int, nn.Module], None] | None = None):
+        self.group = ProcessGroup(device)
+        if device.type == "cuda" and self.group.distributed:
+            device = torch.device("cuda", self.group.local_rank)
+        self.device, self.config, self.batches = device, config, batches
+        self.run_dir = Path(run_dir)
+        self.model = model.to(device)
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, amsgrad=True,
+                                           weight_decay=config.weight_decay)
+        self.clip = AdaptiveGradClip()
+        self.step = 0
+        self.on_checkpoint = on_checkpoint
+        self.train_model = (DistributedDataParallel(self.model) if self.group.distributed else self.model)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def _lr(self, step: int) -> float:
+        warm = self.config.warmup_steps
+        return self.config.lr * min(1.0, (step + 1) / warm) if warm else self.config.lr
+
+    def save(self) -> None:
+        if not self.group.is_main:
+            return
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "grad_norms": list(self.clip.norms),
+            "train_config": asdict(self.config),
+            "torch_rng": torch.get_rng_state(),
+        }
+        atomic_torch_save(state, self.checkpoint_path)
+        atomic_torch_save(self.ema.module.export() | {"step": self.step}, self.run_dir / "model.pt")
+
+    def resume(self) -> bool:
+        """Load ``checkpoint.pt`` if there is one; returns whether it did."""
+        if not self.checkpoint_path.exists():
+            return False
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.clip.norms.extend(state["grad_norms"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.step = state["step"]
+        return True
+
+    def fit(self) -> nn.Module:
+        """Train until ``config.steps``; returns the EMA model."""
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.group.distributed:  # decorrelate the diffusion noise of the ranks
+            torch.manual_seed(cfg.seed * 1000 + self.step * 7 + self.group.rank)
+        progress = Progress(cfg.steps, self.step, self.group.is_main, cfg.log_every)
+        self.model.train()
+        try:
+            while self.step < cfg.steps:
+                batch = [b.to(self.device) for b in self.batches(self.step, self.group.rank, self.group.world_size)]
+                for g in self.optimizer.param_groups:
+                    g["lr"] = self._lr(self.step)
+                loss = self.train_model(*batch)
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"loss became {loss.item()} at step {self.step}")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.clip(self.model.parameters())
+                self.optimizer.step()
+                self.ema.update_parameters(self.model)
+                self.step += 1
+                progress.update(self.step, loss.item())
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save()
+                    if self.on_checkpoint and self.group.is_main:
+                        self.on_checkpoint(self.step, self.ema.module)
+                    self.group.barrier()
+        finally:
+            progress.close()
+        return self.ema.module

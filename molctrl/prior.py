@@ -1,0 +1,126 @@
+"""The unconditional molecule prior: an EGNN denoiser inside an E(3)-invariant Gaussian diffusion.
+
+State of a molecule with n atoms: ``x = [positions, one_hot(types)/4] (N_max, 3 + F)`` and a mask.
+Positions live in the zero centre-of-mass subspace; one-hot types are scaled by EDM's normalisation
+factor 4, and decoded by argmax. The number of atoms is drawn from the training histogram.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.diffusion import GaussianDiffusion
+from common.schedules import NoiseSchedule
+from common.spaces import PointSetSpace
+from molctrl.data.qm9 import Setting, get_setting
+from molctrl.egnn import EGNN
+from molctrl.molecule import Molecule
+
+
+@dataclass
+class PriorConfig:
+    """Architecture and diffusion hyper-parameters (EDM's full size: ``qm9``, 9 layers, 256 features)."""
+
+    setting: str = "qm9-noh"
+    hidden: int = 128
+    n_layers: int = 6
+    n_steps: int = 1000
+    schedule: str = "polynomial_2"
+    precision: float = 1e-5
+    type_scale: float = 0.25  # EDM's normalize factor 4 for one-hot types
+
+
+class MoleculeDenoiser(nn.Module):
+    """ε_θ(z_t, t): EGNN over node features [types, t]; the position output is x_out − x_in, centred."""
+
+    def __init__(self, n_types: int, hidden: int, n_layers: int):
+        super().__init__()
+        self.n_types = n_types
+        self.egnn = EGNN(n_types + 1, n_types, hidden, n_layers)
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        x, h = z[..., :3], z[..., 3:]
+        h = torch.cat([h, t.view(-1, 1, 1).expand(-1, z.shape[1], 1)], dim=-1)
+        h_out, x_out = self.egnn(h, x, mask)
+        m = mask.unsqueeze(-1).to(z.dtype)
+        eps_x = (x_out - x) * m
+        eps_x = eps_x - eps_x.sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1) * m
+        return torch.cat([eps_x, h_out], dim=-1)
+
+
+class MoleculeDiffusion(nn.Module):
+    """A trainable, sampleable molecule prior. ``forward(types, positions)`` returns the training loss.
+
+    Args:
+        config: hyper-parameters. n_atoms_hist: molecule counts per atom count, ``(N_max + 1,)``.
+    """
+
+    def __init__(self, config: PriorConfig, n_atoms_hist: np.ndarray | torch.Tensor):
+        super().__init__()
+        self.config = config
+        self.setting: Setting = get_setting(config.setting)
+        self.n_types = len(self.setting.atom_decoder)
+        self.denoiser = MoleculeDenoiser(self.n_types, config.hidden, config.n_layers)
+        self.diffusion = GaussianDiffusion(
+            NoiseSchedule(config.schedule, config.n_steps, config.precision), PointSetSpace(centered_dims=3)
+        )
+        self.register_buffer("n_atoms_hist", torch.as_tensor(np.asarray(n_atoms_hist), dtype=torch.float32))
+
+    @property
+    def n_channels(self) -> int:
+        return 3 + self.n_types
+
+    def encode(self, types: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``types (B, N)`` (−1 = padding), ``positions (B, N, 3)`` -> state ``x (B, N, 3+F)``, ``mask (B, N)``."""
+        mask = types >= 0
+        one_hot = nn.functional.one_hot(types.clamp(min=0), self.n_types).to(positions.dtype)
+        x = torch.cat([positions, one_hot * self.config.type_scale], dim=-1)
+        return self.diffusion.space.project(x, mask), mask
+
+    def decode(self, x: torch.Tensor, mask: torch.Tensor) -> list[Molecule]:
+        """States back to molecules: positions as they are, types by argmax of the feature channels."""
+        types = x[..., 3:].argmax(-1).cpu().numpy()
+        pos = x[..., :3].double().cpu().numpy()
+        n = mask.sum(1).cpu().numpy()
+        decoder = self.setting.atom_decoder
+        return [Molecule([decoder[t] for t in types[k, : n[k]]], pos[k, : n[k]]) for k in range(len(n))]
+
+    def forward(self, types: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Mean ε-prediction loss of a batch (used by the trainer, and through DDP)."""
+        x, mask = self.encode(types, positions)
+        return self.diffusion.denoising_loss(self.denoiser, x, mask).mean()
+
+    def sample_n_atoms(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Atom counts drawn from the training histogram, ``(n,)``."""
+        return torch.multinomial(self.n_atoms_hist.cpu(), n, replacement=True, generator=generator)
+
+    @torch.no_grad()
+    def sample(self, n: int, n_sampling_steps: int | None = None, generator: torch.Generator | None = None,
+               n_atoms: torch.Tensor | None = None, callback=None) -> list[Molecule]:
+        """Draw ``n`` molecules with ``n_sampling_steps`` reverse steps (``None``: all T)."""
+        device = self.n_atoms_hist.device
+        if n_atoms is None:
+            n_atoms = self.sample_n_atoms(n, generator)
+        n_max = int(n_atoms.max())
+        mask = (torch.arange(n_max).unsqueeze(0) < n_atoms.unsqueeze(1)).to(device)
+        x = self.diffusion.sample(self.denoiser, mask, self.n_channels, n_sampling_steps,
+                                  generator=generator, callback=callback)
+        return self.decode(x, mask)
+
+    # -- shipping --------------------------------------------------------------------------------
+
+    def export(self) -> dict:
+        """What a weights file holds: config, atom-count histogram and weights."""
+        return {"kind": "molctrl.prior", "config": asdict(self.config), "state_dict": self.state_dict()}
+
+    @classmethod
+    def from_export(cls, payload: dict) -> "MoleculeDiffusion":
+        if payload.get("kind") != "molctrl.prior":
+            raise ValueError(f"not a molctrl prior (kind={payload.get('kind')!r})")
+        state = payload["state_dict"]
+        model = cls(PriorConfig(**payload["config"]), state["n_atoms_hist"])
+        model.load_state_dict(state)
+        return model
