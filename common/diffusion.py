@@ -102,13 +102,13 @@ class GaussianDiffusion(torch.nn.Module):
     @torch.no_grad()
     def sample(self, denoiser: Denoiser, mask: torch.Tensor, n_channels: int, n_sampling_steps: int | None = None,
                cond: torch.Tensor | None = None, generator: torch.Generator | None = None,
-               callback: Callable[[int], None] | None = None) -> torch.Tensor:
+               callback: Callable[[int], None] | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Ancestral sampling from z_T ~ N(0, I) through the (possibly respaced) steps. ``-> (B, N, D)``.
 
         ``callback(k)`` is called after the k-th network evaluation (for progress bars).
         """
         b, n = mask.shape
-        z = self.space.noise(torch.empty(b, n, n_channels, device=mask.device), mask, generator)
+        z = self.space.noise(torch.empty(b, n, n_channels, device=mask.device, dtype=dtype), mask, generator)
         steps = respaced_steps(self.n_steps, n_sampling_steps)
         for k, (t_int, s_int) in enumerate(zip(steps[:-1], steps[1:])):
             t = torch.full((b,), t_int, dtype=torch.long, device=mask.device)

@@ -102,8 +102,9 @@ class Progress:
             done = step - self.start
             rate = done / max(time.perf_counter() - self.t0, 1e-9)
             left = (self.total - step) / max(rate, 1e-9)
-            print(f"step {step}/{self.total}  loss {loss:.4f}  {rate:.2f} step/s  "
-                  f"left {time.strftime('%H:%M:%S', time.gmtime(left))}", file=sys.stderr, flush=True)
+            h, rem = divmod(int(left), 3600)
+            print(f"step {step}/{self.total}  loss {loss:.4f}  {rate:.2f} step/s  left {h}:{rem // 60:02d}:{rem % 60:02d}",
+                  file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

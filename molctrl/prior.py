@@ -107,7 +107,7 @@ class MoleculeDiffusion(nn.Module):
         n_max = int(n_atoms.max())
         mask = (torch.arange(n_max).unsqueeze(0) < n_atoms.unsqueeze(1)).to(device)
         x = self.diffusion.sample(self.denoiser, mask, self.n_channels, n_sampling_steps,
-                                  generator=generator, callback=callback)
+                                  generator=generator, callback=callback, dtype=self.n_atoms_hist.dtype)
         return self.decode(x, mask)
 
     # -- shipping --------------------------------------------------------------------------------

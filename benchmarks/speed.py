@@ -1,0 +1,337 @@
+"""Speed of the molecule denoiser: reverse steps and training steps per second, optionally against EDM.
+
+    python -m benchmarks.speed [--device auto|cpu|cuda] [--repeats K] [--edm-repo PATH] [--out FILE.json]
+
+Two configurations: ``edm`` (EDM's QM9 model: setting ``qm9`` with hydrogens, 9 layers, 256 features,
+29 atoms, batch 64) and ``shipped`` (``qm9-noh``, 6 layers, 128 features, 9 atoms, batch 64). For each:
+
+* reverse step: one denoiser forward under ``torch.no_grad()``;
+* training step: loss forward + backward + AdamW step (EDM's optimiser settings: amsgrad, wd 1e-12).
+
+With ``--edm-repo`` (a local checkout of github.com/ehoogeboom/e3_diffusion_for_molecules) EDM's own
+``EGNN_dynamics_QM9`` is imported from that checkout at run time and timed at the ``edm``
+configuration, interleaved with ours (round robin in one process, so that background load hits both
+alike); the JSON then holds the speed-ups ours/EDM. Inputs are random but valid (fixed seed), full
+molecules (every mask entry true). Times are medians over ``--repeats`` measurements, each of them
+averaging enough calls to last at least ``--min-time`` seconds.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import click
+import numpy as np
+import torch
+from torch import nn
+
+from common.runtime import atomic_path, resolve_device
+from molctrl.prior import MoleculeDiffusion, PriorConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One model size and batch shape to time."""
+
+    setting: str
+    hidden: int
+    n_layers: int
+    n_atoms: int
+    batch: int = 64
+
+
+CONFIGS: dict[str, BenchConfig] = {
+    "edm": BenchConfig("qm9", hidden=256, n_layers=9, n_atoms=29),
+    "shipped": BenchConfig("qm9-noh", hidden=128, n_layers=6, n_atoms=9),
+}
+
+#: Which configurations EDM's implementation is timed at (its own published size only).
+EDM_CONFIGS = ("edm",)
+
+
+# -- timing ----------------------------------------------------------------------------------------
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _call_seconds(fn: Callable[[], object], n: int, device: torch.device) -> float:
+    """Mean wall-clock seconds of ``n`` consecutive calls of ``fn``."""
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    _synchronize(device)
+    return (time.perf_counter() - start) / n
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device,
+                     warmup: int = 2, min_time: float = 0.2) -> dict[str, dict]:
+    """Time every function in round robin: ``repeats`` rounds, each timing every function once.
+
+    Interleaving (with the starting function rotating between rounds) makes background load fall on
+    all functions alike. Each measurement averages ``n`` calls, ``n`` chosen after the warm-up so that
+    it lasts at least ``min_time`` seconds. Returns per name the per-call milliseconds of every round.
+    """
+    inner = {}
+    for name, fn in fns.items():
+        seconds = math.inf
+        for _ in range(max(warmup, 1)):
+            seconds = _call_seconds(fn, 1, device)
+        inner[name] = max(1, math.ceil(min_time / max(seconds, 1e-9)))
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            samples[name].append(1000.0 * _call_seconds(fns[name], inner[name], device))
+    return {name: {"ms": samples[name], "calls_per_measurement": inner[name]} for name in names}
+
+
+def _summary(ms: list[float], batch: int) -> dict[str, float]:
+    median = statistics.median(ms)
+    return {"ms": round(median, 3), "molecules_per_s": round(batch * 1000.0 / median, 2),
+            "ms_all": [round(v, 3) for v in ms]}
+
+
+def _paired_speedup(ours: list[float], theirs: list[float]) -> float:
+    """Median over rounds of EDM's time / our time in the same round."""
+    return round(statistics.median(t / o for o, t in zip(ours, theirs)), 3)
+
+
+# -- our model ------------------------------------------------------------------------------------
+
+
+def _optimizer(params) -> torch.optim.Optimizer:
+    """EDM's optimiser (``qm9/models.py:get_optim``), also the one our trainer uses."""
+    return torch.optim.AdamW(params, lr=1e-4, amsgrad=True, weight_decay=1e-12)
+
+
+def _train_step(model: nn.Module, loss_fn: Callable[[], torch.Tensor], opt: torch.optim.Optimizer) -> Callable[[], None]:
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        opt.step()
+    return step
+
+
+def ours_workloads(cfg: BenchConfig, device: torch.device, seed: int = 0,
+                   compile_denoiser: bool = False) -> tuple[dict[str, Callable[[], object]], int]:
+    """Our reverse step and training step at ``cfg``; returns the callables and the parameter count."""
+    torch.manual_seed(seed)
+    hist = np.zeros(cfg.n_atoms + 1)
+    hist[cfg.n_atoms] = 1.0
+    model = MoleculeDiffusion(PriorConfig(setting=cfg.setting, hidden=cfg.hidden, n_layers=cfg.n_layers), hist).to(device)
+    if compile_denoiser:
+        model.denoiser.compile(dynamic=True)
+    gen = torch.Generator().manual_seed(seed)
+    types = torch.randint(0, model.n_types, (cfg.batch, cfg.n_atoms), generator=gen).to(device)
+    positions = (1.5 * torch.randn(cfg.batch, cfg.n_atoms, 3, generator=gen)).to(device)
+    x, mask = model.encode(types, positions)
+    t_int = torch.randint(0, model.diffusion.n_steps + 1, (cfg.batch,), generator=gen).to(device)
+    z, _ = model.diffusion.add_noise(x, t_int, mask)
+    t = t_int.float() / model.diffusion.n_steps
+
+    def reverse() -> torch.Tensor:
+        with torch.no_grad():
+            return model.denoiser(z, t, mask)
+
+    model.train()
+    opt = _optimizer(model.parameters())
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"reverse_step": reverse, "train_step": _train_step(model, lambda: model(types, positions), opt)}, n_params
+
+
+# -- EDM's model ----------------------------------------------------------------------------------
+
+
+def load_edm_dynamics(edm_repo: str | Path) -> type:
+    """``EGNN_dynamics_QM9`` from ``egnn/models.py`` of a local EDM checkout (nothing is copied)."""
+    root = str(Path(edm_repo).resolve())
+    if not (Path(root) / "egnn" / "models.py").is_file():
+        raise click.BadParameter(f"{root} has no egnn/models.py (not an EDM checkout?)")
+    sys.path.insert(0, root)
+    try:
+        from egnn.models import EGNN_dynamics_QM9  # noqa: PLC0415 (run-time import from the checkout)
+    finally:
+        sys.path.remove(root)
+    return EGNN_dynamics_QM9
+
+
+def edm_provenance(edm_repo: str | Path) -> dict[str, str | None]:
+    """Where EDM's code came from: its git commit when readable, and hashes of the two model files."""
+    root = Path(edm_repo).resolve()
+    digest = hashlib.sha256()
+    for rel in ("egnn/models.py", "egnn/egnn_new.py"):
+        digest.update((root / rel).read_bytes())
+    return {"path": str(root), "commit": _git_commit(root), "sha256_models_egnn_new": digest.hexdigest()}
+
+
+def edm_workloads(cfg: BenchConfig, device: torch.device, edm_repo: str | Path,
+                  seed: int = 0) -> tuple[dict[str, Callable[[], object]], int]:
+    """EDM's ``EGNN_dynamics_QM9._forward`` and an MSE training step at ``cfg`` (EDM's qm9 arguments)."""
+    dynamics_cls = load_edm_dynamics(edm_repo)
+    n_types = 5 if cfg.setting == "qm9" else 4
+    in_node_nf = n_types + 1  # one-hot types + the charge feature (include_charges=True)
+    torch.manual_seed(seed)
+    model = dynamics_cls(
+        in_node_nf=in_node_nf + 1,  # EDM's get_model adds the time feature (condition_time=True)
+        context_node_nf=0, n_dims=3, hidden_nf=cfg.hidden, device=str(device), act_fn=nn.SiLU(),
+        n_layers=cfg.n_layers, attention=True, tanh=True, mode="egnn_dynamics", norm_constant=1,
+        inv_sublayers=1, sin_embedding=False, normalization_factor=1, aggregation_method="sum",
+    ).to(device)
+    b, n = cfg.batch, cfg.n_atoms
+    gen = torch.Generator().manual_seed(seed)
+    positions = 1.5 * torch.randn(b, n, 3, generator=gen)
+    positions = positions - positions.mean(1, keepdim=True)
+    types = torch.randint(0, n_types, (b, n), generator=gen)
+    one_hot = nn.functional.one_hot(types, n_types).float() / 4.0  # EDM's normalize factor 4
+    charges = torch.tensor([1.0, 6.0, 7.0, 8.0, 9.0][-n_types:])[types].unsqueeze(-1)  # EDM's factor 1
+    xh = torch.cat([positions, one_hot, charges], dim=-1).to(device)
+    node_mask = torch.ones(b, n, 1, device=device)
+    edge_mask = (~torch.eye(n, dtype=torch.bool, device=device)).float().expand(b, n, n).reshape(b * n * n, 1)
+    t = torch.rand(b, 1, generator=gen).to(device)
+    target = torch.randn(b, n, xh.shape[-1], generator=gen).to(device)
+
+    def reverse() -> torch.Tensor:
+        with torch.no_grad():
+            return model._forward(t, xh, node_mask, edge_mask, None)
+
+    def loss() -> torch.Tensor:
+        return nn.functional.mse_loss(model._forward(t, xh, node_mask, edge_mask, None), target)
+
+    model.train()
+    opt = _optimizer(model.parameters())
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"reverse_step": reverse, "train_step": _train_step(model, loss, opt)}, n_params
+
+
+# -- the benchmark --------------------------------------------------------------------------------
+
+
+def measure(cfg: BenchConfig, device: torch.device, repeats: int, edm_repo: str | Path | None = None,
+            seed: int = 0, min_time: float = 0.2, warmup: int = 2, compile_denoiser: bool = False) -> dict:
+    """Time ours (and EDM's when ``edm_repo`` is given) at one configuration; the JSON record of it."""
+    fns, n_params = ours_workloads(cfg, device, seed, compile_denoiser)
+    fns = {f"ours/{k}": v for k, v in fns.items()}
+    record: dict = {**asdict(cfg), "compiled": compile_denoiser}
+    edm_params = None
+    if edm_repo is not None:
+        edm_fns, edm_params = edm_workloads(cfg, device, edm_repo, seed)
+        fns.update({f"edm/{k}": v for k, v in edm_fns.items()})
+    timings = time_interleaved(fns, repeats, device, warmup=warmup, min_time=min_time)
+    for impl, params in (("ours", n_params), ("edm", edm_params)):
+        if params is None:
+            continue
+        record[impl] = {"n_parameters": params}
+        for kind in ("reverse_step", "train_step"):
+            t = timings[f"{impl}/{kind}"]
+            record[impl][kind] = {**_summary(t["ms"], cfg.batch), "calls_per_measurement": t["calls_per_measurement"]}
+    if edm_params is not None:
+        record["speedup_ours_over_edm"] = {
+            kind: round(record["edm"][kind]["ms"] / record["ours"][kind]["ms"], 3) for kind in ("reverse_step", "train_step")
+        }
+        record["speedup_ours_over_edm_paired"] = {
+            kind: _paired_speedup(timings[f"ours/{kind}"]["ms"], timings[f"edm/{kind}"]["ms"])
+            for kind in ("reverse_step", "train_step")
+        }
+    return record
+
+
+def _git_commit(path: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def device_name(device: torch.device) -> str:
+    """GPU name, or the CPU model from /proc/cpuinfo."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def metadata(device: torch.device, repeats: int, command: str) -> dict:
+    """What the numbers were measured on, and how."""
+    return {
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "repeats": repeats,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(REPO_ROOT),
+        "command": command,
+    }
+
+
+def run_benchmark(configs: dict[str, BenchConfig], device: torch.device, repeats: int,
+                  edm_repo: str | Path | None = None, command: str = "", min_time: float = 0.2,
+                  warmup: int = 2, compile_denoiser: bool = False, edm_configs: tuple[str, ...] = EDM_CONFIGS) -> dict:
+    """The whole JSON record: every configuration, then metadata."""
+    results = {
+        name: measure(cfg, device, repeats, edm_repo if name in edm_configs else None,
+                      min_time=min_time, warmup=warmup, compile_denoiser=compile_denoiser)
+        for name, cfg in configs.items()
+    }
+    meta = metadata(device, repeats, command)
+    meta["min_time_s"] = min_time
+    if edm_repo is not None:
+        meta["edm_repo"] = edm_provenance(edm_repo)
+    return {"configs": results, "metadata": meta}
+
+
+@click.command(help=__doc__.split("\n\n")[0])
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K.")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True, help="Measurements per quantity.")
+@click.option("--edm-repo", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Local checkout of EDM (ehoogeboom/e3_diffusion_for_molecules) to time against.")
+@click.option("--config", "names", type=click.Choice(list(CONFIGS)), multiple=True,
+              help="Only these configurations (default: all).")
+@click.option("--min-time", type=float, default=0.2, show_default=True, help="Least seconds per measurement.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch intra-op threads (default: torch's choice).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile our denoiser (dynamic=True) first.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON to this file.")
+def main(device: str, repeats: int, edm_repo: str | None, names: tuple[str, ...], min_time: float,
+         threads: int | None, compile_: bool, out: str | None) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
+    command = shlex.join(["python", "-m", "benchmarks.speed", *sys.argv[1:]])
+    configs = {k: CONFIGS[k] for k in (names or CONFIGS)}
+    record = run_benchmark(configs, resolve_device(device), repeats, edm_repo, command, min_time,
+                           compile_denoiser=compile_)
+    text = json.dumps(record, indent=2)
+    print(text)
+    if out:
+        with atomic_path(out) as tmp:
+            tmp.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

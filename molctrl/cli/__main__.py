@@ -1,0 +1,3 @@
+from molctrl.cli import main
+
+main()

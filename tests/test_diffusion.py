@@ -1,0 +1,130 @@
+"""The diffusion core against closed forms."""
+import numpy as np
+import pytest
+import torch
+
+from common.diffusion import GaussianDiffusion, respaced_steps
+from common.schedules import NoiseSchedule, polynomial_alpha2
+from common.spaces import PointSetSpace
+
+
+def test_polynomial_2_matches_edm_formula():
+    T, s = 1000, 1e-5
+    alpha2 = polynomial_alpha2(T, 2.0, s)
+    t = np.arange(T + 1) / T
+    raw = (1 - t**2) ** 2
+    # away from the end no step ratio is clipped, so the closed form holds
+    assert np.allclose(alpha2[:900], (1 - 2 * s) * raw[:900] + s, rtol=1e-12, atol=0)
+    assert alpha2[0] == pytest.approx(1 - s) and alpha2[-1] == pytest.approx(s, rel=1e-3)
+    ratios = alpha2[1:] / alpha2[:-1]
+    assert np.all(ratios <= 1) and np.all(np.diff(np.log(alpha2 - s + 1e-300)) >= np.log(1e-3) - 1e-9)
+
+
+@pytest.mark.parametrize("name", ["polynomial_2", "cosine", "linear"])
+def test_schedules_are_monotone(name):
+    g = NoiseSchedule(name, 200).gamma_table
+    assert torch.all(g[1:] > g[:-1])
+    a, s = NoiseSchedule.alpha(g), NoiseSchedule.sigma(g)
+    assert torch.allclose(a**2 + s**2, torch.ones_like(g), atol=1e-6)
+
+
+def test_linear_schedule_is_cumulative_product_of_betas():
+    g = NoiseSchedule("linear", 1000).gamma_table.double()
+    alpha2 = torch.sigmoid(-g)[1:]
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    assert torch.allclose(alpha2, torch.cumprod(1 - betas, 0), rtol=1e-5)
+
+
+def test_bad_schedule_name():
+    with pytest.raises(ValueError, match="unknown noise schedule 'foo'"):
+        NoiseSchedule("foo", 10)
+
+
+def test_respaced_steps():
+    assert respaced_steps(1000, None) == list(range(1000, -1, -1))
+    steps = respaced_steps(1000, 50)
+    assert steps[0] == 1000 and steps[-1] == 0 and len(steps) == 51
+    assert all(a > b for a, b in zip(steps, steps[1:]))
+    with pytest.raises(ValueError):
+        respaced_steps(1000, 0)
+
+
+def _diffusion(centered=0, T=100):
+    return GaussianDiffusion(NoiseSchedule("polynomial_2", T), PointSetSpace(centered)).double()
+
+
+def test_reverse_step_is_the_exact_posterior():
+    """With the true ε, p(z_s|z_t) is q(z_s|z_t,x): mean = α_s σ²_{t|s}/σ_t² x + α_{t|s} σ_s²/σ_t² z_t."""
+    diff = _diffusion()
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 2, dtype=torch.float64)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    t, s = torch.tensor([90, 50, 10]), torch.tensor([80, 20, 9])
+    z, eps = diff.add_noise(x, t, mask)
+    mean, std = diff.reverse_step(z, eps, t, s)
+    a2 = torch.sigmoid(-diff.schedule.gamma(t).double()).view(-1, 1, 1)
+    a2s = torch.sigmoid(-diff.schedule.gamma(s).double()).view(-1, 1, 1)
+    a_ts2 = a2 / a2s
+    var_ts = (1 - a2) - a_ts2 * (1 - a2s)
+    ref_mean = a2s.sqrt() * var_ts / (1 - a2) * x + a_ts2.sqrt() * (1 - a2s) / (1 - a2) * z
+    ref_std = (var_ts * (1 - a2s) / (1 - a2)).sqrt()
+    assert torch.allclose(mean, ref_mean, atol=1e-5)  # the schedule table is float32
+    assert torch.allclose(std, ref_std, rtol=1e-5)
+
+
+def test_step_log_prob_and_kl_closed_forms():
+    diff = _diffusion()
+    torch.manual_seed(1)
+    mean, other = torch.randn(2, 4, 3, dtype=torch.float64), torch.randn(2, 4, 3, dtype=torch.float64)
+    std = torch.tensor([0.3, 0.7], dtype=torch.float64).view(-1, 1, 1)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    z = mean + std * torch.randn_like(mean)
+    ref = torch.distributions.Normal(mean, std).log_prob(z).sum((1, 2))
+    assert torch.allclose(diff.step_log_prob(z, mean, std, mask), ref)
+    kl = torch.distributions.kl_divergence(torch.distributions.Normal(mean, std), torch.distributions.Normal(other, std))
+    assert torch.allclose(diff.step_kl(mean, other, std, mask), kl.sum((1, 2)))
+
+
+def test_zero_mean_space_counts_n_minus_one_dimensions():
+    space = PointSetSpace(3)
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    assert space.dims(mask, 7).tolist() == [2 * 3 + 3 * 4, 1 * 3 + 2 * 4]
+    x = space.noise(torch.empty(2, 4, 7), mask)
+    assert space.is_centered(x, mask) and torch.all(x[0, 3] == 0) and torch.all(x[1, 2:] == 0)
+
+
+@pytest.mark.parametrize("n_sampling_steps", [None, 20])
+def test_sampler_with_the_optimal_denoiser_on_gaussian_data(n_sampling_steps):
+    """For data N(0, s²): z_t ~ N(0, α²s² + σ²) and E[ε | z_t] = σ_t z_t / (α_t²s² + σ_t²). Every sampler
+    step is then linear, z_s = c·z_t + std·ξ, so the variance of the samples follows in closed form:
+    it is s² for the full chain, and smaller for big respaced steps (ancestral steps ignore Var[x | z_t])."""
+    T, s = 1000, 0.5
+    diff = _diffusion(T=T)
+
+    def coeffs(t_int):
+        g = diff.schedule.gamma(torch.as_tensor([t_int])).double()
+        return torch.sigmoid(-g).item(), torch.sigmoid(g).item()
+
+    def optimal(z, t, mask, cond=None):
+        a2, sig2 = coeffs(int(round(t[0].item() * T)))
+        return sig2**0.5 * z / (a2 * s**2 + sig2)
+
+    var = 1.0  # z_T ~ N(0, I)
+    steps = respaced_steps(T, n_sampling_steps)
+    for t_int, s_int in zip(steps[:-1], steps[1:]):
+        one = torch.ones(1, 1, 1, dtype=torch.float64)
+        c, std = diff.reverse_step(one, optimal(one, torch.tensor([t_int / T]), None), torch.tensor([t_int]),
+                                   torch.tensor([s_int]))
+        var = c.item() ** 2 * var + std.item() ** 2
+    one = torch.ones(1, 1, 1, dtype=torch.float64)
+    c, std = diff.final_step(one, optimal(one, torch.zeros(1), None))
+    var = c.item() ** 2 * var + std.item() ** 2
+    if n_sampling_steps is None:
+        assert var == pytest.approx(s**2, rel=0.01)
+    else:
+        assert var < 0.95 * s**2
+
+    mask = torch.ones(4000, 1, dtype=torch.bool)
+    x = diff.sample(optimal, mask, 2, n_sampling_steps, generator=torch.Generator().manual_seed(0))
+    assert x.var().item() == pytest.approx(var, rel=0.06)
+    assert abs(x.mean().item()) < 0.03

@@ -1,0 +1,107 @@
+"""The EGNN denoiser and the molecule prior: symmetries, masks, centring."""
+import numpy as np
+import pytest
+import torch
+
+from molctrl.prior import MoleculeDiffusion, PriorConfig
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = MoleculeDiffusion(PriorConfig(setting="qm9", hidden=32, n_layers=3), np.ones(30)).double()
+    for layer in m.denoiser.egnn.layers:  # make the coordinate updates non-trivial
+        torch.nn.init.normal_(layer.coord[-1].weight, std=0.05)
+    return m
+
+
+def _inputs(model, b=3, n=7):
+    g = torch.Generator().manual_seed(1)
+    types = torch.randint(0, model.n_types, (b, n), generator=g)
+    types[0, 5:] = -1
+    pos = torch.randn(b, n, 3, generator=g, dtype=torch.float64) * 1.5
+    x, mask = model.encode(types, pos)
+    return x, mask, torch.rand(b, generator=g, dtype=torch.float64)
+
+
+def _random_orthogonal(seed, reflect):
+    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    if (torch.det(q) < 0) != reflect:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+@pytest.mark.parametrize("reflect", [False, True])
+def test_eps_is_equivariant_under_rotations_and_reflections(model, reflect):
+    x, mask, t = _inputs(model)
+    eps = model.denoiser(x, t, mask)
+    q = _random_orthogonal(3, reflect)
+    x_rot = torch.cat([x[..., :3] @ q.T, x[..., 3:]], -1)
+    eps_rot = model.denoiser(x_rot, t, mask)
+    assert torch.allclose(eps_rot[..., :3], eps[..., :3] @ q.T, atol=1e-10)
+    assert torch.allclose(eps_rot[..., 3:], eps[..., 3:], atol=1e-10)
+    assert eps[..., :3].abs().max() > 1e-3  # the test is not vacuous
+
+
+def test_eps_is_invariant_to_translation(model):
+    x, mask, t = _inputs(model)
+    shifted = x.clone()
+    shifted[..., :3] += torch.tensor([3.0, -1.0, 2.0], dtype=torch.float64) * mask.unsqueeze(-1)
+    assert torch.allclose(model.denoiser(shifted, t, mask), model.denoiser(x, t, mask), atol=1e-10)
+
+
+def test_eps_is_permutation_equivariant(model):
+    x, mask, t = _inputs(model)
+    perm = torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(5))
+    eps = model.denoiser(x, t, mask)
+    assert torch.allclose(model.denoiser(x[:, perm], t, mask[:, perm]), eps[:, perm], atol=1e-10)
+
+
+def test_padding_never_affects_real_atoms(model):
+    x, mask, t = _inputs(model)
+    garbage = x.clone()
+    garbage[0, 5:] = 1e3 * torch.randn_like(garbage[0, 5:])
+    eps, eps_g = model.denoiser(x, t, mask), model.denoiser(garbage, t, mask)
+    assert torch.equal(eps[0, :5], eps_g[0, :5]) and torch.all(eps_g[0, 5:] == 0)
+    # a molecule's output does not depend on the others in the batch
+    assert torch.allclose(model.denoiser(x[1:2], t[1:2], mask[1:2]), eps[1:2], atol=1e-10)
+
+
+def test_eps_positions_have_zero_mean(model):
+    x, mask, t = _inputs(model)
+    assert model.diffusion.space.is_centered(model.denoiser(x, t, mask), mask, atol=1e-10)
+
+
+def test_samples_are_centred_and_decoded(model):
+    mols = model.sample(5, n_sampling_steps=4, generator=torch.Generator().manual_seed(0))
+    assert len(mols) == 5
+    for m in mols:
+        assert 1 <= m.n_atoms <= 29 and set(m.symbols) <= set("HCNOF")
+        assert np.abs(m.positions.mean(0)).max() < 1e-6
+
+
+def test_loss_is_finite_and_trains(model):
+    torch.manual_seed(0)
+    m = MoleculeDiffusion(PriorConfig(setting="qm9-noh", hidden=16, n_layers=2, n_steps=50), np.ones(10))
+    types = torch.randint(0, 4, (8, 6))
+    pos = torch.randn(8, 6, 3)
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    t = torch.randint(0, 51, (8,))
+    first = m.diffusion.denoising_loss(m.denoiser, *m.encode(types, pos), t=t).mean().item()
+    for _ in range(30):
+        loss = m(types, pos)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.manual_seed(0)
+    last = m.diffusion.denoising_loss(m.denoiser, *m.encode(types, pos), t=t).mean().item()
+    assert np.isfinite(last) and last < first
+
+
+def test_export_round_trip(model):
+    again = MoleculeDiffusion.from_export(model.float().export()).double()
+    model.double()
+    x, mask, t = _inputs(model)
+    assert torch.equal(again.denoiser(x, t, mask), model.denoiser(x, t, mask))
+    with pytest.raises(ValueError, match="not a molctrl prior"):
+        MoleculeDiffusion.from_export({"kind": "other"})
