@@ -135,6 +135,8 @@ class Trainer:
                                            weight_decay=config.weight_decay)
         self.clip = AdaptiveGradClip()
         self.step = 0
+        self.elapsed = 0.0  # training seconds over all sessions of this run
+        self._since = time.perf_counter()
         self.on_checkpoint = on_checkpoint
         self.train_model = (DistributedDataParallel(self.model) if self.group.distributed else self.model)
 
@@ -147,10 +149,13 @@ class Trainer:
         return self.config.lr * min(1.0, (step + 1) / warm) if warm else self.config.lr
 
     def save(self) -> None:
+        now = time.perf_counter()
+        self.elapsed, self._since = self.elapsed + now - self._since, now
         if not self.group.is_main:
             return
         state = {
             "step": self.step,
+            "elapsed_s": self.elapsed,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -159,7 +164,8 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
         }
         atomic_torch_save(state, self.checkpoint_path)
-        atomic_torch_save(self.ema.module.export() | {"step": self.step}, self.run_dir / "model.pt")
+        record = {"step": self.step, "train_seconds": round(self.elapsed, 1), "world_size": self.group.world_size}
+        atomic_torch_save(self.ema.module.export() | record, self.run_dir / "model.pt")
 
     def resume(self) -> bool:
         """Load ``checkpoint.pt`` if there is one; returns whether it did."""
@@ -172,6 +178,7 @@ class Trainer:
         self.clip.norms.extend(state["grad_norms"])
         torch.set_rng_state(state["torch_rng"].cpu())
         self.step = state["step"]
+        self.elapsed = state.get("elapsed_s", 0.0)
         return True
 
     def fit(self) -> nn.Module:
@@ -181,6 +188,7 @@ class Trainer:
         if self.group.distributed:  # decorrelate the diffusion noise of the ranks
             torch.manual_seed(cfg.seed * 1000 + self.step * 7 + self.group.rank)
         progress = Progress(cfg.steps, self.step, self.group.is_main, cfg.log_every)
+        self._since = time.perf_counter()
         self.model.train()
         try:
             while self.step < cfg.steps:

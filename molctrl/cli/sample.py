@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import click
-import torch
+from tqdm import tqdm
 
 from common.runtime import resolve_device, seed_everything
 from molctrl.weights import load_prior
@@ -35,7 +35,7 @@ def sample(n_molecules, out, model_path, steps, batch_size, seed, device, as_jso
     generator = seed_everything(seed)
     t0 = time.perf_counter()
     molecules = []
-    with click.progressbar(length=n_molecules, label="sampling", file=click.get_text_stream("stderr")) as bar:
+    with tqdm(total=n_molecules, desc="sampling", unit="mol", disable=None) as bar:
         while len(molecules) < n_molecules:
             batch = model.sample(min(batch_size, n_molecules - len(molecules)), steps, generator)
             molecules.extend(batch)

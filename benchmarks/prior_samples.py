@@ -1,0 +1,62 @@
+"""Sample quality of a molecule prior: EDM's metrics on N samples at a given step count.
+
+    python -m benchmarks.prior_samples [--model PATH] [-n 1000] [--steps 1000 --steps 100] [--seed 0]
+        [--out benchmarks/results/prior_qm9-noh.json]
+
+Without ``--model`` the shipped ``qm9-noh`` prior is scored. Each ``--steps`` value is one row; the
+same seed gives the same samples.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+import torch
+
+from benchmarks.qm9_data_metrics import machine_info
+from common.runtime import atomic_path, seed_everything
+from molctrl.metrics import evaluate_molecules, train_smiles
+from molctrl.weights import DEFAULT_PRIOR, load_prior
+
+
+@click.command()
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=str(DEFAULT_PRIOR),
+              show_default=True)
+@click.option("-n", "n_samples", type=int, default=1000, show_default=True)
+@click.option("--steps", "step_counts", type=int, multiple=True, default=(1000,), show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=500, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON record here.")
+def main(model_path: str, n_samples: int, step_counts: tuple[int, ...], seed: int, batch_size: int, out: str | None) -> None:
+    """Score N samples of a prior per step count and print one JSON record."""
+    payload = torch.load(model_path, map_location="cpu", weights_only=False)
+    model = load_prior(model_path).eval()
+    reference = train_smiles(model.config.setting)
+    rows = []
+    for steps in step_counts:
+        generator = seed_everything(seed)
+        t0 = time.perf_counter()
+        molecules = []
+        while len(molecules) < n_samples:
+            molecules += model.sample(min(batch_size, n_samples - len(molecules)), steps, generator)
+        seconds = time.perf_counter() - t0
+        summary = evaluate_molecules(molecules, reference).summary
+        rows.append({"sampling_steps": steps, **summary, "sampling_seconds": round(seconds, 1)})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    record = {
+        "model": model_path, "setting": model.config.setting, "train_step": payload.get("step"),
+        "train_seconds": payload.get("train_seconds"), "n_samples": n_samples, "seed": seed, "rows": rows,
+        "threads": torch.get_num_threads(),
+        "command": "python -m benchmarks.prior_samples " + " ".join(sys.argv[1:]), "machine": machine_info(),
+    }
+    text = json.dumps(record, indent=1)
+    click.echo(text)
+    if out:
+        with atomic_path(out) as tmp:
+            tmp.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
