@@ -16,7 +16,7 @@ import time
 from importlib.metadata import version
 
 from molctrl.data.qm9 import SPLITS, SETTINGS, load_split
-from molctrl.io import atomic_open
+from common.runtime import atomic_open
 from molctrl.metrics import evaluate_molecules, train_smiles
 
 #: EDM (Hoogeboom et al., 2022, Table 1, "Data" row): QM9 training molecules with hydrogens.

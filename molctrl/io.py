@@ -6,17 +6,15 @@ a temporary file next to the target and move it into place only when everything 
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 from rdkit import Chem
 
+from common.runtime import atomic_open
 from molctrl.bonds import bond_order_matrix, rdkit_molecule
 from molctrl.molecule import Molecule
 
@@ -272,37 +270,6 @@ def _data_value(text: str) -> float | str:
 
 # ----------------------------------------------------------------------------------------------
 # Writing
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike) -> Iterator[IO[str]]:
-    """A text handle whose content replaces ``path`` only if the ``with`` block completes.
-
-    The data go to a temporary file in the same directory, which is flushed, synced and renamed onto
-    ``path``; on any error it is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, _new_file_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
-def _new_file_mode(path: Path) -> int:
-    """The mode of the file being replaced, or what ``open`` would give a new file."""
-    if path.exists():
-        return path.stat().st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def _one_line(text: str) -> str:

@@ -25,8 +25,13 @@ import numpy as np
 from rdkit import Chem
 from rdkit.rdBase import BlockLogs
 
-from molctrl.bonds import bond_order_matrix, has_allowed_valence, rdkit_molecule, valence_bounds
-from molctrl.io import atomic_open
+from common.runtime import atomic_open
+from molctrl.bonds import (
+    bond_order_matrix,
+    has_allowed_valence,
+    rdkit_molecule,
+    valence_bounds,
+)
 from molctrl.molecule import Molecule
 
 EXACT_VALENCE = "edm_exact_valence"

@@ -8,7 +8,13 @@ import pytest
 from rdkit import Chem
 
 import molctrl.io as mio
-from molctrl.io import MoleculeFileError, read_molecules, write_molecules, write_sdf, write_xyz
+from molctrl.io import (
+    MoleculeFileError,
+    read_molecules,
+    write_molecules,
+    write_sdf,
+    write_xyz,
+)
 from molctrl.molecule import Molecule
 
 ETHENE = Molecule(

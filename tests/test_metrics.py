@@ -16,7 +16,11 @@ import molctrl.metrics as metrics
 from molctrl.bonds import ALLOWED_VALENCES, bond_order_matrix
 from molctrl.io import write_xyz
 from molctrl.metrics import (
-    EXACT_VALENCE, SUMMARY_KEYS, VALENCE_NOT_EXCEEDED, evaluate_molecules, largest_fragment_smiles,
+    EXACT_VALENCE,
+    SUMMARY_KEYS,
+    VALENCE_NOT_EXCEEDED,
+    evaluate_molecules,
+    largest_fragment_smiles,
     stable_atoms,
 )
 from molctrl.molecule import Molecule

@@ -5,12 +5,12 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 from click.testing import CliRunner
 
 from common.training import EpochSampler, TrainConfig, Trainer
 from molctrl.cli import main
+from molctrl.io import read_molecules
 from molctrl.prior import MoleculeDiffusion, PriorConfig
 
 
@@ -82,3 +82,17 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     assert json.loads((run / "run.json").read_text())["world_size"] == 2
     assert "2 process(es)" in done.stderr
     assert torch.load(run / "model.pt", weights_only=False)["step"] == 3
+
+
+def test_full_size_qm9_configuration_trains_and_samples(tmp_path):
+    """EDM's configuration (with H, 9 layers, 256 features) on a few molecules: one step, then samples."""
+    run = tmp_path / "edm"
+    result = CliRunner().invoke(main, ["train", "prior", "--setting", "qm9", "--hidden", "256", "--layers", "9",
+                                       "--run-dir", str(run), "--steps", "2", "--limit", "8", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "edm.xyz"
+    sampled = CliRunner().invoke(main, ["sample", "-n", "2", "--steps", "2", "--model", str(run / "model.pt"),
+                                        "--out", str(out), "--json"])
+    assert sampled.exit_code == 0, sampled.output
+    summary = json.loads(sampled.output.strip().splitlines()[-1])
+    assert summary["n"] == 2 and len(read_molecules(out)) == 2

@@ -7,7 +7,12 @@ from pathlib import Path
 import click
 
 from molctrl.io import MoleculeFileError, read_molecules
-from molctrl.metrics import EXACT_VALENCE, evaluate_molecules, reference_setting, train_smiles
+from molctrl.metrics import (
+    EXACT_VALENCE,
+    evaluate_molecules,
+    reference_setting,
+    train_smiles,
+)
 from molctrl.molecule import Molecule
 
 
