@@ -17,6 +17,7 @@ averaging enough calls to last at least ``--min-time`` seconds.
 """
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import hashlib
 import json
@@ -28,9 +29,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import click
 import numpy as np
@@ -87,13 +88,17 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, device:
 
     Interleaving (with the starting function rotating between rounds) makes background load fall on
     all functions alike. Each measurement averages ``n`` calls, ``n`` chosen after the warm-up so that
-    it lasts at least ``min_time`` seconds. Returns per name the per-call milliseconds of every round.
+    it lasts at least ``min_time`` seconds (warm-up stops early once it has taken 5 s). Returns per
+    name the per-call milliseconds of every round and the calls per measurement.
     """
     inner = {}
     for name, fn in fns.items():
-        seconds = math.inf
-        for _ in range(max(warmup, 1)):
+        seconds, spent = math.inf, 0.0
+        for _ in range(max(warmup, 1)):  # calls of several seconds need no second warm-up call
             seconds = _call_seconds(fn, 1, device)
+            spent += seconds
+            if spent > 5.0:
+                break
         inner[name] = max(1, math.ceil(min_time / max(seconds, 1e-9)))
     samples: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
@@ -111,7 +116,7 @@ def _summary(ms: list[float], batch: int) -> dict[str, float]:
 
 def _paired_speedup(ours: list[float], theirs: list[float]) -> float:
     """Median over rounds of EDM's time / our time in the same round."""
-    return round(statistics.median(t / o for o, t in zip(ours, theirs)), 3)
+    return round(statistics.median(t / o for o, t in zip(ours, theirs, strict=True)), 3)
 
 
 # -- our model ------------------------------------------------------------------------------------
@@ -122,7 +127,8 @@ def _optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4, amsgrad=True, weight_decay=1e-12)
 
 
-def _train_step(model: nn.Module, loss_fn: Callable[[], torch.Tensor], opt: torch.optim.Optimizer) -> Callable[[], None]:
+def _train_step(model: nn.Module, loss_fn: Callable[[], torch.Tensor],
+                opt: torch.optim.Optimizer) -> Callable[[], None]:
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         loss_fn().backward()
@@ -136,7 +142,8 @@ def ours_workloads(cfg: BenchConfig, device: torch.device, seed: int = 0,
     torch.manual_seed(seed)
     hist = np.zeros(cfg.n_atoms + 1)
     hist[cfg.n_atoms] = 1.0
-    model = MoleculeDiffusion(PriorConfig(setting=cfg.setting, hidden=cfg.hidden, n_layers=cfg.n_layers), hist).to(device)
+    config = PriorConfig(setting=cfg.setting, hidden=cfg.hidden, n_layers=cfg.n_layers)
+    model = MoleculeDiffusion(config, hist).to(device)
     if compile_denoiser:
         model.denoiser.compile(dynamic=True)
     gen = torch.Generator().manual_seed(seed)
@@ -159,6 +166,13 @@ def ours_workloads(cfg: BenchConfig, device: torch.device, seed: int = 0,
 
 # -- EDM's model ----------------------------------------------------------------------------------
 
+EDM_WORKLOAD = (
+    "EGNN_dynamics_QM9(in_node_nf=types+charge+time, context_node_nf=0, n_dims=3, attention=True, tanh=True, "
+    "norm_constant=1, inv_sublayers=1, sin_embedding=False, normalization_factor=1, aggregation_method='sum', "
+    "mode='egnn_dynamics'); reverse step = _forward under no_grad; train step = _forward + MSE to a random "
+    "target + backward + AdamW(amsgrad) step (ours: the full diffusion loss, noise sampling included)"
+)
+
 
 def load_edm_dynamics(edm_repo: str | Path) -> type:
     """``EGNN_dynamics_QM9`` from ``egnn/models.py`` of a local EDM checkout (nothing is copied)."""
@@ -167,7 +181,7 @@ def load_edm_dynamics(edm_repo: str | Path) -> type:
         raise click.BadParameter(f"{root} has no egnn/models.py (not an EDM checkout?)")
     sys.path.insert(0, root)
     try:
-        from egnn.models import EGNN_dynamics_QM9  # noqa: PLC0415 (run-time import from the checkout)
+        from egnn.models import EGNN_dynamics_QM9
     finally:
         sys.path.remove(root)
     return EGNN_dynamics_QM9
@@ -241,10 +255,12 @@ def measure(cfg: BenchConfig, device: torch.device, repeats: int, edm_repo: str 
         record[impl] = {"n_parameters": params}
         for kind in ("reverse_step", "train_step"):
             t = timings[f"{impl}/{kind}"]
-            record[impl][kind] = {**_summary(t["ms"], cfg.batch), "calls_per_measurement": t["calls_per_measurement"]}
+            record[impl][kind] = {**_summary(t["ms"], cfg.batch),
+                                  "calls_per_measurement": t["calls_per_measurement"]}
     if edm_params is not None:
         record["speedup_ours_over_edm"] = {
-            kind: round(record["edm"][kind]["ms"] / record["ours"][kind]["ms"], 3) for kind in ("reverse_step", "train_step")
+            kind: round(record["edm"][kind]["ms"] / record["ours"][kind]["ms"], 3)
+            for kind in ("reverse_step", "train_step")
         }
         record["speedup_ours_over_edm_paired"] = {
             kind: _paired_speedup(timings[f"ours/{kind}"]["ms"], timings[f"edm/{kind}"]["ms"])
@@ -255,10 +271,27 @@ def measure(cfg: BenchConfig, device: torch.device, repeats: int, edm_repo: str 
 
 def _git_commit(path: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def glibc_no_mmap() -> bool:
+    """Serve every later allocation from glibc's heap and never trim it (``mallopt``; glibc only).
+
+    glibc maps each block over its mmap threshold (32 MiB at most) afresh and unmaps it on free, so
+    every large intermediate tensor is page-faulted and zeroed by the kernel on first touch. This is
+    what ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1`` (no trimming) does; it changes the process, so it
+    applies to ours and EDM alike. Returns whether glibc accepted both settings.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, -1))
 
 
 def device_name(device: torch.device) -> str:
@@ -291,8 +324,8 @@ def metadata(device: torch.device, repeats: int, command: str) -> dict:
 
 
 def run_benchmark(configs: dict[str, BenchConfig], device: torch.device, repeats: int,
-                  edm_repo: str | Path | None = None, command: str = "", min_time: float = 0.2,
-                  warmup: int = 2, compile_denoiser: bool = False, edm_configs: tuple[str, ...] = EDM_CONFIGS) -> dict:
+                  edm_repo: str | Path | None = None, command: str = "", min_time: float = 0.2, warmup: int = 2,
+                  compile_denoiser: bool = False, edm_configs: tuple[str, ...] = EDM_CONFIGS) -> dict:
     """The whole JSON record: every configuration, then metadata."""
     results = {
         name: measure(cfg, device, repeats, edm_repo if name in edm_configs else None,
@@ -303,6 +336,7 @@ def run_benchmark(configs: dict[str, BenchConfig], device: torch.device, repeats
     meta["min_time_s"] = min_time
     if edm_repo is not None:
         meta["edm_repo"] = edm_provenance(edm_repo)
+        meta["edm_workload"] = EDM_WORKLOAD
     return {"configs": results, "metadata": meta}
 
 
@@ -316,16 +350,22 @@ def run_benchmark(configs: dict[str, BenchConfig], device: torch.device, repeats
 @click.option("--min-time", type=float, default=0.2, show_default=True, help="Least seconds per measurement.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch intra-op threads (default: torch's choice).")
+@click.option("--glibc-no-mmap", "no_mmap", is_flag=True,
+              help="Keep large tensors on glibc's heap (no page faults per allocation); for ours and EDM alike.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile our denoiser (dynamic=True) first.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON to this file.")
 def main(device: str, repeats: int, edm_repo: str | None, names: tuple[str, ...], min_time: float,
-         threads: int | None, compile_: bool, out: str | None) -> None:
+         threads: int | None, no_mmap: bool, compile_: bool, out: str | None) -> None:
+    """Time the configurations and print (and optionally write) one JSON record."""
     if threads is not None:
         torch.set_num_threads(threads)
+    if no_mmap and not glibc_no_mmap():
+        raise click.UsageError("--glibc-no-mmap needs glibc's mallopt")
     command = shlex.join(["python", "-m", "benchmarks.speed", *sys.argv[1:]])
     configs = {k: CONFIGS[k] for k in (names or CONFIGS)}
     record = run_benchmark(configs, resolve_device(device), repeats, edm_repo, command, min_time,
                            compile_denoiser=compile_)
+    record["metadata"]["glibc_no_mmap"] = no_mmap
     text = json.dumps(record, indent=2)
     print(text)
     if out:

@@ -12,7 +12,11 @@ invariants, and coordinates move along relative vectors, so h is E(3)-invariant 
 
 Speed: the first linear map of φ_e and φ_x acts on a concatenation [h_i, h_j, d] and is split as
 W_a·h_i + W_b·h_j + w·d, computed per node (O(N·H²)) and broadcast over pairs, instead of per edge
-(O(N²·H²)). Everything else is batched dense algebra with masks, no gather/scatter.
+(O(N²·H²)). Everything else is batched dense algebra with masks, no gather/scatter. On the CPU
+the batch is processed in slices whose pair tensors stay below ~1 MB (``cpu_pair_elements``): large
+fresh allocations cost page faults on every call (glibc maps them anew), which measured as about
+half the time of an unsliced step at EDM's size (benchmarks/speed.py). Molecules are independent,
+so slicing changes nothing but the speed.
 """
 from __future__ import annotations
 
@@ -74,6 +78,8 @@ class EGNN(nn.Module):
         hidden: width H. n_layers: number of blocks.
     """
 
+    cpu_pair_elements = 2**18  # largest (b, N, N, H) pair tensor of one CPU slice
+
     def __init__(self, in_dim: int, out_dim: int, hidden: int = 256, n_layers: int = 9):
         super().__init__()
         self.embed = nn.Linear(in_dim, hidden)
@@ -82,6 +88,14 @@ class EGNN(nn.Module):
 
     def forward(self, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``h (B, N, in_dim)``, ``x (B, N, 3)``, ``mask (B, N)`` -> ``h (B, N, out_dim)``, ``x (B, N, 3)``."""
+        b, n = mask.shape
+        size = max(1, self.cpu_pair_elements // (n * n * self.embed.out_features))
+        if h.device.type != "cpu" or size >= b:
+            return self._forward(h, x, mask)
+        parts = [self._forward(h[i : i + size], x[i : i + size], mask[i : i + size]) for i in range(0, b, size)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _forward(self, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         node_mask = mask.unsqueeze(-1).to(x.dtype)
         eye = torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)
         edge_mask = ((mask.unsqueeze(2) & mask.unsqueeze(1)) & ~eye).unsqueeze(-1).to(x.dtype)

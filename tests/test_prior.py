@@ -105,3 +105,10 @@ def test_export_round_trip(model):
     assert torch.equal(again.denoiser(x, t, mask), model.denoiser(x, t, mask))
     with pytest.raises(ValueError, match="not a molctrl prior"):
         MoleculeDiffusion.from_export({"kind": "other"})
+
+
+def test_cpu_batch_slicing_changes_nothing(model, monkeypatch):
+    x, mask, t = _inputs(model)
+    whole = model.denoiser(x, t, mask)
+    monkeypatch.setattr(type(model.denoiser.egnn), "cpu_pair_elements", 1)  # one molecule per slice
+    assert torch.allclose(model.denoiser(x, t, mask), whole, atol=1e-12)

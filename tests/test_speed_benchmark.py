@@ -1,0 +1,78 @@
+"""The speed benchmark at a tiny configuration: the JSON record's shape, never its timings."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from benchmarks import speed
+from benchmarks.speed import BenchConfig, run_benchmark
+
+TINY = {"tiny": BenchConfig("qm9-noh", hidden=16, n_layers=2, n_atoms=5, batch=4)}
+STEP_KEYS = {"ms", "molecules_per_s", "ms_all", "calls_per_measurement"}
+
+
+def _check_impl(record: dict, repeats: int) -> None:
+    assert record["n_parameters"] > 0
+    for kind in ("reverse_step", "train_step"):
+        step = record[kind]
+        assert STEP_KEYS <= set(step)
+        assert step["ms"] > 0 and step["molecules_per_s"] > 0 and step["calls_per_measurement"] >= 1
+        assert len(step["ms_all"]) == repeats and all(v > 0 for v in step["ms_all"])
+
+
+def test_record_has_expected_keys_and_positive_numbers() -> None:
+    record = run_benchmark(TINY, torch.device("cpu"), repeats=1, command="test", min_time=0.0, warmup=1)
+    json.dumps(record)  # serialisable
+    tiny = record["configs"]["tiny"]
+    assert tiny["setting"] == "qm9-noh" and tiny["batch"] == 4 and tiny["n_layers"] == 2 and tiny["hidden"] == 16
+    _check_impl(tiny["ours"], repeats=1)
+    assert "edm" not in tiny and "speedup_ours_over_edm" not in tiny
+    meta = record["metadata"]
+    for key in ("device", "device_name", "torch", "threads", "repeats", "date", "git_commit", "command"):
+        assert key in meta
+    assert meta["threads"] > 0 and meta["repeats"] == 1 and meta["command"] == "test"
+    assert meta["torch"] == torch.__version__ and meta["device_name"]
+
+
+def test_interleaved_timing_repeats_every_function() -> None:
+    calls = {"a": 0, "b": 0}
+
+    def bump(name: str):
+        return lambda: calls.__setitem__(name, calls[name] + 1)
+
+    out = speed.time_interleaved({"a": bump("a"), "b": bump("b")}, repeats=3, device=torch.device("cpu"),
+                                 warmup=1, min_time=0.0)
+    assert set(out) == {"a", "b"} and all(len(v["ms"]) == 3 for v in out.values())
+    assert calls == {"a": 4, "b": 4}  # one warm-up call and three measured calls each
+
+
+def test_cli_writes_json_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(speed, "CONFIGS", TINY)
+    out = tmp_path / "sub" / "speed.json"
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(speed.main, ["--device", "cpu", "--repeats", "1", "--min-time", "0",
+                                                 "--threads", "1", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert json.loads(result.output) == record
+    assert record["metadata"]["threads"] == 1 and record["metadata"]["glibc_no_mmap"] is False
+    _check_impl(record["configs"]["tiny"]["ours"], repeats=1)
+    assert [p.name for p in out.parent.iterdir()] == ["speed.json"]  # no temporary file left
+
+
+@pytest.mark.skipif(not os.environ.get("EDM_REPO"), reason="set EDM_REPO to a checkout of EDM to test against it")
+def test_edm_reference_at_tiny_size() -> None:
+    record = run_benchmark(TINY, torch.device("cpu"), repeats=1, edm_repo=os.environ["EDM_REPO"],
+                           min_time=0.0, warmup=1, edm_configs=("tiny",))
+    tiny = record["configs"]["tiny"]
+    _check_impl(tiny["edm"], repeats=1)
+    assert all(v > 0 for v in tiny["speedup_ours_over_edm"].values())
+    assert record["metadata"]["edm_repo"]["sha256_models_egnn_new"]
