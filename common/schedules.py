@@ -34,11 +34,13 @@ def cosine_alpha2(n_steps: int, s: float = 0.008, precision: float = 1e-5) -> np
 
 
 def linear_beta_alpha2(n_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
-    """DDPM/PVD linear β schedule: ᾱ_t = Π_{k≤t}(1 − β_k), with ᾱ_0 = 1 − β_start·0 … (t = 0 is clean
-    up to β_1). Shape ``(T+1,)``; index 0 is set to 1 − β_start/2 so that γ_0 stays finite."""
+    """DDPM/PVD's linear β schedule: ᾱ_t = Π_{k≤t}(1 − β_k) for t = 1, …, T. Shape ``(T+1,)``.
+
+    Step 0 (the data end, where the last reverse step decodes) gets ᾱ_0 = 1 − β_start/2, half the
+    first step's noise, so that γ_0 stays finite.
+    """
     betas = np.linspace(beta_start, beta_end, n_steps, dtype=np.float64)
-    alpha2 = np.cumprod(1.0 - betas)
-    return np.concatenate([[1.0 - beta_start / 2], alpha2])
+    return np.concatenate([[1.0 - beta_start / 2], np.cumprod(1.0 - betas)])
 
 
 SCHEDULES = {

@@ -48,7 +48,7 @@ def test_sample_rejects_bad_arguments(tmp_path, tiny_model):
     junk = tmp_path / "junk.pt"
     junk.write_text("not a model")
     bad_model = CliRunner().invoke(main, ["sample", "--model", str(junk), "--out", str(tmp_path / "x.sdf")])
-    assert bad_model.exit_code != 0 and "not a torch weights file" in str(bad_model.exception or bad_model.output)
+    assert bad_model.exit_code == 2 and "junk.pt: not a torch weights file" in bad_model.output
     assert not (tmp_path / "x.sdf").exists()
 
 

@@ -31,7 +31,10 @@ def sample(n_molecules, out, model_path, steps, batch_size, seed, device, as_jso
     if Path(out).suffix.lower() not in (".sdf", ".xyz"):
         raise click.BadParameter(f"{out}: expected a .sdf or .xyz file name", param_hint="--out")
     dev = resolve_device(device)
-    model = load_prior(model_path).to(dev).eval()
+    try:
+        model = load_prior(model_path).to(dev).eval()
+    except (FileNotFoundError, ValueError) as err:
+        raise click.BadParameter(str(err), param_hint="--model") from None
     generator = seed_everything(seed)
     t0 = time.perf_counter()
     molecules = []
