@@ -38,9 +38,7 @@ def main(model_path: str, n_samples: int, step_counts: tuple[int, ...], seed: in
     for steps in step_counts:
         generator = seed_everything(seed)
         t0 = time.perf_counter()
-        molecules = []
-        while len(molecules) < n_samples:
-            molecules += model.sample(min(batch_size, n_samples - len(molecules)), steps, generator)
+        molecules = model.sample_many(n_samples, steps, generator, batch_size)
         seconds = time.perf_counter() - t0
         summary = evaluate_molecules(molecules, reference).summary
         rows.append({"sampling_steps": steps, **summary, "sampling_seconds": round(seconds, 1)})

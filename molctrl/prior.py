@@ -110,6 +110,17 @@ class MoleculeDiffusion(nn.Module):
                                   generator=generator, callback=callback, dtype=self.n_atoms_hist.dtype)
         return self.decode(x, mask)
 
+    def sample_many(self, n: int, n_sampling_steps: int | None = None, generator: torch.Generator | None = None,
+                    batch_size: int = 500, on_batch=None) -> list[Molecule]:
+        """:meth:`sample` in batches of at most ``batch_size``; ``on_batch(k)`` after each batch of k."""
+        molecules: list[Molecule] = []
+        while len(molecules) < n:
+            batch = self.sample(min(batch_size, n - len(molecules)), n_sampling_steps, generator)
+            molecules += batch
+            if on_batch:
+                on_batch(len(batch))
+        return molecules
+
     # -- shipping --------------------------------------------------------------------------------
 
     def export(self) -> dict:

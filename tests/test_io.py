@@ -142,16 +142,6 @@ MALFORMED_XYZ = [
 ]
 
 
-@pytest.mark.parametrize("text, expected", MALFORMED_XYZ)
-def test_malformed_xyz_names_file_and_line(tmp_path, text, expected):
-    path = tmp_path / "data.xyz"
-    path.write_text(text)
-    with pytest.raises(MoleculeFileError) as err:
-        read_molecules(path)
-    assert str(err.value) == f"{path}:{expected}"
-    assert "\n" not in str(err.value)
-
-
 def _sdf_record(name: str = "water", atoms: list[str] | None = None, bonds: list[str] | None = None, tail: str = "M  END\n$$$$\n") -> str:
     atoms = atoms if atoms is not None else [
         "    0.0000    0.0000    0.1173 O   0  0  0  0  0  0  0  0  0  0  0  0",
@@ -182,9 +172,12 @@ MALFORMED_SDF = [
 ]
 
 
-@pytest.mark.parametrize("text, expected", MALFORMED_SDF)
-def test_malformed_sdf_names_file_and_line(tmp_path, text, expected):
-    path = tmp_path / "data.sdf"
+@pytest.mark.parametrize(
+    "suffix, text, expected",
+    [(".xyz", *case) for case in MALFORMED_XYZ] + [(".sdf", *case) for case in MALFORMED_SDF],
+)
+def test_malformed_file_names_file_and_line(tmp_path, suffix, text, expected):
+    path = tmp_path / f"data{suffix}"
     path.write_text(text)
     with pytest.raises(MoleculeFileError) as err:
         read_molecules(path)

@@ -37,12 +37,8 @@ def sample(n_molecules, out, model_path, steps, batch_size, seed, device, as_jso
         raise click.BadParameter(str(err), param_hint="--model") from None
     generator = seed_everything(seed)
     t0 = time.perf_counter()
-    molecules = []
     with tqdm(total=n_molecules, desc="sampling", unit="mol", disable=None) as bar:
-        while len(molecules) < n_molecules:
-            batch = model.sample(min(batch_size, n_molecules - len(molecules)), steps, generator)
-            molecules.extend(batch)
-            bar.update(len(batch))
+        molecules = model.sample_many(n_molecules, steps, generator, batch_size, on_batch=bar.update)
     seconds = time.perf_counter() - t0
     for k, m in enumerate(molecules):
         m.title = f"molctrl sample {k} seed {seed}"

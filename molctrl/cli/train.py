@@ -83,9 +83,7 @@ def prior(setting, split, run_dir, steps, batch_size, lr, warmup, ema_decay, hid
     seed_everything(train_cfg.seed)
     data = load_split(model_cfg.setting, split)
     if limit:
-        data = type(data)(data.setting, data.types[:limit], data.positions[:limit], data.n_atoms[:limit],
-                          data.qm9_index[:limit], {k: v[:limit] for k, v in data.properties.items()},
-                          data.smiles[:limit])
+        data = data.subset(slice(limit))
     model = MoleculeDiffusion(model_cfg, data.n_atoms_histogram())
     if train_cfg.compile:
         model.denoiser.compile(dynamic=True)
