@@ -15,8 +15,8 @@ import time
 import click
 import torch
 
-from benchmarks.qm9_data_metrics import machine_info
-from common.runtime import atomic_path, seed_everything
+from benchmarks.record import emit, machine_info
+from common.runtime import seed_everything
 from molctrl.metrics import evaluate_molecules, train_smiles
 from molctrl.weights import DEFAULT_PRIOR, load_prior
 
@@ -49,11 +49,7 @@ def main(model_path: str, n_samples: int, step_counts: tuple[int, ...], seed: in
         "threads": torch.get_num_threads(),
         "command": "python -m benchmarks.prior_samples " + " ".join(sys.argv[1:]), "machine": machine_info(),
     }
-    text = json.dumps(record, indent=1)
-    click.echo(text)
-    if out:
-        with atomic_path(out) as tmp:
-            tmp.write_text(text + "\n")
+    emit(record, out, indent=1)
 
 
 if __name__ == "__main__":

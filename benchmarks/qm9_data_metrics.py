@@ -8,31 +8,15 @@ index. Novelty is measured against the training SMILES of the same setting.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
-from importlib.metadata import version
 
-from molctrl.data.qm9 import SPLITS, SETTINGS, load_split
-from common.runtime import atomic_open
+from benchmarks.record import emit, machine_info
+from molctrl.data.qm9 import SETTINGS, SPLITS, load_split
 from molctrl.metrics import evaluate_molecules, train_smiles
 
 #: EDM (Hoogeboom et al., 2022, Table 1, "Data" row): QM9 training molecules with hydrogens.
 EDM_REFERENCE = {"qm9": {"atom_stability": 0.990, "mol_stability": 0.952, "validity": 0.977}}
-
-
-def machine_info() -> dict[str, str | int | None]:
-    """What the numbers were measured on."""
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": version("numpy"),
-        "rdkit": version("rdkit"),
-    }
 
 
 def run(setting: str, split: str, limit: int | None, command: str) -> dict:
@@ -66,11 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     command = " ".join(["python -m benchmarks.qm9_data_metrics", *(sys.argv[1:] if argv is None else argv)])
     record = run(args.setting, args.split, args.limit, command)
-    text = json.dumps(record, indent=2)
-    print(text)
-    if args.out:
-        with atomic_open(args.out) as handle:
-            handle.write(text + "\n")
+    emit(record, args.out)
 
 
 if __name__ == "__main__":

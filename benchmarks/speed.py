@@ -20,10 +20,8 @@ from __future__ import annotations
 import ctypes
 import datetime as dt
 import hashlib
-import json
 import math
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -38,7 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.runtime import atomic_path, resolve_device
+from benchmarks.record import device_name, emit
+from common.runtime import resolve_device
 from molctrl.prior import MoleculeDiffusion, PriorConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -294,19 +293,6 @@ def glibc_no_mmap() -> bool:
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, -1))
 
 
-def device_name(device: torch.device) -> str:
-    """GPU name, or the CPU model from /proc/cpuinfo."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def metadata(device: torch.device, repeats: int, command: str) -> dict:
     """What the numbers were measured on, and how."""
     return {
@@ -366,11 +352,7 @@ def main(device: str, repeats: int, edm_repo: str | None, names: tuple[str, ...]
     record = run_benchmark(configs, resolve_device(device), repeats, edm_repo, command, min_time,
                            compile_denoiser=compile_)
     record["metadata"]["glibc_no_mmap"] = no_mmap
-    text = json.dumps(record, indent=2)
-    print(text)
-    if out:
-        with atomic_path(out) as tmp:
-            tmp.write_text(text + "\n")
+    emit(record, out)
 
 
 if __name__ == "__main__":

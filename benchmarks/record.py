@@ -1,0 +1,47 @@
+"""What every benchmark writes beside its numbers: the machine, and the record itself (atomically)."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+
+from common.runtime import atomic_open
+
+
+def device_name(device: torch.device | None = None) -> str:
+    """GPU name, or the CPU model from /proc/cpuinfo."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, str | int | None]:
+    """What the numbers were measured on."""
+    return {
+        "platform": platform.platform(),
+        "processor": device_name(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": version("numpy"),
+        "rdkit": version("rdkit"),
+    }
+
+
+def emit(record: dict, out: str | None, indent: int = 2) -> None:
+    """Print the record as JSON and, with ``out``, write the same text there atomically."""
+    text = json.dumps(record, indent=indent)
+    print(text)
+    if out:
+        with atomic_open(out) as handle:
+            handle.write(text + "\n")
