@@ -71,6 +71,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-4
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # or "cosine": lr·(1 + cos(π·step/steps))/2 after the warm-up
     ema_decay: float = 0.999
     weight_decay: float = 1e-12
     checkpoint_every: int = 500
@@ -119,7 +120,8 @@ class Trainer:
         model: module with ``forward(*batch) -> loss`` and ``export() -> dict``.
         batches: deterministic batch source. config: optimisation settings.
         run_dir: output folder. device: where to train. on_checkpoint: called with (step, ema model)
-            on the main process after each checkpoint (e.g. to evaluate samples).
+            on the main process just before each checkpoint is written (e.g. to evaluate samples, or
+            to set a calibration on the EMA model that ``export()`` then saves with it).
     """
 
     def __init__(self, model: nn.Module, batches: BatchSource, config: TrainConfig, run_dir: str | Path,
@@ -145,8 +147,11 @@ class Trainer:
         return self.run_dir / "checkpoint.pt"
 
     def _lr(self, step: int) -> float:
-        warm = self.config.warmup_steps
-        return self.config.lr * min(1.0, (step + 1) / warm) if warm else self.config.lr
+        cfg = self.config
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        if cfg.lr_schedule == "cosine":
+            lr *= 0.5 * (1.0 + math.cos(math.pi * min(step / cfg.steps, 1.0)))
+        return lr
 
     def save(self) -> None:
         now = time.perf_counter()
@@ -206,9 +211,9 @@ class Trainer:
                 self.step += 1
                 progress.update(self.step, loss.item())
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                    self.save()
                     if self.on_checkpoint and self.group.is_main:
                         self.on_checkpoint(self.step, self.ema.module)
+                    self.save()
                     self.group.barrier()
         finally:
             progress.close()

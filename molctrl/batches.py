@@ -1,6 +1,9 @@
 """Training batches of padded molecules, a deterministic function of the step (see common.training)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 
 from common.training import EpochSampler
@@ -8,15 +11,19 @@ from molctrl.data.qm9 import QM9Split
 
 
 class MoleculeBatches:
-    """``(types (B, n), positions (B, n, 3))`` for a step, trimmed to the largest molecule in the batch."""
+    """``(types (B, n), positions (B, n, 3))`` for a step, trimmed to the largest molecule in the batch,
+    followed by ``labels (B, P)`` when ``properties`` are named."""
 
-    def __init__(self, split: QM9Split, batch_size: int, seed: int = 0):
+    def __init__(self, split: QM9Split, batch_size: int, seed: int = 0, properties: Sequence[str] = ()):
         self.types = torch.from_numpy(split.types.astype("int64"))
         self.positions = torch.from_numpy(split.positions)
         self.n_atoms = torch.from_numpy(split.n_atoms)
+        self.labels = (torch.from_numpy(np.stack([split.properties[p] for p in properties], 1)).float()
+                       if properties else None)
         self.sampler = EpochSampler(len(split), batch_size, seed)
 
-    def __call__(self, step: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, step: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, ...]:
         idx = torch.from_numpy(self.sampler.indices(step, rank, world_size))
         n = int(self.n_atoms[idx].max())
-        return self.types[idx, :n], self.positions[idx, :n]
+        batch = (self.types[idx, :n], self.positions[idx, :n])
+        return batch if self.labels is None else (*batch, self.labels[idx])

@@ -13,7 +13,7 @@ invariants, and coordinates move along relative vectors, so h is E(3)-invariant 
 Speed: the first linear map of φ_e and φ_x acts on a concatenation [h_i, h_j, d] and is split as
 W_a·h_i + W_b·h_j + w·d, computed per node (O(N·H²)) and broadcast over pairs, instead of per edge
 (O(N²·H²)). Everything else is batched dense algebra with masks, no gather/scatter. On the CPU
-the batch is processed in slices whose pair tensors stay below ~1 MB (``cpu_pair_elements``): large
+the batch is processed in slices whose pair tensors stay below ~1 MB (``CPU_PAIR_ELEMENTS``): large
 fresh allocations cost page faults on every call (glibc maps them anew), which measured as about
 half the time of an unsliced step at EDM's size (benchmarks/speed.py). Molecules are independent,
 so slicing changes nothing but the speed.
@@ -22,6 +22,30 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+def dense_masks(mask: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mask (B, N)`` -> node mask ``(B, N, 1)`` and edge mask ``(B, N, N, 1)`` (no self-loops)."""
+    eye = torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)
+    edge_mask = (mask.unsqueeze(2) & mask.unsqueeze(1)) & ~eye
+    return mask.unsqueeze(-1).to(dtype), edge_mask.unsqueeze(-1).to(dtype)
+
+
+CPU_PAIR_ELEMENTS = 2**18  # largest (b, N, N, H) pair tensor of one CPU slice
+
+
+def in_cpu_slices(fn, tensors: tuple[torch.Tensor, ...], width: int):
+    """``fn(*tensors)`` over batch slices whose ``(b, N, N, width)`` pair tensors stay below
+    :data:`CPU_PAIR_ELEMENTS` when on the CPU (see the module docstring); outputs are concatenated.
+    The first tensor's first two dimensions are the batch and the node dimension."""
+    b, n = tensors[0].shape[:2]
+    size = max(1, CPU_PAIR_ELEMENTS // (n * n * width))
+    if tensors[0].device.type != "cpu" or size >= b:
+        return fn(*tensors)
+    parts = [fn(*(t[i : i + size] for t in tensors)) for i in range(0, b, size)]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(p) for p in zip(*parts))
+    return torch.cat(parts)
 
 
 class PairLinear(nn.Module):
@@ -37,16 +61,31 @@ class PairLinear(nn.Module):
         return self.src(h).unsqueeze(2) + self.dst(h).unsqueeze(1) + self.edge(e)
 
 
-class EquivariantLayer(nn.Module):
-    """One EDM block: an attention message-passing update of h, then a tanh-bounded update of x."""
+class MessageLayer(nn.Module):
+    """The invariant half of an EDM block: attention-weighted messages update the node features."""
 
-    def __init__(self, hidden: int, edge_dim: int = 2, coords_range: float = 15.0):
+    def __init__(self, hidden: int, edge_dim: int = 2):
         super().__init__()
         act = nn.SiLU()
         self.message_in = PairLinear(hidden, edge_dim, hidden)
         self.message = nn.Sequential(act, nn.Linear(hidden, hidden), act)
         self.attention = nn.Sequential(nn.Linear(hidden, 1), nn.Sigmoid())
         self.node = nn.Sequential(nn.Linear(2 * hidden, hidden), act, nn.Linear(hidden, hidden))
+
+    def forward(self, h: torch.Tensor, edges: torch.Tensor, node_mask: torch.Tensor,
+                edge_mask: torch.Tensor) -> torch.Tensor:
+        """``h (B,N,H)``, ``edges (B,N,N,E)``, ``node_mask (B,N,1)``, ``edge_mask (B,N,N,1)`` -> ``h (B,N,H)``."""
+        m = self.message(self.message_in(h, edges))
+        m = m * self.attention(m) * edge_mask
+        return (h + self.node(torch.cat([h, m.sum(2)], dim=-1))) * node_mask
+
+
+class EquivariantLayer(MessageLayer):
+    """One EDM block: an attention message-passing update of h, then a tanh-bounded update of x."""
+
+    def __init__(self, hidden: int, edge_dim: int = 2, coords_range: float = 15.0):
+        super().__init__(hidden, edge_dim)
+        act = nn.SiLU()
         self.coord_in = PairLinear(hidden, edge_dim, hidden)
         last = nn.Linear(hidden, 1, bias=False)
         nn.init.xavier_uniform_(last.weight, gain=0.001)
@@ -59,10 +98,7 @@ class EquivariantLayer(nn.Module):
         diff = x.unsqueeze(2) - x.unsqueeze(1)  # (B, N, N, 3), x_i − x_j
         d2 = (diff**2).sum(-1, keepdim=True)
         edges = torch.cat([d2, d0], dim=-1)
-
-        m = self.message(self.message_in(h, edges))
-        m = m * self.attention(m) * edge_mask
-        h = (h + self.node(torch.cat([h, m.sum(2)], dim=-1))) * node_mask
+        h = super().forward(h, edges, node_mask, edge_mask)
 
         direction = diff / (torch.sqrt(d2 + 1e-8) + 1.0)
         weight = torch.tanh(self.coord(self.coord_in(h, edges))) * self.coords_range
@@ -78,8 +114,6 @@ class EGNN(nn.Module):
         hidden: width H. n_layers: number of blocks.
     """
 
-    cpu_pair_elements = 2**18  # largest (b, N, N, H) pair tensor of one CPU slice
-
     def __init__(self, in_dim: int, out_dim: int, hidden: int = 256, n_layers: int = 9):
         super().__init__()
         self.embed = nn.Linear(in_dim, hidden)
@@ -88,17 +122,10 @@ class EGNN(nn.Module):
 
     def forward(self, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``h (B, N, in_dim)``, ``x (B, N, 3)``, ``mask (B, N)`` -> ``h (B, N, out_dim)``, ``x (B, N, 3)``."""
-        b, n = mask.shape
-        size = max(1, self.cpu_pair_elements // (n * n * self.embed.out_features))
-        if h.device.type != "cpu" or size >= b:
-            return self._forward(h, x, mask)
-        parts = [self._forward(h[i : i + size], x[i : i + size], mask[i : i + size]) for i in range(0, b, size)]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return in_cpu_slices(self._forward, (h, x, mask), self.embed.out_features)
 
     def _forward(self, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        node_mask = mask.unsqueeze(-1).to(x.dtype)
-        eye = torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)
-        edge_mask = ((mask.unsqueeze(2) & mask.unsqueeze(1)) & ~eye).unsqueeze(-1).to(x.dtype)
+        node_mask, edge_mask = dense_masks(mask, x.dtype)
         d0 = ((x.unsqueeze(2) - x.unsqueeze(1)) ** 2).sum(-1, keepdim=True)
         h = self.embed(h) * node_mask
         for layer in self.layers:

@@ -100,19 +100,25 @@ def _sanitized(mol: Chem.Mol) -> bool:
     return True
 
 
-def largest_fragment_smiles(symbols: Sequence[str], orders: np.ndarray) -> str | None:
-    """EDM's validity test: SMILES of the largest fragment, or ``None`` if the molecule is invalid.
+def largest_fragment(symbols: Sequence[str], orders: np.ndarray) -> Chem.Mol | None:
+    """EDM's validity test: the sanitised largest fragment, or ``None`` if the molecule is invalid.
 
     The molecule is built from the atoms and bond orders and sanitised; its largest fragment (the
-    first one with the most atoms) is sanitised again and written as canonical SMILES.
+    first one with the most atoms) is sanitised again.
     """
     mol = rdkit_molecule(symbols, orders)
     if not _sanitized(mol):
         return None
     if len(Chem.GetMolFrags(mol)) <= 1:
-        return Chem.MolToSmiles(mol)
+        return mol
     largest = max(Chem.GetMolFrags(mol, asMols=True), key=lambda frag: frag.GetNumAtoms())
-    return Chem.MolToSmiles(largest) if _sanitized(largest) else None
+    return largest if _sanitized(largest) else None
+
+
+def largest_fragment_smiles(symbols: Sequence[str], orders: np.ndarray) -> str | None:
+    """Canonical SMILES of :func:`largest_fragment`, or ``None`` if the molecule is invalid."""
+    mol = largest_fragment(symbols, orders)
+    return None if mol is None else Chem.MolToSmiles(mol)
 
 
 def molecule_smiles(symbols: Sequence[str], orders: np.ndarray) -> str | None:

@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import click
+import numpy as np
 import torch
 
 from common.runtime import atomic_path, resolve_device, seed_everything
 from common.training import TrainConfig, Trainer
 from molctrl.batches import MoleculeBatches
-from molctrl.data.qm9 import SETTINGS, SPLITS, load_split
+from molctrl.data.qm9 import SETTINGS, SPLITS, QM9Split, load_split
+from molctrl.predictor import ARCHITECTURES, PROPERTIES, PredictorConfig, PropertyPredictor, fit_calibration
 from molctrl.prior import MoleculeDiffusion, PriorConfig
 
 
@@ -63,27 +66,18 @@ def prior(setting, split, run_dir, steps, batch_size, lr, warmup, ema_decay, hid
     if threads:
         torch.set_num_threads(threads)
     run = Path(run_dir)
-    record = run / "run.json"
-    if resume:
-        if not record.exists():
-            raise click.UsageError(f"--resume: {record} does not exist (nothing to resume)")
-        saved = json.loads(record.read_text())
-        model_cfg = PriorConfig(**saved["model"])
-        train_cfg = TrainConfig(**(saved["train"] | {"steps": steps}))
-        split, limit = saved["data"]["split"], saved["data"]["limit"]
-        eval_every, eval_samples, eval_steps = (saved["eval"][k] for k in ("every", "samples", "steps"))
-    else:
-        if (run / "checkpoint.pt").exists():
-            raise click.UsageError(f"{run} already holds a checkpoint: pass --resume or choose another --run-dir")
-        model_cfg = PriorConfig(setting=setting, hidden=hidden, n_layers=layers, n_steps=diffusion_steps,
-                                schedule=schedule)
-        train_cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
-                                ema_decay=ema_decay, checkpoint_every=checkpoint_every, seed=seed,
-                                compile=compile_)
+    fresh = {"model": asdict(PriorConfig(setting=setting, hidden=hidden, n_layers=layers, n_steps=diffusion_steps,
+                                         schedule=schedule)),
+             "train": asdict(TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
+                                         ema_decay=ema_decay, checkpoint_every=checkpoint_every, seed=seed,
+                                         compile=compile_)),
+             "data": {"split": split, "limit": limit},
+             "eval": {"every": eval_every, "samples": eval_samples, "steps": eval_steps}}
+    record = _run_record(run, resume, fresh, steps)
+    model_cfg, train_cfg = PriorConfig(**record["model"]), TrainConfig(**record["train"])
+    eval_every, eval_samples, eval_steps = (record["eval"][k] for k in ("every", "samples", "steps"))
     seed_everything(train_cfg.seed)
-    data = load_split(model_cfg.setting, split)
-    if limit:
-        data = data.subset(slice(limit))
+    data = _training_data(model_cfg.setting, record)
     model = MoleculeDiffusion(model_cfg, data.n_atoms_histogram())
     if train_cfg.compile:
         model.denoiser.compile(dynamic=True)
@@ -97,29 +91,130 @@ def prior(setting, split, run_dir, steps, batch_size, lr, warmup, ema_decay, hid
             except Exception as err:  # an evaluation must never kill a long training run
                 click.echo(f"eval at step {step} failed: {err!r}", err=True)
                 return
-            entry = {"step": step, "samples": eval_samples, "sampling_steps": eval_steps, **metrics,
-                     "seconds": round(time.perf_counter() - t0, 1)}
-            with open(eval_log, "a") as f:
-                f.write(json.dumps(entry) + "\n")
-            click.echo(f"eval {json.dumps(entry)}", err=True)
+            _log_eval(eval_log, {"step": step, "samples": eval_samples, "sampling_steps": eval_steps, **metrics,
+                                 "seconds": round(time.perf_counter() - t0, 1)})
             ema_model.train()
 
-    trainer = Trainer(model, MoleculeBatches(data, train_cfg.batch_size, train_cfg.seed), train_cfg, run,
-                      resolve_device(device), on_checkpoint=evaluate)
+    _fit(model, MoleculeBatches(data, train_cfg.batch_size, train_cfg.seed), train_cfg, run, record, device,
+         resume, evaluate)
+
+
+def _run_record(run: Path, resume: bool, fresh: dict, steps: int) -> dict:
+    """The settings of a run: ``fresh`` for a new run, ``run.json`` (with ``steps`` updated) on resume."""
+    path = run / "run.json"
+    if resume:
+        if not path.exists():
+            raise click.UsageError(f"--resume: {path} does not exist (nothing to resume)")
+        saved = json.loads(path.read_text())
+        saved["train"]["steps"] = steps
+        return saved
+    if (run / "checkpoint.pt").exists():
+        raise click.UsageError(f"{run} already holds a checkpoint: pass --resume or choose another --run-dir")
+    return fresh
+
+
+def _training_data(setting: str, record: dict) -> QM9Split:
+    data = load_split(setting, record["data"]["split"])
+    limit = record["data"]["limit"]
+    return data.subset(slice(limit)) if limit else data
+
+
+def _log_eval(path: Path, entry: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    click.echo(f"eval {json.dumps(entry)}", err=True)
+
+
+def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, record: dict, device: str,
+         resume: bool, on_checkpoint) -> None:
+    """Train with checkpoints (resuming when asked), writing ``run.json`` once for a new run."""
+    trainer = Trainer(model, batches, train_cfg, run, resolve_device(device), on_checkpoint=on_checkpoint)
     if resume and trainer.resume():
         click.echo(f"resumed {run} at step {trainer.step}", err=True)
     elif trainer.group.is_main:
         run.mkdir(parents=True, exist_ok=True)
-        with atomic_path(record) as tmp:
-            tmp.write_text(json.dumps({"model": asdict(model_cfg), "train": asdict(train_cfg),
-                                       "data": {"split": split, "limit": limit, "molecules": len(data)},
-                                       "eval": {"every": eval_every, "samples": eval_samples, "steps": eval_steps},
-                                       "world_size": trainer.group.world_size}, indent=1))
+        record["train"] = asdict(train_cfg)
+        record["data"]["molecules"] = len(batches.n_atoms)
+        record["world_size"] = trainer.group.world_size
+        with atomic_path(run / "run.json") as tmp:
+            tmp.write_text(json.dumps(record, indent=1))
     n_params = sum(p.numel() for p in model.parameters())
     if trainer.group.is_main:
-        click.echo(f"training {n_params:,} parameters on {len(data)} molecules of {model_cfg.setting}/{split}, "
-                   f"{trainer.group.world_size} process(es) on {trainer.device}", err=True)
+        click.echo(f"training {n_params:,} parameters on {len(batches.n_atoms)} molecules of "
+                   f"{record['model']['setting']}/{record['data']['split']}, {trainer.group.world_size} "
+                   f"process(es) on {trainer.device}", err=True)
     trainer.fit()
     if trainer.group.is_main:
         click.echo(f"done: {run / 'model.pt'} (EMA weights) at step {trainer.step}", err=True)
     trainer.group.close()
+
+
+@train.command()
+@click.option("--setting", type=click.Choice(list(SETTINGS)), default="qm9-noh", show_default=True)
+@click.option("--split", type=click.Choice(["Da", "Db", "train"]), default="Da", show_default=True,
+              help="Labelled training molecules: Da for evaluators, Db for reward predictors.")
+@click.option("--arch", type=click.Choice(list(ARCHITECTURES)), default="egnn", show_default=True,
+              help="egnn: EDM's evaluator (7 x 128, attention); e3nn: tensor-product network (4 x 32).")
+@click.option("--property", "properties", multiple=True, default=("all",), show_default=True,
+              type=click.Choice([*PROPERTIES, "all"]), help="Property to learn (repeat for several; all: the six).")
+@click.option("--run-dir", type=click.Path(file_okay=False), required=True,
+              help="Folder for checkpoint.pt, model.pt (EMA weights + calibration), run.json and eval.jsonl.")
+@click.option("--epochs", type=float, default=20, show_default=True, help="Passes over the training split.")
+@click.option("--batch-size", type=int, default=96, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (cosine decay to 0).")
+@click.option("--warmup", type=int, default=200, show_default=True, help="Linear learning-rate warm-up steps.")
+@click.option("--ema", "ema_decay", type=float, default=0.999, show_default=True)
+@click.option("--hidden", type=int, default=0, help="Width (default: egnn 128, e3nn 32 scalar channels).")
+@click.option("--layers", type=int, default=0, help="Blocks (default: egnn 7, e3nn 4).")
+@click.option("--checkpoint-every", type=int, default=1000, show_default=True,
+              help="Steps between checkpoints; each also scores the validation split (eval.jsonl) and refits "
+                   "the likelihood calibration s.")
+@click.option("--limit", type=int, default=None, help="Train on the first LIMIT molecules only (smoke tests).")
+@click.option("--valid-limit", type=int, default=None, help="Score only the first molecules of the validation split.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K.")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
+@click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoint.pt with its run.json settings "
+              "(only --epochs may change, to train longer; the cosine schedule stretches with it).")
+def predictor(setting, split, arch, properties, run_dir, epochs, batch_size, lr, warmup, ema_decay, hidden, layers,
+              checkpoint_every, limit, valid_limit, seed, device, threads, resume) -> None:
+    """Train a property predictor (all six QM9 properties in one head by default)."""
+    if threads:
+        torch.set_num_threads(threads)
+    run = Path(run_dir)
+    properties = PROPERTIES if "all" in properties else tuple(dict.fromkeys(properties))
+    fresh = {"model": asdict(PredictorConfig(setting=setting, arch=arch, properties=properties, hidden=hidden,
+                                             n_layers=layers)),
+             "data": {"split": split, "limit": limit, "valid_limit": valid_limit}}
+    saved_split = json.loads((run / "run.json").read_text())["data"] if resume and (run / "run.json").exists() else None
+    data = _training_data(setting, {"data": saved_split or fresh["data"]})
+    steps = math.ceil(epochs * len(data) / batch_size)
+    fresh["train"] = asdict(TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
+                                        lr_schedule="cosine", ema_decay=ema_decay,
+                                        checkpoint_every=checkpoint_every, seed=seed))
+    record = _run_record(run, resume, fresh, steps)
+    model_cfg, train_cfg = PredictorConfig(**record["model"]), TrainConfig(**record["train"])
+    seed_everything(train_cfg.seed)
+    labels = np.stack([data.properties[p] for p in model_cfg.properties], 1)
+    mean, mad = labels.mean(0), np.abs(labels - labels.mean(0)).mean(0)
+    model = PropertyPredictor(model_cfg, mean, mad)
+    valid = load_split(model_cfg.setting, "valid")
+    if record["data"].get("valid_limit"):
+        valid = valid.subset(slice(record["data"]["valid_limit"]))
+    valid_labels = np.stack([valid.properties[p] for p in model_cfg.properties], 1)
+
+    def evaluate(step: int, ema_model: PropertyPredictor) -> None:
+        t0 = time.perf_counter()
+        ema_model.eval()
+        predictions = ema_model.predict_arrays(valid.types, valid.positions)
+        scale = fit_calibration(predictions, valid_labels)
+        ema_model.calibration = torch.tensor(scale, dtype=torch.float32)
+        mae = np.abs(predictions - valid_labels).mean(0)
+        _log_eval(run / "eval.jsonl", {"step": step, "split": "valid", "molecules": len(valid),
+                                       "mae": dict(zip(model_cfg.properties, mae.round(5).tolist())),
+                                       "calibration_s": dict(zip(model_cfg.properties, scale.round(5).tolist())),
+                                       "seconds": round(time.perf_counter() - t0, 1)})
+        ema_model.train()
+
+    batches = MoleculeBatches(data, train_cfg.batch_size, train_cfg.seed, model_cfg.properties)
+    _fit(model, batches, train_cfg, run, record, device, resume, evaluate)

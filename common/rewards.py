@@ -1,0 +1,84 @@
+"""Rewards: scores of clean states, higher is better, with optional per-sample targets.
+
+A reward maps a batch of clean states ``x (B, N, C)`` with ``mask (B, N)`` — and, for rewards that
+condition on labels, targets ``y (B, P)`` in label units with ``y_mask (B, P)`` saying which targets
+are conditioned — to ``r (B,)``. ``differentiable`` says whether ``r`` can be back-propagated to ``x``
+(RGDM and CTRL pick their estimator from it).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class Reward(nn.Module):
+    """Base class: ``forward(x (B, N, C), mask (B, N), y (B, P) | None, y_mask (B, P) | None) -> (B,)``."""
+
+    differentiable: bool = True
+
+    def forward(self, x: Tensor, mask: Tensor, y: Tensor | None = None, y_mask: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+
+class GaussianLogLikelihood(Reward):
+    """log p(y | x) of a calibrated regressor: Σ_k m_k · log N(y_k; f_k(x), s_k²).
+
+    With z_k = (y_k − f_k(x)) / s_k each used column contributes −½ z_k² − log s_k − ½ log 2π;
+    columns with ``y_mask`` false contribute 0 (their targets may be anything, NaN included).
+
+    Args:
+        regressor: ``regressor(x (B, N, C), mask (B, N)) -> (B, P_all)`` predicted means, label units.
+        scale: calibrated standard deviation s of each used column, ``(P,)``, positive.
+        columns: the regressor outputs used, in the order of y's columns (default: all, P = P_all).
+    """
+
+    def __init__(self, regressor: nn.Module, scale: Tensor | Sequence[float], columns: Sequence[int] | None = None):
+        super().__init__()
+        scale = torch.as_tensor(scale, dtype=torch.float32).flatten()
+        if not bool((scale > 0).all()):
+            raise ValueError(f"scale must be positive, got {scale.tolist()}")
+        if columns is not None and len(columns) != len(scale):
+            raise ValueError(f"{len(columns)} columns but {len(scale)} scales")
+        self.regressor = regressor
+        self.columns = None if columns is None else list(columns)
+        self.register_buffer("scale", scale)
+
+    @property
+    def n_targets(self) -> int:
+        """P, the number of target columns."""
+        return len(self.scale)
+
+    def forward(self, x: Tensor, mask: Tensor, y: Tensor | None = None, y_mask: Tensor | None = None) -> Tensor:
+        if y is None:
+            raise ValueError("GaussianLogLikelihood needs targets y of shape (B, P); got None")
+        if y.shape[-1] != self.n_targets:
+            raise ValueError(f"targets have {y.shape[-1]} columns, the reward uses {self.n_targets}")
+        mean = self.regressor(x, mask)
+        if self.columns is not None:
+            mean = mean[..., self.columns]
+        if mean.shape[-1] != self.n_targets:
+            raise ValueError(f"regressor gives {mean.shape[-1]} outputs, the reward has {self.n_targets} scales")
+        keep = torch.ones_like(y, dtype=torch.bool) if y_mask is None else y_mask.bool()
+        y = torch.where(keep, y.to(mean.dtype), torch.zeros((), dtype=mean.dtype, device=mean.device))
+        scale = self.scale.to(mean.dtype)
+        z = (y - mean) / scale
+        log_density = -0.5 * z.square() - scale.log() - 0.5 * math.log(2 * math.pi)
+        return (log_density * keep).sum(-1)
+
+
+class WeightedSum(Reward):
+    """Σ_i w_i · r_i(x, mask, y, y_mask); differentiable iff every term is."""
+
+    def __init__(self, terms: Sequence[tuple[float, Reward]]):
+        super().__init__()
+        if not terms:
+            raise ValueError("WeightedSum needs at least one (weight, reward) term")
+        self.weights = [float(w) for w, _ in terms]
+        self.terms = nn.ModuleList(r for _, r in terms)
+        self.differentiable = all(r.differentiable for r in self.terms)
+
+    def forward(self, x: Tensor, mask: Tensor, y: Tensor | None = None, y_mask: Tensor | None = None) -> Tensor:
+        return sum(w * r(x, mask, y, y_mask) for w, r in zip(self.weights, self.terms))
