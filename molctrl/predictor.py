@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.rewards import GaussianLogLikelihood
 from molctrl.data.qm9 import Setting, get_setting
 from molctrl.molecule import Molecule
 from molctrl.regressors import E3Regressor, EGNNRegressor
@@ -152,3 +153,26 @@ class PropertyPredictor(nn.Module):
         if payload.get("calibration") is not None:
             model.calibration = torch.tensor(payload["calibration"], dtype=torch.float32)
         return model
+
+
+class StateRegressor(nn.Module):
+    """The predictor read on diffusion states ``x = [positions, one_hot·type_scale] (B, N, 3+F)`` -> ``(B, P)``."""
+
+    def __init__(self, predictor: PropertyPredictor, type_scale: float):
+        super().__init__()
+        self.predictor, self.type_scale = predictor, type_scale
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        one_hot = x[..., 3:] / self.type_scale * mask.unsqueeze(-1)
+        return self.predictor.regress(one_hot, x[..., :3], mask)
+
+
+def likelihood_reward(predictor: PropertyPredictor, properties: Sequence[str], type_scale: float) -> GaussianLogLikelihood:
+    """``log p(y | x) = Σ_k log N(y_k; f_k(x), s_k²)`` over ``properties`` (the columns of y), on states."""
+    if predictor.calibration is None:
+        raise ValueError("the predictor has no likelihood calibration (train it with 'molctrl train predictor')")
+    missing = [p for p in properties if p not in predictor.properties]
+    if missing:
+        raise ValueError(f"the predictor does not predict {', '.join(missing)} (it has {', '.join(predictor.properties)})")
+    columns = [predictor.properties.index(p) for p in properties]
+    return GaussianLogLikelihood(StateRegressor(predictor, type_scale), predictor.calibration[columns], columns)

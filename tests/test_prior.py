@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from molctrl import egnn
+from tests.geometry import random_orthogonal
 from molctrl.prior import MoleculeDiffusion, PriorConfig
 
 
@@ -25,18 +26,11 @@ def _inputs(model, b=3, n=7):
     return x, mask, torch.rand(b, generator=g, dtype=torch.float64)
 
 
-def _random_orthogonal(seed, reflect):
-    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
-    if (torch.det(q) < 0) != reflect:
-        q[:, 0] = -q[:, 0]
-    return q
-
-
 @pytest.mark.parametrize("reflect", [False, True])
 def test_eps_is_equivariant_under_rotations_and_reflections(model, reflect):
     x, mask, t = _inputs(model)
     eps = model.denoiser(x, t, mask)
-    q = _random_orthogonal(3, reflect)
+    q = random_orthogonal(3, reflect)
     x_rot = torch.cat([x[..., :3] @ q.T, x[..., 3:]], -1)
     eps_rot = model.denoiser(x_rot, t, mask)
     assert torch.allclose(eps_rot[..., :3], eps[..., :3] @ q.T, atol=1e-10)

@@ -73,7 +73,8 @@ def prior(setting, split, run_dir, steps, batch_size, lr, warmup, ema_decay, hid
                                          compile=compile_)),
              "data": {"split": split, "limit": limit},
              "eval": {"every": eval_every, "samples": eval_samples, "steps": eval_steps}}
-    record = _run_record(run, resume, fresh, steps)
+    record = _run_record(run, resume, fresh)
+    record["train"]["steps"] = steps
     model_cfg, train_cfg = PriorConfig(**record["model"]), TrainConfig(**record["train"])
     eval_every, eval_samples, eval_steps = (record["eval"][k] for k in ("every", "samples", "steps"))
     seed_everything(train_cfg.seed)
@@ -99,15 +100,13 @@ def prior(setting, split, run_dir, steps, batch_size, lr, warmup, ema_decay, hid
          resume, evaluate)
 
 
-def _run_record(run: Path, resume: bool, fresh: dict, steps: int) -> dict:
-    """The settings of a run: ``fresh`` for a new run, ``run.json`` (with ``steps`` updated) on resume."""
+def _run_record(run: Path, resume: bool, fresh: dict) -> dict:
+    """The settings of a run: ``fresh`` for a new run, those of ``run.json`` on resume."""
     path = run / "run.json"
     if resume:
         if not path.exists():
             raise click.UsageError(f"--resume: {path} does not exist (nothing to resume)")
-        saved = json.loads(path.read_text())
-        saved["train"]["steps"] = steps
-        return saved
+        return json.loads(path.read_text())
     if (run / "checkpoint.pt").exists():
         raise click.UsageError(f"{run} already holds a checkpoint: pass --resume or choose another --run-dir")
     return fresh
@@ -186,13 +185,12 @@ def predictor(setting, split, arch, properties, run_dir, epochs, batch_size, lr,
     fresh = {"model": asdict(PredictorConfig(setting=setting, arch=arch, properties=properties, hidden=hidden,
                                              n_layers=layers)),
              "data": {"split": split, "limit": limit, "valid_limit": valid_limit}}
-    saved_split = json.loads((run / "run.json").read_text())["data"] if resume and (run / "run.json").exists() else None
-    data = _training_data(setting, {"data": saved_split or fresh["data"]})
-    steps = math.ceil(epochs * len(data) / batch_size)
-    fresh["train"] = asdict(TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
+    fresh["train"] = asdict(TrainConfig(steps=0, batch_size=batch_size, lr=lr, warmup_steps=warmup,
                                         lr_schedule="cosine", ema_decay=ema_decay,
                                         checkpoint_every=checkpoint_every, seed=seed))
-    record = _run_record(run, resume, fresh, steps)
+    record = _run_record(run, resume, fresh)
+    data = _training_data(record["model"]["setting"], record)
+    record["train"]["steps"] = math.ceil(epochs * len(data) / record["train"]["batch_size"])
     model_cfg, train_cfg = PredictorConfig(**record["model"]), TrainConfig(**record["train"])
     seed_everything(train_cfg.seed)
     labels = np.stack([data.properties[p] for p in model_cfg.properties], 1)
