@@ -144,7 +144,7 @@ class PropertyPredictor(nn.Module):
                 "calibration": calibration}
 
     @classmethod
-    def from_export(cls, payload: dict) -> "PropertyPredictor":
+    def from_export(cls, payload: dict) -> PropertyPredictor:
         if payload.get("kind") != "molctrl.predictor":
             raise ValueError(f"not a molctrl property predictor (kind={payload.get('kind')!r})")
         state = payload["state_dict"]
@@ -176,3 +176,20 @@ def likelihood_reward(predictor: PropertyPredictor, properties: Sequence[str], t
         raise ValueError(f"the predictor does not predict {', '.join(missing)} (it has {', '.join(predictor.properties)})")
     columns = [predictor.properties.index(p) for p in properties]
     return GaussianLogLikelihood(StateRegressor(predictor, type_scale), predictor.calibration[columns], columns)
+
+
+class AtomCountPredictor:
+    """The ``#Atoms`` reference: a property predicted from the atom count alone, as the median label of
+    the training molecules of that size (the L1-optimal function of N; the overall median for sizes not
+    seen in training)."""
+
+    def __init__(self, n_atoms: np.ndarray, labels: np.ndarray):
+        """``n_atoms (M,)``, ``labels (M, P)``."""
+        labels = labels.reshape(len(labels), -1)
+        self.table = np.tile(np.median(labels, 0), (int(n_atoms.max()) + 2, 1))  # last row: larger sizes
+        for n in np.unique(n_atoms):
+            self.table[n] = np.median(labels[n_atoms == n], 0)
+
+    def __call__(self, n_atoms: np.ndarray) -> np.ndarray:
+        """``(M,)`` -> ``(M, P)``."""
+        return self.table[np.minimum(n_atoms, len(self.table) - 1)]

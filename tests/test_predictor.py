@@ -10,6 +10,7 @@ from molctrl.cli import main
 from molctrl.molecule import Molecule
 from molctrl.predictor import (
     ONE_SIGMA,
+    AtomCountPredictor,
     PredictorConfig,
     PropertyPredictor,
     fit_calibration,
@@ -178,3 +179,10 @@ def test_predict_cli_reports_bad_input_in_one_line(trained, tmp_path):
     assert len(result.output.strip().splitlines()) == 1
     not_weights = CliRunner().invoke(main, ["predict", str(molecules), "--property", "mu", "--model", str(bad)])
     assert not_weights.exit_code == 2 and "not a torch weights file" in not_weights.output
+
+
+def test_atom_count_predictor_is_the_median_per_size():
+    n_atoms = np.array([3, 3, 3, 5, 5])
+    labels = np.array([[1.0], [2.0], [10.0], [4.0], [6.0]])
+    baseline = AtomCountPredictor(n_atoms, labels)
+    assert np.allclose(baseline(np.array([3, 5, 4, 9])).ravel(), [2.0, 5.0, 4.0, 4.0])  # unseen sizes: overall median

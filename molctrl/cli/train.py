@@ -15,7 +15,13 @@ from common.runtime import atomic_path, resolve_device, seed_everything
 from common.training import TrainConfig, Trainer
 from molctrl.batches import MoleculeBatches
 from molctrl.data.qm9 import SETTINGS, SPLITS, QM9Split, load_split
-from molctrl.predictor import ARCHITECTURES, PROPERTIES, PredictorConfig, PropertyPredictor, fit_calibration
+from molctrl.predictor import (
+    ARCHITECTURES,
+    PROPERTIES,
+    PredictorConfig,
+    PropertyPredictor,
+    fit_calibration,
+)
 from molctrl.prior import MoleculeDiffusion, PriorConfig
 
 
