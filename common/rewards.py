@@ -33,9 +33,13 @@ class GaussianLogLikelihood(Reward):
         regressor: ``regressor(x (B, N, C), mask (B, N)) -> (B, P_all)`` predicted means, label units.
         scale: calibrated standard deviation s of each used column, ``(P,)``, positive.
         columns: the regressor outputs used, in the order of y's columns (default: all, P = P_all).
+        target_columns: where those targets sit in a wider y (e.g. one column per property of the
+            domain, so that rewards of separately trained predictors compose on one y); default: y
+            has exactly the P columns.
     """
 
-    def __init__(self, regressor: nn.Module, scale: Tensor | Sequence[float], columns: Sequence[int] | None = None):
+    def __init__(self, regressor: nn.Module, scale: Tensor | Sequence[float], columns: Sequence[int] | None = None,
+                 target_columns: Sequence[int] | None = None):
         super().__init__()
         scale = torch.as_tensor(scale, dtype=torch.float32).flatten()
         if not bool((scale > 0).all()):
@@ -43,7 +47,10 @@ class GaussianLogLikelihood(Reward):
         if columns is not None and len(columns) != len(scale):
             raise ValueError(f"{len(columns)} columns but {len(scale)} scales")
         self.regressor = regressor
+        if target_columns is not None and len(target_columns) != len(scale):
+            raise ValueError(f"{len(target_columns)} target columns but {len(scale)} scales")
         self.columns = None if columns is None else list(columns)
+        self.target_columns = None if target_columns is None else list(target_columns)
         self.register_buffer("scale", scale)
 
     @property
@@ -54,6 +61,9 @@ class GaussianLogLikelihood(Reward):
     def forward(self, x: Tensor, mask: Tensor, y: Tensor | None = None, y_mask: Tensor | None = None) -> Tensor:
         if y is None:
             raise ValueError("GaussianLogLikelihood needs targets y of shape (B, P); got None")
+        if self.target_columns is not None:
+            y = y[..., self.target_columns]
+            y_mask = None if y_mask is None else y_mask[..., self.target_columns]
         if y.shape[-1] != self.n_targets:
             raise ValueError(f"targets have {y.shape[-1]} columns, the reward uses {self.n_targets}")
         mean = self.regressor(x, mask)

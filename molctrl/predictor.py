@@ -168,14 +168,19 @@ class StateRegressor(nn.Module):
 
 
 def likelihood_reward(predictor: PropertyPredictor, properties: Sequence[str], type_scale: float) -> GaussianLogLikelihood:
-    """``log p(y | x) = Σ_k log N(y_k; f_k(x), s_k²)`` over ``properties`` (the columns of y), on states."""
+    """``log p(y | x) = Σ_k log N(y_k; f_k(x), s_k²)`` over ``properties``, on states.
+
+    Targets ``y (B, 6)`` hold one column per property of :data:`PROPERTIES` (the reward reads its own),
+    so rewards of separately trained predictors add up on the same ``y`` and ``y_mask``.
+    """
     if predictor.calibration is None:
         raise ValueError("the predictor has no likelihood calibration (train it with 'molctrl train predictor')")
     missing = [p for p in properties if p not in predictor.properties]
     if missing:
         raise ValueError(f"the predictor does not predict {', '.join(missing)} (it has {', '.join(predictor.properties)})")
     columns = [predictor.properties.index(p) for p in properties]
-    return GaussianLogLikelihood(StateRegressor(predictor, type_scale), predictor.calibration[columns], columns)
+    return GaussianLogLikelihood(StateRegressor(predictor, type_scale), predictor.calibration[columns], columns,
+                                 target_columns=[PROPERTIES.index(p) for p in properties])
 
 
 class AtomCountPredictor:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from common.rewards import WeightedSum
 from molctrl.cli import main
 from molctrl.molecule import Molecule
 from molctrl.predictor import (
@@ -98,11 +99,19 @@ def test_likelihood_reward_reads_states_and_is_differentiable(predictor):
     one_hot, mask = predictor.encode(types)
     x = torch.cat([pos, one_hot * 0.25], -1).requires_grad_(True)
     reward = likelihood_reward(predictor, ["gap", "alpha"], type_scale=0.25)
-    y = torch.tensor([[1.0, 2.0]] * 3, dtype=torch.float64)
+    y = torch.tensor([[2.0, 1.0, 7.0, 7.0, 7.0, 7.0]] * 3, dtype=torch.float64)  # one column per property
     r = reward(x, mask, y)
     f = _regress(predictor, types, pos)[:, [1, 0]]
-    expected = (-0.5 * ((y - f) / 0.5) ** 2 - np.log(0.5) - 0.5 * np.log(2 * np.pi)).sum(-1)
+    expected = (-0.5 * ((y[:, [1, 0]] - f) / 0.5) ** 2 - np.log(0.5) - 0.5 * np.log(2 * np.pi)).sum(-1)
     assert torch.allclose(r, expected)
+    other = _predictor("e3nn" if predictor.config.arch == "egnn" else "egnn", seed=1)  # separately trained
+    composed = WeightedSum([(1.0, likelihood_reward(predictor, ["gap"], 0.25)),
+                            (1.0, likelihood_reward(other, ["alpha"], 0.25))])
+    separate = likelihood_reward(predictor, ["gap"], 0.25)(x, mask, y) + likelihood_reward(other, ["alpha"], 0.25)(x, mask, y)
+    assert torch.allclose(composed(x, mask, y), separate)
+    only_gap = torch.zeros_like(y, dtype=torch.bool)
+    only_gap[:, 1] = True
+    assert torch.allclose(reward(x, mask, y, only_gap), likelihood_reward(predictor, ["gap"], 0.25)(x, mask, y))
     r.sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad[..., :3].abs().max() > 0 and x.grad[..., 3:].abs().max() > 0
     with pytest.raises(ValueError, match="does not predict r2"):

@@ -260,3 +260,11 @@ def test_chemistry_reward_rejects_unknown_names(tiny_prior):
         ChemistryReward("tpsa", tiny_prior.decode)
     with pytest.raises(ValueError, match="qed, logp, sa"):
         chemistry_scores([kekule_benzene()], ["qed", "mw"])
+
+
+def test_target_columns_read_a_wider_target_vector(batch):
+    x, mask, y, regressor = batch
+    wide = torch.cat([torch.full_like(y[:, :1], float("nan")), y], -1)
+    narrow = GaussianLogLikelihood(regressor, [1.0, 0.4, 2.0])
+    placed = GaussianLogLikelihood(regressor, [1.0, 0.4, 2.0], target_columns=[1, 2, 3])
+    assert torch.allclose(placed(x, mask, wide), narrow(x, mask, y))
