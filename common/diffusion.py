@@ -9,7 +9,8 @@ over a subset of steps is the same formula. The last step returns x ~ N(x̂₀(z
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F

@@ -128,7 +128,7 @@ class MoleculeDiffusion(nn.Module):
         return {"kind": "molctrl.prior", "config": asdict(self.config), "state_dict": self.state_dict()}
 
     @classmethod
-    def from_export(cls, payload: dict) -> "MoleculeDiffusion":
+    def from_export(cls, payload: dict) -> MoleculeDiffusion:
         if payload.get("kind") != "molctrl.prior":
             raise ValueError(f"not a molctrl prior (kind={payload.get('kind')!r})")
         state = payload["state_dict"]

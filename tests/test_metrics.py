@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from rdkit import Chem
 
-import molctrl.metrics as metrics
+from molctrl import metrics
 from molctrl.bonds import ALLOWED_VALENCES, bond_order_matrix
 from molctrl.io import write_xyz
 from molctrl.metrics import (

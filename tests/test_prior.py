@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from molctrl import egnn
-from tests.geometry import random_orthogonal
 from molctrl.prior import MoleculeDiffusion, PriorConfig
+from tests.geometry import random_orthogonal
 
 
 @pytest.fixture(scope="module")

@@ -248,7 +248,7 @@ class QM9Split:
         """``(M, N_max)`` bool, true for real atoms."""
         return self.types >= 0
 
-    def subset(self, rows: slice | np.ndarray) -> "QM9Split":
+    def subset(self, rows: slice | np.ndarray) -> QM9Split:
         """The molecules at ``rows`` (a slice or index array) as a new split."""
         return QM9Split(self.setting, self.types[rows], self.positions[rows], self.n_atoms[rows],
                         self.qm9_index[rows], {k: v[rows] for k, v in self.properties.items()}, self.smiles[rows])
