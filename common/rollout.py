@@ -1,0 +1,103 @@
+"""Roll a conditioned sampler out next to the frozen prior: the samples, their trajectory log-likelihoods,
+and the per-step KL divergence between the two models' reverse steps.
+
+For a trajectory z_T → z_{t_1} → … → z_0 → x of the conditioned model p_θ, each step has
+    p_θ(z_s | z_t, y) = N(μ_θ, σ²),   p_pre(z_s | z_t) = N(μ_pre, σ²)   (same σ: fixed-variance reverse steps)
+so KL(p_θ ‖ p_pre) = ‖μ_θ − μ_pre‖² / (2σ²) at every step, in closed form. Their sum over the steps
+is the KL between the two path measures given the sampled states, the regulariser of CTRL.
+
+Gradients (``grad_steps``): the last ``grad_steps`` transitions are reparameterised,
+z_s = μ_θ(z_t) + σ·ε, so a reward of the final sample back-propagates through them (and the KL of a
+later step through the prior's mean at that state: the prior's weights must not require gradients);
+earlier states are detached (truncated back-propagation) but their KL terms still carry gradients to θ. Each step can be
+recomputed in the backward pass (``checkpoint``) so memory does not grow with the number of steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint as recompute
+
+from common.diffusion import Denoiser, GaussianDiffusion, respaced_steps
+
+
+@dataclass
+class Rollout:
+    """One batch of trajectories, all per sample ``(B,)`` except ``x`` ``(B, N, D)``.
+
+    Attributes:
+        x: final samples. kl: Σ_t KL(p_θ ‖ p_pre) over the steps. log_prob: Σ_t log p_θ(z_s | z_t) of the
+            sampled states (gradient w.r.t. θ only). prior_log_prob: Σ_t log p_pre(z_s | z_t), no gradient.
+    """
+
+    x: torch.Tensor
+    kl: torch.Tensor
+    log_prob: torch.Tensor
+    prior_log_prob: torch.Tensor
+
+
+def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask: torch.Tensor, n_channels: int,
+            n_sampling_steps: int | None = None, cond: torch.Tensor | None = None, grad_steps: int = 0,
+            checkpoint: bool = True, generator: torch.Generator | None = None,
+            dtype: torch.dtype = torch.float32) -> Rollout:
+    """Sample from ``model`` (conditioned on ``cond``) and score each step against ``prior``.
+
+    Args:
+        diffusion: the process both models were trained for. model, prior: ε-networks (the prior is
+            called without a condition and never receives gradients). mask: ``(B, N)``.
+        n_sampling_steps: respaced step count (``None``: all T). grad_steps: reparameterised final
+            transitions (0: none — a pure score-function / weighting use). checkpoint: recompute each
+            step in the backward pass.
+    """
+    b, n = mask.shape
+    space = diffusion.space
+    z = space.noise(torch.empty(b, n, n_channels, device=mask.device, dtype=dtype), mask, generator)
+    steps = respaced_steps(diffusion.n_steps, n_sampling_steps)
+    pairs = list(zip(steps[:-1], steps[1:])) + [(0, None)]  # (0, None): the final step z_0 -> x
+    kl = log_prob = prior_log_prob = torch.zeros(b, device=mask.device, dtype=dtype)
+    for k, (t_int, s_int) in enumerate(pairs):
+        if len(pairs) - k > grad_steps:
+            z = z.detach()
+        t = torch.full((b,), t_int, dtype=torch.long, device=mask.device)
+        s = None if s_int is None else torch.full((b,), s_int, dtype=torch.long, device=mask.device)
+        if z.requires_grad:  # a reparameterised state: the prior's step mean depends on θ through z
+            moments = recompute if checkpoint else _call
+            mean, mean_pre, std = moments(_moments, diffusion, model, prior, z, t, s, mask, cond, use_reentrant=False)
+        else:
+            with torch.no_grad():
+                mean_pre, std = _step(diffusion, prior, z, t, s, mask, None)
+            if checkpoint and torch.is_grad_enabled():
+                mean = recompute(_step_mean, diffusion, model, z, t, s, mask, cond, use_reentrant=False)
+            else:
+                mean = _step_mean(diffusion, model, z, t, s, mask, cond)
+        noise = space.noise(z, mask, generator)
+        z_next = space.project(mean + std * noise, mask)
+        kl = kl + diffusion.step_kl(mean, mean_pre, std, mask)
+        log_prob = log_prob + diffusion.step_log_prob(z_next.detach(), mean, std, mask)
+        prior_log_prob = prior_log_prob + diffusion.step_log_prob(z_next.detach(), mean_pre, std, mask)
+        z = z_next
+    return Rollout(z, kl, log_prob, prior_log_prob)
+
+
+def _step(diffusion: GaussianDiffusion, net: Denoiser, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None,
+          mask: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the reverse step from t to s (s = None: the final step to x)."""
+    eps = net(z, t.to(z.dtype) / diffusion.n_steps, mask, cond)
+    if s is None:
+        return diffusion.final_step(z, eps)
+    return diffusion.reverse_step(z, eps, t, s)
+
+
+def _step_mean(diffusion, net, z, t, s, mask, cond) -> torch.Tensor:
+    return _step(diffusion, net, z, t, s, mask, cond)[0]
+
+
+def _moments(diffusion, model, prior, z, t, s, mask, cond) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step means of the model and the prior from the same state, and the shared std."""
+    mean, std = _step(diffusion, model, z, t, s, mask, cond)
+    return mean, _step(diffusion, prior, z, t, s, mask, None)[0], std
+
+
+def _call(fn, *args, use_reentrant: bool = False):
+    return fn(*args)
