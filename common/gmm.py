@@ -61,7 +61,7 @@ class GaussianMixture:
         """``(n, d)`` -> ``(n,)``."""
         return torch.logsumexp(self._components(x, 1.0, 0.0)[0] + self.weights.log(), dim=-1)
 
-    def tilt(self, w, y: float, s: float) -> "GaussianMixture":
+    def tilt(self, w, y: float, s: float) -> GaussianMixture:
         """The posterior p(x | y) for the likelihood N(y; wᵀx, s²)."""
         w = torch.as_tensor(w, dtype=torch.float64)
         precision = torch.linalg.inv(self.covariances) + torch.outer(w, w) / s**2
