@@ -66,7 +66,7 @@ def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask
             mean, mean_pre, std = moments(_moments, diffusion, model, prior, z, t, s, mask, cond, use_reentrant=False)
         else:
             with torch.no_grad():
-                mean_pre, std = _step(diffusion, prior, z, t, s, mask, None)
+                mean_pre, std = reverse_moments(diffusion, prior, z, t, s, mask, None)
             if checkpoint and torch.is_grad_enabled():
                 mean = recompute(_step_mean, diffusion, model, z, t, s, mask, cond, use_reentrant=False)
             else:
@@ -80,7 +80,7 @@ def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask
     return Rollout(z, kl, log_prob, prior_log_prob)
 
 
-def _step(diffusion: GaussianDiffusion, net: Denoiser, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None,
+def reverse_moments(diffusion: GaussianDiffusion, net: Denoiser, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None,
           mask: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std of the reverse step from t to s (s = None: the final step to x)."""
     eps = net(z, t.to(z.dtype) / diffusion.n_steps, mask, cond)
@@ -90,13 +90,13 @@ def _step(diffusion: GaussianDiffusion, net: Denoiser, z: torch.Tensor, t: torch
 
 
 def _step_mean(diffusion, net, z, t, s, mask, cond) -> torch.Tensor:
-    return _step(diffusion, net, z, t, s, mask, cond)[0]
+    return reverse_moments(diffusion, net, z, t, s, mask, cond)[0]
 
 
 def _moments(diffusion, model, prior, z, t, s, mask, cond) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Step means of the model and the prior from the same state, and the shared std."""
-    mean, std = _step(diffusion, model, z, t, s, mask, cond)
-    return mean, _step(diffusion, prior, z, t, s, mask, None)[0], std
+    mean, std = reverse_moments(diffusion, model, z, t, s, mask, cond)
+    return mean, reverse_moments(diffusion, prior, z, t, s, mask, None)[0], std
 
 
 def _call(fn, *args, use_reentrant: bool = False):
