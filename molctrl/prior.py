@@ -6,7 +6,7 @@ factor 4, and decoded by argmax. The number of atoms is drawn from the training 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -31,19 +31,29 @@ class PriorConfig:
     schedule: str = "polynomial_2"
     precision: float = 1e-5
     type_scale: float = 0.25  # EDM's normalize factor 4 for one-hot types
+    cond_dim: int = 0  # width of a condition vector appended to every node's features (0: unconditional)
 
 
 class MoleculeDenoiser(nn.Module):
-    """ε_θ(z_t, t): EGNN over node features [types, t]; the position output is x_out − x_in, centred."""
+    """ε_θ(z_t, t, c): EGNN over node features [types, t, c]; the position output is x_out − x_in, centred.
 
-    def __init__(self, n_types: int, hidden: int, n_layers: int):
+    A condition ``c (B, cond_dim)`` is appended to every node's features (EDM-cond's design).
+    """
+
+    def __init__(self, n_types: int, hidden: int, n_layers: int, cond_dim: int = 0):
         super().__init__()
-        self.n_types = n_types
-        self.egnn = EGNN(n_types + 1, n_types, hidden, n_layers)
+        self.n_types, self.cond_dim = n_types, cond_dim
+        self.egnn = EGNN(n_types + 1 + cond_dim, n_types, hidden, n_layers)
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         x, h = z[..., :3], z[..., 3:]
-        h = torch.cat([h, t.view(-1, 1, 1).expand(-1, z.shape[1], 1)], dim=-1)
+        parts = [h, t.view(-1, 1, 1).expand(-1, z.shape[1], 1)]
+        if self.cond_dim:
+            if cond is None or cond.shape != (z.shape[0], self.cond_dim):
+                raise ValueError(f"a conditioned denoiser needs cond of shape ({z.shape[0]}, {self.cond_dim}), "
+                                 f"got {None if cond is None else tuple(cond.shape)}")
+            parts.append(cond.to(z.dtype).unsqueeze(1).expand(-1, z.shape[1], -1))
+        h = torch.cat(parts, dim=-1)
         h_out, x_out = self.egnn(h, x, mask)
         m = mask.unsqueeze(-1).to(z.dtype)
         eps_x = (x_out - x) * m
@@ -63,7 +73,7 @@ class MoleculeDiffusion(nn.Module):
         self.config = config
         self.setting: Setting = get_setting(config.setting)
         self.n_types = len(self.setting.atom_decoder)
-        self.denoiser = MoleculeDenoiser(self.n_types, config.hidden, config.n_layers)
+        self.denoiser = MoleculeDenoiser(self.n_types, config.hidden, config.n_layers, config.cond_dim)
         self.diffusion = GaussianDiffusion(
             NoiseSchedule(config.schedule, config.n_steps, config.precision), PointSetSpace(centered_dims=3)
         )
@@ -120,6 +130,18 @@ class MoleculeDiffusion(nn.Module):
             if on_batch:
                 on_batch(len(batch))
         return molecules
+
+    def with_condition(self, cond_dim: int) -> MoleculeDiffusion:
+        """A conditioned copy that starts as this model: the embedding's new condition columns are zero,
+        so ε_θ(z, t, c) = ε_pre(z, t) for every c until training moves them."""
+        if self.config.cond_dim:
+            raise ValueError("the model is already conditioned")
+        model = MoleculeDiffusion(replace(self.config, cond_dim=cond_dim), self.n_atoms_hist)
+        state = dict(self.state_dict())
+        embed = "denoiser.egnn.embed.weight"
+        state[embed] = torch.cat([state[embed], state[embed].new_zeros(state[embed].shape[0], cond_dim)], dim=1)
+        model.load_state_dict(state)
+        return model.to(self.n_atoms_hist.device)
 
     # -- shipping --------------------------------------------------------------------------------
 

@@ -107,3 +107,16 @@ def test_cpu_batch_slicing_changes_nothing(model, monkeypatch):
     whole = model.denoiser(x, t, mask)
     monkeypatch.setattr(egnn, "CPU_PAIR_ELEMENTS", 1)  # one molecule per slice
     assert torch.allclose(model.denoiser(x, t, mask), whole, atol=1e-12)
+
+
+def test_a_conditioned_copy_starts_as_the_prior_and_can_learn_the_condition(model):
+    conditioned = model.with_condition(4).double()
+    x, mask, t = _inputs(model)
+    cond = torch.randn(x.shape[0], 4, dtype=torch.float64)
+    assert torch.equal(conditioned.denoiser(x, t, mask, cond), model.denoiser(x, t, mask))
+    conditioned.denoiser(x, t, mask, cond).square().sum().backward()
+    assert conditioned.denoiser.egnn.embed.weight.grad[:, -4:].abs().max() > 0
+    with pytest.raises(ValueError, match=r"needs cond of shape \(3, 4\), got None"):
+        conditioned.denoiser(x, t, mask)
+    again = MoleculeDiffusion.from_export(conditioned.export()).double()
+    assert torch.equal(again.denoiser(x, t, mask, cond), conditioned.denoiser(x, t, mask, cond))
