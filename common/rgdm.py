@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from common.diffusion import Denoiser, GaussianDiffusion, respaced_steps
+from common.diffusion import Denoiser, GaussianDiffusion
 from common.rewards import Reward
-from common.rollout import reverse_moments, rollout
+from common.rollout import reverse_moments, rollout, transitions
 
 
 def rgdm_trajectory_loss(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, reward: Reward,
@@ -72,14 +72,11 @@ def rgdm_step_loss(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoise
         raise ValueError(f"reward_on must be 'denoised' or 'noisy', got {reward_on!r}")
     b, n = mask.shape
     space = diffusion.space
-    steps = respaced_steps(diffusion.n_steps, n_sampling_steps)
-    pairs = list(zip(steps[:-1], steps[1:])) + [(0, None)]
+    pairs = transitions(diffusion, n_sampling_steps, b, mask.device)
     chosen = set(torch.randperm(len(pairs), generator=generator)[:n_train_steps].tolist())
     z = space.noise(torch.empty(b, n, n_channels, device=mask.device, dtype=dtype), mask, generator)
     losses, rewards = [], []
-    for k, (t_int, s_int) in enumerate(pairs):
-        t = torch.full((b,), t_int, dtype=torch.long, device=mask.device)
-        s = None if s_int is None else torch.full((b,), s_int, dtype=torch.long, device=mask.device)
+    for k, (t, s) in enumerate(pairs):
         with torch.no_grad():
             mean, std = reverse_moments(diffusion, model, z, t, s, mask, cond)
             z_next = space.project(mean + std * space.noise(z, mask, generator), mask)

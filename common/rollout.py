@@ -53,14 +53,11 @@ def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask
     b, n = mask.shape
     space = diffusion.space
     z = space.noise(torch.empty(b, n, n_channels, device=mask.device, dtype=dtype), mask, generator)
-    steps = respaced_steps(diffusion.n_steps, n_sampling_steps)
-    pairs = list(zip(steps[:-1], steps[1:])) + [(0, None)]  # (0, None): the final step z_0 -> x
+    pairs = transitions(diffusion, n_sampling_steps, b, mask.device)
     kl = log_prob = prior_log_prob = torch.zeros(b, device=mask.device, dtype=dtype)
-    for k, (t_int, s_int) in enumerate(pairs):
+    for k, (t, s) in enumerate(pairs):
         if len(pairs) - k > grad_steps:
             z = z.detach()
-        t = torch.full((b,), t_int, dtype=torch.long, device=mask.device)
-        s = None if s_int is None else torch.full((b,), s_int, dtype=torch.long, device=mask.device)
         if z.requires_grad:  # a reparameterised state: the prior's step mean depends on θ through z
             moments = recompute if checkpoint else _call
             mean, mean_pre, std = moments(_moments, diffusion, model, prior, z, t, s, mask, cond, use_reentrant=False)
@@ -78,6 +75,15 @@ def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask
         prior_log_prob = prior_log_prob + diffusion.step_log_prob(z_next.detach(), mean_pre, std, mask)
         z = z_next
     return Rollout(z, kl, log_prob, prior_log_prob)
+
+
+def transitions(diffusion: GaussianDiffusion, n_sampling_steps: int | None, batch: int,
+                device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The reverse transitions t → s of a (respaced) sampler as ``(B,)`` integer steps; the last one,
+    s = None, is the final step z_0 → x."""
+    steps = respaced_steps(diffusion.n_steps, n_sampling_steps)
+    full = [torch.full((batch,), k, dtype=torch.long, device=device) for k in steps]
+    return list(zip(full[:-1], full[1:])) + [(full[-1], None)]
 
 
 def reverse_moments(diffusion: GaussianDiffusion, net: Denoiser, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None,

@@ -15,12 +15,14 @@ import torch
 from torch import nn
 
 from common.ctrl import ctrl_loss
+from common.ddpo import ddpo_loss, sample_trajectories
 from common.diffusion import GaussianDiffusion
 from common.gmm import GaussianMixture, MixtureDenoiser
 from common.guidance import GuidedDenoiser
 from common.rewards import GaussianLogLikelihood
 from common.rgdm import rgdm_step_loss, rgdm_trajectory_loss
 from common.schedules import NoiseSchedule
+from common.selection import best_of_n
 from common.spaces import PointSetSpace
 
 PRIOR = GaussianMixture([0.6, 0.4], [[-1.5, 0.0], [1.5, 0.5]], [[[0.6, 0.0], [0.0, 0.6]], [[0.5, 0.1], [0.1, 0.9]]])
@@ -199,3 +201,35 @@ def test_reconstruction_guidance_moves_towards_y_and_overshoots_as_expected():
     assert _stats(x)[0][1] > exact_weights[1] + 0.05
     with pytest.raises(ValueError, match="mode must be"):
         GuidedDenoiser(guided, DIFFUSION, _clean_log_likelihood, mode="noisy")
+
+
+def test_ddpo_raises_the_reward_without_a_prior_anchor():
+    torch.manual_seed(0)
+    prior = MixtureDenoiser(PRIOR, SCHEDULE)
+    model = CorrectedPrior(prior)
+    optimizer = torch.optim.Adam(model.net.parameters(), lr=3e-3)
+    mask = torch.ones(BATCH, 1, dtype=torch.bool)
+    y = torch.full((BATCH, 1), Y)
+    first = None
+    for _ in range(40):
+        trajectories = sample_trajectories(DIFFUSION, model, mask, 2, STEPS)
+        rewards = REWARD(trajectories.x, mask, y)
+        first = rewards.mean() if first is None else first
+        for _ in range(2):
+            loss = ddpo_loss(DIFFUSION, model, trajectories, rewards, list(range(len(trajectories.steps))), clip=0.2)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    assert REWARD(sample_trajectories(DIFFUSION, model, mask, 2, STEPS).x, mask, y).mean() > first + 0.3
+
+
+def test_best_of_n_keeps_the_highest_reward_per_row():
+    mask = torch.ones(4000, 1, dtype=torch.bool)
+    y = torch.full((4000, 1), Y)
+
+    def draw():
+        return DIFFUSION.sample(MixtureDenoiser(PRIOR, SCHEDULE), mask, 2, STEPS)
+
+    _, one = best_of_n(draw, REWARD, mask, 1, y)
+    x, four = best_of_n(draw, REWARD, mask, 4, y)
+    assert torch.allclose(REWARD(x, mask, y), four) and four.mean() > one.mean() + 0.5
