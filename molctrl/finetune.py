@@ -1,0 +1,140 @@
+"""Fine-tuning objectives that turn the prior into a property-conditioned generator, for the trainer.
+
+Each objective is an ``nn.Module`` whose ``forward(*batch)`` is the loss of one batch, so the shared
+:class:`common.training.Trainer` gives it EMA, checkpoints, resume and progress. The trained part is a
+conditioned copy of the prior (:meth:`MoleculeDiffusion.with_condition`); the prior and the reward
+predictor are frozen inside.
+
+* :class:`RewardObjective` — CTRL, trajectory- or step-level RGDM, or DDPO, on batches of targets
+  ``(n_atoms (B,), y (B, 6), y_mask (B, 6))`` from :class:`TargetBatches`;
+* :class:`ConditionalDenoising` — EDM-cond: the denoising loss of labelled molecules with their labels
+  as the condition, on batches ``(types, positions, labels)``.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from common.ctrl import ctrl_loss
+from common.ddpo import ddpo_loss, sample_trajectories
+from common.rewards import Reward
+from common.rgdm import rgdm_step_loss, rgdm_trajectory_loss
+from common.training import EpochSampler
+from molctrl.conditions import PropertyConditions
+from molctrl.predictor import PROPERTIES
+from molctrl.prior import MoleculeDiffusion
+
+METHODS = ("ctrl", "rgdm", "rgdm-step", "ddpo")
+
+
+@dataclass
+class GuidanceConfig:
+    """Hyper-parameters of the reward objectives (see :mod:`common.ctrl`, :mod:`common.rgdm`, :mod:`common.ddpo`)."""
+
+    method: str = "ctrl"
+    properties: tuple[str, ...] = PROPERTIES  # conditions drawn in training (random non-empty subsets)
+    sampling_steps: int = 25
+    alpha: float = 1.0  # CTRL's KL weight
+    grad_steps: int = 8  # CTRL: reparameterised final transitions, drawn uniformly in [1, grad_steps]
+    temperature: float = 1.0  # RGDM's τ
+    radius: float = 0.5  # step-level RGDM's ρ
+    train_steps: int = 4  # step-level RGDM / DDPO: transitions trained per trajectory
+    clip: float = 1e-4  # DDPO's ratio clip
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r} (expected one of {', '.join(METHODS)})")
+        self.properties = tuple(self.properties)
+
+
+class TargetBatches:
+    """Step -> ``(n_atoms (B,), y (B, 6), y_mask (B, 6))``: N from the conditioning split, y ~ p(c | N), and
+    a uniformly drawn non-empty subset of ``properties`` conditioned. Deterministic in the step."""
+
+    def __init__(self, conditions: PropertyConditions, batch_size: int, properties: tuple[str, ...], seed: int = 0):
+        self.conditions, self.batch_size, self.seed = conditions, batch_size, seed
+        self.columns = torch.tensor([PROPERTIES.index(p) for p in properties])
+        self.sampler = EpochSampler(len(conditions.n_atoms), batch_size, seed)
+        self.n_atoms = conditions.n_atoms  # the trainer reports len(n_atoms) as the data size
+
+    def __call__(self, step: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, ...]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step * 17 + rank)
+        rows = torch.from_numpy(self.sampler.indices(step, rank, world_size))
+        n_atoms = self.conditions.n_atoms[rows]
+        y = self.conditions.sample(n_atoms, g)
+        chosen = torch.rand(len(rows), len(self.columns), generator=g) < 0.5
+        chosen[~chosen.any(1), torch.randint(len(self.columns), (1,), generator=g)] = True
+        y_mask = torch.zeros(len(rows), len(PROPERTIES), dtype=torch.bool)
+        y_mask[:, self.columns] = chosen
+        return n_atoms, y, y_mask
+
+
+class RewardObjective(nn.Module):
+    """The loss of one reward fine-tuning method on a batch of targets."""
+
+    def __init__(self, prior: MoleculeDiffusion, reward: Reward, conditions: PropertyConditions,
+                 config: GuidanceConfig):
+        super().__init__()
+        self.model = prior.with_condition(conditions.cond_dim)
+        self.prior = copy.deepcopy(prior).requires_grad_(False).eval()
+        self.reward = reward.requires_grad_(False).eval()
+        self.conditions, self.config = conditions, config
+
+    def _mask(self, n_atoms: torch.Tensor) -> torch.Tensor:
+        return torch.arange(int(n_atoms.max()), device=n_atoms.device).unsqueeze(0) < n_atoms.unsqueeze(1)
+
+    def forward(self, n_atoms: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor) -> torch.Tensor:
+        cfg, model = self.config, self.model
+        mask, cond = self._mask(n_atoms), self.conditions.encode(y, y_mask)
+        shared = {"n_sampling_steps": cfg.sampling_steps}
+        args = (model.diffusion, model.denoiser, self.prior.denoiser, self.reward, mask, model.n_channels, y, y_mask,
+                cond)
+        if cfg.method == "ctrl":
+            grad_steps = int(torch.randint(1, cfg.grad_steps + 1, (1,)))
+            loss, _ = ctrl_loss(*args, alpha=cfg.alpha, grad_steps=grad_steps, **shared)
+        elif cfg.method == "rgdm":
+            loss, _ = rgdm_trajectory_loss(*args, temperature=cfg.temperature, **shared)
+        elif cfg.method == "rgdm-step":
+            loss, _ = rgdm_step_loss(model.diffusion, model.denoiser, self.prior.denoiser, self.reward, mask,
+                                     model.n_channels, y, y_mask, cond, temperature=cfg.temperature,
+                                     radius=cfg.radius, n_train_steps=cfg.train_steps, **shared)
+        else:
+            trajectories = sample_trajectories(model.diffusion, model.denoiser, mask, model.n_channels,
+                                               cfg.sampling_steps, cond)
+            rewards = self.reward(trajectories.x, mask, y, y_mask)
+            steps = torch.randperm(len(trajectories.steps))[: cfg.train_steps].tolist()
+            loss = ddpo_loss(model.diffusion, model.denoiser, trajectories, rewards, steps, cfg.clip)
+        return loss
+
+    def export(self) -> dict:
+        """The conditioned model's weights file, with what it was trained for."""
+        return self.model.export() | {"guidance": asdict(self.config),
+                                      "conditions": {"mean": self.conditions.mean.tolist(),
+                                                     "scale": self.conditions.scale.tolist()}}
+
+
+class ConditionalDenoising(nn.Module):
+    """EDM-cond: ε-prediction loss with the labels as condition (random non-empty subsets conditioned)."""
+
+    def __init__(self, prior: MoleculeDiffusion, conditions: PropertyConditions, properties: tuple[str, ...]):
+        super().__init__()
+        self.model = prior.with_condition(conditions.cond_dim)
+        self.conditions = conditions
+        self.register_buffer("columns", torch.tensor([PROPERTIES.index(p) for p in properties]))
+
+    def forward(self, types: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x, mask = self.model.encode(types, positions)
+        chosen = torch.rand(len(types), len(self.columns), device=types.device) < 0.5
+        chosen[~chosen.any(1), 0] = True
+        y_mask = torch.zeros_like(labels, dtype=torch.bool)
+        y_mask[:, self.columns] = chosen
+        cond = self.conditions.encode(labels, y_mask)
+        return self.model.diffusion.denoising_loss(self.model.denoiser, x, mask, cond).mean()
+
+    def export(self) -> dict:
+        return self.model.export() | {"guidance": {"method": "cond"},
+                                      "conditions": {"mean": self.conditions.mean.tolist(),
+                                                     "scale": self.conditions.scale.tolist()}}
