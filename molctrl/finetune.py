@@ -52,7 +52,8 @@ class GuidanceConfig:
 
 class TargetBatches:
     """Step -> ``(n_atoms (B,), y (B, 6), y_mask (B, 6))``: N from the conditioning split, y ~ p(c | N), and
-    a uniformly drawn non-empty subset of ``properties`` conditioned. Deterministic in the step."""
+    a uniformly drawn non-empty subset of ``properties`` conditioned (nothing when ``properties`` is
+    empty). Deterministic in the step."""
 
     def __init__(self, conditions: PropertyConditions, batch_size: int, properties: tuple[str, ...], seed: int = 0):
         self.conditions, self.batch_size, self.seed = conditions, batch_size, seed
@@ -65,10 +66,11 @@ class TargetBatches:
         rows = torch.from_numpy(self.sampler.indices(step, rank, world_size))
         n_atoms = self.conditions.n_atoms[rows]
         y = self.conditions.sample(n_atoms, g)
-        chosen = torch.rand(len(rows), len(self.columns), generator=g) < 0.5
-        chosen[~chosen.any(1), torch.randint(len(self.columns), (1,), generator=g)] = True
         y_mask = torch.zeros(len(rows), len(PROPERTIES), dtype=torch.bool)
-        y_mask[:, self.columns] = chosen
+        if len(self.columns):  # none: an unconditional reward (e.g. maximise QED)
+            chosen = torch.rand(len(rows), len(self.columns), generator=g) < 0.5
+            chosen[~chosen.any(1), torch.randint(len(self.columns), (1,), generator=g)] = True
+            y_mask[:, self.columns] = chosen
         return n_atoms, y, y_mask
 
 

@@ -3,12 +3,25 @@ input, never the frozen prior or reward; targets follow p(c | N) with non-empty 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 from molctrl.batches import MoleculeBatches
+from molctrl.cli import main
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
-from molctrl.finetune import METHODS, ConditionalDenoising, GuidanceConfig, RewardObjective, TargetBatches
-from molctrl.predictor import PROPERTIES, PredictorConfig, PropertyPredictor, likelihood_reward
+from molctrl.finetune import (
+    METHODS,
+    ConditionalDenoising,
+    GuidanceConfig,
+    RewardObjective,
+    TargetBatches,
+)
+from molctrl.predictor import (
+    PROPERTIES,
+    PredictorConfig,
+    PropertyPredictor,
+    likelihood_reward,
+)
 from molctrl.prior import MoleculeDiffusion, PriorConfig
 
 
@@ -59,3 +72,35 @@ def test_conditional_denoising_uses_the_labels(parts):
     loss = objective(*MoleculeBatches(split, 8, properties=PROPERTIES)(0))
     loss.backward()
     assert objective.model.denoiser.egnn.embed.weight.grad[:, -conditions.cond_dim:].abs().max() > 0
+
+
+@pytest.fixture(scope="module")
+def weight_files(parts, tmp_path_factory):
+    _, prior, reward, _ = parts
+    root = tmp_path_factory.mktemp("weights")
+    torch.save(prior.export(), root / "prior.pt")
+    torch.save(reward.regressor.predictor.export(), root / "predictor.pt")
+    return root
+
+
+@pytest.mark.parametrize("args", [["--method", "ctrl", "--property", "alpha", "--property", "gap"],
+                                  ["--method", "cond", "--property", "all"],
+                                  ["--method", "rgdm", "--maximize", "qed"]], ids=["ctrl", "cond", "qed"])
+def test_finetune_cli_trains_resumes_and_writes_a_conditioned_model(weight_files, tmp_path, args):
+    run = tmp_path / "run"
+    common = ["finetune", "--run-dir", str(run), "--prior", str(weight_files / "prior.pt"), "--reward-model",
+              str(weight_files / "predictor.pt"), "--batch-size", "4", "--sampling-steps", "3",
+              "--checkpoint-every", "1"]
+    result = CliRunner().invoke(main, [*common, *args, "--steps", "1"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, [*common, "--steps", "2", "--resume"])
+    assert result.exit_code == 0 and "resumed" in result.output, result.output
+    payload = torch.load(run / "model.pt", weights_only=False)
+    assert payload["step"] == 2 and MoleculeDiffusion.from_export(payload).config.cond_dim == 12
+
+
+def test_finetune_cli_rejects_contradictory_requests(weight_files, tmp_path):
+    for args, message in [([], "either --property"), (["--property", "mu", "--maximize", "qed"], "either --property"),
+                          (["--method", "cond", "--maximize", "qed"], "needs labels")]:
+        result = CliRunner().invoke(main, ["finetune", "--run-dir", str(tmp_path / "r"), *args])
+        assert result.exit_code == 2 and message in result.output

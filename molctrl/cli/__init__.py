@@ -5,6 +5,7 @@ import click
 
 from molctrl.cli.data import data
 from molctrl.cli.evaluate import evaluate
+from molctrl.cli.finetune import finetune
 from molctrl.cli.predict import predict
 from molctrl.cli.sample import sample
 from molctrl.cli.train import train
@@ -15,5 +16,5 @@ def main() -> None:
     """Reward-guided control of 3D molecule diffusion models (QM9)."""
 
 
-for command in (data, evaluate, predict, sample, train):
+for command in (data, evaluate, finetune, predict, sample, train):
     main.add_command(command)

@@ -1,0 +1,102 @@
+"""``molctrl finetune``: turn the prior into a property-conditioned generator (CTRL, RGDM, DDPO, EDM-cond)."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+import torch
+
+from common.training import TrainConfig
+from molctrl.cli.train import _fit, _run_record, _training_data
+from molctrl.predictor import PROPERTIES
+
+METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
+
+
+@click.command()
+@click.option("--method", type=click.Choice(METHOD_CHOICES), default="ctrl", show_default=True,
+              help="ctrl: KL-regularised, pathwise; rgdm: trajectory-level pay-off weights; rgdm-step: pay-off "
+                   "steps; ddpo: clipped policy gradient; cond: EDM-cond (labels as input, denoising loss).")
+@click.option("--property", "properties", multiple=True, type=click.Choice([*PROPERTIES, "all"]),
+              help="Properties to condition on (repeat; all: the six; trained on random subsets).")
+@click.option("--maximize", type=click.Choice(["qed", "logp", "sa"]), default=None,
+              help="Instead of property targets, maximise an RDKit score (sa: minimise the SA score).")
+@click.option("--run-dir", type=click.Path(file_okay=False), required=True)
+@click.option("--prior", "prior_path", default=None, help="Prior model.pt (default: the shipped qm9-noh prior).")
+@click.option("--reward-model", default="qm9-noh-egnn-Db", show_default=True,
+              help="Reward predictor (shipped name or model.pt), trained on Db like the generator.")
+@click.option("--steps", type=int, default=2000, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--sampling-steps", type=int, default=25, show_default=True, help="Respaced steps of training rollouts.")
+@click.option("--alpha", type=float, default=1.0, show_default=True, help="CTRL's KL weight (1: the conditional).")
+@click.option("--grad-steps", type=int, default=8, show_default=True,
+              help="CTRL: gradients through the last K transitions, K uniform in [1, grad-steps].")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="RGDM's τ (1: the conditional).")
+@click.option("--radius", type=float, default=0.5, show_default=True, help="Step-level RGDM's ball radius ρ.")
+@click.option("--train-steps", type=int, default=4, show_default=True,
+              help="Step-level RGDM and DDPO: transitions trained per trajectory.")
+@click.option("--clip", type=float, default=1e-4, show_default=True, help="DDPO's ratio clip.")
+@click.option("--checkpoint-every", type=int, default=100, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--threads", type=int, default=None)
+@click.option("--resume", is_flag=True, help="Continue RUN_DIR with its run.json settings (only --steps may change).")
+def finetune(method, properties, maximize, run_dir, prior_path, reward_model, steps, batch_size, lr, sampling_steps,
+             alpha, grad_steps, temperature, radius, train_steps, clip, checkpoint_every, seed, device, threads,
+             resume) -> None:
+    """Fine-tune the prior into a conditioned generator; RUN_DIR/model.pt is the EMA model."""
+    from molctrl.batches import MoleculeBatches
+    from molctrl.conditions import PropertyConditions
+    from molctrl.finetune import (
+        ConditionalDenoising,
+        GuidanceConfig,
+        RewardObjective,
+        TargetBatches,
+    )
+    from molctrl.weights import load_prior
+
+    if threads:
+        torch.set_num_threads(threads)
+    run = Path(run_dir)
+    properties = PROPERTIES if "all" in properties else tuple(dict.fromkeys(properties))
+    if not resume and bool(properties) == bool(maximize):
+        raise click.UsageError("give either --property (one or more) or --maximize")
+    if not resume and maximize and method == "cond":
+        raise click.UsageError("--method cond needs labels: use --property")
+    fresh = {"model": {"setting": "qm9-noh", "prior": prior_path, "reward_model": reward_model, "maximize": maximize,
+                       "guidance": asdict(GuidanceConfig(method="ctrl" if method == "cond" else method,
+                                                         properties=properties, sampling_steps=sampling_steps,
+                                                         alpha=alpha, grad_steps=grad_steps, temperature=temperature,
+                                                         radius=radius, train_steps=train_steps, clip=clip)),
+                       "method": method},
+             "data": {"split": "Db", "limit": None},
+             "train": asdict(TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=0.99,
+                                         checkpoint_every=checkpoint_every, log_every=10, seed=seed))}
+    record = _run_record(run, resume, fresh)
+    record["train"]["steps"] = steps
+    spec, train_cfg = record["model"], TrainConfig(**record["train"])
+    torch.manual_seed(train_cfg.seed)
+    prior = load_prior(spec["prior"])
+    data = _training_data(prior.config.setting, record)
+    conditions = PropertyConditions.from_split(data)
+    guidance = GuidanceConfig(**spec["guidance"])
+    if spec["method"] == "cond":
+        objective = ConditionalDenoising(prior, conditions, guidance.properties)
+        batches = MoleculeBatches(data, train_cfg.batch_size, train_cfg.seed, PROPERTIES)
+    else:
+        objective = RewardObjective(prior, _reward(spec, prior), conditions, guidance)
+        batches = TargetBatches(conditions, train_cfg.batch_size, guidance.properties, train_cfg.seed)
+    _fit(objective, batches, train_cfg, run, record, device, resume, None)
+
+
+def _reward(spec: dict, prior):
+    from molctrl.chemistry import ChemistryReward
+    from molctrl.predictor import likelihood_reward
+    from molctrl.weights import load_predictor
+
+    if spec["maximize"]:
+        return ChemistryReward(spec["maximize"], prior.decode)
+    predictor = load_predictor(spec["reward_model"])
+    return likelihood_reward(predictor, predictor.properties, prior.config.type_scale)
