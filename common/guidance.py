@@ -8,6 +8,9 @@ Two ways to get p_t(y | z_t):
   (classifier guidance, Dhariwal & Nichol 2021);
 * ``reconstruction`` — the clean-data likelihood read on the denoised estimate,
   log p(y | x̂₀(z_t)), differentiated through the denoiser (no noisy predictor needed).
+
+The shift is clipped per sample to a root-mean-square of ``max_shift`` per degree of freedom (the
+scale of ε itself); ``None`` turns the clip off.
 """
 from __future__ import annotations
 
@@ -26,12 +29,12 @@ class GuidedDenoiser(nn.Module):
     """A :class:`~common.diffusion.Denoiser` whose ε is shifted by ``scale``·σ_t·∇ log p(y | ·)."""
 
     def __init__(self, denoiser: Denoiser, diffusion: GaussianDiffusion, log_likelihood: LogLikelihood,
-                 scale: float = 1.0, mode: str = "reconstruction"):
+                 scale: float = 1.0, mode: str = "reconstruction", max_shift: float | None = 1.0):
         super().__init__()
         if mode not in ("classifier", "reconstruction"):
             raise ValueError(f"mode must be 'classifier' or 'reconstruction', got {mode!r}")
         self.denoiser, self.diffusion, self.log_likelihood = denoiser, diffusion, log_likelihood
-        self.scale, self.mode = scale, mode
+        self.scale, self.mode, self.max_shift = scale, mode, max_shift
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         step = (t * self.diffusion.n_steps).round().long()
@@ -45,5 +48,9 @@ class GuidedDenoiser(nn.Module):
                 ll = self.log_likelihood(z, t, mask)
             (grad,) = torch.autograd.grad(ll.sum(), z)
         sigma = self.diffusion.schedule.sigma(self.diffusion.schedule.gamma(step)).to(z.dtype).view(-1, 1, 1)
-        shifted = eps.detach() - self.scale * sigma * grad
-        return self.diffusion.space.project(shifted, mask)
+        shift = self.diffusion.space.project(self.scale * sigma * torch.nan_to_num(grad), mask)
+        if self.max_shift is not None:  # at high noise x̂₀ = (z − σε̂)/α amplifies gradients by 1/α
+            dims = self.diffusion.space.dims(mask, z.shape[-1]).to(z.dtype).view(-1, 1, 1)
+            rms = shift.square().sum((1, 2), keepdim=True).div(dims).sqrt()
+            shift = shift * torch.clamp(self.max_shift / rms.clamp(min=1e-12), max=1.0)
+        return self.diffusion.space.project(eps.detach() - shift, mask)

@@ -109,14 +109,19 @@ class MoleculeDiffusion(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, n_sampling_steps: int | None = None, generator: torch.Generator | None = None,
-               n_atoms: torch.Tensor | None = None, callback=None) -> list[Molecule]:
-        """Draw ``n`` molecules with ``n_sampling_steps`` reverse steps (``None``: all T)."""
+               n_atoms: torch.Tensor | None = None, callback=None, cond: torch.Tensor | None = None,
+               denoiser: nn.Module | None = None) -> list[Molecule]:
+        """Draw ``n`` molecules with ``n_sampling_steps`` reverse steps (``None``: all T).
+
+        ``cond (n, cond_dim)`` conditions a conditioned model; ``denoiser`` replaces the model's own
+        (e.g. a guided one wrapping it).
+        """
         device = self.n_atoms_hist.device
         if n_atoms is None:
             n_atoms = self.sample_n_atoms(n, generator)
         n_max = int(n_atoms.max())
-        mask = (torch.arange(n_max).unsqueeze(0) < n_atoms.unsqueeze(1)).to(device)
-        x = self.diffusion.sample(self.denoiser, mask, self.n_channels, n_sampling_steps,
+        mask = (torch.arange(n_max).unsqueeze(0) < n_atoms.cpu().unsqueeze(1)).to(device)
+        x = self.diffusion.sample(denoiser or self.denoiser, mask, self.n_channels, n_sampling_steps, cond=cond,
                                   generator=generator, callback=callback, dtype=self.n_atoms_hist.dtype)
         return self.decode(x, mask)
 

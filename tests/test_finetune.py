@@ -1,5 +1,7 @@
 """Molecule fine-tuning objectives: each method gives a finite loss whose gradient reaches the condition
 input, never the frozen prior or reward; targets follow p(c | N) with non-empty condition subsets."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,7 @@ from molctrl.finetune import (
     RewardObjective,
     TargetBatches,
 )
+from molctrl.io import read_molecules
 from molctrl.predictor import (
     PROPERTIES,
     PredictorConfig,
@@ -104,3 +107,42 @@ def test_finetune_cli_rejects_contradictory_requests(weight_files, tmp_path):
                           (["--method", "cond", "--maximize", "qed"], "needs labels")]:
         result = CliRunner().invoke(main, ["finetune", "--run-dir", str(tmp_path / "r"), *args])
         assert result.exit_code == 2 and message in result.output
+
+
+@pytest.fixture(scope="module")
+def conditioned_model(weight_files, tmp_path_factory):
+    run = tmp_path_factory.mktemp("ctrl") / "run"
+    result = CliRunner().invoke(main, ["finetune", "--run-dir", str(run), "--prior", str(weight_files / "prior.pt"),
+                                       "--reward-model", str(weight_files / "predictor.pt"), "--property", "all",
+                                       "--batch-size", "4", "--sampling-steps", "3", "--steps", "1"])
+    assert result.exit_code == 0, result.output
+    return run / "model.pt"
+
+
+@pytest.mark.parametrize("method", ["ctrl", "guidance"])
+def test_generate_writes_sdf_with_targets_and_predictions_and_a_png(weight_files, conditioned_model, tmp_path, method):
+    out = tmp_path / "mols.sdf"
+    model = conditioned_model if method == "ctrl" else weight_files / "prior.pt"
+    result = CliRunner().invoke(main, ["generate", "--target", "alpha=60", "--target", "mu=2.5", "-n", "5",
+                                       "--out", str(out), "--method", method, "--model", str(model),
+                                       "--reward-model", str(weight_files / "predictor.pt"),
+                                       "--evaluator", str(weight_files / "predictor.pt"), "--steps", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert {"validity", "mol_stability", "mae_alpha", "mae_mu"} <= set(summary)
+    molecules = read_molecules(out)
+    assert len(molecules) == 5 and molecules[0].properties["target_alpha"] == 60.0
+    assert "predicted_mu" in molecules[0].properties
+    assert (tmp_path / "mols.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_generate_reports_bad_requests_in_one_line(weight_files, tmp_path):
+    out = ["--out", str(tmp_path / "m.sdf")]
+    cases = [([], "either --target"), (["--target", "alpha80"], "expected NAME=VALUE"),
+             (["--target", "beta=1"], "unknown property 'beta'"), (["--target", "mu=high"], "is not a number"),
+             (["--maximize", "qed", "--method", "guidance"], "needs a differentiable reward"),
+             (["--target", "mu=1", "--model", str(weight_files / "prior.pt")], "is not a conditioned model")]
+    for args, message in cases:
+        result = CliRunner().invoke(main, ["generate", *args, *out])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "m.sdf").exists()

@@ -6,6 +6,7 @@ import click
 from molctrl.cli.data import data
 from molctrl.cli.evaluate import evaluate
 from molctrl.cli.finetune import finetune
+from molctrl.cli.generate import generate
 from molctrl.cli.predict import predict
 from molctrl.cli.sample import sample
 from molctrl.cli.train import train
@@ -16,5 +17,5 @@ def main() -> None:
     """Reward-guided control of 3D molecule diffusion models (QM9)."""
 
 
-for command in (data, evaluate, finetune, predict, sample, train):
+for command in (data, evaluate, finetune, generate, predict, sample, train):
     main.add_command(command)
