@@ -59,13 +59,16 @@ def atom_counts(conditions: PropertyConditions, y: torch.Tensor, y_mask: torch.T
 
 def generate(model: MoleculeDiffusion, conditions: PropertyConditions, y: torch.Tensor, y_mask: torch.Tensor,
              n_sampling_steps: int | None = None, generator: torch.Generator | None = None,
-             guidance: tuple[Reward, float] | None = None, batch_size: int = 256) -> list[Molecule]:
+             guidance: tuple[Reward, float] | None = None, batch_size: int = 256,
+             n_atoms: torch.Tensor | None = None) -> list[Molecule]:
     """Molecules for targets ``y (n, 6)`` / ``y_mask (n, 6)``.
 
     A conditioned model (``config.cond_dim > 0``) sees the encoded targets; an unconditioned prior with
-    ``guidance = (reward, scale)`` is steered by reconstruction guidance on ``reward(x̂₀, y)``.
+    ``guidance = (reward, scale)`` is steered by reconstruction guidance on ``reward(x̂₀, y)``. Atom
+    counts ``n_atoms (n,)`` default to :func:`atom_counts`.
     """
-    n_atoms = atom_counts(conditions, y, y_mask, generator=generator)
+    if n_atoms is None:
+        n_atoms = atom_counts(conditions, y, y_mask, generator=generator)
     molecules: list[Molecule] = []
     for start in range(0, len(y), batch_size):
         rows = slice(start, start + batch_size)

@@ -146,3 +146,16 @@ def test_generate_reports_bad_requests_in_one_line(weight_files, tmp_path):
         result = CliRunner().invoke(main, ["generate", *args, *out])
         assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "m.sdf").exists()
+
+
+def test_conditional_benchmark_scores_methods_by_the_edm_protocol(weight_files, conditioned_model):
+    from benchmarks.qm9_conditional import main as benchmark
+
+    predictor = str(weight_files / "predictor.pt")
+    result = CliRunner().invoke(benchmark, ["--method", f"ctrl={conditioned_model}", "--guidance", predictor,
+                                            "--prior", str(weight_files / "prior.pt"), "--evaluator", predictor,
+                                            "--property", "alpha", "--property", "mu", "-n", "4", "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert [r["row"] for r in record["rows"]] == ["ctrl", "reconstruction guidance (egnn)"]
+    assert set(record["rows"][0]["mae"]) == {"alpha", "mu"} and 0 <= record["rows"][0]["validity"] <= 1

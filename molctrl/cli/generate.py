@@ -41,7 +41,8 @@ def generate(targets, maximize, n_molecules, out, method, model_path, reward_mod
     from molctrl.conditions import PropertyConditions
     from molctrl.data.qm9 import load_split
     from molctrl.depict import grid_png
-    from molctrl.generate import generate as run, parse_targets, target_tensors
+    from molctrl.generate import generate as run
+    from molctrl.generate import parse_targets, target_tensors
     from molctrl.io import write_molecules
     from molctrl.metrics import evaluate_molecules, train_smiles
 
