@@ -175,7 +175,7 @@ def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, rec
               help="Steps between checkpoints; each also scores the validation split (eval.jsonl) and refits "
                    "the likelihood calibration s.")
 @click.option("--limit", type=int, default=None, help="Train on the first LIMIT molecules only (smoke tests).")
-@click.option("--valid-limit", type=int, default=None, help="Score only the first molecules of the validation split.")
+@click.option("--valid-limit", type=int, default=None, help="Score only the first molecules of the validation split (QM9 order: smoke tests only).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")

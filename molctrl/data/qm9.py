@@ -295,6 +295,8 @@ def load_split(setting: str, split: str, source: list[Path] | None = None) -> QM
     """Molecules of one EDM split (``train valid test Da Db``) in one setting (``qm9``, ``qm9-noh``).
 
     Positions are float32, as EDM used them; ``source`` reads other qm9pack-style CSVs instead.
+    Rows of ``train``, ``valid`` and ``test`` are in ascending QM9 index (small molecules first), those
+    of ``Da`` and ``Db`` in their random order: subsample the former at random, not by a prefix.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
