@@ -57,13 +57,8 @@ class CorrectedPrior(nn.Module):
 
 def _train(method: str, coefficient: float) -> torch.Tensor:
     """Fine-tune with CTRL (α = coefficient) or RGDM (τ = coefficient); 20,000 samples of the result."""
-    torch.manual_seed(0)
-    prior = MixtureDenoiser(PRIOR, SCHEDULE)
-    model = CorrectedPrior(prior)
-    optimizer = torch.optim.Adam(model.net.parameters(), lr=1e-2)
+    prior, model, optimizer, mask, y = _setup(lr=1e-2)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, ITERATIONS)
-    mask = torch.ones(BATCH, 1, dtype=torch.bool)
-    y = torch.full((BATCH, 1), Y)
     for _ in range(ITERATIONS):
         if method == "ctrl":
             loss, _ = ctrl_loss(DIFFUSION, model, prior, REWARD, mask, 2, y, alpha=coefficient,
@@ -75,10 +70,22 @@ def _train(method: str, coefficient: float) -> torch.Tensor:
         loss.backward()
         optimizer.step()
         schedule.step()
-    with torch.no_grad():
-        samples = DIFFUSION.sample(model, torch.ones(20_000, 1, dtype=torch.bool), 2, STEPS,
-                                   generator=torch.Generator().manual_seed(1))
-    return samples[:, 0].double()
+    return _samples(model)
+
+
+def _setup(lr: float):
+    """The exact prior, a conditioned model that starts as it, its optimiser, a batch mask and targets."""
+    torch.manual_seed(0)
+    prior = MixtureDenoiser(PRIOR, SCHEDULE)
+    model = CorrectedPrior(prior)
+    optimizer = torch.optim.Adam(model.net.parameters(), lr=lr)
+    return prior, model, optimizer, torch.ones(BATCH, 1, dtype=torch.bool), torch.full((BATCH, 1), Y)
+
+
+@torch.no_grad()
+def _samples(model: nn.Module, n: int = 20_000) -> torch.Tensor:
+    return DIFFUSION.sample(model, torch.ones(n, 1, dtype=torch.bool), 2, STEPS,
+                            generator=torch.Generator().manual_seed(1))[:, 0].double()
 
 
 def _chain_tilt(coefficient: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,22 +158,14 @@ class NoGradient(nn.Module):
 
 @pytest.mark.parametrize("reward", [REWARD, NoGradient()], ids=["gradient-shift", "candidates"])
 def test_step_level_rgdm_moves_towards_the_tilt_without_drift(reward):
-    torch.manual_seed(0)
-    prior = MixtureDenoiser(PRIOR, SCHEDULE)
-    model = CorrectedPrior(prior)
-    optimizer = torch.optim.Adam(model.net.parameters(), lr=1e-2)
-    mask = torch.ones(BATCH, 1, dtype=torch.bool)
-    y = torch.full((BATCH, 1), Y)
+    prior, model, optimizer, mask, y = _setup(lr=1e-2)
     for _ in range(300):
         loss, _ = rgdm_step_loss(DIFFUSION, model, prior, reward, mask, 2, y, radius=0.5, n_sampling_steps=STEPS,
                                  n_train_steps=4, n_candidates=16)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    with torch.no_grad():
-        x = DIFFUSION.sample(model, torch.ones(20_000, 1, dtype=torch.bool), 2, STEPS,
-                             generator=torch.Generator().manual_seed(1))[:, 0].double()
-    weights, means, _ = _stats(x)
+    weights, means, _ = _stats(_samples(model))
     prior_weights, prior_means, _ = _stats(PRIOR.sample(200_000, torch.Generator().manual_seed(4)))
     assert weights[1] > prior_weights[1] + 0.05  # mass moves towards y, as the tilt does (0.40 -> 0.75)
     # the unrewarded coordinate stays near the tilt's (an unanchored pay-off step drifts it by ~1)
@@ -204,12 +203,7 @@ def test_reconstruction_guidance_moves_towards_y_and_overshoots_as_expected():
 
 
 def test_ddpo_raises_the_reward_without_a_prior_anchor():
-    torch.manual_seed(0)
-    prior = MixtureDenoiser(PRIOR, SCHEDULE)
-    model = CorrectedPrior(prior)
-    optimizer = torch.optim.Adam(model.net.parameters(), lr=3e-3)
-    mask = torch.ones(BATCH, 1, dtype=torch.bool)
-    y = torch.full((BATCH, 1), Y)
+    _, model, optimizer, mask, y = _setup(lr=3e-3)
     first = None
     for _ in range(40):
         trajectories = sample_trajectories(DIFFUSION, model, mask, 2, STEPS)
