@@ -23,8 +23,9 @@ import torch
 from benchmarks.record import emit, machine_info
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
-from molctrl.generate import generate
+from molctrl.generate import Guidance, generate
 from molctrl.metrics import evaluate_molecules, train_smiles
+from molctrl.noisy_predictor import NoisyPropertyPredictor
 from molctrl.predictor import PROPERTIES, likelihood_reward
 from molctrl.weights import load_predictor, load_prior
 
@@ -54,7 +55,8 @@ def _row(name: str, sample, conditions: PropertyConditions, evaluator, propertie
 @click.option("--method", "methods", multiple=True, metavar="NAME=MODEL",
               help="A conditioned model (from 'molctrl finetune') to score, e.g. ctrl=runs/ctrl/model.pt.")
 @click.option("--guidance", "guidance_models", multiple=True, metavar="PREDICTOR",
-              help="Reconstruction guidance of the prior with this reward predictor (shipped name or path).")
+              help="Guidance of the prior by this predictor (shipped name or path): reconstruction guidance for a "
+                   "clean-data predictor, classifier guidance for a noise-aware one.")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Guidance scale.")
 @click.option("--prior", "prior_path", default=None, help="Prior for guidance rows (default: shipped).")
 @click.option("--evaluator", default="qm9-noh-e3nn-Da", show_default=True)
@@ -83,12 +85,16 @@ def main(setting, methods, guidance_models, scale, prior_path, evaluator, proper
     for predictor_name in guidance_models:
         prior = load_prior(prior_path).eval()
         predictor = load_predictor(predictor_name).eval()
-        reward = likelihood_reward(predictor, predictor.properties, prior.config.type_scale)
+        if isinstance(predictor, NoisyPropertyPredictor):
+            guidance = Guidance(scale, noisy=predictor)
+        else:
+            guidance = Guidance(scale, reward=likelihood_reward(predictor, predictor.properties,
+                                                                prior.config.type_scale))
 
-        def guided(y, y_mask, n_atoms, g, prior=prior, reward=reward):
-            return generate(prior, conditions, y, y_mask, steps, g, (reward, scale), n_atoms=n_atoms)
+        def guided(y, y_mask, n_atoms, g, prior=prior, guidance=guidance):
+            return generate(prior, conditions, y, y_mask, steps, g, guidance, n_atoms=n_atoms)
 
-        rows.append(_row(f"reconstruction guidance ({predictor.config.arch})", guided, conditions, scorer, properties,
+        rows.append(_row(f"{guidance.mode} guidance ({predictor.config.arch})", guided, conditions, scorer, properties,
                          n_samples, seed) | {"reward_model": predictor_name, "scale": scale})
     record = {"setting": setting, "evaluator": evaluator, "seed": seed, "sampling_steps": steps, "rows": rows,
               "threads": torch.get_num_threads(),

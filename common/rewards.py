@@ -14,6 +14,13 @@ import torch
 from torch import Tensor, nn
 
 
+def gaussian_log_density(y: Tensor, mean: Tensor, scale: Tensor, keep: Tensor) -> Tensor:
+    """Σ_k keep_k · log N(y_k; mean_k, scale_k²) over the last dimension; entries not kept may be NaN."""
+    y = torch.where(keep, y.to(mean.dtype), torch.zeros((), dtype=mean.dtype, device=mean.device))
+    z = (y - mean) / scale
+    return ((-0.5 * z.square() - scale.log() - 0.5 * math.log(2 * math.pi)) * keep).sum(-1)
+
+
 class Reward(nn.Module):
     """Base class: ``forward(x (B, N, C), mask (B, N), y (B, P) | None, y_mask (B, P) | None) -> (B,)``."""
 
@@ -72,11 +79,7 @@ class GaussianLogLikelihood(Reward):
         if mean.shape[-1] != self.n_targets:
             raise ValueError(f"regressor gives {mean.shape[-1]} outputs, the reward has {self.n_targets} scales")
         keep = torch.ones_like(y, dtype=torch.bool) if y_mask is None else y_mask.bool()
-        y = torch.where(keep, y.to(mean.dtype), torch.zeros((), dtype=mean.dtype, device=mean.device))
-        scale = self.scale.to(mean.dtype)
-        z = (y - mean) / scale
-        log_density = -0.5 * z.square() - scale.log() - 0.5 * math.log(2 * math.pi)
-        return (log_density * keep).sum(-1)
+        return gaussian_log_density(y, mean, self.scale.to(mean.dtype), keep)
 
 
 class WeightedSum(Reward):

@@ -7,6 +7,7 @@ estimate of p(N | c); unconditioned requests draw N from the split's histogram.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -14,8 +15,34 @@ from common.guidance import GuidedDenoiser
 from common.rewards import Reward
 from molctrl.conditions import PropertyConditions
 from molctrl.molecule import Molecule
+from molctrl.noisy_predictor import NoisyPropertyPredictor
 from molctrl.predictor import PROPERTIES
 from molctrl.prior import MoleculeDiffusion
+
+
+@dataclass
+class Guidance:
+    """Sampling-time guidance of a prior: reconstruction guidance with a clean-data reward (the
+    predictor read on x̂₀), or classifier guidance with a noise-aware predictor."""
+
+    scale: float = 1.0
+    reward: Reward | None = None  # reconstruction
+    noisy: NoisyPropertyPredictor | None = None  # classifier
+
+    @property
+    def mode(self) -> str:
+        return "classifier" if self.noisy is not None else "reconstruction"
+
+    def log_likelihood(self, y: torch.Tensor, y_mask: torch.Tensor):
+        """``(z or x̂₀, t, mask) -> (B,)`` for one batch of targets."""
+        if self.noisy is not None:
+            return self.noisy.log_likelihood(self.noisy.properties, y, y_mask)
+        reward = self.reward
+
+        def log_p(x0: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return reward(x0, mask, y[: len(x0)], y_mask[: len(x0)])
+
+        return log_p
 
 
 def parse_targets(texts: Sequence[str]) -> dict[str, float]:
@@ -59,13 +86,12 @@ def atom_counts(conditions: PropertyConditions, y: torch.Tensor, y_mask: torch.T
 
 def generate(model: MoleculeDiffusion, conditions: PropertyConditions, y: torch.Tensor, y_mask: torch.Tensor,
              n_sampling_steps: int | None = None, generator: torch.Generator | None = None,
-             guidance: tuple[Reward, float] | None = None, batch_size: int = 256,
+             guidance: Guidance | None = None, batch_size: int = 256,
              n_atoms: torch.Tensor | None = None) -> list[Molecule]:
     """Molecules for targets ``y (n, 6)`` / ``y_mask (n, 6)``.
 
     A conditioned model (``config.cond_dim > 0``) sees the encoded targets; an unconditioned prior with
-    ``guidance = (reward, scale)`` is steered by reconstruction guidance on ``reward(x̂₀, y)``. Atom
-    counts ``n_atoms (n,)`` default to :func:`atom_counts`.
+    ``guidance`` is steered by it. Atom counts ``n_atoms (n,)`` default to :func:`atom_counts`.
     """
     if n_atoms is None:
         n_atoms = atom_counts(conditions, y, y_mask, generator=generator)
@@ -77,13 +103,8 @@ def generate(model: MoleculeDiffusion, conditions: PropertyConditions, y: torch.
         cond = conditions.encode(yb, mb).to(device) if model.config.cond_dim else None
         denoiser = None
         if guidance is not None:
-            reward, scale = guidance
-            y_dev, m_dev = yb.to(device), mb.to(device)
-
-            def log_likelihood(x0, t, mask, y_dev=y_dev, m_dev=m_dev, reward=reward):
-                return reward(x0, mask, y_dev[: len(x0)], m_dev[: len(x0)])
-
-            denoiser = GuidedDenoiser(model.denoiser, model.diffusion, log_likelihood, scale)
+            log_likelihood = guidance.log_likelihood(yb.to(device), mb.to(device))
+            denoiser = GuidedDenoiser(model.denoiser, model.diffusion, log_likelihood, guidance.scale, guidance.mode)
         molecules += model.sample(len(yb), n_sampling_steps, generator, n_atoms=n_atoms[rows], cond=cond,
                                   denoiser=denoiser)
     return molecules

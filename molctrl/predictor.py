@@ -63,15 +63,18 @@ class PropertyPredictor(nn.Module):
             labels (training mean and mean absolute deviation).
     """
 
-    def __init__(self, config: PredictorConfig, label_mean: Sequence[float], label_scale: Sequence[float]):
+    kind, description = "molctrl.predictor", "molctrl property predictor"
+
+    def __init__(self, config: PredictorConfig, label_mean: Sequence[float], label_scale: Sequence[float],
+                 extra_features: int = 0):
         super().__init__()
         self.config = config
         self.setting: Setting = get_setting(config.setting)
-        n_types, n_out = len(self.setting.atom_decoder), len(config.properties)
+        n_in, n_out = len(self.setting.atom_decoder) + extra_features, len(config.properties)
         if config.arch == "egnn":
-            self.net = EGNNRegressor(n_types, n_out, config.hidden, config.n_layers, **config.extra)
+            self.net = EGNNRegressor(n_in, n_out, config.hidden, config.n_layers, **config.extra)
         else:
-            self.net = E3Regressor(n_types, n_out, config.hidden, config.n_layers, **config.extra)
+            self.net = E3Regressor(n_in, n_out, config.hidden, config.n_layers, **config.extra)
         self.register_buffer("label_mean", torch.as_tensor(label_mean, dtype=torch.float32))
         self.register_buffer("label_scale", torch.as_tensor(label_scale, dtype=torch.float32))
         self.calibration: torch.Tensor | None = None  # (P,) likelihood scale s; set by fit_calibration
@@ -135,20 +138,26 @@ class PropertyPredictor(nn.Module):
             types[k, : len(t)], positions[k, : len(t)] = t, pos
         return self.predict_arrays(types, positions, batch_size)
 
+    @staticmethod
+    def _export_args(payload: dict) -> dict:
+        """Constructor arguments beyond config and label statistics, read from an export."""
+        return {}
+
     # -- shipping --------------------------------------------------------------------------------
 
     def export(self) -> dict:
         """What a weights file holds: config, weights and (if fitted) the likelihood calibration."""
         calibration = None if self.calibration is None else self.calibration.tolist()
-        return {"kind": "molctrl.predictor", "config": asdict(self.config), "state_dict": self.state_dict(),
+        return {"kind": self.kind, "config": asdict(self.config), "state_dict": self.state_dict(),
                 "calibration": calibration}
 
     @classmethod
     def from_export(cls, payload: dict) -> PropertyPredictor:
-        if payload.get("kind") != "molctrl.predictor":
-            raise ValueError(f"not a molctrl property predictor (kind={payload.get('kind')!r})")
+        if payload.get("kind") != cls.kind:
+            raise ValueError(f"not a {cls.description} (kind={payload.get('kind')!r})")
         state = payload["state_dict"]
-        model = cls(PredictorConfig(**payload["config"]), state["label_mean"], state["label_scale"])
+        model = cls(PredictorConfig(**payload["config"]), state["label_mean"], state["label_scale"],
+                    **cls._export_args(payload))
         model.load_state_dict(state)
         if payload.get("calibration") is not None:
             model.calibration = torch.tensor(payload["calibration"], dtype=torch.float32)

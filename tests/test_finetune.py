@@ -19,6 +19,7 @@ from molctrl.finetune import (
     TargetBatches,
 )
 from molctrl.io import read_molecules
+from molctrl.noisy_predictor import N_BINS, NoisyPropertyPredictor
 from molctrl.predictor import (
     PROPERTIES,
     PredictorConfig,
@@ -26,6 +27,7 @@ from molctrl.predictor import (
     likelihood_reward,
 )
 from molctrl.prior import MoleculeDiffusion, PriorConfig
+from molctrl.weights import load_predictor
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +161,27 @@ def test_conditional_benchmark_scores_methods_by_the_edm_protocol(weight_files, 
     record = json.loads(result.stdout)
     assert [r["row"] for r in record["rows"]] == ["ctrl", "reconstruction guidance (egnn)"]
     assert set(record["rows"][0]["mae"]) == {"alpha", "mu"} and 0 <= record["rows"][0]["validity"] <= 1
+
+
+def test_noise_aware_predictor_trains_calibrates_per_noise_level_and_guides(weight_files, tmp_path):
+    run = tmp_path / "noisy"
+    result = CliRunner().invoke(main, ["train", "predictor", "--run-dir", str(run), "--noise-aware",
+                                       str(weight_files / "prior.pt"), "--hidden", "8", "--layers", "1",
+                                       "--limit", "64", "--valid-limit", "32", "--epochs", "1", "--batch-size", "32"])
+    assert result.exit_code == 0, result.output
+    noisy = load_predictor(run / "model.pt")
+    assert isinstance(noisy, NoisyPropertyPredictor) and noisy.calibration.shape == (N_BINS, 6)
+    types, pos = torch.tensor([[0, 1, 2, -1]]), torch.randn(1, 4, 3)
+    z, mask = noisy.noised(types, pos, torch.tensor([25]))  # T = 50: t = 0.5
+    y, y_mask = torch.full((1, 6), 50.0), torch.zeros(1, 6, dtype=torch.bool)
+    y_mask[0, 0] = True
+    log_p = noisy.log_likelihood(PROPERTIES, y, y_mask)(z, torch.tensor([0.5]), mask)
+    f = noisy.regress_state(z, torch.tensor([0.5]), mask)[0, 0]
+    s = noisy.calibration[5, 0]
+    assert torch.allclose(log_p, -0.5 * ((50.0 - f) / s) ** 2 - s.log() - 0.5 * np.log(2 * np.pi), atol=1e-5)
+    out = tmp_path / "guided.sdf"
+    result = CliRunner().invoke(main, ["generate", "--target", "alpha=60", "-n", "3", "--out", str(out),
+                                       "--method", "guidance", "--model", str(weight_files / "prior.pt"),
+                                       "--reward-model", str(run / "model.pt"),
+                                       "--evaluator", str(weight_files / "predictor.pt"), "--steps", "3"])
+    assert result.exit_code == 0, result.output

@@ -26,7 +26,9 @@ SYMBOLS = {"alpha": "α", "gap": "Δε", "homo": "HOMO", "lumo": "LUMO", "mu": "
               help="ctrl / rgdm: a shipped (or --model) conditioned model; guidance: the prior steered by the "
                    "reward predictor's gradient through the denoised estimate.")
 @click.option("--model", "model_path", default=None, help="A conditioned model.pt from 'molctrl finetune'.")
-@click.option("--reward-model", default="qm9-noh-egnn-Db", show_default=True, help="Predictor for --method guidance.")
+@click.option("--reward-model", default="qm9-noh-egnn-Db", show_default=True,
+              help="Predictor for --method guidance (reconstruction guidance through x̂₀), or a noise-aware "
+                   "predictor ('molctrl train predictor --noise-aware') for classifier guidance.")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Guidance scale.")
 @click.option("--evaluator", default="qm9-noh-e3nn-Da", show_default=True,
               help="Predictor that scores the molecules (keep it different from the reward's architecture).")
@@ -99,17 +101,21 @@ def generate(targets, maximize, n_molecules, out, method, model_path, reward_mod
 
 
 def _model(method, model_path, maximize, reward_model, scale):
-    """The model to sample, and the (reward, scale) of guidance if any."""
+    """The model to sample, and the guidance if any."""
     from molctrl.weights import WEIGHTS_DIR, load_predictor, load_prior
 
     if method == "guidance":
         if maximize:
             raise click.UsageError("--method guidance needs a differentiable reward: use it with --target")
+        from molctrl.generate import Guidance
+        from molctrl.noisy_predictor import NoisyPropertyPredictor
         from molctrl.predictor import likelihood_reward
 
         prior = load_prior(model_path)
-        predictor = load_predictor(reward_model)
-        return prior, (likelihood_reward(predictor, predictor.properties, prior.config.type_scale), scale)
+        predictor = load_predictor(reward_model).eval()
+        if isinstance(predictor, NoisyPropertyPredictor):
+            return prior, Guidance(scale, noisy=predictor)
+        return prior, Guidance(scale, reward=likelihood_reward(predictor, predictor.properties, prior.config.type_scale))
     path = Path(model_path) if model_path else WEIGHTS_DIR / f"qm9-noh-{method}{'-' + maximize if maximize else ''}.pt"
     if not path.exists():
         raise click.UsageError(f"{path}: no such model; train one with 'molctrl finetune' and pass --model, "

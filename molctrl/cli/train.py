@@ -179,10 +179,13 @@ def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, rec
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
+@click.option("--noise-aware", "noise_prior", default=None, metavar="PRIOR",
+              help="Train f(z_t, t) on states noised by this prior's diffusion (a model.pt, or 'shipped'), for "
+                   "classifier guidance; its calibration s(t) is fitted per bin of t.")
 @click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoint.pt with its run.json settings "
               "(only --epochs may change, to train longer; the cosine schedule stretches with it).")
 def predictor(setting, split, arch, properties, run_dir, epochs, batch_size, lr, warmup, ema_decay, hidden, layers,
-              checkpoint_every, limit, valid_limit, seed, device, threads, resume) -> None:
+              checkpoint_every, limit, valid_limit, seed, device, threads, noise_prior, resume) -> None:
     """Train a property predictor (all six QM9 properties in one head by default)."""
     if threads:
         torch.set_num_threads(threads)
@@ -191,6 +194,10 @@ def predictor(setting, split, arch, properties, run_dir, epochs, batch_size, lr,
     fresh = {"model": asdict(PredictorConfig(setting=setting, arch=arch, properties=properties, hidden=hidden,
                                              n_layers=layers)),
              "data": {"split": split, "limit": limit, "valid_limit": valid_limit}}
+    if noise_prior:
+        from molctrl.weights import load_prior
+
+        fresh["noise_prior"] = asdict(load_prior(None if noise_prior == "shipped" else noise_prior).config)
     fresh["train"] = asdict(TrainConfig(steps=0, batch_size=batch_size, lr=lr, warmup_steps=warmup,
                                         lr_schedule="cosine", ema_decay=ema_decay,
                                         checkpoint_every=checkpoint_every, seed=seed))
@@ -201,7 +208,12 @@ def predictor(setting, split, arch, properties, run_dir, epochs, batch_size, lr,
     seed_everything(train_cfg.seed)
     labels = np.stack([data.properties[p] for p in model_cfg.properties], 1)
     mean, mad = labels.mean(0), np.abs(labels - labels.mean(0)).mean(0)
-    model = PropertyPredictor(model_cfg, mean, mad)
+    if record.get("noise_prior"):
+        from molctrl.noisy_predictor import NoisyPropertyPredictor
+
+        model = NoisyPropertyPredictor(model_cfg, mean, mad, PriorConfig(**record["noise_prior"]))
+    else:
+        model = PropertyPredictor(model_cfg, mean, mad)
     valid = load_split(model_cfg.setting, "valid")
     if record["data"].get("valid_limit"):
         valid = valid.subset(slice(record["data"]["valid_limit"]))
@@ -210,6 +222,14 @@ def predictor(setting, split, arch, properties, run_dir, epochs, batch_size, lr,
     def evaluate(step: int, ema_model: PropertyPredictor) -> None:
         t0 = time.perf_counter()
         ema_model.eval()
+        if record.get("noise_prior"):
+            mae = ema_model.calibrate(valid.types, valid.positions, valid_labels, seed=step)
+            _log_eval(run / "eval.jsonl", {"step": step, "split": "valid", "molecules": len(valid),
+                                           "mae_per_t_bin": {p: mae[:, k].round(4).tolist()
+                                                             for k, p in enumerate(model_cfg.properties)},
+                                           "seconds": round(time.perf_counter() - t0, 1)})
+            ema_model.train()
+            return
         predictions = ema_model.predict_arrays(valid.types, valid.positions)
         scale = fit_calibration(predictions, valid_labels)
         ema_model.calibration = torch.tensor(scale, dtype=torch.float32)

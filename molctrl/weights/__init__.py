@@ -40,9 +40,14 @@ def predictor_path(name_or_path: str | Path) -> Path:
 
 
 def load_predictor(name_or_path: str | Path = DEFAULT_EVALUATOR) -> PropertyPredictor:
-    """A :class:`PropertyPredictor` from a shipped name or a ``model.pt`` of ``molctrl train predictor``."""
+    """A :class:`PropertyPredictor` (or a :class:`NoisyPropertyPredictor`, by the file's kind) from a
+    shipped name or a ``model.pt`` of ``molctrl train predictor``."""
+    from molctrl.noisy_predictor import NoisyPropertyPredictor
+
     path = predictor_path(name_or_path)
+    payload = _payload(path)
+    cls = NoisyPropertyPredictor if payload.get("kind") == NoisyPropertyPredictor.kind else PropertyPredictor
     try:
-        return PropertyPredictor.from_export(_payload(path))
+        return cls.from_export(payload)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
