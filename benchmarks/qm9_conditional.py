@@ -58,6 +58,7 @@ def _row(name: str, sample, conditions: PropertyConditions, evaluator, propertie
               help="Guidance of the prior by this predictor (shipped name or path): reconstruction guidance for a "
                    "clean-data predictor, classifier guidance for a noise-aware one.")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Guidance scale.")
+@click.option("--unconditional", is_flag=True, help="Also score the prior itself, blind to the targets.")
 @click.option("--prior", "prior_path", default=None, help="Prior for guidance rows (default: shipped).")
 @click.option("--evaluator", default="qm9-noh-e3nn-Da", show_default=True)
 @click.option("--property", "properties", multiple=True, type=click.Choice(PROPERTIES), default=PROPERTIES)
@@ -66,7 +67,7 @@ def _row(name: str, sample, conditions: PropertyConditions, evaluator, propertie
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(setting, methods, guidance_models, scale, prior_path, evaluator, properties, n_samples, steps, seed, threads,
+def main(setting, methods, guidance_models, scale, unconditional, prior_path, evaluator, properties, n_samples, steps, seed, threads,
          out) -> None:
     """Score conditioned generators by the EDM protocol and print one JSON record."""
     if threads:
@@ -82,6 +83,13 @@ def main(setting, methods, guidance_models, scale, prior_path, evaluator, proper
             return generate(model, conditions, y, y_mask, steps, g, n_atoms=n_atoms)
 
         rows.append(_row(name, sample, conditions, scorer, properties, n_samples, seed) | {"model": path})
+    if unconditional:
+        prior = load_prior(prior_path).eval()
+
+        def blind(y, y_mask, n_atoms, g, prior=prior):
+            return generate(prior, conditions, y, y_mask, steps, g, n_atoms=n_atoms)
+
+        rows.append(_row("prior (no control)", blind, conditions, scorer, properties, n_samples, seed))
     for predictor_name in guidance_models:
         prior = load_prior(prior_path).eval()
         predictor = load_predictor(predictor_name).eval()
