@@ -34,7 +34,7 @@ def _row(name: str, sample, conditions: PropertyConditions, evaluator, propertie
     """MAE per property, and validity / stability over all of the row's samples."""
     row, molecules_all, seconds = {"row": name, "mae": {}}, [], 0.0
     for prop in properties:
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(seed * 1000 + PROPERTIES.index(prop))  # fresh samples per property
         n_atoms = conditions.n_atoms[torch.randint(len(conditions.n_atoms), (n,), generator=g)]
         y = conditions.sample(n_atoms, g)
         y_mask = conditions.mask_from_names([prop], n)
