@@ -28,7 +28,8 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
               help="Reward predictor (shipped name or model.pt), trained on Db like the generator.")
 @click.option("--steps", type=int, default=2000, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--lr", type=float, default=1e-5, show_default=True,
+              help="Adam learning rate (1e-4 made CTRL diverge on its first step with the shipped models).")
 @click.option("--sampling-steps", type=int, default=25, show_default=True, help="Respaced steps of training rollouts.")
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="CTRL's KL weight (1: the conditional).")
 @click.option("--grad-steps", type=int, default=8, show_default=True,
