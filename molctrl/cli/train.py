@@ -143,7 +143,7 @@ def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, rec
         record["world_size"] = trainer.group.world_size
         with atomic_path(run / "run.json") as tmp:
             tmp.write_text(json.dumps(record, indent=1))
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainer.group.is_main:
         click.echo(f"training {n_params:,} parameters on {len(batches.n_atoms)} molecules of "
                    f"{record['model']['setting']}/{record['data']['split']}, {trainer.group.world_size} "
