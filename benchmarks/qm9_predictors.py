@@ -30,10 +30,6 @@ from molctrl.predictor import PROPERTIES, AtomCountPredictor
 from molctrl.weights import load_predictor, predictor_path
 
 
-def _labels(split: QM9Split) -> np.ndarray:
-    return np.stack([split.properties[p] for p in PROPERTIES], 1)
-
-
 def _mae(predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {p: round(float(v), 5) for p, v in zip(PROPERTIES, np.abs(predictions - labels).mean(0))}
 
@@ -66,7 +62,7 @@ def main(setting, evaluators, rewards, seed, threads, out) -> None:
     if threads:
         torch.set_num_threads(threads)
     da, db, test = (load_split(setting, s) for s in ("Da", "Db", "test"))
-    y_da, y_db, y_test = _labels(da), _labels(db), _labels(test)
+    y_da, y_db, y_test = da.labels(PROPERTIES), db.labels(PROPERTIES), test.labels(PROPERTIES)
     shuffled = y_db[np.random.default_rng(seed).permutation(len(y_db))]
     atoms = _mae(AtomCountPredictor(da.n_atoms, y_da)(db.n_atoms), y_db)
     rows = [{"row": "#Atoms", "mae": atoms}]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from common.training import EpochSampler
@@ -18,7 +17,7 @@ class MoleculeBatches:
         self.types = torch.from_numpy(split.types.astype("int64"))
         self.positions = torch.from_numpy(split.positions)
         self.n_atoms = torch.from_numpy(split.n_atoms)
-        self.labels = (torch.from_numpy(np.stack([split.properties[p] for p in properties], 1)).float()
+        self.labels = (torch.from_numpy(split.labels(properties)).float()
                        if properties else None)
         self.sampler = EpochSampler(len(split), batch_size, seed)
 

@@ -33,7 +33,7 @@ class PropertyConditions:
 
     @classmethod
     def from_split(cls, split: QM9Split) -> PropertyConditions:
-        return cls(split.n_atoms, np.stack([split.properties[p] for p in PROPERTIES], 1))
+        return cls(split.n_atoms, split.labels(PROPERTIES))
 
     def encode(self, y: torch.Tensor, y_mask: torch.Tensor) -> torch.Tensor:
         """``y (B, 6)``, ``y_mask (B, 6)`` -> condition ``(B, 12)``; unconditioned entries of y are ignored."""

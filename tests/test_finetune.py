@@ -35,7 +35,7 @@ def parts():
     torch.manual_seed(0)
     split = load_split("qm9-noh", "Db").subset(slice(300))
     prior = MoleculeDiffusion(PriorConfig(hidden=16, n_layers=2, n_steps=50), split.n_atoms_histogram())
-    labels = np.stack([split.properties[p] for p in PROPERTIES], 1)
+    labels = split.labels(PROPERTIES)
     predictor = PropertyPredictor(PredictorConfig(hidden=16, n_layers=1), labels.mean(0), labels.std(0))
     predictor.calibration = torch.tensor(labels.std(0) / 3, dtype=torch.float32)
     reward = likelihood_reward(predictor, PROPERTIES, prior.config.type_scale)

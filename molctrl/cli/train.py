@@ -206,7 +206,7 @@ def predictor(setting, split, arch, properties, run_dir, epochs, batch_size, lr,
     record["train"]["steps"] = math.ceil(epochs * len(data) / record["train"]["batch_size"])
     model_cfg, train_cfg = PredictorConfig(**record["model"]), TrainConfig(**record["train"])
     seed_everything(train_cfg.seed)
-    labels = np.stack([data.properties[p] for p in model_cfg.properties], 1)
+    labels = data.labels(model_cfg.properties)
     mean, mad = labels.mean(0), np.abs(labels - labels.mean(0)).mean(0)
     if record.get("noise_prior"):
         from molctrl.noisy_predictor import NoisyPropertyPredictor
@@ -217,7 +217,7 @@ def predictor(setting, split, arch, properties, run_dir, epochs, batch_size, lr,
     valid = load_split(model_cfg.setting, "valid")
     if record["data"].get("valid_limit"):
         valid = valid.subset(slice(record["data"]["valid_limit"]))
-    valid_labels = np.stack([valid.properties[p] for p in model_cfg.properties], 1)
+    valid_labels = valid.labels(model_cfg.properties)
 
     def evaluate(step: int, ema_model: PropertyPredictor) -> None:
         t0 = time.perf_counter()

@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
@@ -259,6 +260,10 @@ class QM9Split:
             Molecule([decoder[t] for t in self.types[k, :n]], self.positions[k, :n], f"qm9 index {self.qm9_index[k]}")
             for k, n in enumerate(self.n_atoms)
         ]
+
+    def labels(self, properties: Sequence[str]) -> np.ndarray:
+        """The named properties as columns, ``(M, len(properties))``."""
+        return np.stack([self.properties[p] for p in properties], 1)
 
     def n_atoms_histogram(self) -> np.ndarray:
         """Counts of molecules per atom count, shape ``(N_max + 1,)``."""
