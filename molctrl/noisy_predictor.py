@@ -63,27 +63,24 @@ class NoisyPropertyPredictor(PropertyPredictor):
 
     @torch.no_grad()
     def calibrate(self, types: np.ndarray, positions: np.ndarray, labels: np.ndarray, seed: int = 0,
-                  batch_size: int = 512) -> np.ndarray:
-        """Fit s(t) per bin on held-out molecules (each noised once at its bin's centre); returns the
-        MAE per bin ``(N_BINS, P)`` and sets ``calibration`` ``(N_BINS, P)``."""
+                  batch_size: int = 512) -> dict:
+        """Fit s(t) per bin on held-out molecules, each noised once at its bin's centre (sets
+        ``calibration`` ``(N_BINS, P)``); returns the MAE per property and bin, for the training log."""
         g = torch.Generator().manual_seed(seed)
-        device = self.label_mean.device
         scales, maes = [], []
         for b in range(N_BINS):
             step = round((b + 0.5) / N_BINS * self.diffusion.n_steps)
             out = []
-            for i in range(0, len(types), batch_size):
-                tt = torch.as_tensor(types[i : i + batch_size], device=device).long()
-                n = int((tt >= 0).sum(1).max())
-                pos = torch.as_tensor(positions[i : i + batch_size, :n], device=device, dtype=self.label_mean.dtype)
-                steps = torch.full((len(tt),), step, device=device)
-                z, mask = self.noised(tt[:, :n], pos, steps, g)
+            for t, pos in self.padded_batches(types, positions, batch_size):
+                steps = torch.full((len(t),), step, device=t.device)
+                z, mask = self.noised(t, pos, steps, g)
                 out.append(self.regress_state(z, steps.to(z.dtype) / self.diffusion.n_steps, mask).double().cpu())
             predictions = torch.cat(out).numpy()
             scales.append(fit_calibration(predictions, labels))
             maes.append(np.abs(predictions - labels).mean(0))
         self.calibration = torch.tensor(np.stack(scales), dtype=torch.float32)
-        return np.stack(maes)
+        mae = np.stack(maes)
+        return {"mae_per_t_bin": {p: mae[:, k].round(4).tolist() for k, p in enumerate(self.properties)}}
 
     def log_likelihood(self, properties: Sequence[str], y: torch.Tensor,
                        y_mask: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -10,7 +10,7 @@ root-mean-square residual would make the interval cover ~80 % and flatten the re
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -99,18 +99,36 @@ class PropertyPredictor(nn.Module):
         normalised = (labels - self.label_mean) / self.label_scale
         return (self.net(one_hot, positions, mask) - normalised).abs().mean()
 
-    @torch.no_grad()
-    def predict_arrays(self, types: np.ndarray, positions: np.ndarray, batch_size: int = 512) -> np.ndarray:
-        """Padded arrays ``types (M, N)``, ``positions (M, N, 3)`` -> predictions ``(M, P)`` (float64)."""
+    def padded_batches(self, types: np.ndarray, positions: np.ndarray,
+                       batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Padded arrays in batches on the model's device, each trimmed to its largest molecule:
+        ``types (b, n)`` (int64, −1 for padding) and ``positions (b, n, 3)``."""
         device = self.label_mean.device
-        out = []
         for i in range(0, len(types), batch_size):
             t = torch.as_tensor(types[i : i + batch_size], device=device).long()
             n = max(1, int((t >= 0).sum(1).max()))
-            pos = torch.as_tensor(positions[i : i + batch_size, :n], device=device, dtype=self.label_mean.dtype)
-            one_hot, mask = self.encode(t[:, :n])
+            yield t[:, :n], torch.as_tensor(positions[i : i + batch_size, :n], device=device,
+                                            dtype=self.label_mean.dtype)
+
+    @torch.no_grad()
+    def predict_arrays(self, types: np.ndarray, positions: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """Padded arrays ``types (M, N)``, ``positions (M, N, 3)`` -> predictions ``(M, P)`` (float64)."""
+        out = []
+        for t, pos in self.padded_batches(types, positions, batch_size):
+            one_hot, mask = self.encode(t)
             out.append(self.regress(one_hot, pos, mask).double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.properties)))
+
+    @torch.no_grad()
+    def calibrate(self, types: np.ndarray, positions: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict:
+        """Fit the likelihood scale s on held-out molecules (sets ``calibration``); returns the MAE and s
+        per property, for the training log. ``seed`` is used by noise-aware models only."""
+        predictions = self.predict_arrays(types, positions)
+        scale = fit_calibration(predictions, labels)
+        self.calibration = torch.tensor(scale, dtype=torch.float32)
+        mae = np.abs(predictions - labels).mean(0)
+        return {"mae": dict(zip(self.properties, mae.round(5).tolist())),
+                "calibration_s": dict(zip(self.properties, scale.round(5).tolist()))}
 
     def predict_molecules(self, molecules: Sequence[Molecule], batch_size: int = 512) -> np.ndarray:
         """Predictions ``(M, P)`` for molecules of any size; hydrogens are dropped for a heavy-atom model.

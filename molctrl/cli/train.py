@@ -20,7 +20,6 @@ from molctrl.predictor import (
     PROPERTIES,
     PredictorConfig,
     PropertyPredictor,
-    fit_calibration,
 )
 from molctrl.prior import MoleculeDiffusion, PriorConfig
 
@@ -222,21 +221,8 @@ def predictor(setting, split, arch, properties, run_dir, epochs, batch_size, lr,
     def evaluate(step: int, ema_model: PropertyPredictor) -> None:
         t0 = time.perf_counter()
         ema_model.eval()
-        if record.get("noise_prior"):
-            mae = ema_model.calibrate(valid.types, valid.positions, valid_labels, seed=step)
-            _log_eval(run / "eval.jsonl", {"step": step, "split": "valid", "molecules": len(valid),
-                                           "mae_per_t_bin": {p: mae[:, k].round(4).tolist()
-                                                             for k, p in enumerate(model_cfg.properties)},
-                                           "seconds": round(time.perf_counter() - t0, 1)})
-            ema_model.train()
-            return
-        predictions = ema_model.predict_arrays(valid.types, valid.positions)
-        scale = fit_calibration(predictions, valid_labels)
-        ema_model.calibration = torch.tensor(scale, dtype=torch.float32)
-        mae = np.abs(predictions - valid_labels).mean(0)
-        _log_eval(run / "eval.jsonl", {"step": step, "split": "valid", "molecules": len(valid),
-                                       "mae": dict(zip(model_cfg.properties, mae.round(5).tolist())),
-                                       "calibration_s": dict(zip(model_cfg.properties, scale.round(5).tolist())),
+        errors = ema_model.calibrate(valid.types, valid.positions, valid_labels, seed=step)
+        _log_eval(run / "eval.jsonl", {"step": step, "split": "valid", "molecules": len(valid), **errors,
                                        "seconds": round(time.perf_counter() - t0, 1)})
         ema_model.train()
 
