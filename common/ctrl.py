@@ -31,9 +31,9 @@ def ctrl_loss(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, re
         alpha: KL weight (1: the conditional distribution). grad_steps: reparameterised final
             transitions for the pathwise estimator (None: all).
     """
-    steps = grad_steps if reward.differentiable else 0
     roll = rollout(diffusion, model, prior, mask, n_channels, n_sampling_steps, cond,
-                   grad_steps=10**9 if steps is None else steps, checkpoint=checkpoint, generator=generator, dtype=dtype)
+                   grad_steps=grad_steps if reward.differentiable else 0, checkpoint=checkpoint, generator=generator,
+                   dtype=dtype)
     if reward.differentiable:
         r = reward(roll.x, mask, y, y_mask)
         loss = (alpha * roll.kl - r).mean()

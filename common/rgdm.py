@@ -77,8 +77,9 @@ def rgdm_step_loss(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoise
     z = space.noise(torch.empty(b, n, n_channels, device=mask.device, dtype=dtype), mask, generator)
     losses, rewards = [], []
     for k, (t, s) in enumerate(pairs):
-        with torch.no_grad():
+        with torch.set_grad_enabled(k in chosen and torch.is_grad_enabled()):  # the model's step, fitted below
             mean, std = reverse_moments(diffusion, model, z, t, s, mask, cond)
+        with torch.no_grad():
             z_next = space.project(mean + std * space.noise(z, mask, generator), mask)
         if k in chosen:
             score = _PayoffScore(diffusion, model, reward, s, mask, y, y_mask, cond, reward_on)
@@ -91,8 +92,7 @@ def rgdm_step_loss(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoise
                 targets, weights = _candidates(score, proposal, mean_pre, std, temperature, radius, n_candidates,
                                                mask, generator)
             rewards.append(score.last.mean())
-            mean_theta, _ = reverse_moments(diffusion, model, z, t, s, mask, cond)
-            sq = (((targets - mean_theta) * mask.unsqueeze(-1)) ** 2).sum((2, 3)) / (2 * std.view(1, -1) ** 2)
+            sq = (((targets - mean) * mask.unsqueeze(-1)) ** 2).sum((2, 3)) / (2 * std.view(1, -1) ** 2)
             sq = sq / space.dims(mask, n_channels).to(sq.dtype)  # per degree of freedom
             losses.append((sq * weights).sum(0).mean() if weights is not None else sq.mean())
         z = z_next
@@ -140,7 +140,6 @@ def _candidates(score: _PayoffScore, z: torch.Tensor, mean: torch.Tensor, std: t
         direction = direction / direction.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1)
         u = torch.rand(z.shape[0], 1, 1, generator=generator, device=generator.device if generator else z.device)
         candidate = z + radius * u.to(z) ** (1.0 / dims) * direction
-        log_p = -(((candidate - mean) * mask.unsqueeze(-1)) ** 2).sum((1, 2)) / (2 * std.view(-1) ** 2)
         out.append(candidate)
-        log_w.append(log_p + score(candidate) / temperature)
+        log_w.append(score.diffusion.step_log_prob(candidate, mean, std, mask) + score(candidate) / temperature)
     return torch.stack(out), torch.softmax(torch.stack(log_w), dim=0)

@@ -15,6 +15,7 @@ recomputed in the backward pass (``checkpoint``) so memory does not grow with th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch.utils.checkpoint import checkpoint as recompute
@@ -38,7 +39,7 @@ class Rollout:
 
 
 def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask: torch.Tensor, n_channels: int,
-            n_sampling_steps: int | None = None, cond: torch.Tensor | None = None, grad_steps: int = 0,
+            n_sampling_steps: int | None = None, cond: torch.Tensor | None = None, grad_steps: int | None = 0,
             checkpoint: bool = True, generator: torch.Generator | None = None,
             dtype: torch.dtype = torch.float32) -> Rollout:
     """Sample from ``model`` (conditioned on ``cond``) and score each step against ``prior``.
@@ -47,27 +48,24 @@ def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask
         diffusion: the process both models were trained for. model, prior: ε-networks (the prior is
             called without a condition and never receives gradients). mask: ``(B, N)``.
         n_sampling_steps: respaced step count (``None``: all T). grad_steps: reparameterised final
-            transitions (0: none — a pure score-function / weighting use). checkpoint: recompute each
-            step in the backward pass.
+            transitions (0: none — a pure score-function / weighting use; ``None``: all). checkpoint:
+            recompute each step in the backward pass.
     """
     b, n = mask.shape
     space = diffusion.space
     z = space.noise(torch.empty(b, n, n_channels, device=mask.device, dtype=dtype), mask, generator)
     pairs = transitions(diffusion, n_sampling_steps, b, mask.device)
+    run = partial(recompute, use_reentrant=False) if checkpoint and torch.is_grad_enabled() else _call
     kl = log_prob = prior_log_prob = torch.zeros(b, device=mask.device, dtype=dtype)
     for k, (t, s) in enumerate(pairs):
-        if len(pairs) - k > grad_steps:
+        if grad_steps is not None and len(pairs) - k > grad_steps:
             z = z.detach()
         if z.requires_grad:  # a reparameterised state: the prior's step mean depends on θ through z
-            moments = recompute if checkpoint else _call
-            mean, mean_pre, std = moments(_moments, diffusion, model, prior, z, t, s, mask, cond, use_reentrant=False)
+            mean, mean_pre, std = run(_moments, diffusion, model, prior, z, t, s, mask, cond)
         else:
             with torch.no_grad():
                 mean_pre, std = reverse_moments(diffusion, prior, z, t, s, mask, None)
-            if checkpoint and torch.is_grad_enabled():
-                mean = recompute(_step_mean, diffusion, model, z, t, s, mask, cond, use_reentrant=False)
-            else:
-                mean = _step_mean(diffusion, model, z, t, s, mask, cond)
+            mean = run(_step_mean, diffusion, model, z, t, s, mask, cond)
         noise = space.noise(z, mask, generator)
         z_next = space.project(mean + std * noise, mask)
         kl = kl + diffusion.step_kl(mean, mean_pre, std, mask)
@@ -105,5 +103,5 @@ def _moments(diffusion, model, prior, z, t, s, mask, cond) -> tuple[torch.Tensor
     return mean, reverse_moments(diffusion, prior, z, t, s, mask, None)[0], std
 
 
-def _call(fn, *args, use_reentrant: bool = False):
+def _call(fn, *args):
     return fn(*args)
