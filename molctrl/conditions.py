@@ -9,6 +9,8 @@ which is the empirical p(c | N) jointly over the six properties.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -50,6 +52,17 @@ class PropertyConditions:
             rows = self._by_size[n]
             out[k] = self.labels[rows[torch.randint(len(rows), (1,), generator=generator)]]
         return out
+
+    @staticmethod
+    def random_mask(batch: int, properties: Sequence[str], generator: torch.Generator | None = None) -> torch.Tensor:
+        """``(batch, 6)``: each of ``properties`` conditioned with probability ½, at least one per row (a
+        random one when none was drawn); nothing when ``properties`` is empty (an unconditional reward)."""
+        y_mask = torch.zeros(batch, len(PROPERTIES), dtype=torch.bool)
+        if properties:
+            chosen = torch.rand(batch, len(properties), generator=generator) < 0.5
+            chosen[~chosen.any(1), torch.randint(len(properties), (1,), generator=generator)] = True
+            y_mask[:, [PROPERTIES.index(p) for p in properties]] = chosen
+        return y_mask
 
     def mask_from_names(self, names: list[str], batch: int) -> torch.Tensor:
         """``(batch, 6)`` mask with the named properties conditioned."""

@@ -57,7 +57,7 @@ class TargetBatches:
 
     def __init__(self, conditions: PropertyConditions, batch_size: int, properties: tuple[str, ...], seed: int = 0):
         self.conditions, self.batch_size, self.seed = conditions, batch_size, seed
-        self.columns = torch.tensor([PROPERTIES.index(p) for p in properties])
+        self.properties = properties
         self.sampler = EpochSampler(len(conditions.n_atoms), batch_size, seed)
         self.n_atoms = conditions.n_atoms  # the trainer reports len(n_atoms) as the data size
 
@@ -66,12 +66,7 @@ class TargetBatches:
         rows = torch.from_numpy(self.sampler.indices(step, rank, world_size))
         n_atoms = self.conditions.n_atoms[rows]
         y = self.conditions.sample(n_atoms, g)
-        y_mask = torch.zeros(len(rows), len(PROPERTIES), dtype=torch.bool)
-        if len(self.columns):  # none: an unconditional reward (e.g. maximise QED)
-            chosen = torch.rand(len(rows), len(self.columns), generator=g) < 0.5
-            chosen[~chosen.any(1), torch.randint(len(self.columns), (1,), generator=g)] = True
-            y_mask[:, self.columns] = chosen
-        return n_atoms, y, y_mask
+        return n_atoms, y, self.conditions.random_mask(len(rows), self.properties, g)
 
 
 class RewardObjective(nn.Module):
@@ -124,15 +119,11 @@ class ConditionalDenoising(nn.Module):
     def __init__(self, prior: MoleculeDiffusion, conditions: PropertyConditions, properties: tuple[str, ...]):
         super().__init__()
         self.model = prior.with_condition(conditions.cond_dim)
-        self.conditions = conditions
-        self.register_buffer("columns", torch.tensor([PROPERTIES.index(p) for p in properties]))
+        self.conditions, self.properties = conditions, properties
 
     def forward(self, types: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         x, mask = self.model.encode(types, positions)
-        chosen = torch.rand(len(types), len(self.columns), device=types.device) < 0.5
-        chosen[~chosen.any(1), 0] = True
-        y_mask = torch.zeros_like(labels, dtype=torch.bool)
-        y_mask[:, self.columns] = chosen
+        y_mask = self.conditions.random_mask(len(types), self.properties).to(labels.device)
         cond = self.conditions.encode(labels, y_mask)
         return self.model.diffusion.denoising_loss(self.model.denoiser, x, mask, cond).mean()
 
