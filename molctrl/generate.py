@@ -96,10 +96,10 @@ def generate(model: MoleculeDiffusion, conditions: PropertyConditions, y: torch.
     if n_atoms is None:
         n_atoms = atom_counts(conditions, y, y_mask, generator=generator)
     molecules: list[Molecule] = []
+    device = model.n_atoms_hist.device
     for start in range(0, len(y), batch_size):
         rows = slice(start, start + batch_size)
         yb, mb = y[rows], y_mask[rows]
-        device = model.n_atoms_hist.device
         cond = conditions.encode(yb, mb).to(device) if model.config.cond_dim else None
         denoiser = None
         if guidance is not None:
