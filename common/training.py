@@ -2,7 +2,9 @@
 checkpoints, exact resume, progress, and PyTorch DDP under ``torchrun``.
 
 The model is any ``nn.Module`` whose ``forward(*batch)`` returns a scalar loss and which has
-``export() -> dict`` (what a shipped weights file holds). Batches come from a :class:`BatchSource`,
+``export() -> dict`` (what a shipped weights file holds); a ``parameter_groups()`` method, if it has one,
+gives optimiser groups whose ``lr_scale`` multiplies the scheduled learning rate; a ``stats`` dict
+attribute, if it has one, is shown with the progress (e.g. reward, KL, effective sample size). Batches come from a :class:`BatchSource`,
 a deterministic function of the step number, so a resumed run sees exactly the data it would have seen.
 """
 from __future__ import annotations
@@ -88,25 +90,33 @@ class Progress:
         self.total, self.start, self.log_every = total, start, log_every
         self.enabled = enabled
         self.t0 = time.perf_counter()
+        self.sums: dict[str, float] = {}
+        self.count = 0
         self.bar = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
 
-    def update(self, step: int, loss: float) -> None:
+    def update(self, step: int, loss: float, stats: dict[str, float] | None = None) -> None:
+        """Record one step; ``stats`` (e.g. reward, KL, ESS) are averaged over the lines' interval."""
         if not self.enabled:
             return
+        for name, value in (stats or {}).items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.count += 1
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            self.bar.set_postfix(loss=f"{loss:.4f}", **{k: f"{v:.4g}" for k, v in (stats or {}).items()}, refresh=False)
         elif step % self.log_every == 0 or step == self.total:
             done = step - self.start
             rate = done / max(time.perf_counter() - self.t0, 1e-9)
             left = (self.total - step) / max(rate, 1e-9)
             h, rem = divmod(int(left), 3600)
-            print(f"step {step}/{self.total}  loss {loss:.4f}  {rate:.2f} step/s  left {h}:{rem // 60:02d}:{rem % 60:02d}",
+            means = "".join(f"  {k} {v / self.count:.4g}" for k, v in self.sums.items())
+            print(f"step {step}/{self.total}  loss {loss:.4f}{means}  {rate:.2f} step/s  left {h}:{rem // 60:02d}:{rem % 60:02d}",
                   file=sys.stderr, flush=True)
+            self.sums, self.count = {}, 0
 
     def close(self) -> None:
         if self.bar is not None:
@@ -134,8 +144,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.model = model.to(device)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, amsgrad=True,
-                                           weight_decay=config.weight_decay)
+        groups = model.parameter_groups() if hasattr(model, "parameter_groups") else model.parameters()
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, amsgrad=True, weight_decay=config.weight_decay)
         self.clip = AdaptiveGradClip()
         self.step = 0
         self.elapsed = 0.0  # training seconds over all sessions of this run
@@ -200,7 +210,7 @@ class Trainer:
             while self.step < cfg.steps:
                 batch = [b.to(self.device) for b in self.batches(self.step, self.group.rank, self.group.world_size)]
                 for g in self.optimizer.param_groups:
-                    g["lr"] = self._lr(self.step)
+                    g["lr"] = self._lr(self.step) * g.get("lr_scale", 1.0)
                 loss = self.train_model(*batch)
                 if not math.isfinite(loss.item()):
                     raise FloatingPointError(f"loss became {loss.item()} at step {self.step}")
@@ -210,7 +220,7 @@ class Trainer:
                 self.optimizer.step()
                 self.ema.update_parameters(self.model)
                 self.step += 1
-                progress.update(self.step, loss.item())
+                progress.update(self.step, loss.item(), getattr(self.model, "stats", None))
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     if self.on_checkpoint and self.group.is_main:
                         self.on_checkpoint(self.step, self.ema.module)

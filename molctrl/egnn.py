@@ -120,14 +120,20 @@ class EGNN(nn.Module):
         self.layers = nn.ModuleList(EquivariantLayer(hidden) for _ in range(n_layers))
         self.readout = nn.Linear(hidden, out_dim)
 
-    def forward(self, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``h (B, N, in_dim)``, ``x (B, N, 3)``, ``mask (B, N)`` -> ``h (B, N, out_dim)``, ``x (B, N, 3)``."""
-        return in_cpu_slices(self._forward, (h, x, mask), self.embed.out_features)
+    def forward(self, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
+                shift: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``h (B, N, in_dim)``, ``x (B, N, 3)``, ``mask (B, N)`` -> ``h (B, N, out_dim)``, ``x (B, N, 3)``.
 
-    def _forward(self, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ``shift (B, hidden)`` is added to every node's embedding (a condition's contribution)."""
+        if shift is None:
+            shift = h.new_zeros(h.shape[0], self.embed.out_features)
+        return in_cpu_slices(self._forward, (h, x, mask, shift), self.embed.out_features)
+
+    def _forward(self, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
+                 shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         node_mask, edge_mask = dense_masks(mask, x.dtype)
         d0 = ((x.unsqueeze(2) - x.unsqueeze(1)) ** 2).sum(-1, keepdim=True)
-        h = self.embed(h) * node_mask
+        h = (self.embed(h) + shift.unsqueeze(1)) * node_mask
         for layer in self.layers:
             h, x = layer(h, x, d0, node_mask, edge_mask)
         return self.readout(h) * node_mask, x

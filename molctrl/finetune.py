@@ -23,7 +23,9 @@ from common.ddpo import ddpo_loss, sample_trajectories
 from common.rewards import Reward
 from common.rgdm import rgdm_step_loss, rgdm_trajectory_loss
 from common.training import EpochSampler
+from molctrl.batches import MoleculeBatches
 from molctrl.conditions import PropertyConditions
+from molctrl.data.qm9 import QM9Split
 from molctrl.predictor import PROPERTIES
 from molctrl.prior import MoleculeDiffusion
 
@@ -43,6 +45,7 @@ class GuidanceConfig:
     radius: float = 0.5  # step-level RGDM's ρ
     train_steps: int = 4  # step-level RGDM / DDPO: transitions trained per trajectory
     clip: float = 1e-4  # DDPO's ratio clip
+    cond_lr_scale: float = 100.0  # learning rate of the condition embedding / that of the rest
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -79,6 +82,10 @@ class RewardObjective(nn.Module):
         self.prior = copy.deepcopy(prior).requires_grad_(False).eval()
         self.reward = reward.requires_grad_(False).eval()
         self.conditions, self.config = conditions, config
+        self.stats: dict[str, float] = {}  # the last batch's reward, KL or ESS, for the progress lines
+
+    def parameter_groups(self) -> list[dict]:
+        return self.model.parameter_groups(self.config.cond_lr_scale)
 
     def _mask(self, n_atoms: torch.Tensor) -> torch.Tensor:
         return torch.arange(int(n_atoms.max()), device=n_atoms.device).unsqueeze(0) < n_atoms.unsqueeze(1)
@@ -91,11 +98,11 @@ class RewardObjective(nn.Module):
                 cond)
         if cfg.method == "ctrl":
             grad_steps = int(torch.randint(1, cfg.grad_steps + 1, (1,)))
-            loss, _ = ctrl_loss(*args, alpha=cfg.alpha, grad_steps=grad_steps, **shared)
+            loss, self.stats = ctrl_loss(*args, alpha=cfg.alpha, grad_steps=grad_steps, **shared)
         elif cfg.method == "rgdm":
-            loss, _ = rgdm_trajectory_loss(*args, temperature=cfg.temperature, **shared)
+            loss, self.stats = rgdm_trajectory_loss(*args, temperature=cfg.temperature, **shared)
         elif cfg.method == "rgdm-step":
-            loss, _ = rgdm_step_loss(model.diffusion, model.denoiser, self.prior.denoiser, self.reward, mask,
+            loss, self.stats = rgdm_step_loss(model.diffusion, model.denoiser, self.prior.denoiser, self.reward, mask,
                                      model.n_channels, y, y_mask, cond, temperature=cfg.temperature,
                                      radius=cfg.radius, n_train_steps=cfg.train_steps, **shared)
         else:
@@ -104,6 +111,7 @@ class RewardObjective(nn.Module):
             rewards = self.reward(trajectories.x, mask, y, y_mask)
             steps = torch.randperm(len(trajectories.steps))[: cfg.train_steps].tolist()
             loss = ddpo_loss(model.diffusion, model.denoiser, trajectories, rewards, steps, cfg.clip)
+            self.stats = {"reward": rewards.mean().item()}
         return loss
 
     def export(self) -> dict:
@@ -116,10 +124,14 @@ class RewardObjective(nn.Module):
 class ConditionalDenoising(nn.Module):
     """EDM-cond: ε-prediction loss with the labels as condition (random non-empty subsets conditioned)."""
 
-    def __init__(self, prior: MoleculeDiffusion, conditions: PropertyConditions, properties: tuple[str, ...]):
+    def __init__(self, prior: MoleculeDiffusion, conditions: PropertyConditions, properties: tuple[str, ...],
+                 cond_lr_scale: float = 1.0):
         super().__init__()
         self.model = prior.with_condition(conditions.cond_dim)
-        self.conditions, self.properties = conditions, properties
+        self.conditions, self.properties, self.cond_lr_scale = conditions, properties, cond_lr_scale
+
+    def parameter_groups(self) -> list[dict]:
+        return self.model.parameter_groups(self.cond_lr_scale)
 
     def forward(self, types: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         x, mask = self.model.encode(types, positions)
@@ -131,3 +143,28 @@ class ConditionalDenoising(nn.Module):
         return self.model.export() | {"guidance": {"method": "cond"},
                                       "conditions": {"mean": self.conditions.mean.tolist(),
                                                      "scale": self.conditions.scale.tolist()}}
+
+
+def make_objective(spec: dict, prior: MoleculeDiffusion, data: QM9Split, batch_size: int,
+                   seed: int = 0) -> tuple[nn.Module, TargetBatches | MoleculeBatches]:
+    """The objective and batch source that ``spec`` (a finetune run's ``model`` record: ``method``,
+    ``guidance``, ``reward_model``, ``maximize``) describes, with conditions fitted on ``data``."""
+    conditions = PropertyConditions.from_split(data)
+    guidance = GuidanceConfig(**spec["guidance"])
+    if spec["method"] == "cond":
+        return (ConditionalDenoising(prior, conditions, guidance.properties, guidance.cond_lr_scale),
+                MoleculeBatches(data, batch_size, seed, PROPERTIES))
+    return (RewardObjective(prior, spec_reward(spec, prior), conditions, guidance),
+            TargetBatches(conditions, batch_size, guidance.properties, seed))
+
+
+def spec_reward(spec: dict, prior: MoleculeDiffusion) -> Reward:
+    """The reward a finetune spec names: an RDKit score to maximise, or the reward model's likelihood."""
+    from molctrl.chemistry import ChemistryReward
+    from molctrl.predictor import likelihood_reward
+    from molctrl.weights import load_predictor
+
+    if spec["maximize"]:
+        return ChemistryReward(spec["maximize"], prior.decode)
+    predictor = load_predictor(spec["reward_model"])
+    return likelihood_reward(predictor, predictor.properties, prior.config.type_scale)

@@ -37,24 +37,27 @@ class PriorConfig:
 class MoleculeDenoiser(nn.Module):
     """ε_θ(z_t, t, c): EGNN over node features [types, t, c]; the position output is x_out − x_in, centred.
 
-    A condition ``c (B, cond_dim)`` is appended to every node's features (EDM-cond's design).
+    A condition ``c (B, cond_dim)`` enters every node's embedding through its own linear map
+    ``cond_embed`` (the same as appending c to the node features, EDM-cond's design, but a separate
+    parameter, so that fine-tuning can give it its own learning rate).
     """
 
     def __init__(self, n_types: int, hidden: int, n_layers: int, cond_dim: int = 0):
         super().__init__()
         self.n_types, self.cond_dim = n_types, cond_dim
-        self.egnn = EGNN(n_types + 1 + cond_dim, n_types, hidden, n_layers)
+        self.egnn = EGNN(n_types + 1, n_types, hidden, n_layers)
+        self.cond_embed = nn.Linear(cond_dim, hidden, bias=False) if cond_dim else None
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         x, h = z[..., :3], z[..., 3:]
-        parts = [h, t.view(-1, 1, 1).expand(-1, z.shape[1], 1)]
-        if self.cond_dim:
+        h = torch.cat([h, t.view(-1, 1, 1).expand(-1, z.shape[1], 1)], dim=-1)
+        shift = None
+        if self.cond_embed is not None:
             if cond is None or cond.shape != (z.shape[0], self.cond_dim):
                 raise ValueError(f"a conditioned denoiser needs cond of shape ({z.shape[0]}, {self.cond_dim}), "
                                  f"got {None if cond is None else tuple(cond.shape)}")
-            parts.append(cond.to(z.dtype).unsqueeze(1).expand(-1, z.shape[1], -1))
-        h = torch.cat(parts, dim=-1)
-        h_out, x_out = self.egnn(h, x, mask)
+            shift = self.cond_embed(cond.to(z.dtype))
+        h_out, x_out = self.egnn(h, x, mask, shift)
         m = mask.unsqueeze(-1).to(z.dtype)
         eps_x = (x_out - x) * m
         eps_x = eps_x - eps_x.sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp(min=1) * m
@@ -137,16 +140,22 @@ class MoleculeDiffusion(nn.Module):
         return molecules
 
     def with_condition(self, cond_dim: int) -> MoleculeDiffusion:
-        """A conditioned copy that starts as this model: the embedding's new condition columns are zero,
-        so ε_θ(z, t, c) = ε_pre(z, t) for every c until training moves them."""
+        """A conditioned copy that starts as this model: its condition embedding is zero, so
+        ε_θ(z, t, c) = ε_pre(z, t) for every c until training moves it."""
         if self.config.cond_dim:
             raise ValueError("the model is already conditioned")
         model = MoleculeDiffusion(replace(self.config, cond_dim=cond_dim), self.n_atoms_hist)
-        state = dict(self.state_dict())
-        embed = "denoiser.egnn.embed.weight"
-        state[embed] = torch.cat([state[embed], state[embed].new_zeros(state[embed].shape[0], cond_dim)], dim=1)
-        model.load_state_dict(state)
+        nn.init.zeros_(model.denoiser.cond_embed.weight)
+        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
+        assert missing == ["denoiser.cond_embed.weight"] and not unexpected, (missing, unexpected)
         return model.to(self.n_atoms_hist.device)
+
+    def parameter_groups(self, cond_lr_scale: float = 1.0) -> list[dict]:
+        """Optimiser groups: the condition embedding learns at ``cond_lr_scale`` times the learning rate
+        of the rest (it starts at zero and carries the whole condition at first)."""
+        cond = [self.denoiser.cond_embed.weight] if self.denoiser.cond_embed is not None else []
+        rest = [p for p in self.parameters() if all(p is not c for c in cond)]
+        return [{"params": rest}] + ([{"params": cond, "lr_scale": cond_lr_scale}] if cond else [])
 
     # -- shipping --------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -53,6 +54,34 @@ def test_resume_is_exact(tmp_path):
     shipped = torch.load(tmp_path / "b" / "model.pt", weights_only=False)
     assert shipped["step"] == 6 and shipped["kind"] == "molctrl.prior"
     assert not [p for p in (tmp_path / "b").iterdir() if p.name.endswith(".tmp")]
+
+
+class _TwoGroups(torch.nn.Module):
+    """Loss (a·x − 1)² + (b·x − 1)², with ``b`` in a group whose learning rate is scaled."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.a, self.b = torch.nn.Parameter(torch.zeros(())), torch.nn.Parameter(torch.zeros(()))
+        self.scale, self.stats = scale, {}
+
+    def parameter_groups(self):
+        return [{"params": [self.a]}, {"params": [self.b], "lr_scale": self.scale}]
+
+    def forward(self, x):
+        self.stats = {"a": self.a.item()}
+        return ((self.a * x - 1) ** 2 + (self.b * x - 1) ** 2).mean()
+
+    def export(self):
+        return {"a": self.a.detach()}
+
+
+def test_parameter_groups_scale_the_learning_rate_and_stats_reach_the_log(tmp_path, capsys):
+    model = _TwoGroups(scale=10.0)
+    cfg = TrainConfig(steps=4, batch_size=2, lr=1e-3, checkpoint_every=4, log_every=2)
+    Trainer(model, lambda step, rank=0, world=1: (torch.ones(2),), cfg, tmp_path, torch.device("cpu")).fit()
+    # Adam moves each parameter by about its learning rate per step while the gradient keeps its sign
+    assert model.a.item() == pytest.approx(4e-3, rel=0.05) and model.b.item() == pytest.approx(4e-2, rel=0.05)
+    assert "  a 0.002" in capsys.readouterr().err  # mean of a over steps 3 and 4 (1e-3·(2 + 3)/2 ≈ 2.5e-3)
 
 
 def test_train_cli_refuses_to_overwrite_and_resumes(tmp_path):

@@ -39,23 +39,18 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
 @click.option("--train-steps", type=int, default=4, show_default=True,
               help="Step-level RGDM and DDPO: transitions trained per trajectory.")
 @click.option("--clip", type=float, default=1e-4, show_default=True, help="DDPO's ratio clip.")
+@click.option("--cond-lr-scale", type=float, default=100.0, show_default=True,
+              help="Learning rate of the zero-initialised condition embedding, as a multiple of --lr.")
 @click.option("--checkpoint-every", type=int, default=100, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--threads", type=int, default=None)
 @click.option("--resume", is_flag=True, help="Continue RUN_DIR with its run.json settings (only --steps may change).")
 def finetune(method, properties, maximize, run_dir, prior_path, reward_model, steps, batch_size, lr, sampling_steps,
-             alpha, grad_steps, temperature, radius, train_steps, clip, checkpoint_every, seed, device, threads,
+             alpha, grad_steps, temperature, radius, train_steps, clip, cond_lr_scale, checkpoint_every, seed, device, threads,
              resume) -> None:
     """Fine-tune the prior into a conditioned generator; RUN_DIR/model.pt is the EMA model."""
-    from molctrl.batches import MoleculeBatches
-    from molctrl.conditions import PropertyConditions
-    from molctrl.finetune import (
-        ConditionalDenoising,
-        GuidanceConfig,
-        RewardObjective,
-        TargetBatches,
-    )
+    from molctrl.finetune import GuidanceConfig, make_objective
     from molctrl.weights import load_prior
 
     if threads:
@@ -70,7 +65,8 @@ def finetune(method, properties, maximize, run_dir, prior_path, reward_model, st
                        "guidance": asdict(GuidanceConfig(method="ctrl" if method == "cond" else method,
                                                          properties=properties, sampling_steps=sampling_steps,
                                                          alpha=alpha, grad_steps=grad_steps, temperature=temperature,
-                                                         radius=radius, train_steps=train_steps, clip=clip)),
+                                                         radius=radius, train_steps=train_steps, clip=clip,
+                                                         cond_lr_scale=cond_lr_scale)),
                        "method": method},
              "data": {"split": "Db", "limit": None},
              "train": asdict(TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=0.99,
@@ -81,23 +77,6 @@ def finetune(method, properties, maximize, run_dir, prior_path, reward_model, st
     torch.manual_seed(train_cfg.seed)
     prior = load_prior(spec["prior"])
     data = _training_data(prior.config.setting, record)
-    conditions = PropertyConditions.from_split(data)
-    guidance = GuidanceConfig(**spec["guidance"])
-    if spec["method"] == "cond":
-        objective = ConditionalDenoising(prior, conditions, guidance.properties)
-        batches = MoleculeBatches(data, train_cfg.batch_size, train_cfg.seed, PROPERTIES)
-    else:
-        objective = RewardObjective(prior, _reward(spec, prior), conditions, guidance)
-        batches = TargetBatches(conditions, train_cfg.batch_size, guidance.properties, train_cfg.seed)
+    objective, batches = make_objective(spec, prior, data, train_cfg.batch_size, train_cfg.seed)
     _fit(objective, batches, train_cfg, run, record, device, resume, None)
 
-
-def _reward(spec: dict, prior):
-    from molctrl.chemistry import ChemistryReward
-    from molctrl.predictor import likelihood_reward
-    from molctrl.weights import load_predictor
-
-    if spec["maximize"]:
-        return ChemistryReward(spec["maximize"], prior.decode)
-    predictor = load_predictor(spec["reward_model"])
-    return likelihood_reward(predictor, predictor.properties, prior.config.type_scale)
