@@ -2,19 +2,26 @@
 
     python -m benchmarks.qm9_conditional --setting qm9-noh -n 500 --steps 100 --seed 0 \\
         --method ctrl=molctrl/weights/qm9-noh-ctrl.pt --method rgdm=molctrl/weights/qm9-noh-rgdm.pt \\
-        --method cond=runs/cond/model.pt --guidance qm9-noh-egnn-Db [--out benchmarks/results/...json]
+        --method cond=runs/cond/model.pt --guidance qm9-noh-e3nn-Db [--out benchmarks/results/...json]
 
 For each property separately: N from the Db atom-count histogram, the target c from p(c | N) (the
 label of a random Db molecule with N atoms), one molecule per (N, c) from the method conditioned on
 that property alone; the Da evaluator of the *other* architecture than the reward (``--evaluator``)
 predicts the property and the MAE is taken over all samples, valid or not. Validity and stability of
-the same samples are reported. Reference rows (U-bound, #Atoms, L-bound) come from
-``benchmarks.qm9_predictors``.
+the same samples are reported. Reference rows (U-bound, #Atoms, L-bound of the evaluator's
+architecture) are copied from the record of ``benchmarks.qm9_predictors`` (``--references``).
+
+Compute per row: a fine-tuned model's training seconds and steps (stored in its ``model.pt`` by the
+trainer), a guidance row's predictor training seconds (the noise-aware predictor is trained for it;
+the clean-data reward predictor is shared by every reward method and not counted), and the sampling
+seconds of the row's samples.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
+from pathlib import Path
 
 import click
 import numpy as np
@@ -50,6 +57,21 @@ def _row(name: str, sample, conditions: PropertyConditions, evaluator, propertie
         "samples_per_property": n, "sampling_seconds": round(seconds, 1)}
 
 
+def _references(path: str, arch: str, properties) -> list[dict]:
+    """#Atoms and the evaluator architecture's U-bound and L-bound rows of a qm9_predictors record."""
+    record = json.loads(Path(path).read_text())
+    keep = ("#Atoms", f"U-bound ({arch})", f"L-bound ({arch})")
+    return [{"row": r["row"], "mae": {p: r["mae"][p] for p in properties}, "source": path}
+            for r in record["rows"] if r["row"] in keep]
+
+
+def predictor_train_seconds(name_or_path: str) -> float | None:
+    """Training seconds stored with a predictor's weights (None when not recorded)."""
+    from molctrl.weights import predictor_path
+
+    return torch.load(predictor_path(name_or_path), map_location="cpu", weights_only=False).get("train_seconds")
+
+
 @click.command()
 @click.option("--setting", default="qm9-noh", show_default=True)
 @click.option("--method", "methods", multiple=True, metavar="NAME=MODEL",
@@ -60,29 +82,33 @@ def _row(name: str, sample, conditions: PropertyConditions, evaluator, propertie
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Guidance scale.")
 @click.option("--unconditional", is_flag=True, help="Also score the prior itself, blind to the targets.")
 @click.option("--prior", "prior_path", default=None, help="Prior for guidance rows (default: shipped).")
-@click.option("--evaluator", default="qm9-noh-e3nn-Da", show_default=True)
+@click.option("--evaluator", default="qm9-noh-egnn-Da", show_default=True)
+@click.option("--references", type=click.Path(dir_okay=False), default="benchmarks/results/qm9_predictors_qm9-noh.json",
+              show_default=True, help="Record of benchmarks.qm9_predictors whose reference rows to include.")
 @click.option("--property", "properties", multiple=True, type=click.Choice(PROPERTIES), default=PROPERTIES)
 @click.option("-n", "n_samples", type=int, default=500, show_default=True, help="Samples per property and row.")
 @click.option("--steps", type=int, default=100, show_default=True, help="Sampling steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(setting, methods, guidance_models, scale, unconditional, prior_path, evaluator, properties, n_samples, steps, seed, threads,
-         out) -> None:
+def main(setting, methods, guidance_models, scale, unconditional, prior_path, evaluator, references, properties,
+         n_samples, steps, seed, threads, out) -> None:
     """Score conditioned generators by the EDM protocol and print one JSON record."""
     if threads:
         torch.set_num_threads(threads)
     conditions = PropertyConditions.from_split(load_split(setting, "Db"))
     scorer = load_predictor(evaluator).eval()
-    rows = []
+    rows = _references(references, scorer.config.arch, properties) if references else []
     for spec in methods:
         name, _, path = spec.partition("=")
         model = load_prior(path).eval()
+        trained = torch.load(path, map_location="cpu", weights_only=False)
 
         def sample(y, y_mask, n_atoms, g, model=model):
             return generate(model, conditions, y, y_mask, steps, g, n_atoms=n_atoms)
 
-        rows.append(_row(name, sample, conditions, scorer, properties, n_samples, seed) | {"model": path})
+        rows.append(_row(name, sample, conditions, scorer, properties, n_samples, seed)
+                    | {"model": path, "train_steps": trained.get("step"), "train_seconds": trained.get("train_seconds")})
     if unconditional:
         prior = load_prior(prior_path).eval()
 
@@ -103,7 +129,9 @@ def main(setting, methods, guidance_models, scale, unconditional, prior_path, ev
             return generate(prior, conditions, y, y_mask, steps, g, guidance, n_atoms=n_atoms)
 
         rows.append(_row(f"{guidance.mode} guidance ({predictor.config.arch})", guided, conditions, scorer, properties,
-                         n_samples, seed) | {"reward_model": predictor_name, "scale": scale})
+                         n_samples, seed)
+                    | {"reward_model": predictor_name, "scale": scale,
+                       "train_seconds": predictor_train_seconds(predictor_name) if guidance.mode == "classifier" else 0})
     record = {"setting": setting, "evaluator": evaluator, "seed": seed, "sampling_steps": steps, "rows": rows,
               "threads": torch.get_num_threads(),
               "command": "python -m benchmarks.qm9_conditional " + " ".join(sys.argv[1:]), "machine": machine_info()}

@@ -159,8 +159,11 @@ def test_conditional_benchmark_scores_methods_by_the_edm_protocol(weight_files, 
                                             "--property", "alpha", "--property", "mu", "-n", "4", "--steps", "2"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
-    assert [r["row"] for r in record["rows"]] == ["ctrl", "reconstruction guidance (egnn)"]
-    assert set(record["rows"][0]["mae"]) == {"alpha", "mu"} and 0 <= record["rows"][0]["validity"] <= 1
+    rows = {r["row"]: r for r in record["rows"]}
+    assert list(rows) == ["#Atoms", "U-bound (egnn)", "L-bound (egnn)", "ctrl", "reconstruction guidance (egnn)"]
+    assert set(rows["ctrl"]["mae"]) == {"alpha", "mu"} and 0 <= rows["ctrl"]["validity"] <= 1
+    assert rows["ctrl"]["train_steps"] == 1 and rows["ctrl"]["train_seconds"] > 0
+    assert rows["#Atoms"]["mae"]["alpha"] == pytest.approx(5.38, abs=0.01)  # from the qm9_predictors record
 
 
 def test_noise_aware_predictor_trains_calibrates_per_noise_level_and_guides(weight_files, tmp_path):

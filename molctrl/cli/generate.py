@@ -26,11 +26,11 @@ SYMBOLS = {"alpha": "α", "gap": "Δε", "homo": "HOMO", "lumo": "LUMO", "mu": "
               help="ctrl / rgdm: a shipped (or --model) conditioned model; guidance: the prior steered by the "
                    "reward predictor's gradient through the denoised estimate.")
 @click.option("--model", "model_path", default=None, help="A conditioned model.pt from 'molctrl finetune'.")
-@click.option("--reward-model", default="qm9-noh-egnn-Db", show_default=True,
+@click.option("--reward-model", default="qm9-noh-e3nn-Db", show_default=True,
               help="Predictor for --method guidance (reconstruction guidance through x̂₀), or a noise-aware "
                    "predictor ('molctrl train predictor --noise-aware') for classifier guidance.")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Guidance scale.")
-@click.option("--evaluator", default="qm9-noh-e3nn-Da", show_default=True,
+@click.option("--evaluator", default="qm9-noh-egnn-Da", show_default=True,
               help="Predictor that scores the molecules (keep it different from the reward's architecture).")
 @click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True, help="Sampling steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
