@@ -66,6 +66,20 @@ class GaussianLogLikelihood(Reward):
         return len(self.scale)
 
     def forward(self, x: Tensor, mask: Tensor, y: Tensor | None = None, y_mask: Tensor | None = None) -> Tensor:
+        return self.log_likelihood(self.predict(x, mask), y, y_mask)
+
+    def predict(self, x: Tensor, mask: Tensor) -> Tensor:
+        """The regressor's means of the used columns, ``(B, P)``."""
+        mean = self.regressor(x, mask)
+        if self.columns is not None:
+            mean = mean[..., self.columns]
+        if mean.shape[-1] != self.n_targets:
+            raise ValueError(f"regressor gives {mean.shape[-1]} outputs, the reward has {self.n_targets} scales")
+        return mean
+
+    def log_likelihood(self, mean: Tensor, y: Tensor | None, y_mask: Tensor | None = None) -> Tensor:
+        """log p(y | x) from predicted means ``(..., P)`` and targets ``(..., P_y)``, broadcast over the
+        leading dimensions (e.g. ``mean (1, M, P)`` against ``y (B, 1, P_y)`` gives all pairs ``(B, M)``)."""
         if y is None:
             raise ValueError("GaussianLogLikelihood needs targets y of shape (B, P); got None")
         if self.target_columns is not None:
@@ -73,11 +87,6 @@ class GaussianLogLikelihood(Reward):
             y_mask = None if y_mask is None else y_mask[..., self.target_columns]
         if y.shape[-1] != self.n_targets:
             raise ValueError(f"targets have {y.shape[-1]} columns, the reward uses {self.n_targets}")
-        mean = self.regressor(x, mask)
-        if self.columns is not None:
-            mean = mean[..., self.columns]
-        if mean.shape[-1] != self.n_targets:
-            raise ValueError(f"regressor gives {mean.shape[-1]} outputs, the reward has {self.n_targets} scales")
         keep = torch.ones_like(y, dtype=torch.bool) if y_mask is None else y_mask.bool()
         return gaussian_log_density(y, mean, self.scale.to(mean.dtype), keep)
 

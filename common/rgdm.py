@@ -4,9 +4,14 @@ The loss is the likelihood of samples from q under the model (reward-augmented m
 Trajectory-level estimator: trajectories come from the current model p_θ, and self-normalised
 importance weights turn them into samples of q over paths,
     w_i ∝ exp(r(x_i)/τ) · p_pre(τ_i) / p_θ(τ_i),   Σ_i w_i = 1,
-(the ratio is a product of closed-form Gaussian step ratios); the loss is the weighted trajectory
-negative log-likelihood −Σ_i w_i log p_θ(τ_i) with the weights held fixed. Its fixed point is p_θ = q;
-the effective sample size 1/Σ w_i² says how far the proposal is from q.
+(the ratio is a product of closed-form Gaussian step ratios); the loss is the weighted negative
+log-likelihood of the samples with the weights held fixed, −Σ_i w_i log p_θ(τ_i). Its fixed point is p_θ = q; the effective sample size
+1/Σ w_i² says how far the proposal is from q. (Fitting the weighted samples by the denoising loss
+instead collapsed onto one mode on the Gaussian-mixture test: the path ratio degenerates when the
+fit does not control the paths' likelihood.)
+
+Prior-proposal estimator (:func:`payoff_resample`): with samples of the prior itself as proposals the
+ratio is 1; resampled by exp(r/τ), they are fitted by the denoising loss (no path likelihood needed).
 """
 from __future__ import annotations
 
@@ -20,27 +25,53 @@ from common.rollout import reverse_moments, rollout, transitions
 def rgdm_trajectory_loss(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, reward: Reward,
                          mask: torch.Tensor, n_channels: int, y: torch.Tensor | None = None,
                          y_mask: torch.Tensor | None = None, cond: torch.Tensor | None = None,
-                         temperature: float = 1.0, n_sampling_steps: int | None = 50,
-                         max_weight: float | None = None, checkpoint: bool = True, generator: torch.Generator | None = None,
+                         temperature: float = 1.0, n_sampling_steps: int | None = 50, group_size: int | None = None,
+                         max_weight: float | None = None, checkpoint: bool = True,
+                         generator: torch.Generator | None = None,
                          dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted trajectory NLL of one batch, and the reward, ESS and max weight for logging.
+    """Weighted NLL of one batch, and the reward, ESS and max weight for logging.
 
     Args:
         temperature: τ of the pay-off distribution (1 with r = log p̂(y | x): the conditional).
+        group_size: rows ``k·G … k·G + G − 1`` share one target and their weights are normalised
+            among themselves (None: the whole batch is one group). With different targets per row,
+            one normaliser over the batch still has p_θ(x | y) = q(x | y) as its fixed point, but it
+            spends the weight on the targets that are easiest to hit; groups estimate each Z(y).
         max_weight: clip the normalised weights at this value and renormalise (a measured option;
-            biased; None: no clipping).
+            biased; None: no clipping). ESS is the mean over groups of 1/Σ w² (at most the group size).
     """
     roll = rollout(diffusion, model, prior, mask, n_channels, n_sampling_steps, cond, grad_steps=0,
                    checkpoint=checkpoint, generator=generator, dtype=dtype)
+    b = mask.shape[0]
+    size = group_size or b
+    if b % size:
+        raise ValueError(f"batch {b} is not a multiple of group_size {size}")
     with torch.no_grad():
         r = reward(roll.x, mask, y, y_mask)
-        weights = torch.softmax(r / temperature + roll.prior_log_prob - roll.log_prob, dim=0)
+        log_w = r / temperature + roll.prior_log_prob - roll.log_prob
+        weights = torch.softmax(log_w.view(-1, size), dim=1)
         if max_weight is not None:
             weights = weights.clamp(max=max_weight)
-            weights = weights / weights.sum()
-        ess = 1.0 / (weights**2).sum()
+            weights = weights / weights.sum(1, keepdim=True)
+        ess = (1.0 / (weights**2).sum(1)).mean()
+        weights = weights.view(-1) / (b // size)  # Σ over the batch = 1
     loss = -(weights * roll.log_prob).sum()
-    return loss, {"reward": r.mean().item(), "ess": ess.item(), "max_weight": weights.max().item()}
+    return loss, {"reward": r.mean().item(), "ess": ess.item(), "max_weight": weights.max().item() * (b // size)}
+
+
+def payoff_resample(log_reward: torch.Tensor, temperature: float = 1.0,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prior-proposal RGDM: for each target b, one pool index j ~ softmax_j(r_bj/τ), ``(B,)``, and the
+    effective sample size 1/Σ_j w_bj² of those weights, ``(B,)``.
+
+    ``log_reward (B, M)`` scores M samples of the prior for B targets (−inf excludes a sample). With
+    the prior as the proposal the importance ratio p_pre/p_θ is 1, so this is self-normalised importance
+    resampling from q(x | y) ∝ p_pre(x)·exp(r(x; y)/τ); the model then fits the picks by its denoising
+    loss, with the fixed point p_θ = q.
+    """
+    weights = torch.softmax(log_reward / temperature, dim=1)
+    rows = torch.multinomial(weights, 1, generator=generator).squeeze(1)
+    return rows, 1.0 / (weights**2).sum(1)
 
 
 def rgdm_step_loss(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, reward: Reward, mask: torch.Tensor,

@@ -7,13 +7,14 @@ predictor are frozen inside.
 
 * :class:`RewardObjective` — CTRL, trajectory- or step-level RGDM, or DDPO, on batches of targets
   ``(n_atoms (B,), y (B, 6), y_mask (B, 6))`` from :class:`TargetBatches`;
-* :class:`ConditionalDenoising` — EDM-cond: the denoising loss of labelled molecules with their labels
-  as the condition, on batches ``(types, positions, labels)``.
+* :class:`ConditionalDenoising` — the denoising loss with the labels as the condition: EDM-cond on
+  labelled molecules, and RGDM on pay-off resampled prior molecules (:mod:`molctrl.payoff`).
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -42,26 +43,35 @@ class GuidanceConfig:
     alpha: float = 1.0  # CTRL's KL weight
     grad_steps: int = 8  # CTRL: reparameterised final transitions, drawn uniformly in [1, grad_steps]
     temperature: float = 1.0  # RGDM's τ
+    proposal: str = "prior"  # trajectory RGDM: a pool of prior samples (molctrl.payoff) or the model's rollouts
+    pool_size: int = 10_000  # prior proposals: pool molecules
+    pool_steps: int = 50  # prior proposals: sampling steps of the pool
+    samples_per_target: int = 4  # model proposals: rollouts per target, whose weights are normalised together
     radius: float = 0.5  # step-level RGDM's ρ
     train_steps: int = 4  # step-level RGDM / DDPO: transitions trained per trajectory
     clip: float = 1e-4  # DDPO's ratio clip
-    cond_lr_scale: float = 100.0  # learning rate of the condition embedding / that of the rest
+    cond_lr_scale: float = 10.0  # learning rate of the condition embedding / that of the rest
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r} (expected one of {', '.join(METHODS)})")
         self.properties = tuple(self.properties)
+        if self.proposal not in ("prior", "model"):
+            raise ValueError(f"unknown proposal {self.proposal!r} (expected prior or model)")
 
 
 class TargetBatches:
     """Step -> ``(n_atoms (B,), y (B, 6), y_mask (B, 6))``: N from the conditioning split, y ~ p(c | N), and
-    a uniformly drawn non-empty subset of ``properties`` conditioned (nothing when ``properties`` is
-    empty). Deterministic in the step."""
+    a random non-empty subset of ``properties`` conditioned (nothing when ``properties`` is empty), each
+    target repeated on ``repeats`` consecutive rows. Deterministic in the step."""
 
-    def __init__(self, conditions: PropertyConditions, batch_size: int, properties: tuple[str, ...], seed: int = 0):
-        self.conditions, self.batch_size, self.seed = conditions, batch_size, seed
+    def __init__(self, conditions: PropertyConditions, batch_size: int, properties: tuple[str, ...], seed: int = 0,
+                 repeats: int = 1):
+        if batch_size % repeats:
+            raise ValueError(f"batch size {batch_size} is not a multiple of {repeats} samples per target")
+        self.conditions, self.repeats, self.seed = conditions, repeats, seed
         self.properties = properties
-        self.sampler = EpochSampler(len(conditions.n_atoms), batch_size, seed)
+        self.sampler = EpochSampler(len(conditions.n_atoms), batch_size // repeats, seed)
         self.n_atoms = conditions.n_atoms  # the trainer reports len(n_atoms) as the data size
 
     def __call__(self, step: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, ...]:
@@ -69,7 +79,8 @@ class TargetBatches:
         rows = torch.from_numpy(self.sampler.indices(step, rank, world_size))
         n_atoms = self.conditions.n_atoms[rows]
         y = self.conditions.sample(n_atoms, g)
-        return n_atoms, y, self.conditions.random_mask(len(rows), self.properties, g)
+        y_mask = self.conditions.random_mask(len(rows), self.properties, g)
+        return tuple(v.repeat_interleave(self.repeats, dim=0) for v in (n_atoms, y, y_mask))
 
 
 class RewardObjective(nn.Module):
@@ -100,7 +111,8 @@ class RewardObjective(nn.Module):
             grad_steps = int(torch.randint(1, cfg.grad_steps + 1, (1,)))
             loss, self.stats = ctrl_loss(*args, alpha=cfg.alpha, grad_steps=grad_steps, **shared)
         elif cfg.method == "rgdm":
-            loss, self.stats = rgdm_trajectory_loss(*args, temperature=cfg.temperature, **shared)
+            loss, self.stats = rgdm_trajectory_loss(*args, temperature=cfg.temperature,
+                                                    group_size=cfg.samples_per_target, **shared)
         elif cfg.method == "rgdm-step":
             loss, self.stats = rgdm_step_loss(model.diffusion, model.denoiser, self.prior.denoiser, self.reward, mask,
                                      model.n_channels, y, y_mask, cond, temperature=cfg.temperature,
@@ -122,40 +134,71 @@ class RewardObjective(nn.Module):
 
 
 class ConditionalDenoising(nn.Module):
-    """EDM-cond: ε-prediction loss with the labels as condition (random non-empty subsets conditioned)."""
+    """The ε-prediction loss of molecules with their labels as the condition.
+
+    EDM-cond on labelled data (batches ``(types, positions, labels)``, random non-empty subsets of
+    ``properties`` conditioned), or prior-proposal RGDM on pay-off resampled pool molecules (batches
+    ``(types, positions, y, y_mask, ess)`` from :class:`molctrl.payoff.PayoffBatches`). ``record`` is
+    stored in the exported weights under ``guidance``.
+    """
 
     def __init__(self, prior: MoleculeDiffusion, conditions: PropertyConditions, properties: tuple[str, ...],
-                 cond_lr_scale: float = 1.0):
+                 cond_lr_scale: float = 1.0, record: dict | None = None):
         super().__init__()
         self.model = prior.with_condition(conditions.cond_dim)
         self.conditions, self.properties, self.cond_lr_scale = conditions, properties, cond_lr_scale
+        self.record = record or {"method": "cond"}
+        self.stats: dict[str, float] = {}
 
     def parameter_groups(self) -> list[dict]:
         return self.model.parameter_groups(self.cond_lr_scale)
 
-    def forward(self, types: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, types: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor,
+                y_mask: torch.Tensor | None = None, ess: torch.Tensor | None = None) -> torch.Tensor:
         x, mask = self.model.encode(types, positions)
-        y_mask = self.conditions.random_mask(len(types), self.properties).to(labels.device)
+        if y_mask is None:
+            y_mask = self.conditions.random_mask(len(types), self.properties).to(labels.device)
+        if ess is not None:
+            self.stats = {"ess": ess.mean().item()}
         cond = self.conditions.encode(labels, y_mask)
         return self.model.diffusion.denoising_loss(self.model.denoiser, x, mask, cond).mean()
 
     def export(self) -> dict:
-        return self.model.export() | {"guidance": {"method": "cond"},
+        return self.model.export() | {"guidance": self.record,
                                       "conditions": {"mean": self.conditions.mean.tolist(),
                                                      "scale": self.conditions.scale.tolist()}}
 
 
-def make_objective(spec: dict, prior: MoleculeDiffusion, data: QM9Split, batch_size: int,
-                   seed: int = 0) -> tuple[nn.Module, TargetBatches | MoleculeBatches]:
+def make_objective(spec: dict, prior: MoleculeDiffusion, data: QM9Split, batch_size: int, seed: int = 0,
+                   pool_path: Path | None = None) -> tuple[nn.Module, object]:
     """The objective and batch source that ``spec`` (a finetune run's ``model`` record: ``method``,
-    ``guidance``, ``reward_model``, ``maximize``) describes, with conditions fitted on ``data``."""
+    ``guidance``, ``reward_model``, ``maximize``) describes, with conditions fitted on ``data``.
+
+    Prior-proposal RGDM samples its pool once and keeps it at ``pool_path`` (reused when there)."""
     conditions = PropertyConditions.from_split(data)
     guidance = GuidanceConfig(**spec["guidance"])
     if spec["method"] == "cond":
         return (ConditionalDenoising(prior, conditions, guidance.properties, guidance.cond_lr_scale),
                 MoleculeBatches(data, batch_size, seed, PROPERTIES))
-    return (RewardObjective(prior, spec_reward(spec, prior), conditions, guidance),
-            TargetBatches(conditions, batch_size, guidance.properties, seed))
+    reward = spec_reward(spec, prior)
+    if guidance.method == "rgdm" and guidance.proposal == "prior":
+        from molctrl.payoff import PayoffBatches, PriorPool, pool_atom_counts
+
+        if pool_path is not None and Path(pool_path).exists():
+            pool = PriorPool.load(pool_path)
+        else:
+            g = torch.Generator().manual_seed(seed)
+            n_atoms = pool_atom_counts(conditions.n_atoms, guidance.pool_size, generator=g)
+            pool = PriorPool.sample(prior, reward, n_atoms, guidance.pool_steps, g)
+            if pool_path is not None:
+                pool.save(pool_path)
+        record = asdict(guidance) | {"pool_seconds": round(pool.seconds, 1)}
+        targets = TargetBatches(conditions, batch_size, guidance.properties, seed)
+        return (ConditionalDenoising(prior, conditions, guidance.properties, guidance.cond_lr_scale, record),
+                PayoffBatches(pool, reward, targets, guidance.temperature))
+    repeats = guidance.samples_per_target if guidance.method == "rgdm" else 1
+    return (RewardObjective(prior, reward, conditions, guidance),
+            TargetBatches(conditions, batch_size, guidance.properties, seed, repeats))
 
 
 def spec_reward(spec: dict, prior: MoleculeDiffusion) -> Reward:

@@ -16,8 +16,8 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
 
 @click.command()
 @click.option("--method", type=click.Choice(METHOD_CHOICES), default="ctrl", show_default=True,
-              help="ctrl: KL-regularised, pathwise; rgdm: trajectory-level pay-off weights; rgdm-step: pay-off "
-                   "steps; ddpo: clipped policy gradient; cond: EDM-cond (labels as input, denoising loss).")
+              help="ctrl: KL-regularised, pathwise; rgdm: pay-off weights (prior pool or rollouts); rgdm-step: "
+                   "pay-off steps; ddpo: clipped policy gradient; cond: EDM-cond (labels as input, denoising loss).")
 @click.option("--property", "properties", multiple=True, type=click.Choice([*PROPERTIES, "all"]),
               help="Properties to condition on (repeat; all: the six; trained on random subsets).")
 @click.option("--maximize", type=click.Choice(["qed", "logp", "sa"]), default=None,
@@ -35,11 +35,19 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
 @click.option("--grad-steps", type=int, default=8, show_default=True,
               help="CTRL: gradients through the last K transitions, K uniform in [1, grad-steps].")
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="RGDM's τ (1: the conditional).")
+@click.option("--proposal", type=click.Choice(["prior", "model"]), default="prior", show_default=True,
+              help="RGDM: resample a pool of prior molecules by the pay-off weights (prior), or weight the model's "
+                   "own rollouts with the importance ratio to the prior (model).")
+@click.option("--pool-size", type=int, default=10_000, show_default=True, help="RGDM, prior proposals: pool size.")
+@click.option("--pool-steps", type=int, default=50, show_default=True,
+              help="RGDM, prior proposals: sampling steps of the pool (sampled once, kept in RUN_DIR/pool.pt).")
+@click.option("--samples-per-target", type=int, default=4, show_default=True,
+              help="RGDM, model proposals: rollouts per target; their pay-off weights are normalised together.")
 @click.option("--radius", type=float, default=0.5, show_default=True, help="Step-level RGDM's ball radius ρ.")
 @click.option("--train-steps", type=int, default=4, show_default=True,
               help="Step-level RGDM and DDPO: transitions trained per trajectory.")
 @click.option("--clip", type=float, default=1e-4, show_default=True, help="DDPO's ratio clip.")
-@click.option("--cond-lr-scale", type=float, default=100.0, show_default=True,
+@click.option("--cond-lr-scale", type=float, default=10.0, show_default=True,
               help="Learning rate of the zero-initialised condition embedding, as a multiple of --lr.")
 @click.option("--checkpoint-every", type=int, default=100, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -47,7 +55,7 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
 @click.option("--threads", type=int, default=None)
 @click.option("--resume", is_flag=True, help="Continue RUN_DIR with its run.json settings (only --steps may change).")
 def finetune(method, properties, maximize, run_dir, prior_path, reward_model, steps, batch_size, lr, sampling_steps,
-             alpha, grad_steps, temperature, radius, train_steps, clip, cond_lr_scale, checkpoint_every, seed, device, threads,
+             alpha, grad_steps, temperature, proposal, pool_size, pool_steps, samples_per_target, radius, train_steps, clip, cond_lr_scale, checkpoint_every, seed, device, threads,
              resume) -> None:
     """Fine-tune the prior into a conditioned generator; RUN_DIR/model.pt is the EMA model."""
     from molctrl.finetune import GuidanceConfig, make_objective
@@ -65,6 +73,8 @@ def finetune(method, properties, maximize, run_dir, prior_path, reward_model, st
                        "guidance": asdict(GuidanceConfig(method="ctrl" if method == "cond" else method,
                                                          properties=properties, sampling_steps=sampling_steps,
                                                          alpha=alpha, grad_steps=grad_steps, temperature=temperature,
+                                                         proposal=proposal, pool_size=pool_size,
+                                                         pool_steps=pool_steps, samples_per_target=samples_per_target,
                                                          radius=radius, train_steps=train_steps, clip=clip,
                                                          cond_lr_scale=cond_lr_scale)),
                        "method": method},
@@ -77,6 +87,7 @@ def finetune(method, properties, maximize, run_dir, prior_path, reward_model, st
     torch.manual_seed(train_cfg.seed)
     prior = load_prior(spec["prior"])
     data = _training_data(prior.config.setting, record)
-    objective, batches = make_objective(spec, prior, data, train_cfg.batch_size, train_cfg.seed)
+    run.mkdir(parents=True, exist_ok=True)
+    objective, batches = make_objective(spec, prior, data, train_cfg.batch_size, train_cfg.seed, run / "pool.pt")
     _fit(objective, batches, train_cfg, run, record, device, resume, None)
 

@@ -1,0 +1,118 @@
+"""RGDM with the prior as proposal: a pool of prior molecules resampled per target by the pay-off weights.
+
+For a target y the pay-off distribution is q(x | y) ∝ p_pre(x)·exp(r(x; y)/τ), with r = log p̂(y | x).
+Proposals drawn from p_pre itself need no importance ratio, so self-normalised importance resampling
+over a pool of M prior samples,
+    j ~ softmax_j( r(x_j; y)/τ ),   over the pool molecules with y's atom count,
+gives (approximate) samples of q(x | y), which the conditioned model fits by the denoising loss with y
+as its condition (:class:`molctrl.finetune.ConditionalDenoising`). The fixed point is p_θ(x | y) = q.
+
+Why not proposals from the model (:func:`common.rgdm.rgdm_trajectory_loss`): on QM9 the calibrated
+likelihood is sharp, and the path ratio p_pre(τ)/p_θ(τ) degenerates as soon as θ moves (measured: ESS
+≈ 1 in batches of 32 from the first step). A fixed pool is also cheap: the reward model reads each
+pool molecule once, r(x_j; y) for any target is closed-form from the cached predictions, and a
+training step costs one denoising step, like EDM-cond's.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import torch
+
+from common.rewards import GaussianLogLikelihood, Reward
+from common.rgdm import payoff_resample
+from common.runtime import atomic_torch_save
+from molctrl.finetune import TargetBatches
+from molctrl.prior import MoleculeDiffusion
+
+
+@dataclass
+class PriorPool:
+    """M prior molecules as padded arrays and what the reward needs of them.
+
+    ``types (M, N)`` (−1 = padding), ``positions (M, N, 3)``, ``scores``: for a likelihood reward the
+    predicted means ``(M, P)`` (label units; any target's log-likelihood follows in closed form), for
+    a reward without targets the rewards ``(M,)``. ``sampling_steps`` and ``seconds`` say how they were made.
+    """
+
+    types: torch.Tensor
+    positions: torch.Tensor
+    scores: torch.Tensor
+    sampling_steps: int
+    seconds: float
+
+    @property
+    def n_atoms(self) -> torch.Tensor:
+        return (self.types >= 0).sum(1)
+
+    @classmethod
+    @torch.no_grad()
+    def sample(cls, prior: MoleculeDiffusion, reward: Reward, n_atoms: torch.Tensor,
+               sampling_steps: int, generator: torch.Generator | None = None, batch_size: int = 250) -> PriorPool:
+        """Draw one molecule from ``prior`` per atom count of ``n_atoms (M,)`` and score them."""
+        t0 = time.perf_counter()
+        n_atoms = n_atoms.sort().values  # batches of similar sizes pad little
+        size, n_max = len(n_atoms), int(n_atoms.max())
+        types = torch.full((size, n_max), -1, dtype=torch.long)
+        positions = torch.zeros(size, n_max, 3)
+        scores = []
+        with click.progressbar(length=size, label="pool of prior samples", file=click.get_text_stream("stderr")) as bar:
+            for start in range(0, size, batch_size):
+                k = min(batch_size, size - start)
+                x, mask = prior.sample_states(k, sampling_steps, generator, n_atoms[start : start + k])
+                n = x.shape[1]
+                types[start : start + k, :n] = torch.where(mask, x[..., 3:].argmax(-1), -1).cpu()
+                positions[start : start + k, :n] = (x[..., :3] * mask.unsqueeze(-1)).cpu().float()
+                clean, mask = prior.encode(types[start : start + k, :n], positions[start : start + k, :n])
+                likelihood = isinstance(reward, GaussianLogLikelihood)
+                scores.append((reward.predict(clean, mask) if likelihood else reward(clean, mask)).cpu())
+                bar.update(k)
+        return cls(types, positions, torch.cat(scores), sampling_steps, time.perf_counter() - t0)
+
+    def save(self, path: str | Path) -> None:
+        atomic_torch_save(self.__dict__, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PriorPool:
+        return cls(**torch.load(path, map_location="cpu", weights_only=False))
+
+
+def pool_atom_counts(target_n_atoms: torch.Tensor, size: int, floor: int = 32,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """``(M,)`` atom counts for a pool: ``floor`` of every size the targets have (QM9's rare small
+    molecules too), the rest drawn like the targets' sizes; M = ``size`` or more when the floors need it."""
+    sizes = target_n_atoms.unique()
+    rest = max(size - floor * len(sizes), 0)
+    drawn = target_n_atoms[torch.randint(len(target_n_atoms), (rest,), generator=generator)]
+    return torch.cat([sizes.repeat_interleave(floor), drawn])
+
+
+class PayoffBatches:
+    """Step -> ``(types (B, n), positions (B, n, 3), y (B, 6), y_mask (B, 6), ess (B,))``: targets as
+    :class:`molctrl.finetune.TargetBatches` draws them, and for each a pool molecule with its atom count
+    resampled by the pay-off weights softmax(r/τ); ``ess`` is 1/Σ w² of those weights."""
+
+    def __init__(self, pool: PriorPool, reward: Reward, targets: TargetBatches,
+                 temperature: float = 1.0):
+        self.pool, self.reward, self.targets, self.temperature = pool, reward, targets, temperature
+        self.pool_n_atoms = pool.n_atoms
+        missing = sorted(set(targets.n_atoms.unique().tolist()) - set(self.pool_n_atoms.unique().tolist()))
+        if missing:
+            raise ValueError(f"the pool has no molecule with {missing} atoms; sample a larger pool")
+        self.n_atoms = targets.n_atoms
+
+    @torch.no_grad()
+    def __call__(self, step: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, ...]:
+        n_atoms, y, y_mask = self.targets(step, rank, world_size)
+        g = torch.Generator().manual_seed(self.targets.seed * 7_919 + step * 31 + rank + 1)
+        if isinstance(self.reward, GaussianLogLikelihood):
+            r = self.reward.log_likelihood(self.pool.scores.unsqueeze(0), y.unsqueeze(1), y_mask.unsqueeze(1))
+        else:
+            r = self.pool.scores.unsqueeze(0).expand(len(y), -1)
+        same_size = self.pool_n_atoms.unsqueeze(0) == n_atoms.unsqueeze(1)
+        rows, ess = payoff_resample(r.masked_fill(~same_size, float("-inf")), self.temperature, g)
+        n = int(n_atoms.max())
+        return self.pool.types[rows, :n], self.pool.positions[rows, :n], y, y_mask, ess

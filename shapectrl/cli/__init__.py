@@ -1,0 +1,19 @@
+"""The ``shapectrl`` command line."""
+from __future__ import annotations
+
+import click
+
+from shapectrl.cli.data import data
+from shapectrl.cli.evaluate import evaluate
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Reward-guided control of 3D point-cloud diffusion models: shape data and metrics."""
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+for command in (data, evaluate):
+    main.add_command(command)

@@ -1,0 +1,3 @@
+from shapectrl.cli import main
+
+main()
