@@ -14,11 +14,18 @@ import torch
 from torch import Tensor, nn
 
 
-def gaussian_log_density(y: Tensor, mean: Tensor, scale: Tensor, keep: Tensor) -> Tensor:
-    """Σ_k keep_k · log N(y_k; mean_k, scale_k²) over the last dimension; entries not kept may be NaN."""
+def gaussian_log_density(y: Tensor, mean: Tensor, scale: Tensor, keep: Tensor, tail: float | None = None) -> Tensor:
+    """Σ_k keep_k · log N(y_k; mean_k, scale_k²) over the last dimension; entries not kept may be NaN.
+
+    With ``tail = c`` the quadratic −½z² becomes linear beyond |z| = c, −c|z| + ½c² (Huber's density:
+    a Gaussian core with exponential tails, unnormalised), so that a wildly wrong prediction costs
+    O(|z|) and its gradient stays bounded by c/s."""
     y = torch.where(keep, y.to(mean.dtype), torch.zeros((), dtype=mean.dtype, device=mean.device))
     z = (y - mean) / scale
-    return ((-0.5 * z.square() - scale.log() - 0.5 * math.log(2 * math.pi)) * keep).sum(-1)
+    penalty = 0.5 * z.square()
+    if tail is not None:
+        penalty = torch.where(z.abs() <= tail, penalty, tail * z.abs() - 0.5 * tail**2)
+    return ((-penalty - scale.log() - 0.5 * math.log(2 * math.pi)) * keep).sum(-1)
 
 
 class Reward(nn.Module):
@@ -43,11 +50,13 @@ class GaussianLogLikelihood(Reward):
         target_columns: where those targets sit in a wider y (e.g. one column per property of the
             domain, so that rewards of separately trained predictors compose on one y); default: y
             has exactly the P columns.
+        tail: Huber threshold c in units of s (see :func:`gaussian_log_density`; None: Gaussian).
     """
 
     def __init__(self, regressor: nn.Module, scale: Tensor | Sequence[float], columns: Sequence[int] | None = None,
-                 target_columns: Sequence[int] | None = None):
+                 target_columns: Sequence[int] | None = None, tail: float | None = None):
         super().__init__()
+        self.tail = tail
         scale = torch.as_tensor(scale, dtype=torch.float32).flatten()
         if not bool((scale > 0).all()):
             raise ValueError(f"scale must be positive, got {scale.tolist()}")
@@ -88,7 +97,7 @@ class GaussianLogLikelihood(Reward):
         if y.shape[-1] != self.n_targets:
             raise ValueError(f"targets have {y.shape[-1]} columns, the reward uses {self.n_targets}")
         keep = torch.ones_like(y, dtype=torch.bool) if y_mask is None else y_mask.bool()
-        return gaussian_log_density(y, mean, self.scale.to(mean.dtype), keep)
+        return gaussian_log_density(y, mean, self.scale.to(mean.dtype), keep, self.tail)
 
 
 class WeightedSum(Reward):

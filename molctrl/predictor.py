@@ -182,6 +182,9 @@ class PropertyPredictor(nn.Module):
         return model
 
 
+TAIL = 4.0  # Huber threshold of the likelihood rewards, in calibrated standard deviations
+
+
 class StateRegressor(nn.Module):
     """The predictor read on diffusion states ``x = [positions, one_hot·type_scale] (B, N, 3+F)`` -> ``(B, P)``."""
 
@@ -194,8 +197,11 @@ class StateRegressor(nn.Module):
         return self.predictor.regress(one_hot, x[..., :3], mask)
 
 
-def likelihood_reward(predictor: PropertyPredictor, properties: Sequence[str], type_scale: float) -> GaussianLogLikelihood:
-    """``log p(y | x) = Σ_k log N(y_k; f_k(x), s_k²)`` over ``properties``, on states.
+def likelihood_reward(predictor: PropertyPredictor, properties: Sequence[str], type_scale: float,
+                      tail: float | None = TAIL) -> GaussianLogLikelihood:
+    """``log p(y | x) = Σ_k log N(y_k; f_k(x), s_k²)`` over ``properties``, on states, with Huber tails
+    beyond ``tail``·s (the residuals are heavy-tailed, and a broken sample of the 10-step training
+    chains scored −7·10⁵ under the pure Gaussian, whose gradient then wrecked a CTRL step).
 
     Targets ``y (B, 6)`` hold one column per property of :data:`PROPERTIES` (the reward reads its own),
     so rewards of separately trained predictors add up on the same ``y`` and ``y_mask``.
@@ -207,7 +213,7 @@ def likelihood_reward(predictor: PropertyPredictor, properties: Sequence[str], t
         raise ValueError(f"the predictor does not predict {', '.join(missing)} (it has {', '.join(predictor.properties)})")
     columns = [predictor.properties.index(p) for p in properties]
     return GaussianLogLikelihood(StateRegressor(predictor, type_scale), predictor.calibration[columns], columns,
-                                 target_columns=[PROPERTIES.index(p) for p in properties])
+                                 target_columns=[PROPERTIES.index(p) for p in properties], tail=tail)
 
 
 class AtomCountPredictor:

@@ -98,7 +98,7 @@ def test_likelihood_reward_reads_states_and_is_differentiable(predictor):
     types, pos = _molecules()
     one_hot, mask = predictor.encode(types)
     x = torch.cat([pos, one_hot * 0.25], -1).requires_grad_(True)
-    reward = likelihood_reward(predictor, ["gap", "alpha"], type_scale=0.25)
+    reward = likelihood_reward(predictor, ["gap", "alpha"], type_scale=0.25, tail=None)
     y = torch.tensor([[2.0, 1.0, 7.0, 7.0, 7.0, 7.0]] * 3, dtype=torch.float64)  # one column per property
     r = reward(x, mask, y)
     f = _regress(predictor, types, pos)[:, [1, 0]]

@@ -96,6 +96,19 @@ def test_columns_pick_and_order_regressor_outputs(batch):
     np.testing.assert_allclose(r.detach().numpy(), expected, rtol=1e-5)
 
 
+def test_huber_tails_are_gaussian_inside_and_linear_outside():
+    from common.rewards import gaussian_log_density
+
+    mean = torch.tensor([[0.0], [0.0], [0.0]], requires_grad=True)
+    y, scale, keep = torch.tensor([[1.0], [3.0], [100.0]]), torch.tensor([2.0]), torch.ones(3, 1, dtype=torch.bool)
+    plain, huber = gaussian_log_density(y, mean, scale, keep), gaussian_log_density(y, mean, scale, keep, tail=1.0)
+    assert torch.allclose(huber[:1], plain[:1])  # |z| = 0.5 ≤ 1: unchanged
+    const = -np.log(2.0) - 0.5 * np.log(2 * np.pi)
+    assert huber[1].item() == pytest.approx(-(1.5 - 0.5) + const) and huber[2].item() == pytest.approx(-(50 - 0.5) + const)
+    (grad,) = torch.autograd.grad(huber.sum(), mean)
+    assert torch.allclose(grad.abs()[1:], torch.tensor([[0.5], [0.5]]))  # bounded by c/s
+
+
 def test_gaussian_log_likelihood_gradient_gradcheck(batch):
     x, mask, y, regressor = batch
     reward = GaussianLogLikelihood(regressor.double(), [0.5, 2.0, 1.3], columns=[0, 1, 2]).double()
