@@ -46,6 +46,7 @@ class GuidanceConfig:
     proposal: str = "prior"  # trajectory RGDM: a pool of prior samples (molctrl.payoff) or the model's rollouts
     pool_size: int = 10_000  # prior proposals: pool molecules
     pool_steps: int = 50  # prior proposals: sampling steps of the pool
+    pool: str | None = None  # prior proposals: reuse the molecules of this pool.pt (rescored) instead
     samples_per_target: int = 4  # model proposals: rollouts per target, whose weights are normalised together
     radius: float = 0.5  # step-level RGDM's ρ
     train_steps: int = 4  # step-level RGDM / DDPO: transitions trained per trajectory
@@ -174,7 +175,8 @@ def make_objective(spec: dict, prior: MoleculeDiffusion, data: QM9Split, batch_s
     """The objective and batch source that ``spec`` (a finetune run's ``model`` record: ``method``,
     ``guidance``, ``reward_model``, ``maximize``) describes, with conditions fitted on ``data``.
 
-    Prior-proposal RGDM samples its pool once and keeps it at ``pool_path`` (reused when there)."""
+    Prior-proposal RGDM samples its pool once (or rescores the molecules of ``guidance.pool``) and keeps
+    it at ``pool_path`` (reused when there)."""
     conditions = PropertyConditions.from_split(data)
     guidance = GuidanceConfig(**spec["guidance"])
     if spec["method"] == "cond":
@@ -186,6 +188,10 @@ def make_objective(spec: dict, prior: MoleculeDiffusion, data: QM9Split, batch_s
 
         if pool_path is not None and Path(pool_path).exists():
             pool = PriorPool.load(pool_path)
+        elif guidance.pool:
+            pool = PriorPool.load(guidance.pool).scored(prior, reward)
+            if pool_path is not None:
+                pool.save(pool_path)
         else:
             g = torch.Generator().manual_seed(seed)
             n_atoms = pool_atom_counts(conditions.n_atoms, guidance.pool_size, generator=g)

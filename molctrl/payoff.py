@@ -58,7 +58,6 @@ class PriorPool:
         size, n_max = len(n_atoms), int(n_atoms.max())
         types = torch.full((size, n_max), -1, dtype=torch.long)
         positions = torch.zeros(size, n_max, 3)
-        scores = []
         with click.progressbar(length=size, label="pool of prior samples", file=click.get_text_stream("stderr")) as bar:
             for start in range(0, size, batch_size):
                 k = min(batch_size, size - start)
@@ -66,11 +65,24 @@ class PriorPool:
                 n = x.shape[1]
                 types[start : start + k, :n] = torch.where(mask, x[..., 3:].argmax(-1), -1).cpu()
                 positions[start : start + k, :n] = (x[..., :3] * mask.unsqueeze(-1)).cpu().float()
-                clean, mask = prior.encode(types[start : start + k, :n], positions[start : start + k, :n])
-                likelihood = isinstance(reward, GaussianLogLikelihood)
-                scores.append((reward.predict(clean, mask) if likelihood else reward(clean, mask)).cpu())
                 bar.update(k)
-        return cls(types, positions, torch.cat(scores), sampling_steps, time.perf_counter() - t0)
+        pool = cls(types, positions, torch.empty(0), sampling_steps, time.perf_counter() - t0)
+        return pool.scored(prior, reward, batch_size)
+
+    @torch.no_grad()
+    def scored(self, prior: MoleculeDiffusion, reward: Reward, batch_size: int = 250) -> PriorPool:
+        """The same molecules with ``reward``'s scores (a pool serves any reward); the scoring time is
+        added to ``seconds``."""
+        t0 = time.perf_counter()
+        scores = []
+        for start in range(0, len(self.types), batch_size):
+            types = self.types[start : start + batch_size]
+            n = int((types >= 0).sum(1).max())
+            clean, mask = prior.encode(types[:, :n], self.positions[start : start + batch_size, :n])
+            likelihood = isinstance(reward, GaussianLogLikelihood)
+            scores.append((reward.predict(clean, mask) if likelihood else reward(clean, mask)).cpu())
+        return PriorPool(self.types, self.positions, torch.cat(scores), self.sampling_steps,
+                         self.seconds + time.perf_counter() - t0)
 
     def save(self, path: str | Path) -> None:
         atomic_torch_save(self.__dict__, path)

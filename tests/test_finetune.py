@@ -20,6 +20,7 @@ from molctrl.finetune import (
 )
 from molctrl.io import read_molecules
 from molctrl.noisy_predictor import N_BINS, NoisyPropertyPredictor
+from molctrl.payoff import PayoffBatches, PriorPool
 from molctrl.predictor import (
     PROPERTIES,
     PredictorConfig,
@@ -90,7 +91,8 @@ def weight_files(parts, tmp_path_factory):
 
 @pytest.mark.parametrize("args", [["--method", "ctrl", "--property", "alpha", "--property", "gap"],
                                   ["--method", "cond", "--property", "all"],
-                                  ["--method", "rgdm", "--maximize", "qed"]], ids=["ctrl", "cond", "qed"])
+                                  ["--method", "rgdm", "--maximize", "qed", "--pool-size", "64", "--pool-steps", "3"]],
+                         ids=["ctrl", "cond", "rgdm-qed"])
 def test_finetune_cli_trains_resumes_and_writes_a_conditioned_model(weight_files, tmp_path, args):
     run = tmp_path / "run"
     common = ["finetune", "--run-dir", str(run), "--prior", str(weight_files / "prior.pt"), "--reward-model",
@@ -102,6 +104,26 @@ def test_finetune_cli_trains_resumes_and_writes_a_conditioned_model(weight_files
     assert result.exit_code == 0 and "resumed" in result.output, result.output
     payload = torch.load(run / "model.pt", weights_only=False)
     assert payload["step"] == 2 and MoleculeDiffusion.from_export(payload).config.cond_dim == 12
+
+
+def test_payoff_batches_resample_pool_molecules_of_the_target_size_by_their_likelihood(parts):
+    split, prior, reward, conditions = parts
+    types = torch.from_numpy(split.types.astype("int64"))
+    pool = PriorPool(types, torch.from_numpy(split.positions), torch.empty(0), sampling_steps=0, seconds=0.0)
+    pool = pool.scored(prior, reward)
+    assert pool.scores.shape == (len(split), 6) and pool.seconds > 0
+    targets = TargetBatches(conditions, 8, PROPERTIES, seed=2)
+    sharp = PayoffBatches(pool, reward, targets, temperature=1e-6)
+    types_b, positions_b, y, y_mask, ess = sharp(5)
+    assert all(torch.equal(a, b) for a, b in zip(sharp(5), (types_b, positions_b, y, y_mask, ess)))
+    n_atoms = targets(5)[0]
+    assert torch.equal((types_b >= 0).sum(1), n_atoms) and torch.allclose(ess, torch.ones(8))
+    for k in range(8):  # at τ → 0 the pick is the most likely pool molecule of the target's size
+        same = torch.nonzero(pool.n_atoms == n_atoms[k]).view(-1)
+        r = reward.log_likelihood(pool.scores[same], y[k].expand(len(same), -1), y_mask[k].expand(len(same), -1))
+        assert torch.equal(types_b[k], pool.types[same[r.argmax()], : types_b.shape[1]])
+    mild = PayoffBatches(pool, reward, targets, temperature=1e6)(5)[-1]
+    assert torch.all(mild > 0.9 * torch.stack([(pool.n_atoms == n).sum() for n in n_atoms]))  # ~uniform
 
 
 def test_finetune_cli_rejects_contradictory_requests(weight_files, tmp_path):
