@@ -52,6 +52,7 @@ class GuidanceConfig:
     train_steps: int = 4  # step-level RGDM / DDPO: transitions trained per trajectory
     clip: float = 1e-4  # DDPO's ratio clip
     cond_lr_scale: float = 10.0  # learning rate of the condition embedding / that of the rest
+    train_backbone: bool = True  # False: the condition embedding alone is trained
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -97,7 +98,7 @@ class RewardObjective(nn.Module):
         self.stats: dict[str, float] = {}  # the last batch's reward, KL or ESS, for the progress lines
 
     def parameter_groups(self) -> list[dict]:
-        return self.model.parameter_groups(self.config.cond_lr_scale)
+        return self.model.parameter_groups(self.config.cond_lr_scale, self.config.train_backbone)
 
     def _mask(self, n_atoms: torch.Tensor) -> torch.Tensor:
         return torch.arange(int(n_atoms.max()), device=n_atoms.device).unsqueeze(0) < n_atoms.unsqueeze(1)

@@ -94,7 +94,8 @@ def stable_atoms(symbols: Sequence[str], orders: np.ndarray, definition: str = E
 
 def _sanitized(mol: Chem.Mol) -> bool:
     try:
-        Chem.SanitizeMol(mol)
+        with BlockLogs():  # RDKit would log every failed sanitisation
+            Chem.SanitizeMol(mol)
     except ValueError:  # RDKit's sanitisation errors derive from ValueError
         return False
     return True
@@ -178,8 +179,7 @@ def evaluate_molecules(molecules: Sequence[Molecule], reference_smiles: set[str]
         reference_smiles: training SMILES for novelty (see :func:`train_smiles`); ``None`` skips it.
     """
     definition = stability_definition(molecules)
-    with BlockLogs():  # RDKit would log every failed sanitisation
-        rows = [evaluate_molecule(i, m, definition) for i, m in enumerate(molecules)]
+    rows = [evaluate_molecule(i, m, definition) for i, m in enumerate(molecules)]
     return MetricsReport(summarize(rows, reference_smiles, definition), rows)
 
 

@@ -160,12 +160,14 @@ class MoleculeDiffusion(nn.Module):
         assert missing == ["denoiser.cond_embed.weight"] and not unexpected, (missing, unexpected)
         return model.to(self.n_atoms_hist.device)
 
-    def parameter_groups(self, cond_lr_scale: float = 1.0) -> list[dict]:
+    def parameter_groups(self, cond_lr_scale: float = 1.0, backbone: bool = True) -> list[dict]:
         """Optimiser groups: the condition embedding learns at ``cond_lr_scale`` times the learning rate
-        of the rest (it starts at zero and carries the whole condition at first)."""
+        of the rest (it starts at zero and carries the whole condition at first); ``backbone=False``
+        trains the condition embedding alone."""
         cond = [self.denoiser.cond_embed.weight] if self.denoiser.cond_embed is not None else []
         rest = [p for p in self.parameters() if all(p is not c for c in cond)]
-        return [{"params": rest}] + ([{"params": cond, "lr_scale": cond_lr_scale}] if cond else [])
+        groups = [{"params": cond, "lr_scale": cond_lr_scale}] if cond else []
+        return ([{"params": rest}] if backbone or not cond else []) + groups
 
     # -- shipping --------------------------------------------------------------------------------
 

@@ -51,13 +51,16 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
 @click.option("--clip", type=float, default=1e-4, show_default=True, help="DDPO's ratio clip.")
 @click.option("--cond-lr-scale", type=float, default=10.0, show_default=True,
               help="Learning rate of the zero-initialised condition embedding, as a multiple of --lr.")
+@click.option("--freeze-backbone", is_flag=True,
+              help="Train the condition embedding alone (CTRL: every backbone change moves the last steps, whose "
+                   "KL weight is ~1/σ², and made the first Adam steps spike the KL to 10⁴–10⁵).")
 @click.option("--checkpoint-every", type=int, default=100, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--threads", type=int, default=None)
 @click.option("--resume", is_flag=True, help="Continue RUN_DIR with its run.json settings (only --steps may change).")
 def finetune(method, properties, maximize, run_dir, prior_path, reward_model, steps, batch_size, lr, sampling_steps,
-             alpha, grad_steps, temperature, proposal, pool_size, pool_steps, pool_file, samples_per_target, radius, train_steps, clip, cond_lr_scale, checkpoint_every, seed, device, threads,
+             alpha, grad_steps, temperature, proposal, pool_size, pool_steps, pool_file, samples_per_target, radius, train_steps, clip, cond_lr_scale, freeze_backbone, checkpoint_every, seed, device, threads,
              resume) -> None:
     """Fine-tune the prior into a conditioned generator; RUN_DIR/model.pt is the EMA model."""
     from molctrl.finetune import GuidanceConfig, make_objective
@@ -79,7 +82,8 @@ def finetune(method, properties, maximize, run_dir, prior_path, reward_model, st
                                                          pool_steps=pool_steps, pool=pool_file,
                                                          samples_per_target=samples_per_target,
                                                          radius=radius, train_steps=train_steps, clip=clip,
-                                                         cond_lr_scale=cond_lr_scale)),
+                                                         cond_lr_scale=cond_lr_scale,
+                                                         train_backbone=not freeze_backbone)),
                        "method": method},
              "data": {"split": "Db", "limit": None},
              "train": asdict(TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=0.99,

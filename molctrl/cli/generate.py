@@ -11,7 +11,7 @@ import torch
 
 from molctrl.data.qm9 import PROPERTY_UNITS
 
-SYMBOLS = {"alpha": "α", "gap": "Δε", "homo": "HOMO", "lumo": "LUMO", "mu": "μ", "Cv": "Cv"}
+SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu": "mu", "Cv": "Cv"}  # PNG legends
 
 
 @click.command()
@@ -22,9 +22,10 @@ SYMBOLS = {"alpha": "α", "gap": "Δε", "homo": "HOMO", "lumo": "LUMO", "mu": "
 @click.option("-n", "n_molecules", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .sdf (targets and predictions "
               "as SDF properties); a PNG grid is written beside it.")
-@click.option("--method", type=click.Choice(["ctrl", "rgdm", "guidance"]), default="ctrl", show_default=True,
+@click.option("--method", type=click.Choice(["ctrl", "rgdm", "guidance"]), default=None,
               help="ctrl / rgdm: a shipped (or --model) conditioned model; guidance: the prior steered by the "
-                   "reward predictor's gradient through the denoised estimate.")
+                   "reward predictor's gradient through the denoised estimate.  [default: ctrl for --target, "
+                   "rgdm for --maximize]")
 @click.option("--model", "model_path", default=None, help="A conditioned model.pt from 'molctrl finetune'.")
 @click.option("--reward-model", default="qm9-noh-e3nn-Db", show_default=True,
               help="Predictor for --method guidance (reconstruction guidance through x̂₀), or a noise-aware "
@@ -50,6 +51,7 @@ def generate(targets, maximize, n_molecules, out, method, model_path, reward_mod
 
     if bool(targets) == bool(maximize):
         raise click.UsageError("give either --target NAME=VALUE (one or more) or --maximize")
+    method = method or ("rgdm" if maximize else "ctrl")
     if Path(out).suffix.lower() != ".sdf":
         raise click.BadParameter(f"{out}: expected a .sdf file name", param_hint="--out")
     try:
@@ -73,7 +75,7 @@ def generate(targets, maximize, n_molecules, out, method, model_path, reward_mod
             for k, (m, value) in enumerate(zip(molecules, column)):
                 m.properties[f"target_{name}"] = wanted[name]
                 m.properties[f"predicted_{name}"] = round(float(value), 4)
-                legends[k].append(f"{SYMBOLS[name]} {wanted[name]:g} → {value:.3g}")
+                legends[k].append(f"{SYMBOLS[name]} {wanted[name]:g} -> {value:.3g}")
     else:
         from molctrl.chemistry import chemistry_scores
 
