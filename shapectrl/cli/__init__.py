@@ -5,15 +5,17 @@ import click
 
 from shapectrl.cli.data import data
 from shapectrl.cli.evaluate import evaluate
+from shapectrl.cli.sample import sample
+from shapectrl.cli.train import train
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.pass_context
 def main(ctx: click.Context) -> None:
-    """Reward-guided control of 3D point-cloud diffusion models: shape data and metrics."""
+    """Reward-guided control of 3D point-cloud diffusion models: shape data, priors, classifiers and metrics."""
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
 
 
-for command in (data, evaluate):
+for command in (data, train, sample, evaluate):
     main.add_command(command)

@@ -1,0 +1,299 @@
+"""``shapectrl train``: train the shape prior and the shape classifiers (checkpoints, resume, progress)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+import torch
+
+from common.runtime import atomic_path, resolve_device, seed_everything
+from common.schedules import SCHEDULES
+from common.training import TrainConfig, Trainer
+from shapectrl.classifier import (
+    CLASSIFIER_ARCHITECTURES,
+    ShapeClassifier,
+    ShapeClassifierConfig,
+)
+from shapectrl.data.families import CLASSES
+from shapectrl.data.procedural import ProceduralShapes
+from shapectrl.denoisers import ARCHITECTURES
+from shapectrl.prior import ShapeBatches, ShapeDiffusion, ShapePriorConfig
+
+
+def default_data_dir() -> Path:
+    """Where procedural data sets are cached: ``$SHAPECTRL_CACHE`` or ``~/.cache/shapectrl``."""
+    return Path(os.environ.get("SHAPECTRL_CACHE", Path.home() / ".cache" / "shapectrl"))
+
+
+def _classes(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in names if name not in CLASSES]
+    if unknown or not names:
+        raise click.BadParameter(f"unknown class {unknown[0]!r}" if unknown else "no class given",
+                                 param_hint=f"--classes (expected some of {','.join(CLASSES)})")
+    return names
+
+
+def data_options(fn: Callable) -> Callable:
+    """The options that choose the procedural training set (shared by every ``train`` command)."""
+    options = [
+        click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Cache folder of the procedural splits  [default: $SHAPECTRL_CACHE or ~/.cache/shapectrl]"),
+        click.option("--per-class", type=click.IntRange(1), default=2000, show_default=True,
+                     help="Training shapes per class (generated once, ~1.5 ms per shape, then cached)."),
+        click.option("--data-points", type=click.IntRange(1), default=2048, show_default=True,
+                     help="Points stored per shape; each step trains on a random subset of --points of them."),
+        click.option("--classes", "class_text", default=",".join(CLASSES), show_default=True,
+                     help="Comma-separated classes to train on."),
+        click.option("--data-seed", type=click.IntRange(0), default=0, show_default=True,
+                     help="Data-set seed (which shape seeds the split takes)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def train_options(fn: Callable) -> Callable:
+    """Optimisation, device and run-folder options shared by every ``train`` command."""
+    options = [
+        click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+                     help="Folder for checkpoint.pt, model.pt (EMA weights), run.json and train logs."),
+        click.option("--steps", type=click.IntRange(1), default=None, help="Total optimisation steps  [default: prior 20000, classifier 3000]"),
+        click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+                     help="Clouds per step and process."),
+        click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
+                     help="Learning rate  [default: prior 2e-4 constant, classifier 1e-3 with cosine decay]"),
+        click.option("--warmup", type=click.IntRange(0), default=0, show_default=True, help="Linear warm-up steps."),
+        click.option("--ema", "ema_decay", type=float, default=0.999, show_default=True, help="EMA decay of the weights."),
+        click.option("--checkpoint-every", type=click.IntRange(1), default=500, show_default=True),
+        click.option("--log-every", type=click.IntRange(1), default=100, show_default=True,
+                     help="Steps between progress lines (when stderr is not a terminal)."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K."),
+        click.option("--threads", type=click.IntRange(1), default=None,
+                     help="CPU threads for torch (default: torch's choice)."),
+        click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoint.pt with its run.json settings "
+                     "(only --steps may change, to train longer)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@click.group()
+def train() -> None:
+    """Train a shape model on the procedural data set (single process, or several under torchrun)."""
+
+
+def _run_record(run: Path, resume: bool, fresh: dict) -> dict:
+    """The settings of a run: ``fresh`` for a new run, those of ``run.json`` on resume."""
+    path = run / "run.json"
+    if resume:
+        if not path.exists():
+            raise click.UsageError(f"--resume: {path} does not exist (nothing to resume)")
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise click.UsageError(f"--resume: {path} is not readable ({' '.join(str(err).split())})") from None
+    if (run / "checkpoint.pt").exists():
+        raise click.UsageError(f"{run} already holds a checkpoint: pass --resume or choose another --run-dir")
+    return fresh
+
+
+def _data_record(data_dir: Path | None, per_class: int, data_points: int, class_text: str, data_seed: int,
+                 n_points: int) -> dict:
+    if n_points > data_points:
+        raise click.BadParameter(f"cannot train on {n_points} points per cloud when shapes store {data_points} "
+                                 "(raise --data-points)", param_hint="--points")
+    return {"dir": str(data_dir or default_data_dir()), "per_class": per_class, "data_points": data_points,
+            "classes": list(_classes(class_text)), "seed": data_seed, "points": n_points}
+
+
+def _load(data: dict, split: str = "train", per_class: int | None = None,
+          train: ProceduralShapes | None = None) -> ProceduralShapes:
+    """A split of the run's data set (built into the cache the first time)."""
+    t0 = time.perf_counter()
+    try:
+        shapes = ProceduralShapes(split, per_class or data["per_class"], data["data_points"], data["classes"],
+                                  data["seed"], data["dir"], None if train is None else train.normalisation)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    how = f"built in {time.perf_counter() - t0:.1f} s" if shapes.build_seconds else "cached"
+    click.echo(f"{split}: {len(shapes)} shapes x {shapes.n_points} points ({how}: {shapes.cache_path})", err=True)
+    return shapes
+
+
+def _train_config(record: dict, steps: int | None) -> TrainConfig:
+    if steps is not None:
+        record["train"]["steps"] = steps
+    return TrainConfig(**record["train"])
+
+
+def _fit(model: torch.nn.Module, batches: ShapeBatches, train_cfg: TrainConfig, run: Path, record: dict,
+         device: str, resume: bool, on_checkpoint=None) -> Trainer:
+    """Train with checkpoints (resuming when asked), writing ``run.json`` once for a new run."""
+    try:
+        dev = resolve_device(device)
+    except (ValueError, RuntimeError) as err:
+        raise click.BadParameter(str(err), param_hint="--device") from None
+    trainer = Trainer(model, batches, train_cfg, run, dev, on_checkpoint=on_checkpoint)
+    if resume and trainer.resume():
+        click.echo(f"resumed {run} at step {trainer.step}", err=True)
+    elif trainer.group.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        record["train"] = asdict(train_cfg)
+        record["world_size"] = trainer.group.world_size
+        with atomic_path(run / "run.json") as tmp:
+            tmp.write_text(json.dumps(record, indent=1))
+    if trainer.group.is_main:
+        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        click.echo(f"training {n_params:,} parameters on {len(batches)} shapes x {batches.n_points} points, "
+                   f"{trainer.group.world_size} process(es) on {trainer.device}, {torch.get_num_threads()} thread(s)",
+                   err=True)
+    if trainer.step >= train_cfg.steps:
+        click.echo(f"nothing to do: the run is at step {trainer.step} of {train_cfg.steps} (raise --steps)", err=True)
+    trainer.fit()
+    if trainer.group.is_main:
+        click.echo(f"done: {run / 'model.pt'} (EMA weights) at step {trainer.step}", err=True)
+    trainer.group.close()
+    return trainer
+
+
+def _log(path: Path, entry: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    click.echo(f"eval {json.dumps(entry)}", err=True)
+
+
+@train.command()
+@train_options
+@data_options
+@click.option("--arch", type=click.Choice(ARCHITECTURES), default="pvd", show_default=True,
+              help="pvd: point-voxel network (per-point MLP + coarse voxel convolutions); transformer: induced-set "
+                   "attention; pointnet: per-point MLP + max pool only (the slow reference). All run on any N "
+                   "(benchmarks/shapes_speed.py times them).")
+@click.option("--points", type=click.IntRange(1), default=512, show_default=True,
+              help="Points per cloud while training (sampling may use more).")
+@click.option("--width", type=click.IntRange(1), default=128, show_default=True, help="Features per point.")
+@click.option("--depth", type=click.IntRange(1), default=4, show_default=True, help="Blocks.")
+@click.option("--resolution", type=click.IntRange(2), default=8, show_default=True, help="pvd: voxel grid R (R³ cells).")
+@click.option("--voxel-channels", type=click.IntRange(1), default=32, show_default=True, help="pvd: features per cell.")
+@click.option("--inducing", type=click.IntRange(1), default=32, show_default=True,
+              help="transformer: inducing vectors per block.")
+@click.option("--diffusion-steps", type=click.IntRange(1), default=1000, show_default=True, help="T of the noise schedule.")
+@click.option("--schedule", type=click.Choice(list(SCHEDULES)), default="linear", show_default=True,
+              help="Noise schedule (linear: PVD's β from 1e-4 to 0.02).")
+@click.option("--preview-every", type=click.IntRange(0), default=0, show_default=True,
+              help="Every this many steps (a multiple of --checkpoint-every), sample a few clouds with the EMA "
+                   "weights into RUN_DIR/previews/ as PLY (0: never).")
+@click.option("--preview-samples", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--preview-steps", type=click.IntRange(1), default=50, show_default=True, help="Reverse steps of a preview.")
+def prior(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, log_every, seed, device, threads, resume,
+          data_dir, per_class, data_points, class_text, data_seed, arch, points, width, depth, resolution,
+          voxel_channels, inducing, diffusion_steps, schedule, preview_every, preview_samples, preview_steps) -> None:
+    """Train the unconditional shape prior (point-cloud ε-network + Gaussian diffusion on R^{N×3}).
+
+    Clouds are in the training split's global normalisation (PointFlow's protocol), which model.pt
+    keeps so that samples can be returned to model units (shapectrl sample).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    if preview_every % checkpoint_every:
+        raise click.BadParameter(f"{preview_every} is not a multiple of --checkpoint-every {checkpoint_every}",
+                                 param_hint="--preview-every")
+    fresh = {
+        "model": asdict(ShapePriorConfig(arch=arch, width=width, depth=depth, resolution=resolution,
+                                         voxel_channels=voxel_channels, n_inducing=inducing, n_steps=diffusion_steps,
+                                         schedule=schedule, n_train_points=points)),
+        "train": asdict(TrainConfig(steps=steps or 20_000, batch_size=batch_size, lr=lr or 2e-4, warmup_steps=warmup,
+                                    ema_decay=ema_decay, checkpoint_every=checkpoint_every, log_every=log_every,
+                                    seed=seed)),
+        "data": _data_record(data_dir, per_class, data_points, class_text, data_seed, points),
+        "preview": {"every": preview_every, "samples": preview_samples, "steps": preview_steps},
+    }
+    record = _run_record(run_dir, resume, fresh)
+    train_cfg = _train_config(record, steps)
+    seed_everything(train_cfg.seed)
+    shapes = _load(record["data"])
+    model = ShapeDiffusion(ShapePriorConfig(**record["model"]), shapes.normalisation, shapes.classes)
+    batches = ShapeBatches(shapes.normalised_points, train_cfg.batch_size, record["data"]["points"], seed=train_cfg.seed)
+    preview = record["preview"]
+
+    def write_previews(step: int, ema_model: ShapeDiffusion) -> None:
+        if not preview["every"] or step % preview["every"]:
+            return
+        from shapectrl.io import write_ply
+
+        t0 = time.perf_counter()
+        ema_model.eval()
+        try:
+            clouds = ema_model.sample(preview["samples"], record["data"]["data_points"], preview["steps"],
+                                      torch.Generator().manual_seed(step))
+            for k, cloud in enumerate(ema_model.denormalise(clouds.cpu())):
+                write_ply(run_dir / "previews" / f"step{step:07d}_{k:02d}.ply", cloud)
+        except (RuntimeError, ValueError, OSError) as err:  # a preview must never kill a long training run
+            click.echo(f"preview at step {step} failed: {err!r}", err=True)
+            return
+        finally:
+            ema_model.train()
+        click.echo(f"previews of step {step} -> {run_dir / 'previews'} ({time.perf_counter() - t0:.1f} s)", err=True)
+
+    _fit(model, batches, train_cfg, run_dir, record, device, resume, write_previews)
+
+
+@train.command()
+@train_options
+@data_options
+@click.option("--arch", type=click.Choice(CLASSIFIER_ARCHITECTURES), default="pointnet", show_default=True,
+              help="pointnet: shared MLP + max/mean pool (reward classifier); dgcnn: EdgeConv on a kNN graph "
+                   "(an independent evaluator).")
+@click.option("--points", type=click.IntRange(1), default=512, show_default=True, help="Points per cloud while training.")
+@click.option("--valid-per-class", type=click.IntRange(1), default=40, show_default=True,
+              help="Validation shapes per class: accuracy and the temperature calibration at every checkpoint.")
+@click.option("--noise-aware", "noise_prior", type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="PRIOR", help="Train on clouds noised by this prior's schedule (its model.pt), with t as input "
+                                    "(for classifier guidance).")
+def classifier(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, log_every, seed, device, threads,
+               resume, data_dir, per_class, data_points, class_text, data_seed, arch, points, valid_per_class,
+               noise_prior) -> None:
+    """Train a shape classifier p(class | points); each checkpoint fits its softmax temperature on
+    the validation split and logs accuracy to RUN_DIR/eval.jsonl."""
+    if threads:
+        torch.set_num_threads(threads)
+    data = _data_record(data_dir, per_class, data_points, class_text, data_seed, points)
+    config = ShapeClassifierConfig(arch=arch, classes=tuple(data["classes"]))
+    if noise_prior:
+        try:
+            noise = ShapeDiffusion.load(noise_prior).config
+        except (FileNotFoundError, ValueError) as err:
+            raise click.BadParameter(str(err), param_hint="--noise-aware") from None
+        config.noise_schedule, config.noise_steps = noise.schedule, noise.n_steps
+    fresh = {"model": asdict(config),
+             "train": asdict(TrainConfig(steps=steps or 3000, batch_size=batch_size, lr=lr or 1e-3,
+                                         warmup_steps=warmup, lr_schedule="cosine", ema_decay=ema_decay,
+                                         checkpoint_every=checkpoint_every, log_every=log_every, seed=seed)),
+             "data": data | {"valid_per_class": valid_per_class}}
+    record = _run_record(run_dir, resume, fresh)
+    train_cfg = _train_config(record, steps)
+    seed_everything(train_cfg.seed)
+    shapes = _load(record["data"])
+    valid = _load(record["data"], "valid", record["data"]["valid_per_class"], shapes)
+    model = ShapeClassifier(ShapeClassifierConfig(**record["model"]), shapes.normalisation)
+    n_points = record["data"]["points"]
+    batches = ShapeBatches(shapes.normalised_points, train_cfg.batch_size, n_points,
+                           model.labels_from_dataset(shapes.labels), seed=train_cfg.seed)
+    valid_points = valid.normalised_points[:, :n_points]  # surface samples are i.i.d.: the first N are a random subset
+    valid_labels = model.labels_from_dataset(valid.labels)
+
+    def evaluate(step: int, ema_model: ShapeClassifier) -> None:
+        t0 = time.perf_counter()
+        scores = ema_model.calibrate(valid_points, valid_labels)
+        _log(run_dir / "eval.jsonl", {"step": step, "split": "valid", "shapes": len(valid), "points": n_points,
+                                      **scores, "seconds": round(time.perf_counter() - t0, 1)})
+
+    _fit(model, batches, train_cfg, run_dir, record, device, resume, evaluate)

@@ -1,0 +1,202 @@
+"""Point-cloud ε-networks ε_θ(z_t, t, c) for shape diffusion: a point-voxel network, a set transformer
+and a PointNet reference.
+
+All take the noisy cloud ``z (B, N, 3)`` (every cloud of a batch has N points, any N), the time
+``t = step/T (B,)`` and, when conditioned, ``cond (B, C)``; they return ε̂ ``(B, N, 3)`` and are
+permutation-equivariant in the points. The state space is plain R^{N×3} (no centring: shapes keep
+their position in the data set's global frame, see :mod:`shapectrl.data.normalisation`).
+
+Shared design (:class:`PointDenoiser`): Fourier features of the coordinates are embedded to H
+features per point, and the per-cloud context (time MLP + the time-gated ``cond_embed``, see
+:class:`~shapectrl.networks.ContextEmbedding`) is added to them and, through a linear map of its own,
+again at the start of every block. A block mixes information across the cloud in one of three ways:
+
+- ``pvd`` (:class:`PointVoxelBlock`): per-point MLP + a coarse voxel branch (features averaged into an
+  R³ grid, two 3×3×3 convolutions, trilinear interpolation back) + a max-pooled global feature. The
+  grid gives every point its neighbourhood at O(R³·C²) cost independent of N.
+- ``transformer`` (:class:`SetTransformerBlock`): induced-set attention over M inducing vectors and a
+  feed-forward layer, O(N·M·H) per block.
+- ``pointnet`` (:class:`PointNetBlock`): per-point MLP + a max-pooled global feature only; the
+  design whose cost motivated the other two (the benchmark times it at 6 × 256 for comparison).
+
+Cost on the CPU is the design constraint (a PointNet of 6 × 256 features with a max-pooled feature
+per block took 2.25 s per training step at batch 32 and 1,024 points); ``benchmarks/shapes_speed.py``
+measures these candidates.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from shapectrl.networks import (
+    ContextEmbedding,
+    InducedSetAttention,
+    VoxelGrid,
+    Voxelisation,
+    devoxelise,
+    fourier_features,
+    voxelise,
+)
+
+ARCHITECTURES = ("pvd", "transformer", "pointnet")
+
+
+class PointVoxelBlock(nn.Module):
+    """Residual block ``h (B, N, H) -> (B, N, H)``: point MLP + voxel convolution + global max pool."""
+
+    def __init__(self, width: int, voxel_channels: int):
+        super().__init__()
+        self.context = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(width)
+        self.to_voxel = nn.Linear(width, voxel_channels)
+        groups = next(g for g in (8, 4, 2, 1) if voxel_channels % g == 0)
+        self.conv = nn.Sequential(
+            nn.Conv3d(voxel_channels, voxel_channels, 3, padding=1), nn.GroupNorm(groups, voxel_channels), nn.SiLU(),
+            nn.Conv3d(voxel_channels, voxel_channels, 3, padding=1),
+        )
+        self.from_voxel = nn.Linear(voxel_channels, width, bias=False)
+        self.point = nn.Linear(width, width)
+        self.pooled = nn.Linear(width, width, bias=False)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, h: torch.Tensor, ctx: torch.Tensor, vox: Voxelisation) -> torch.Tensor:
+        """``h (B, N, H)``, ``ctx (B, H)``, the points' cells ``vox`` -> ``(B, N, H)``."""
+        a = F.silu(self.norm(h + self.context(ctx).unsqueeze(1)))
+        grid = self.conv(voxelise(self.to_voxel(a), vox))
+        u = self.point(a) + self.from_voxel(devoxelise(grid, vox)) + self.pooled(a.amax(1)).unsqueeze(1)
+        return h + self.out(F.silu(u))
+
+
+class PointNetBlock(nn.Module):
+    """Residual block ``h (B, N, H) -> (B, N, H)``: per-point MLP + a max-pooled global feature."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.context = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(width)
+        self.point = nn.Linear(width, width)
+        self.pooled = nn.Linear(width, width, bias=False)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """``h (B, N, H)``, ``ctx (B, H)`` -> ``(B, N, H)``."""
+        a = F.silu(self.norm(h + self.context(ctx).unsqueeze(1)))
+        return h + self.out(F.silu(self.point(a) + self.pooled(a.amax(1)).unsqueeze(1)))
+
+
+class SetTransformerBlock(nn.Module):
+    """Residual block ``h (B, N, H) -> (B, N, H)``: induced-set attention, then a feed-forward layer."""
+
+    def __init__(self, width: int, n_inducing: int, heads: int, ff_ratio: int = 2):
+        super().__init__()
+        self.context = nn.Linear(width, width)
+        self.attention = InducedSetAttention(width, n_inducing, heads)
+        self.ff = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, ff_ratio * width), nn.SiLU(),
+                                nn.Linear(ff_ratio * width, width))
+
+    def forward(self, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """``h (B, N, H)``, ``ctx (B, H)`` -> ``(B, N, H)``."""
+        h = self.attention(h + self.context(ctx).unsqueeze(1))
+        return h + self.ff(h)
+
+
+class PointDenoiser(nn.Module):
+    """ε_θ(z, t, c) with a stack of blocks; subclasses define ``blocks`` and :meth:`trunk`.
+
+    Args:
+        width: H, features per point. cond_dim: condition width (0: unconditional).
+        n_frequencies: Fourier octaves of the input coordinates.
+    """
+
+    def __init__(self, width: int, cond_dim: int = 0, n_frequencies: int = 4):
+        super().__init__()
+        self.width, self.n_frequencies = width, n_frequencies
+        self.context = ContextEmbedding(width, cond_dim)
+        self.embed = nn.Linear(3 + 6 * n_frequencies, width)
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, 3))
+
+    @property
+    def cond_dim(self) -> int:
+        return self.context.cond_dim
+
+    @property
+    def cond_embed(self) -> nn.Linear | None:
+        """The condition's linear map (zero-initialised by ``with_condition``), or None."""
+        return self.context.cond_embed
+
+    def trunk(self, h: torch.Tensor, z: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None,
+                cond: torch.Tensor | None = None) -> torch.Tensor:
+        """``z (B, N, 3)``, ``t (B,)`` in [0, 1], ``cond (B, C)`` or None -> ε̂ ``(B, N, 3)``.
+
+        ``mask`` is accepted for the :class:`common.diffusion.Denoiser` interface and ignored: every
+        cloud of a batch has all N points.
+        """
+        if z.dim() != 3 or z.shape[-1] != 3:
+            raise ValueError(f"a point denoiser takes clouds of shape (B, N, 3), got {tuple(z.shape)}")
+        t = t.to(z.dtype).expand(z.shape[0]) if t.dim() == 0 else t.to(z.dtype)
+        ctx = self.context(t, cond, z.shape[0])
+        h = self.embed(fourier_features(z, self.n_frequencies)) + ctx.unsqueeze(1)
+        return self.head(self.trunk(h, z, ctx))
+
+
+class PointVoxelDenoiser(PointDenoiser):
+    """The ``pvd`` candidate: ``depth`` :class:`PointVoxelBlock` s on one ``resolution³`` grid over
+    ``[-extent, extent]³`` with ``voxel_channels`` features per cell."""
+
+    def __init__(self, width: int = 128, depth: int = 4, cond_dim: int = 0, n_frequencies: int = 4,
+                 resolution: int = 8, voxel_channels: int = 32, extent: float = 3.5):
+        super().__init__(width, cond_dim, n_frequencies)
+        self.grid = VoxelGrid(resolution, extent)
+        self.blocks = nn.ModuleList(PointVoxelBlock(width, voxel_channels) for _ in range(depth))
+
+    def trunk(self, h: torch.Tensor, z: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        vox = self.grid.assign(z)
+        for block in self.blocks:
+            h = block(h, ctx, vox)
+        return h
+
+
+class SetTransformerDenoiser(PointDenoiser):
+    """The ``transformer`` candidate: ``depth`` :class:`SetTransformerBlock` s with ``n_inducing``
+    inducing vectors and ``heads`` attention heads each."""
+
+    def __init__(self, width: int = 128, depth: int = 4, cond_dim: int = 0, n_frequencies: int = 4,
+                 n_inducing: int = 32, heads: int = 4):
+        super().__init__(width, cond_dim, n_frequencies)
+        self.blocks = nn.ModuleList(SetTransformerBlock(width, n_inducing, heads) for _ in range(depth))
+
+    def trunk(self, h: torch.Tensor, z: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            h = block(h, ctx)
+        return h
+
+
+class PointNetDenoiser(PointDenoiser):
+    """The ``pointnet`` reference: ``depth`` :class:`PointNetBlock` s."""
+
+    def __init__(self, width: int = 256, depth: int = 6, cond_dim: int = 0, n_frequencies: int = 4):
+        super().__init__(width, cond_dim, n_frequencies)
+        self.blocks = nn.ModuleList(PointNetBlock(width) for _ in range(depth))
+
+    def trunk(self, h: torch.Tensor, z: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            h = block(h, ctx)
+        return h
+
+
+def build_denoiser(arch: str, width: int, depth: int, cond_dim: int = 0, n_frequencies: int = 4,
+                   resolution: int = 8, voxel_channels: int = 32, extent: float = 3.5, n_inducing: int = 32,
+                   heads: int = 4) -> PointDenoiser:
+    """The denoiser of architecture ``arch`` (``pvd``, ``transformer`` or ``pointnet``); options that
+    belong to another architecture are ignored."""
+    if arch == "pvd":
+        return PointVoxelDenoiser(width, depth, cond_dim, n_frequencies, resolution, voxel_channels, extent)
+    if arch == "transformer":
+        return SetTransformerDenoiser(width, depth, cond_dim, n_frequencies, n_inducing, heads)
+    if arch == "pointnet":
+        return PointNetDenoiser(width, depth, cond_dim, n_frequencies)
+    raise ValueError(f"unknown denoiser architecture {arch!r} (expected one of {', '.join(ARCHITECTURES)})")

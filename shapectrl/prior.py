@@ -1,0 +1,222 @@
+"""The unconditional shape prior: a point-cloud ε-network inside a Gaussian diffusion on R^{N×3}.
+
+Points live in the data set's global normalised frame (PointFlow's protocol, see
+:class:`~shapectrl.data.Normalisation`); the model carries that normalisation so that samples can
+be mapped back to model units, where attributes are measured. Shapes are not centred one by one,
+so the state space is plain R^{N×3} (``PointSetSpace(centered_dims=0)``) and every coordinate counts
+in the likelihood. The denoiser runs on any N: a prior trained on 512 points per cloud (a fresh random
+subset of each shape's points at every step, :class:`ShapeBatches`) samples 2,048.
+"""
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.diffusion import GaussianDiffusion
+from common.schedules import NoiseSchedule
+from common.spaces import PointSetSpace
+from common.training import EpochSampler
+from shapectrl.data.normalisation import Normalisation
+from shapectrl.denoisers import ARCHITECTURES, PointDenoiser, build_denoiser
+
+
+@dataclass
+class ShapePriorConfig:
+    """Architecture and diffusion hyper-parameters (defaults: sized for a 2-core CPU, see
+    ``benchmarks/shapes_speed.py``; PVD itself uses a much larger point-voxel network).
+
+    ``resolution``, ``voxel_channels`` and ``extent`` shape the ``pvd`` voxel branch, ``n_inducing``
+    and ``heads`` the ``transformer`` attention. ``schedule`` defaults to PVD's linear β (1e-4 to 0.02,
+    T = 1000). ``n_train_points`` is the cloud size the prior was trained on (samples may be larger).
+    """
+
+    arch: str = "pvd"
+    width: int = 128
+    depth: int = 4
+    n_frequencies: int = 4
+    resolution: int = 8
+    voxel_channels: int = 32
+    extent: float = 3.5
+    n_inducing: int = 32
+    heads: int = 4
+    n_steps: int = 1000
+    schedule: str = "linear"
+    precision: float = 1e-5
+    n_train_points: int = 512
+    cond_dim: int = 0
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown denoiser architecture {self.arch!r} (expected one of {', '.join(ARCHITECTURES)})")
+        if self.width < 1 or self.depth < 1:
+            raise ValueError(f"width and depth must be positive, got {self.width} and {self.depth}")
+
+    def build_denoiser(self) -> PointDenoiser:
+        return build_denoiser(self.arch, self.width, self.depth, self.cond_dim, self.n_frequencies, self.resolution,
+                              self.voxel_channels, self.extent, self.n_inducing, self.heads)
+
+
+class ShapeDiffusion(nn.Module):
+    """A trainable, sampleable point-cloud prior. ``forward(points (B, N, 3))`` returns the training loss.
+
+    Args:
+        config: hyper-parameters. normalisation: the training set's global normalisation (points in
+            and out of the model are in its normalised frame). classes: names of the classes trained on.
+    """
+
+    kind = "shapectrl.prior"
+
+    def __init__(self, config: ShapePriorConfig, normalisation: Normalisation | None = None,
+                 classes: Sequence[str] = ()):
+        super().__init__()
+        self.config = config
+        self.normalisation = normalisation or Normalisation.identity()
+        self.classes = tuple(classes)
+        self.denoiser = config.build_denoiser()
+        self.diffusion = GaussianDiffusion(NoiseSchedule(config.schedule, config.n_steps, config.precision),
+                                           PointSetSpace(centered_dims=0))
+
+    @property
+    def _anchor(self) -> torch.Tensor:
+        return next(self.denoiser.parameters())
+
+    @staticmethod
+    def full_mask(points: torch.Tensor) -> torch.Tensor:
+        """The all-true mask ``(B, N)`` of clouds ``(B, N, 3)`` (clouds are never padded)."""
+        return torch.ones(points.shape[:2], dtype=torch.bool, device=points.device)
+
+    def forward(self, points: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean ε-prediction loss of normalised clouds ``points (B, N, 3)`` (the trainer's objective)."""
+        if points.dim() != 3 or points.shape[-1] != 3:
+            raise ValueError(f"expected clouds of shape (B, N, 3), got {tuple(points.shape)}")
+        return self.diffusion.denoising_loss(self.denoiser, points, self.full_mask(points), cond).mean()
+
+    @torch.no_grad()
+    def sample(self, n: int, n_points: int | None = None, n_sampling_steps: int | None = None,
+               generator: torch.Generator | None = None, cond: torch.Tensor | None = None,
+               callback: Callable[[int], None] | None = None, denoiser: nn.Module | None = None) -> torch.Tensor:
+        """Draw ``n`` clouds of ``n_points`` (default: the training size) with ``n_sampling_steps``
+        reverse steps (None: all T) -> ``(n, n_points, 3)`` in the normalised frame.
+
+        ``cond (n, cond_dim)`` conditions a conditioned model; ``denoiser`` replaces the model's own.
+        """
+        n_points = n_points or self.config.n_train_points
+        if n < 1 or n_points < 1:
+            raise ValueError(f"cannot sample {n} clouds of {n_points} points (expected at least 1 of each)")
+        anchor = self._anchor
+        mask = torch.ones(n, n_points, dtype=torch.bool, device=anchor.device)
+        return self.diffusion.sample(denoiser or self.denoiser, mask, 3, n_sampling_steps, cond=cond,
+                                     generator=generator, callback=callback, dtype=anchor.dtype)
+
+    def sample_many(self, n: int, n_points: int | None = None, n_sampling_steps: int | None = None,
+                    generator: torch.Generator | None = None, batch_size: int = 16,
+                    on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+        """:meth:`sample` in batches of at most ``batch_size``; ``on_batch(k)`` after each batch of k.
+        ``-> (n, n_points, 3)`` on the CPU, normalised frame."""
+        clouds = []
+        done = 0
+        while done < n:
+            batch = self.sample(min(batch_size, n - done), n_points, n_sampling_steps, generator).cpu()
+            clouds.append(batch)
+            done += len(batch)
+            if on_batch:
+                on_batch(len(batch))
+        return torch.cat(clouds)
+
+    def denormalise(self, points: torch.Tensor) -> torch.Tensor:
+        """Normalised clouds ``(..., 3)`` to model units."""
+        return self.normalisation.denormalise(points)
+
+    def with_condition(self, cond_dim: int) -> ShapeDiffusion:
+        """A conditioned copy that starts as this model: its condition embedding is zero, so
+        ε_θ(z, t, c) = ε_pre(z, t) for every c until training moves it."""
+        if self.config.cond_dim:
+            raise ValueError("the model is already conditioned")
+        if cond_dim < 1:
+            raise ValueError(f"cond_dim must be positive, got {cond_dim}")
+        model = ShapeDiffusion(replace(self.config, cond_dim=cond_dim), self.normalisation, self.classes)
+        nn.init.zeros_(model.denoiser.cond_embed.weight)
+        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
+        assert missing == ["denoiser.context.cond_embed.weight"] and not unexpected, (missing, unexpected)
+        return model.to(self._anchor.device)
+
+    def parameter_groups(self, cond_lr_scale: float = 1.0, backbone: bool = True) -> list[dict]:
+        """Optimiser groups: the condition embedding learns at ``cond_lr_scale`` times the learning rate
+        of the rest (it starts at zero and carries the whole condition at first); ``backbone=False``
+        trains the condition embedding alone."""
+        cond = [self.denoiser.cond_embed.weight] if self.denoiser.cond_embed is not None else []
+        rest = [p for p in self.parameters() if all(p is not c for c in cond)]
+        groups = [{"params": cond, "lr_scale": cond_lr_scale}] if cond else []
+        return ([{"params": rest}] if backbone or not cond else []) + groups
+
+    # -- shipping --------------------------------------------------------------------------------
+
+    def export(self) -> dict:
+        """What a weights file holds: config, normalisation, class names and weights."""
+        return {"kind": self.kind, "config": asdict(self.config), "normalisation": self.normalisation.to_dict(),
+                "classes": list(self.classes), "state_dict": self.state_dict()}
+
+    @classmethod
+    def from_export(cls, payload: dict) -> ShapeDiffusion:
+        if not isinstance(payload, dict) or payload.get("kind") != cls.kind:
+            kind = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
+            raise ValueError(f"not a shapectrl prior (kind={kind!r})")
+        model = cls(ShapePriorConfig(**payload["config"]), Normalisation.from_dict(payload["normalisation"]),
+                    payload.get("classes", ()))
+        model.load_state_dict(payload["state_dict"])
+        return model
+
+    @classmethod
+    def load(cls, path: str, map_location: str | torch.device = "cpu") -> ShapeDiffusion:
+        """A prior from a ``model.pt`` written by ``shapectrl train prior`` (a clear error otherwise)."""
+        try:
+            payload = torch.load(path, map_location=map_location, weights_only=False)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such file") from None
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+            raise ValueError(f"{path}: not a readable model file ({' '.join(str(err).split())})") from None
+        try:
+            return cls.from_export(payload)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+
+
+class ShapeBatches:
+    """Training batches as a deterministic function of the step (see :mod:`common.training`).
+
+    Each step takes ``batch_size`` clouds in shuffled epochs and, from each, a fresh random subset of
+    ``n_points`` of its points (so a prior trained on few points sees every point over time).
+    Yields ``(points (B, n_points, 3),)``, followed by ``labels (B,)`` when labels are given.
+
+    Args:
+        points: ``(M, P, 3)`` clouds (normalised). batch_size: clouds per step and process.
+        n_points: points per cloud per step (at most P). labels: ``(M,)`` int64 or None. seed: shuffling seed.
+    """
+
+    def __init__(self, points: torch.Tensor, batch_size: int, n_points: int, labels: torch.Tensor | None = None,
+                 seed: int = 0):
+        if points.dim() != 3 or points.shape[-1] != 3:
+            raise ValueError(f"expected clouds of shape (M, P, 3), got {tuple(points.shape)}")
+        if not 1 <= n_points <= points.shape[1]:
+            raise ValueError(f"cannot take {n_points} points per cloud from clouds of {points.shape[1]} points")
+        self.points, self.labels = points.float(), labels
+        self.n_points, self.seed = n_points, seed
+        self.sampler = EpochSampler(len(points), batch_size, seed)
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __call__(self, step: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, ...]:
+        idx = torch.from_numpy(self.sampler.indices(step, rank, world_size))
+        clouds = self.points[idx]
+        if self.n_points < clouds.shape[1]:
+            key = np.random.SeedSequence([self.seed, step, rank]).generate_state(1)[0]
+            gen = torch.Generator().manual_seed(int(key))
+            keep = torch.rand(clouds.shape[:2], generator=gen).argsort(1)[:, : self.n_points]
+            clouds = clouds.gather(1, keep.unsqueeze(-1).expand(-1, -1, 3))
+        return (clouds,) if self.labels is None else (clouds, self.labels[idx])

@@ -1,0 +1,257 @@
+"""The shape prior: point-cloud denoisers (equivariance, any N, condition input), voxel branch,
+diffusion loss and training, export, and the ``shapectrl train prior`` / ``shapectrl sample`` CLIs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from shapectrl.cli import main
+from shapectrl.data.normalisation import Normalisation
+from shapectrl.data.procedural import ProceduralShapes
+from shapectrl.denoisers import ARCHITECTURES, build_denoiser
+from shapectrl.io import read_ply
+from shapectrl.networks import VoxelGrid, devoxelise, voxelise
+from shapectrl.prior import ShapeBatches, ShapeDiffusion, ShapePriorConfig
+
+torch.set_num_threads(1)
+
+SMALL = {"width": 32, "depth": 2, "voxel_channels": 8, "n_inducing": 8, "heads": 2}
+
+
+def _prior(arch: str = "pvd", **kw) -> ShapeDiffusion:
+    torch.manual_seed(0)
+    return ShapeDiffusion(ShapePriorConfig(arch=arch, **(SMALL | kw)), Normalisation((0.1, -0.2, 0.3), 0.7), ("chair",))
+
+
+def _perturb(model: torch.nn.Module, scale: float = 0.05) -> None:
+    """Move every weight off its initialisation (some start at exactly zero or one)."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+
+
+# ----------------------------------------------------------------------------------------------
+# Denoisers
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_denoiser_is_permutation_equivariant(arch: str) -> None:
+    torch.manual_seed(0)
+    net = build_denoiser(arch, 32, 2, voxel_channels=8, n_inducing=8, heads=2).eval()
+    _perturb(net)
+    z, t = 1.2 * torch.randn(3, 200, 3), torch.tensor([0.0, 0.4, 1.0])
+    perm = torch.randperm(200)
+    out = net(z, t)
+    assert out.shape == (3, 200, 3) and torch.isfinite(out).all()
+    torch.testing.assert_close(net(z[:, perm], t), out[:, perm], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_denoiser_runs_on_any_number_of_points(arch: str) -> None:
+    net = build_denoiser(arch, 32, 1, voxel_channels=8, n_inducing=4, heads=2)
+    for n in (1, 7, 300):
+        assert net(torch.randn(2, n, 3), torch.rand(2)).shape == (2, n, 3)
+    with pytest.raises(ValueError, match=r"\(B, N, 3\)"):
+        net(torch.randn(2, 5, 4), torch.rand(2))
+
+
+def test_clouds_are_independent_within_a_batch() -> None:
+    net = build_denoiser("pvd", 32, 2, voxel_channels=8).eval()
+    z, t = torch.randn(4, 50, 3), torch.rand(4)
+    torch.testing.assert_close(net(z, t)[1:3], net(z[1:3], t[1:3]), atol=1e-5, rtol=0)
+
+
+def test_unknown_architecture_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown denoiser architecture 'unet'"):
+        ShapePriorConfig(arch="unet")
+
+
+def test_devoxelisation_interpolates_linear_fields_exactly() -> None:
+    """A grid holding a linear function of the cell centres reads back that function at any point
+    inside the box: checks the axis order between voxel indices and grid_sample's frame."""
+    grid_spec = VoxelGrid(resolution=5, extent=2.0)
+    centres = torch.linspace(-2.0, 2.0, 5)
+    cx, cy, cz = torch.meshgrid(centres, centres, centres, indexing="ij")
+    field = torch.stack([cx, 2 * cy + 1, -3 * cz], dim=0).unsqueeze(0)  # (1, 3, R, R, R)
+    points = torch.rand(1, 100, 3) * 3.6 - 1.8
+    vox = grid_spec.assign(points)
+    out = devoxelise(field, vox)
+    expected = torch.stack([points[..., 0], 2 * points[..., 1] + 1, -3 * points[..., 2]], dim=-1)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_voxelisation_averages_the_points_of_a_cell() -> None:
+    grid_spec = VoxelGrid(resolution=4, extent=1.5)  # cell centres at -1.5, -0.5, 0.5, 1.5
+    points = torch.tensor([[[-1.4, -1.5, -1.6], [-1.6, -1.45, -1.5], [0.5, 0.5, 0.5], [9.0, 9.0, 9.0]]])
+    features = torch.tensor([[[1.0], [3.0], [5.0], [7.0]]])
+    grid = voxelise(features, grid_spec.assign(points))
+    assert grid.shape == (1, 1, 4, 4, 4)
+    assert grid[0, 0, 0, 0, 0] == 2.0  # mean of the two points near the corner
+    assert grid[0, 0, 2, 2, 2] == 5.0 and grid[0, 0, 3, 3, 3] == 7.0  # outside points clamp to the border
+    assert grid.sum() == 14.0  # every other cell is empty
+
+
+# ----------------------------------------------------------------------------------------------
+# Condition input
+
+
+@pytest.mark.parametrize("arch", ["pvd", "transformer"])
+def test_conditioned_copy_equals_the_prior_at_init(arch: str) -> None:
+    prior = _prior(arch)
+    _perturb(prior)
+    prior.eval()
+    model = prior.with_condition(4).eval()
+    assert model.config.cond_dim == 4 and torch.count_nonzero(model.denoiser.cond_embed.weight) == 0
+    z, t, cond = torch.randn(3, 64, 3), torch.tensor([0.1, 0.5, 1.0]), torch.randn(3, 4)
+    torch.testing.assert_close(model.denoiser(z, t, None, cond), prior.denoiser(z, t), atol=0, rtol=0)
+    with torch.no_grad():
+        model.denoiser.cond_embed.weight.normal_()
+    moved = model.denoiser(z, t, None, cond)
+    assert not torch.allclose(moved, prior.denoiser(z, t), atol=1e-4)
+    t0 = torch.zeros(3)  # the time gate: no condition at t = 0
+    torch.testing.assert_close(model.denoiser(z, t0, None, cond), prior.denoiser(z, t0), atol=0, rtol=0)
+
+
+def test_condition_errors_and_parameter_groups() -> None:
+    prior = _prior()
+    with pytest.raises(ValueError, match="unconditional"):
+        prior.denoiser(torch.randn(1, 5, 3), torch.rand(1), None, torch.randn(1, 2))
+    model = prior.with_condition(2)
+    with pytest.raises(ValueError, match=r"cond of shape \(1, 2\)"):
+        model.denoiser(torch.randn(1, 5, 3), torch.rand(1))
+    with pytest.raises(ValueError, match="already conditioned"):
+        model.with_condition(2)
+    groups = model.parameter_groups(cond_lr_scale=10.0)
+    assert groups[1] == {"params": [model.denoiser.cond_embed.weight], "lr_scale": 10.0}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    only = model.parameter_groups(backbone=False)
+    assert len(only) == 1 and only[0]["params"] == [model.denoiser.cond_embed.weight]
+
+
+# ----------------------------------------------------------------------------------------------
+# Diffusion, training, sampling, export
+
+
+def _eval_loss(model: ShapeDiffusion, points: torch.Tensor) -> float:
+    """Loss at fixed steps and fixed noise, so that two evaluations differ only by the weights."""
+    state = torch.get_rng_state()
+    torch.manual_seed(123)
+    t = torch.linspace(50, 1000, len(points)).long()
+    with torch.no_grad():
+        loss = model.diffusion.denoising_loss(model.denoiser, points, model.full_mask(points), t=t).mean()
+    torch.set_rng_state(state)
+    return float(loss)
+
+
+def test_loss_is_finite_and_decreases_on_a_tiny_data_set() -> None:
+    shapes = ProceduralShapes("train", per_class=2, n_points=128, classes=("chair", "table"))
+    batches = ShapeBatches(shapes.normalised_points, batch_size=4, n_points=64, seed=0)
+    model = _prior("pvd")
+    held = shapes.normalised_points[:, :64]
+    before = _eval_loss(model, held)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(30):
+        (points,) = batches(step)
+        loss = model(points)
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = _eval_loss(model, held)
+    assert after < 0.8 * before, (before, after)
+
+
+def test_batches_are_a_function_of_the_step() -> None:
+    points = torch.randn(10, 50, 3)
+    labels = torch.arange(10)
+    batches = ShapeBatches(points, batch_size=4, n_points=20, labels=labels, seed=3)
+    a, la = batches(5)
+    b, lb = ShapeBatches(points, batch_size=4, n_points=20, labels=labels, seed=3)(5)
+    assert a.shape == (4, 20, 3) and torch.equal(a, b) and torch.equal(la, lb)
+    for cloud, label in zip(a, la):  # a subset of the points of the labelled cloud
+        assert torch.isin(cloud, points[label]).all()
+    assert not torch.equal(batches(6)[0], a)
+    with pytest.raises(ValueError, match="cannot take 60 points"):
+        ShapeBatches(points, 4, 60)
+
+
+def test_sample_shapes_and_determinism() -> None:
+    model = _prior("transformer").eval()
+    a = model.sample(2, 40, 5, torch.Generator().manual_seed(0))
+    b = model.sample(2, 40, 5, torch.Generator().manual_seed(0))
+    assert a.shape == (2, 40, 3) and torch.isfinite(a).all() and torch.equal(a, b)
+    many = model.sample_many(3, 30, 4, torch.Generator().manual_seed(1), batch_size=2)
+    assert many.shape == (3, 30, 3)
+    torch.testing.assert_close(model.denormalise(a), a * 0.7 + torch.tensor([0.1, -0.2, 0.3]))
+
+
+def test_export_round_trip(tmp_path) -> None:
+    model = _prior("pvd", resolution=6)
+    _perturb(model)
+    payload = model.export()
+    assert payload["kind"] == "shapectrl.prior"
+    torch.save(payload, tmp_path / "model.pt")
+    loaded = ShapeDiffusion.load(str(tmp_path / "model.pt"))
+    assert loaded.config == model.config and loaded.normalisation == model.normalisation
+    assert loaded.classes == ("chair",)
+    z, t = torch.randn(2, 30, 3), torch.rand(2)
+    torch.testing.assert_close(loaded.denoiser(z, t), model.denoiser(z, t), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="not a shapectrl prior"):
+        ShapeDiffusion.from_export({"kind": "molctrl.prior"})
+    (tmp_path / "junk.pt").write_text("not a model")
+    with pytest.raises(ValueError, match="junk.pt: not a readable model file"):
+        ShapeDiffusion.load(str(tmp_path / "junk.pt"))
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+TINY = ["--per-class", "2", "--data-points", "64", "--points", "32", "--width", "16", "--depth", "1",
+        "--voxel-channels", "4", "--batch-size", "4", "--threads", "1", "--checkpoint-every", "1", "--log-every", "1"]
+
+
+def test_train_prior_cli_trains_and_resumes(tmp_path) -> None:
+    run, data = tmp_path / "run", tmp_path / "data"
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "prior", "--run-dir", str(run), "--data-dir", str(data), "--steps", "2", *TINY])
+    assert result.exit_code == 0, result.output
+    assert "done" in result.output
+    record = json.loads((run / "run.json").read_text())
+    assert record["model"]["width"] == 16 and record["data"]["points"] == 32
+    first = torch.load(run / "model.pt", weights_only=False)
+    assert first["step"] == 2 and first["kind"] == "shapectrl.prior"
+    again = runner.invoke(main, ["train", "prior", "--run-dir", str(run), "--data-dir", str(data), "--steps", "2", *TINY])
+    assert again.exit_code != 0 and "already holds a checkpoint" in again.output
+    resumed = runner.invoke(main, ["train", "prior", "--run-dir", str(run), "--steps", "3", "--resume", "--threads", "1"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed" in resumed.output and "at step 2" in resumed.output
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 3
+    model = ShapeDiffusion.load(str(run / "model.pt"))
+    assert model.config.n_train_points == 32 and model.normalisation.std > 0
+    missing = runner.invoke(main, ["train", "prior", "--run-dir", str(tmp_path / "none"), "--resume"])
+    assert missing.exit_code != 0 and "nothing to resume" in missing.output
+
+
+def test_sample_cli_writes_readable_ply_files(tmp_path) -> None:
+    model = _prior("pvd")
+    torch.save(model.export(), tmp_path / "model.pt")
+    out = tmp_path / "samples"
+    args = ["sample", "-n", "3", "--model", str(tmp_path / "model.pt"), "--out", str(out), "--points", "50",
+            "--steps", "4", "--threads", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    files = sorted(out.glob("*.ply"))
+    assert [f.name for f in files] == ["sample_0000.ply", "sample_0001.ply", "sample_0002.ply"]
+    clouds = [read_ply(f) for f in files]
+    assert all(c.shape == (50, 3) for c in clouds)
+    expected = model.denormalise(model.sample(3, 50, 4, torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(torch.from_numpy(clouds[0]), expected[0], atol=1e-5, rtol=0)
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code != 0 and "already exists" in again.output
+    bad = CliRunner().invoke(main, ["sample", "--model", str(tmp_path / "none.pt"), "--out", str(out)])
+    assert bad.exit_code != 0 and "no such file" in bad.output
