@@ -65,6 +65,30 @@ def _references(path: str, arch: str, properties) -> list[dict]:
             for r in record["rows"] if r["row"] in keep]
 
 
+def _best_of_pool(path: str, reward_model: str, conditions: PropertyConditions, scorer, properties, n: int,
+                  seed: int) -> dict:
+    """Best-of-N selection from a pool of prior samples: N = the pool molecules of the target's size."""
+    from molctrl.molecule import Molecule
+    from molctrl.payoff import PriorPool
+
+    pool = PriorPool.load(path)
+    predictor = load_predictor(reward_model)
+    reward = likelihood_reward(predictor, predictor.properties, 1.0)
+    decoder = load_prior(None).setting.atom_decoder
+
+    def best(y, y_mask, n_atoms, g):
+        r = reward.log_likelihood(pool.scores.unsqueeze(0), y.unsqueeze(1), y_mask.unsqueeze(1))
+        r = r.masked_fill(pool.n_atoms.unsqueeze(0) != n_atoms.unsqueeze(1), float("-inf"))
+        rows = r.argmax(1)
+        return [Molecule([decoder[t] for t in pool.types[k][pool.types[k] >= 0].tolist()],
+                         pool.positions[k][pool.types[k] >= 0].double().numpy()) for k in rows.tolist()]
+
+    counts = torch.bincount(pool.n_atoms)
+    return _row("best-of-N (prior pool)", best, conditions, scorer, properties, n, seed) | {
+        "pool": path, "pool_size": len(pool.types), "pool_seconds": round(pool.seconds, 1),
+        "median_candidates_per_size": int(counts[counts > 0].median()), "train_seconds": 0}
+
+
 def predictor_train_seconds(name_or_path: str) -> float | None:
     """Training seconds stored with a predictor's weights (None when not recorded)."""
     from molctrl.weights import predictor_path
@@ -80,6 +104,11 @@ def predictor_train_seconds(name_or_path: str) -> float | None:
               help="Guidance of the prior by this predictor (shipped name or path): reconstruction guidance for a "
                    "clean-data predictor, classifier guidance for a noise-aware one.")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Guidance scale.")
+@click.option("--best-of-pool", "pool_path", default=None, metavar="POOL",
+              help="Best-of-N row: for each target the pool molecule (a pool.pt of 'molctrl finetune --method rgdm') "
+                   "of the target's size that --pool-reward finds most likely.")
+@click.option("--pool-reward", default="qm9-noh-e3nn-Db", show_default=True,
+              help="The predictor whose predictions the pool holds.")
 @click.option("--unconditional", is_flag=True, help="Also score the prior itself, blind to the targets.")
 @click.option("--prior", "prior_path", default=None, help="Prior for guidance rows (default: shipped).")
 @click.option("--evaluator", default="qm9-noh-egnn-Da", show_default=True)
@@ -91,7 +120,7 @@ def predictor_train_seconds(name_or_path: str) -> float | None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(setting, methods, guidance_models, scale, unconditional, prior_path, evaluator, references, properties,
+def main(setting, methods, guidance_models, scale, pool_path, pool_reward, unconditional, prior_path, evaluator, references, properties,
          n_samples, steps, seed, threads, out) -> None:
     """Score conditioned generators by the EDM protocol and print one JSON record."""
     if threads:
@@ -132,6 +161,8 @@ def main(setting, methods, guidance_models, scale, unconditional, prior_path, ev
                          n_samples, seed)
                     | {"reward_model": predictor_name, "scale": scale,
                        "train_seconds": predictor_train_seconds(predictor_name) if guidance.mode == "classifier" else 0})
+    if pool_path:
+        rows.append(_best_of_pool(pool_path, pool_reward, conditions, scorer, properties, n_samples, seed))
     record = {"setting": setting, "evaluator": evaluator, "seed": seed, "sampling_steps": steps, "rows": rows,
               "threads": torch.get_num_threads(),
               "command": "python -m benchmarks.qm9_conditional " + " ".join(sys.argv[1:]), "machine": machine_info()}
