@@ -27,15 +27,19 @@ from molctrl.finetune import GuidanceConfig, make_objective
 from molctrl.predictor import PROPERTIES
 from molctrl.weights import load_prior
 
-METHODS = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
+METHODS = ("ctrl", "rgdm", "rgdm-rollouts", "rgdm-step", "ddpo", "cond")
+POOL = "benchmarks/runs/finetune-rgdm-qm9-noh/pool.pt"  # prior-proposal RGDM reuses the committed pool
 
 
 def time_method(method: str, batch_size: int, iterations: int, reward_model: str, device: torch.device,
                 data) -> dict[str, float]:
     """Median seconds per iteration of ``method`` and the samples per second it implies."""
     torch.manual_seed(0)
-    guidance = GuidanceConfig(method="ctrl" if method == "cond" else method, properties=PROPERTIES)
-    spec = {"method": method, "guidance": asdict(guidance), "reward_model": reward_model, "maximize": None}
+    base = {"cond": "ctrl", "rgdm-rollouts": "rgdm"}.get(method, method)
+    guidance = GuidanceConfig(method=base, properties=PROPERTIES, pool=POOL,
+                              proposal="model" if method == "rgdm-rollouts" else "prior")
+    spec = {"method": base if method != "cond" else "cond", "guidance": asdict(guidance), "reward_model": reward_model,
+            "maximize": None}
     objective, batches = make_objective(spec, load_prior(None), data, batch_size)
     objective.to(device).train()
     optimizer = torch.optim.AdamW(objective.parameter_groups(), lr=1e-5, amsgrad=True)

@@ -15,6 +15,7 @@ training step costs one denoising step, like EDM-cond's.
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,7 @@ class PriorPool:
         size, n_max = len(n_atoms), int(n_atoms.max())
         types = torch.full((size, n_max), -1, dtype=torch.long)
         positions = torch.zeros(size, n_max, 3)
-        with click.progressbar(length=size, label="pool of prior samples", file=click.get_text_stream("stderr")) as bar:
+        with click.progressbar(length=size, label="pool of prior samples", file=sys.stderr) as bar:
             for start in range(0, size, batch_size):
                 k = min(batch_size, size - start)
                 x, mask = prior.sample_states(k, sampling_steps, generator, n_atoms[start : start + k])

@@ -22,10 +22,9 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
 @click.option("-n", "n_molecules", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .sdf (targets and predictions "
               "as SDF properties); a PNG grid is written beside it.")
-@click.option("--method", type=click.Choice(["ctrl", "rgdm", "guidance"]), default=None,
-              help="ctrl / rgdm: a shipped (or --model) conditioned model; guidance: the prior steered by the "
-                   "reward predictor's gradient through the denoised estimate.  [default: ctrl for --target, "
-                   "rgdm for --maximize]")
+@click.option("--method", type=click.Choice(["rgdm", "ctrl", "guidance"]), default="rgdm", show_default=True,
+              help="rgdm / ctrl: a shipped (or --model) conditioned model (the shipped RGDM model is the more "
+                   "accurate, see the README); guidance: the prior steered by the reward predictor's gradient.")
 @click.option("--model", "model_path", default=None, help="A conditioned model.pt from 'molctrl finetune'.")
 @click.option("--reward-model", default="qm9-noh-e3nn-Db", show_default=True,
               help="Predictor for --method guidance (reconstruction guidance through x̂₀), or a noise-aware "
@@ -51,7 +50,6 @@ def generate(targets, maximize, n_molecules, out, method, model_path, reward_mod
 
     if bool(targets) == bool(maximize):
         raise click.UsageError("give either --target NAME=VALUE (one or more) or --maximize")
-    method = method or ("rgdm" if maximize else "ctrl")
     if Path(out).suffix.lower() != ".sdf":
         raise click.BadParameter(f"{out}: expected a .sdf file name", param_hint="--out")
     try:
