@@ -184,7 +184,7 @@ def test_conditional_benchmark_scores_methods_by_the_edm_protocol(weight_files, 
     rows = {r["row"]: r for r in record["rows"]}
     assert list(rows) == ["#Atoms", "U-bound (egnn)", "L-bound (egnn)", "ctrl", "reconstruction guidance (egnn)"]
     assert set(rows["ctrl"]["mae"]) == {"alpha", "mu"} and 0 <= rows["ctrl"]["validity"] <= 1
-    assert rows["ctrl"]["train_steps"] == 1 and rows["ctrl"]["train_seconds"] > 0
+    assert rows["ctrl"]["train_steps"] == 1 and rows["ctrl"]["train_seconds"] >= 0  # from the model file
     assert rows["#Atoms"]["mae"]["alpha"] == pytest.approx(5.38, abs=0.01)  # from the qm9_predictors record
 
 
