@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -97,3 +98,17 @@ class ProcessGroup:
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def read_export(path: str | Path, from_export: Callable[[dict], object], map_location: str | torch.device = "cpu"):
+    """``from_export`` of the payload in a ``model.pt``, with one-line errors naming the file."""
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise ValueError(f"{path}: not a readable model file ({' '.join(str(err).split())})") from None
+    try:
+        return from_export(payload)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None

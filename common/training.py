@@ -27,6 +27,17 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from common.runtime import ProcessGroup, atomic_torch_save
 
 
+def condition_parameter_groups(model: nn.Module, cond: nn.Parameter | None, cond_lr_scale: float = 1.0,
+                               backbone: bool = True) -> list[dict]:
+    """Optimiser groups for a conditioned copy of a prior: the condition embedding ``cond`` learns at
+    ``cond_lr_scale`` times the learning rate of the rest (it starts at zero and carries the whole
+    condition at first); ``backbone=False`` trains ``cond`` alone."""
+    if cond is None:
+        return [{"params": list(model.parameters())}]
+    rest = [p for p in model.parameters() if p is not cond]
+    return ([{"params": rest}] if backbone else []) + [{"params": [cond], "lr_scale": cond_lr_scale}]
+
+
 class BatchSource(Protocol):
     def __call__(self, step: int, rank: int, world_size: int) -> Sequence[torch.Tensor]:
         """The batch (a tuple of tensors) that process ``rank`` trains on at ``step``."""

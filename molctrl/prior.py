@@ -15,6 +15,7 @@ from torch import nn
 from common.diffusion import GaussianDiffusion
 from common.schedules import NoiseSchedule
 from common.spaces import PointSetSpace
+from common.training import condition_parameter_groups
 from molctrl.data.qm9 import Setting, get_setting
 from molctrl.egnn import EGNN
 from molctrl.molecule import Molecule
@@ -161,13 +162,9 @@ class MoleculeDiffusion(nn.Module):
         return model.to(self.n_atoms_hist.device)
 
     def parameter_groups(self, cond_lr_scale: float = 1.0, backbone: bool = True) -> list[dict]:
-        """Optimiser groups: the condition embedding learns at ``cond_lr_scale`` times the learning rate
-        of the rest (it starts at zero and carries the whole condition at first); ``backbone=False``
-        trains the condition embedding alone."""
-        cond = [self.denoiser.cond_embed.weight] if self.denoiser.cond_embed is not None else []
-        rest = [p for p in self.parameters() if all(p is not c for c in cond)]
-        groups = [{"params": cond, "lr_scale": cond_lr_scale}] if cond else []
-        return ([{"params": rest}] if backbone or not cond else []) + groups
+        """See :func:`common.training.condition_parameter_groups`."""
+        embed = self.denoiser.cond_embed
+        return condition_parameter_groups(self, None if embed is None else embed.weight, cond_lr_scale, backbone)
 
     # -- shipping --------------------------------------------------------------------------------
 

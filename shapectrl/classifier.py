@@ -17,7 +17,6 @@ clean clouds (t = 0).
 """
 from __future__ import annotations
 
-import pickle
 from dataclasses import asdict, dataclass
 
 import torch
@@ -25,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from common.diffusion import GaussianDiffusion
+from common.runtime import read_export
 from common.schedules import NoiseSchedule
 from common.spaces import PointSetSpace
 from shapectrl.data.families import CLASSES, class_id
@@ -194,14 +194,5 @@ class ShapeClassifier(nn.Module):
     @classmethod
     def load(cls, path: str, map_location: str | torch.device = "cpu") -> ShapeClassifier:
         """A classifier from a ``model.pt`` written by ``shapectrl train classifier``."""
-        try:
-            payload = torch.load(path, map_location=map_location, weights_only=False)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no such file") from None
-        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
-            raise ValueError(f"{path}: not a readable model file ({' '.join(str(err).split())})") from None
-        try:
-            return cls.from_export(payload)
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
+        return read_export(path, cls.from_export, map_location)
 

@@ -9,7 +9,6 @@ subset of each shape's points at every step, :class:`ShapeBatches`) samples 2,04
 """
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
@@ -18,9 +17,10 @@ import torch
 from torch import nn
 
 from common.diffusion import GaussianDiffusion
+from common.runtime import read_export
 from common.schedules import NoiseSchedule
 from common.spaces import PointSetSpace
-from common.training import EpochSampler
+from common.training import EpochSampler, condition_parameter_groups
 from shapectrl.data.normalisation import Normalisation
 from shapectrl.denoisers import ARCHITECTURES, PointDenoiser, build_denoiser
 
@@ -146,13 +146,9 @@ class ShapeDiffusion(nn.Module):
         return model.to(self._anchor.device)
 
     def parameter_groups(self, cond_lr_scale: float = 1.0, backbone: bool = True) -> list[dict]:
-        """Optimiser groups: the condition embedding learns at ``cond_lr_scale`` times the learning rate
-        of the rest (it starts at zero and carries the whole condition at first); ``backbone=False``
-        trains the condition embedding alone."""
-        cond = [self.denoiser.cond_embed.weight] if self.denoiser.cond_embed is not None else []
-        rest = [p for p in self.parameters() if all(p is not c for c in cond)]
-        groups = [{"params": cond, "lr_scale": cond_lr_scale}] if cond else []
-        return ([{"params": rest}] if backbone or not cond else []) + groups
+        """See :func:`common.training.condition_parameter_groups`."""
+        embed = self.denoiser.cond_embed
+        return condition_parameter_groups(self, None if embed is None else embed.weight, cond_lr_scale, backbone)
 
     # -- shipping --------------------------------------------------------------------------------
 
@@ -174,16 +170,7 @@ class ShapeDiffusion(nn.Module):
     @classmethod
     def load(cls, path: str, map_location: str | torch.device = "cpu") -> ShapeDiffusion:
         """A prior from a ``model.pt`` written by ``shapectrl train prior`` (a clear error otherwise)."""
-        try:
-            payload = torch.load(path, map_location=map_location, weights_only=False)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no such file") from None
-        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
-            raise ValueError(f"{path}: not a readable model file ({' '.join(str(err).split())})") from None
-        try:
-            return cls.from_export(payload)
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
+        return read_export(path, cls.from_export, map_location)
 
 
 class ShapeBatches:
