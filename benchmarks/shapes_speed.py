@@ -16,8 +16,6 @@ median over ``--repeats`` measurements, reported in seconds.
 """
 from __future__ import annotations
 
-import datetime as dt
-import os
 import shlex
 import statistics
 import sys
@@ -27,8 +25,8 @@ from dataclasses import asdict
 import click
 import torch
 
-from benchmarks.record import device_name, emit
-from benchmarks.speed import time_interleaved
+from benchmarks.record import emit
+from benchmarks.speed import metadata, time_interleaved
 from common.runtime import resolve_device
 from shapectrl.denoisers import ARCHITECTURES
 from shapectrl.prior import ShapeDiffusion, ShapePriorConfig
@@ -73,20 +71,6 @@ def workloads(arch: str, device: torch.device, seed: int = 0,
     n_params = sum(p.numel() for p in model.parameters())
     return fns, {"config": asdict(config), "n_parameters": n_params}
 
-
-def metadata(device: torch.device, repeats: int, command: str) -> dict:
-    """What the numbers were measured on, and how (the load average matters on a shared CPU)."""
-    return {
-        "device": str(device),
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "repeats": repeats,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command,
-    }
 
 
 def run_benchmark(archs: tuple[str, ...], device: torch.device, repeats: int, min_time: float, warmup: int,
