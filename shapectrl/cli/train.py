@@ -19,10 +19,14 @@ from shapectrl.classifier import (
     ShapeClassifier,
     ShapeClassifierConfig,
 )
+from shapectrl.conditions import DEFAULT_ATTRIBUTES, ShapeConditions, measure_attributes
+from shapectrl.control import METHODS, ControlConfig, ShapeTargets, make_objective
+from shapectrl.data.attributes import ATTRIBUTES
 from shapectrl.data.families import CLASSES
 from shapectrl.data.procedural import ProceduralShapes
 from shapectrl.denoisers import ARCHITECTURES
 from shapectrl.prior import ShapeBatches, ShapeDiffusion, ShapePriorConfig
+from shapectrl.reward import ShapeReward
 
 
 def default_data_dir() -> Path:
@@ -297,3 +301,90 @@ def classifier(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_eve
                                       **scores, "seconds": round(time.perf_counter() - t0, 1)})
 
     _fit(model, batches, train_cfg, run_dir, record, device, resume, evaluate)
+
+
+@train.command()
+@train_options
+@data_options
+@click.option("--method", type=click.Choice(METHODS), default="rgdm", show_default=True,
+              help="rgdm: prior-proposal RGDM (pool resampled by the reward); ctrl: KL-regularised fine-tuning through "
+                   "the sampler; cond: the baseline, labels of the training clouds as input.")
+@click.option("--prior", "prior_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The unconditional prior (a model.pt from 'shapectrl train prior'; required unless --resume).")
+@click.option("--reward", "reward_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The reward classifier (a model.pt from 'shapectrl train classifier', not the evaluator; "
+                   "required unless --resume).")
+@click.option("--points", type=click.IntRange(1), default=512, show_default=True,
+              help="Points per cloud while training (the pool and CTRL's rollouts use this size too).")
+@click.option("--attributes", "attribute_text", default=",".join(DEFAULT_ATTRIBUTES), show_default=True,
+              help=f"Comma-separated attributes to condition on (some of {', '.join(ATTRIBUTES)}); empty: class only.")
+@click.option("--p-class", type=click.FloatRange(0, 1), default=0.8, show_default=True,
+              help="Probability that a training target conditions on the class.")
+@click.option("--p-attribute", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+              help="Probability that a training target conditions on each attribute that applies to its class.")
+@click.option("--tolerance", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True,
+              help="Width of an attribute's likelihood, in training standard deviations.")
+@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+              help="rgdm: τ of the pay-off distribution p(x)·exp(r/τ).")
+@click.option("--pool-size", type=click.IntRange(1), default=4000, show_default=True, help="rgdm: prior clouds in the pool.")
+@click.option("--pool-steps", type=click.IntRange(1), default=50, show_default=True, help="rgdm: sampling steps of the pool.")
+@click.option("--sampling-steps", type=click.IntRange(1), default=20, show_default=True, help="ctrl: steps of a rollout.")
+@click.option("--alpha", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True, help="ctrl: KL weight α.")
+@click.option("--grad-steps", type=click.IntRange(1), default=4, show_default=True,
+              help="ctrl: gradients through the last k transitions, k uniform in [1, grad-steps].")
+@click.option("--cond-lr-scale", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
+              help="Learning rate of the condition embedding relative to the rest.")
+@click.option("--freeze-backbone", is_flag=True, help="Train the condition embedding only.")
+def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, log_every, seed, device, threads,
+            resume, data_dir, per_class, data_points, class_text, data_seed, method, prior_path, reward_path, points,
+            attribute_text, p_class, p_attribute, tolerance, temperature, pool_size, pool_steps, sampling_steps, alpha,
+            grad_steps, cond_lr_scale, freeze_backbone) -> None:
+    """Add class and attribute control to a shape prior (RGDM, CTRL or the label-as-input baseline).
+
+    Targets are the classes and measured attributes of the training split, a random subset of them
+    conditioned per target, so that one model serves a class, attributes, or both. The weights in
+    RUN_DIR/model.pt are what 'shapectrl generate --model' reads.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    attributes = tuple(a.strip() for a in attribute_text.split(",") if a.strip())
+    unknown = [a for a in attributes if a not in ATTRIBUTES]
+    if unknown:
+        raise click.BadParameter(f"unknown attribute {unknown[0]!r} (expected some of {', '.join(ATTRIBUTES)})",
+                                 param_hint="--attributes")
+    for value, hint in ((prior_path, "--prior"), (reward_path, "--reward")):
+        if value is None and not resume:
+            raise click.BadParameter("required for a new run", param_hint=hint)
+    config = ControlConfig(method, attributes, p_class, p_attribute, tolerance, temperature, pool_size, pool_steps,
+                           sampling_steps, alpha, grad_steps, cond_lr_scale, not freeze_backbone)
+    fresh = {"control": asdict(config), "prior": str(prior_path), "reward": str(reward_path),
+             "train": asdict(TrainConfig(steps=steps or 3000, batch_size=batch_size, lr=lr or 1e-4, warmup_steps=warmup,
+                                         ema_decay=ema_decay, checkpoint_every=checkpoint_every, log_every=log_every,
+                                         seed=seed)),
+             "data": _data_record(data_dir, per_class, data_points, class_text, data_seed, points)}
+    record = _run_record(run_dir, resume, fresh)
+    train_cfg = _train_config(record, steps)
+    seed_everything(train_cfg.seed)
+    config = ControlConfig(**record["control"])
+    try:
+        prior_model = ShapeDiffusion.load(record["prior"])
+        classifier_model = ShapeClassifier.load(record["reward"])
+    except (FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    shapes = _load(record["data"])
+    if shapes.normalisation != prior_model.normalisation:
+        raise click.ClickException(f"{record['prior']}: the prior was trained in another normalisation than this data "
+                                   "set's (use the same --classes, --per-class, --data-points and --data-seed)")
+    n_points = record["data"]["points"]
+    click.echo(f"measuring {len(config.attributes)} attributes of {len(shapes)} training shapes", err=True)
+    values = measure_attributes(shapes.points[:, :n_points], config.attributes)
+    try:
+        labels = torch.tensor([shapes.classes.index(CLASSES[int(k)]) for k in shapes.labels])
+        conditions = ShapeConditions.fit(values, labels, shapes.classes, config.attributes)
+        reward = ShapeReward(classifier_model, conditions, config.tolerance)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    targets = ShapeTargets(conditions, labels, values, config)
+    objective, batches = make_objective(config, prior_model, reward, shapes.normalised_points, targets,
+                                        train_cfg.batch_size, n_points, train_cfg.seed, run_dir / "pool.pt")
+    _fit(objective, batches, train_cfg, run_dir, record, device, resume)
