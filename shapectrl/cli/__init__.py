@@ -5,6 +5,7 @@ import click
 
 from shapectrl.cli.data import data
 from shapectrl.cli.evaluate import evaluate
+from shapectrl.cli.generate import generate
 from shapectrl.cli.sample import sample
 from shapectrl.cli.train import train
 
@@ -17,5 +18,5 @@ def main(ctx: click.Context) -> None:
         click.echo(ctx.get_help())
 
 
-for command in (data, train, sample, evaluate):
+for command in (data, train, sample, generate, evaluate):
     main.add_command(command)

@@ -1,0 +1,169 @@
+"""The class- and attribute-conditional shape benchmark at CPU scale.
+
+    python -m benchmarks.shapes_conditional -n 64 --points 2048 --steps 50 --seed 0 --threads 2 \\
+        --method rgdm=shapectrl/weights/shapes-rgdm.pt --method cond=shapectrl/weights/shapes-cond.pt \\
+        [--method ctrl=...] [--out benchmarks/results/shapes_conditional.json]
+
+**Class control** (RGDM's shape task), for each of the three classes airplane, chair and car: ``n``
+clouds of ``--points`` points from the method conditioned on the class alone, with ``--steps``
+reverse steps. Against ``n`` clouds of that class from the procedural *test* split (same number of
+points, the training split's global normalisation, distances in that normalised frame):
+
+* class accuracy — the evaluator (``--evaluator``, the EdgeConv classifier; the reward classifier is
+  a PointNet) predicts the class of each sample;
+* 1-NNA, COV and MMD for the Chamfer distance (``cd``) and for PointFlow's approximate EMD (``emd``),
+  :func:`shapectrl.metrics.compute_all_metrics`.
+
+A reference row scores ``n`` clouds of the *validation* split the same way: what a perfect generator
+would get at this sample size (1-NNA near 50 %).
+
+**Attribute control** (``--attribute CLASS:ATTRIBUTE``, repeatable; CLASS may be ``any``): targets are
+the attribute values of ``n`` test shapes of the class; each method samples one cloud per target
+conditioned on the class and the attribute (class + attribute composed), and, for reference, on the
+class alone. Reported: the mean absolute error between the attribute measured on the sample and the
+target, for both, and the class accuracy of the composed samples. Attributes are measured in model
+units on the first ``n_train_points`` points of each cloud (a random subset: points are exchangeable),
+as in training.
+
+Compute per row: the model's training steps and seconds (from its weights file) and sampling seconds.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+import torch
+
+from benchmarks.record import emit, machine_info
+from shapectrl.classifier import ShapeClassifier
+from shapectrl.control import ControlledShapes
+from shapectrl.data.families import CLASSES
+from shapectrl.data.procedural import ProceduralShapes
+from shapectrl.metrics import compute_all_metrics
+
+RGDM_CLASSES = ("airplane", "chair", "car")
+DEFAULT_ATTRIBUTES = ("chair:chair_back_height", "airplane:airplane_wing_span", "car:car_roof_length", "any:height")
+
+
+def _split(split: str, n: int, points: int, data_dir: str | None) -> ProceduralShapes:
+    """``n`` shapes per class of ``split`` with the 2,000-per-class training split's normalisation."""
+    train = ProceduralShapes("train", 2000, 2048, CLASSES, 0, data_dir)
+    shapes = ProceduralShapes(split, n, 2048, CLASSES, 0, data_dir, train.normalisation)
+    shapes.points = shapes.points[:, :points]
+    return shapes
+
+
+def _of_class(shapes: ProceduralShapes, name: str) -> torch.Tensor:
+    return shapes.normalised_points[shapes.labels == CLASSES.index(name)]
+
+
+def _accuracy(evaluator: ShapeClassifier, clouds: torch.Tensor, name: str) -> float:
+    predicted = evaluator.predict_logits(clouds).argmax(1)
+    return round(float((predicted == evaluator.classes.index(name)).float().mean()), 4)
+
+
+def _set_metrics(samples: torch.Tensor, references: torch.Tensor) -> dict[str, float]:
+    return {k: round(v, 5) for k, v in compute_all_metrics(samples, references, ("cd", "emd")).items()}
+
+
+def _class_rows(name: str, draw, evaluator, test: ProceduralShapes, n: int) -> dict:
+    row, seconds = {"row": name, "classes": {}}, 0.0
+    for k, cls in enumerate(RGDM_CLASSES):
+        t0 = time.perf_counter()
+        samples = draw(cls, k)
+        seconds += time.perf_counter() - t0
+        refs = _of_class(test, cls)[:n]
+        row["classes"][cls] = {"accuracy": _accuracy(evaluator, samples, cls), **_set_metrics(samples, refs)}
+        print(f"{name} {cls}: {row['classes'][cls]}", file=sys.stderr)
+    row["mean"] = {key: round(sum(c[key] for c in row["classes"].values()) / len(RGDM_CLASSES), 5)
+                   for key in next(iter(row["classes"].values()))}
+    return row | {"sampling_seconds": round(seconds, 1)}
+
+
+def _attribute_rows(model: ControlledShapes, evaluator, test: ProceduralShapes, specs, n: int, points: int,
+                    steps: int, seed: int) -> list[dict]:
+    rows, conditions = [], model.conditions
+    n_measure = model.model.config.n_train_points
+    for j, spec in enumerate(specs):
+        cls, _, attribute = spec.partition(":")
+        if attribute not in conditions.attributes:
+            raise click.BadParameter(f"{spec}: the model is not conditioned on {attribute!r}", param_hint="--attribute")
+        pool = test.points if cls == "any" else test.points[test.labels == CLASSES.index(cls)]
+        pool = pool[:n]
+        targets = conditions.measure(pool[:, :n_measure])[:, conditions.attributes.index(attribute)]
+        row = {"class": cls, "attribute": attribute, "targets": len(targets)}
+        for label, with_attribute in (("composed", True), ("class_only", False)):
+            y = torch.zeros(len(targets), conditions.n_targets)
+            mask = torch.zeros_like(y, dtype=torch.bool)
+            column = 1 + conditions.attributes.index(attribute)
+            if cls != "any":
+                y[:, 0], mask[:, 0] = conditions.classes.index(cls), True
+            if with_attribute or cls == "any":
+                y[:, column], mask[:, column] = targets, True
+            if not mask.any():
+                continue
+            g = torch.Generator().manual_seed(seed * 1000 + 100 + j)
+            clouds = model.sample(y, mask, points, steps, g)
+            measured = conditions.measure(model.model.denormalise(clouds[:, :n_measure]))[:, column - 1]
+            row[f"mae_{label}"] = round(float((measured - targets).abs().mean()), 5)
+            if cls != "any":
+                row[f"accuracy_{label}"] = _accuracy(evaluator, clouds, cls)
+            if cls == "any":
+                break
+        print(f"attribute {spec}: {row}", file=sys.stderr)
+        rows.append(row)
+    return rows
+
+
+@click.command()
+@click.option("--method", "methods", multiple=True, metavar="NAME=MODEL", required=True,
+              help="A controlled model (from 'shapectrl train control'), e.g. rgdm=shapectrl/weights/shapes-rgdm.pt.")
+@click.option("--evaluator", default="shapectrl/weights/shapes-classifier-dgcnn.pt", show_default=True,
+              help="The classifier that scores the samples (not the reward classifier).")
+@click.option("--attribute", "attributes", multiple=True, default=DEFAULT_ATTRIBUTES, show_default=True,
+              metavar="CLASS:ATTRIBUTE", help="Attribute-control rows (CLASS 'any': the attribute alone).")
+@click.option("-n", "n_samples", type=click.IntRange(2), default=64, show_default=True,
+              help="Samples per class (and references per class) and attribute targets per row.")
+@click.option("--points", type=click.IntRange(1), default=2048, show_default=True, help="Points per cloud.")
+@click.option("--steps", type=click.IntRange(1), default=50, show_default=True, help="Reverse sampling steps.")
+@click.option("--data-dir", default=None, help="Procedural data cache (default: shapectrl's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None)
+@click.option("--out", type=click.Path(dir_okay=False), default=None)
+def main(methods, evaluator, attributes, n_samples, points, steps, data_dir, seed, threads, out) -> None:
+    """Class accuracy, 1-NNA, COV and MMD per class, and attribute errors, of controlled shape models."""
+    if threads:
+        torch.set_num_threads(threads)
+    from shapectrl.cli.train import default_data_dir
+
+    data_dir = data_dir or str(default_data_dir())
+    scorer = ShapeClassifier.load(evaluator).eval()
+    test = _split("test", n_samples, points, data_dir)
+    valid = _split("valid", n_samples, points, data_dir)
+    rows = [_class_rows("data (valid split)", lambda cls, k: _of_class(valid, cls), scorer, test, n_samples)]
+    attribute_rows = {}
+    for spec in methods:
+        name, _, path = spec.partition("=")
+        model = ControlledShapes.load(path)
+        model.model.eval()
+        trained = torch.load(path, map_location="cpu", weights_only=False)
+
+        def draw(cls: str, k: int, model=model) -> torch.Tensor:
+            y, mask = model.conditions.target(cls)
+            g = torch.Generator().manual_seed(seed * 1000 + k)
+            return model.sample(y.expand(n_samples, -1), mask.expand(n_samples, -1), points, steps, g)
+
+        rows.append(_class_rows(name, draw, scorer, test, n_samples)
+                    | {"model": path, "train_steps": trained.get("step"), "train_seconds": trained.get("train_seconds"),
+                       "pool_seconds": trained.get("control", {}).get("pool_seconds")})
+        if attributes:
+            attribute_rows[name] = _attribute_rows(model, scorer, test, attributes, n_samples, points, steps, seed)
+    record = {"evaluator": evaluator, "samples_per_class": n_samples, "points": points, "sampling_steps": steps,
+              "seed": seed, "rows": rows, "attributes": attribute_rows, "threads": torch.get_num_threads(),
+              "command": "python -m benchmarks.shapes_conditional " + " ".join(sys.argv[1:]), "machine": machine_info()}
+    emit(record, out, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""``shapectrl generate``: clouds for a target class and attributes from a controlled model, with a
+contact sheet and how well they hit the target (an evaluator's class, the measured attributes)."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import click
+import torch
+from tqdm import tqdm
+
+from common.runtime import atomic_open, resolve_device, seed_everything
+from shapectrl.classifier import ShapeClassifier
+from shapectrl.control import METHODS, ControlledShapes
+from shapectrl.io import write_ply
+from shapectrl.render import contact_sheet
+from shapectrl.weights import DEFAULT_MODELS, EVALUATOR, weight_path
+
+SHEET = "contact_sheet.png"
+SUMMARY = "summary.json"
+
+
+def _parse_attrs(ctx: click.Context, param: click.Parameter, texts: tuple[str, ...]) -> dict[str, float]:
+    """``("name=value", ...)`` -> ``{name: value}``; a one-line error for bad syntax or a repeated name."""
+    values: dict[str, float] = {}
+    for text in texts:
+        name, sep, number = text.partition("=")
+        try:
+            value = float(number)
+        except ValueError:
+            value = math.nan
+        if not sep or not name.strip() or not math.isfinite(value):
+            raise click.BadParameter(f"expected NAME=VALUE with a finite number, got {text!r}")
+        if name.strip() in values:
+            raise click.BadParameter(f"attribute {name.strip()!r} given twice")
+        values[name.strip()] = value
+    return values
+
+
+def _load_model(model_path: Path | None, method: str, device: torch.device) -> tuple[ControlledShapes, Path]:
+    """The controlled model of ``--model`` (default: the method's shipped file), on ``device``."""
+    try:
+        path = weight_path(model_path or DEFAULT_MODELS[method])
+        controlled = ControlledShapes.load(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise click.BadParameter(str(err), param_hint="--model") from None
+    controlled.model.to(device).eval()
+    return controlled, path
+
+
+def _load_evaluator(evaluator_path: Path | None, device: torch.device) -> tuple[ShapeClassifier, Path]:
+    try:
+        path = weight_path(evaluator_path or EVALUATOR)
+        return ShapeClassifier.load(str(path)).to(device).eval(), path
+    except (FileNotFoundError, ValueError) as err:
+        raise click.BadParameter(str(err), param_hint="--evaluator") from None
+
+
+def _target(controlled: ControlledShapes, class_name: str | None, attrs: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y (1 + A,), y_mask (1 + A,))`` of the names, or a one-line error naming the option at fault."""
+    conditions = controlled.conditions
+    try:
+        return conditions.target(class_name, attrs)
+    except ValueError as err:
+        hint = "--class" if class_name is not None and class_name not in conditions.classes else "--attr"
+        raise click.BadParameter(str(err), param_hint=hint) from None
+
+
+def _outputs(out: Path, prefix: str, n_samples: int, overwrite: bool) -> list[Path]:
+    """The PLY paths; refuses (before anything is sampled) if any output already exists."""
+    width = max(4, len(str(n_samples - 1)))
+    paths = [out / f"{prefix}_{k:0{width}d}.ply" for k in range(n_samples)]
+    existing = [p for p in [*paths, out / SHEET, out / SUMMARY] if p.exists()]
+    if existing and not overwrite:
+        raise click.UsageError(f"{existing[0]} already exists ({len(existing)} of the outputs): "
+                               "pass --overwrite or choose another --out or --prefix")
+    return paths
+
+
+def _evaluate(clouds: torch.Tensor, evaluator: ShapeClassifier, controlled: ControlledShapes,
+              attrs: dict[str, float], n_measure: int) -> tuple[list[str], torch.Tensor, dict[str, torch.Tensor]]:
+    """Clouds ``(B, N, 3)`` in model units -> the evaluator's classes, their probabilities ``(B,)`` and
+    each conditioned attribute measured on the first ``n_measure`` points ``{name: (B,)}``."""
+    logits = evaluator.predict_logits(evaluator.normalisation.normalise(clouds))
+    probs, labels = torch.softmax(logits / evaluator.temperature, dim=1).max(dim=1)
+    measured = controlled.conditions.measure(clouds[:, :n_measure])
+    columns = {name: measured[:, controlled.conditions.attributes.index(name)] for name in attrs}
+    return [evaluator.classes[k] for k in labels.tolist()], probs, columns
+
+
+def _caption(predicted: str, prob: float, values: dict[str, float]) -> str:
+    return "\n".join([f"{predicted} ({prob:.2f})", *(f"{name} {value:.3f}" for name, value in values.items())])
+
+
+def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
+    return ", ".join(([class_name] if class_name else []) + [f"{name}={value:g}" for name, value in attrs.items()])
+
+
+@click.command()
+@click.option("--class", "class_name", default=None, help="Target class, e.g. chair.")
+@click.option("--attr", "attrs", multiple=True, metavar="NAME=VALUE", callback=_parse_attrs,
+              help="Target attribute in model units, e.g. chair_back_height=0.6 (repeatable).")
+@click.option("-n", "n_samples", type=click.IntRange(1), default=16, show_default=True, help="Clouds to draw.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the PLY files, the contact sheet and summary.json (created if missing).")
+@click.option("--method", type=click.Choice(METHODS), default="rgdm", show_default=True,
+              help="Which shipped controlled model to use.")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A controlled model.pt from 'shapectrl train control' (overrides --method's shipped file).")
+@click.option("--evaluator", "evaluator_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help=f"Classifier that scores the class (default: the shipped {EVALUATOR}).")
+@click.option("--points", type=click.IntRange(1), default=2048, show_default=True, help="Points per cloud.")
+@click.option("--steps", type=click.IntRange(1), default=50, show_default=True,
+              help="Reverse steps; below the model's T a respaced sampler is used.")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--prefix", default="sample", show_default=True, help="File names are PREFIX_0000.ply, ...")
+@click.option("--overwrite", is_flag=True, help="Replace outputs of the same names already in OUT.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch (default: torch's choice).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_path, points, steps, batch_size, prefix,
+             overwrite, seed, device, threads, as_json) -> None:
+    """Generate N clouds for one target (a --class, --attr values or both) into OUT.
+
+    Writes OUT/PREFIX_0000.ply, ... in model units, OUT/contact_sheet.png (each cloud captioned with
+    the evaluator's class and probability and the measured target attributes) and OUT/summary.json,
+    and prints the class accuracy, each attribute's mean absolute error and the sampling time.
+    Attributes are measured on the first points of each cloud, as many as the model was trained on.
+    """
+    if class_name is None and not attrs:
+        raise click.UsageError("give a target: --class, at least one --attr NAME=VALUE, or both")
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        dev = resolve_device(device)
+    except (ValueError, RuntimeError) as err:
+        raise click.BadParameter(str(err), param_hint="--device") from None
+    controlled, path = _load_model(model_path, method, dev)
+    y, y_mask = _target(controlled, class_name, attrs)
+    evaluator, evaluator_file = _load_evaluator(evaluator_path, dev)
+    if class_name is not None and class_name not in evaluator.classes:
+        raise click.BadParameter(f"{evaluator_file}: does not know class {class_name!r} "
+                                 f"(it knows {', '.join(evaluator.classes)})", param_hint="--evaluator")
+    paths = _outputs(out, prefix, n_samples, overwrite)
+
+    generator = seed_everything(seed)
+    t0 = time.perf_counter()
+    with tqdm(total=n_samples, desc="sampling", unit="cloud", disable=None) as bar:
+        clouds = controlled.sample(y.expand(n_samples, -1), y_mask.expand(n_samples, -1), points, steps, generator,
+                                   batch_size, on_batch=bar.update)
+    seconds = time.perf_counter() - t0
+    clouds = controlled.model.denormalise(clouds)
+    n_measure = min(points, controlled.model.config.n_train_points)
+    predicted, probs, measured = _evaluate(clouds, evaluator, controlled, attrs, n_measure)
+
+    out.mkdir(parents=True, exist_ok=True)
+    for file, cloud in zip(paths, clouds):
+        write_ply(file, cloud)
+    per_cloud = [{name: round(float(values[k]), 5) for name, values in measured.items()} for k in range(n_samples)]
+    contact_sheet(clouds, [_caption(c, float(p), v) for c, p, v in zip(predicted, probs, per_cloud)], out / SHEET,
+                  title=f"{_target_text(class_name, attrs)} ({controlled.control.get('method', method)})")
+    summary = {
+        "target": {"class": class_name, "attributes": attrs},
+        "method": controlled.control.get("method", method), "model": str(path), "evaluator": str(evaluator_file),
+        "out": str(out), "clouds": n_samples, "points": points, "attribute_points": n_measure,
+        "sampling_steps": min(steps, controlled.model.config.n_steps), "seconds": round(seconds, 2),
+        "device": str(dev),
+        "class_accuracy": (round(sum(c == class_name for c in predicted) / n_samples, 5)
+                           if class_name is not None else None),
+        "attribute_mae": {name: round(float((values - attrs[name]).abs().mean()), 5)
+                          for name, values in measured.items()},
+    }
+    samples = [{"file": file.name, "class": c, "probability": round(float(p), 5), "attributes": v}
+               for file, c, p, v in zip(paths, predicted, probs, per_cloud)]
+    with atomic_open(out / SUMMARY) as handle:
+        json.dump(summary | {"samples": samples}, handle, indent=2)
+    click.echo(json.dumps(summary) if as_json else _report(summary))
+
+
+def _report(summary: dict) -> str:
+    """The summary as a few lines for a person."""
+    target = summary["target"]
+    lines = [(f"wrote {summary['clouds']} clouds of {summary['points']} points, {SHEET} and {SUMMARY} to "
+              f"{summary['out']} ({summary['method']}, {summary['sampling_steps']} steps, {summary['seconds']:.1f} s "
+              f"on {summary['device']})")]
+    if target["class"] is not None:
+        lines.append(f"class accuracy ({target['class']}): {summary['class_accuracy']:.3f}")
+    lines += [f"{name}: mean |measured - target| = {mae:.4f} (target {target['attributes'][name]:g})"
+              for name, mae in summary["attribute_mae"].items()]
+    return "\n".join(lines)

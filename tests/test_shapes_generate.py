@@ -1,0 +1,127 @@
+"""``shapectrl generate`` (files, contact sheet, summary, clear errors), the contact sheet and the
+shipped-weights lookup; tiny models built in temporary folders."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from shapectrl.classifier import ShapeClassifier, ShapeClassifierConfig
+from shapectrl.cli import main
+from shapectrl.conditions import ShapeConditions
+from shapectrl.control import ControlConfig, controlled_export
+from shapectrl.data.normalisation import Normalisation
+from shapectrl.io import read_ply
+from shapectrl.prior import ShapeDiffusion, ShapePriorConfig
+from shapectrl.render import contact_sheet
+from shapectrl.weights import DEFAULT_MODELS, WEIGHTS_DIR, weight_path
+
+torch.set_num_threads(1)
+
+CLASSES = ("chair", "table")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> tuple[str, str]:
+    """Paths of a tiny controlled model and a tiny evaluator."""
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    normalisation = Normalisation((0.0, 0.1, 0.0), 0.4)
+    prior = ShapeDiffusion(ShapePriorConfig(width=16, depth=1, resolution=4, voxel_channels=4, n_steps=20),
+                           normalisation=normalisation, classes=CLASSES)
+    conditions = ShapeConditions(CLASSES, ("height", "chair_back_height"), torch.tensor([0.6, 0.4]),
+                                 torch.tensor([0.3, 0.2]))
+    torch.save(controlled_export(prior.with_condition(conditions.cond_dim), conditions, ControlConfig(), {}),
+               folder / "model.pt")
+    evaluator = ShapeClassifier(ShapeClassifierConfig(arch="dgcnn", classes=CLASSES, widths=(8, 8), embed=16,
+                                                      head_hidden=8), normalisation)
+    torch.save(evaluator.export(), folder / "evaluator.pt")
+    return str(folder / "model.pt"), str(folder / "evaluator.pt")
+
+
+def _run(weights: tuple[str, str], out, *args: str):
+    model, evaluator = weights
+    return CliRunner().invoke(main, ["generate", "--model", model, "--evaluator", evaluator, "--out", str(out),
+                                     "-n", "3", "--points", "64", "--steps", "3", "--threads", "1", *args])
+
+
+def test_generate_writes_clouds_sheet_and_summary(tmp_path, weights):
+    out = tmp_path / "gen"
+    result = _run(weights, out, "--class", "chair", "--attr", "chair_back_height=0.5", "--attr", "height=0.8",
+                  "--json")
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output.strip().splitlines()[-1])
+    assert printed["target"] == {"class": "chair", "attributes": {"chair_back_height": 0.5, "height": 0.8}}
+    assert 0 <= printed["class_accuracy"] <= 1 and set(printed["attribute_mae"]) == {"chair_back_height", "height"}
+    assert printed["method"] == "rgdm" and printed["clouds"] == 3 and printed["seconds"] >= 0
+    plys = sorted(out.glob("*.ply"))
+    assert [p.name for p in plys] == ["sample_0000.ply", "sample_0001.ply", "sample_0002.ply"]
+    assert read_ply(plys[0]).shape == (64, 3)
+    assert (out / "contact_sheet.png").read_bytes()[:8] == PNG_MAGIC
+    saved = json.loads((out / "summary.json").read_text())
+    assert {k: v for k, v in saved.items() if k != "samples"} == printed
+    assert len(saved["samples"]) == 3 and saved["samples"][0]["file"] == "sample_0000.ply"
+    assert saved["samples"][0]["class"] in CLASSES and set(saved["samples"][0]["attributes"]) == {"chair_back_height", "height"}
+
+
+def test_generate_reports_attributes_without_a_class(tmp_path, weights):
+    result = _run(weights, tmp_path / "gen", "--attr", "height=0.7")
+    assert result.exit_code == 0, result.output
+    assert "class accuracy" not in result.output and "height: mean |measured - target|" in result.output
+    assert json.loads((tmp_path / "gen" / "summary.json").read_text())["class_accuracy"] is None
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--attr", "height"], "Invalid value for '--attr': expected NAME=VALUE"),
+    (["--attr", "height=tall"], "Invalid value for '--attr': expected NAME=VALUE"),
+    (["--attr", "wingspan=1"], "Invalid value for --attr: unknown attribute 'wingspan'"),
+    (["--class", "sofa"], "Invalid value for --class: unknown class 'sofa'"),
+    ([], "give a target"),
+])
+def test_generate_rejects_bad_targets(tmp_path, weights, args, message):
+    result = _run(weights, tmp_path / "gen", *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "gen").exists()
+
+
+def test_generate_refuses_existing_outputs_before_sampling(tmp_path, weights):
+    out = tmp_path / "gen"
+    out.mkdir()
+    (out / "contact_sheet.png").write_bytes(b"old")
+    result = _run(weights, out, "--class", "table")
+    assert result.exit_code == 2 and "contact_sheet.png already exists" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png"]
+    assert _run(weights, out, "--class", "table", "--overwrite").exit_code == 0
+    assert (out / "contact_sheet.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_generate_names_a_missing_model(tmp_path, weights):
+    result = _run((str(tmp_path / "none.pt"), weights[1]), tmp_path / "gen", "--class", "chair")
+    assert result.exit_code == 2 and "Invalid value for --model" in result.output and "none.pt: no such weights file" in result.output
+
+
+def test_contact_sheet_writes_a_png(tmp_path):
+    clouds = [np.random.default_rng(k).normal(size=(200, 3)) for k in range(3)] + [torch.rand(50, 3)]
+    path = tmp_path / "sheet.png"
+    contact_sheet(clouds, ["a", "b\nc", "d", "e"], path, columns=2, title="four clouds")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    assert [p.name for p in tmp_path.iterdir()] == ["sheet.png"]  # no temporary file left
+    with pytest.raises(ValueError, match="one caption per cloud"):
+        contact_sheet(clouds, ["a"], path)
+
+
+def test_weight_path_maps_shipped_names_and_names_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt: no such weights file"):
+        weight_path(tmp_path / "missing.pt")
+    (tmp_path / "here.pt").write_bytes(b"")
+    assert weight_path(tmp_path / "here.pt") == tmp_path / "here.pt"
+    shipped = WEIGHTS_DIR / DEFAULT_MODELS["rgdm"]
+    if shipped.exists():
+        assert weight_path(DEFAULT_MODELS["rgdm"]) == shipped
+    else:
+        with pytest.raises(FileNotFoundError, match=str(shipped)):
+            weight_path(DEFAULT_MODELS["rgdm"])
