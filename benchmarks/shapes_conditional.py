@@ -21,7 +21,8 @@ would get at this sample size (1-NNA near 50 %).
 the attribute values of ``n`` test shapes of the class; each method samples one cloud per target
 conditioned on the class and the attribute (class + attribute composed), and, for reference, on the
 class alone. Reported: the mean absolute error between the attribute measured on the sample and the
-target, for both, and the class accuracy of the composed samples. Attributes are measured in model
+target, for both (``mae_composed``, ``mae_class_only``), and the class accuracy of each; for CLASS
+``any`` only ``mae_composed``, the attribute alone. Attributes are measured in model
 units on the first ``n_train_points`` points of each cloud (a random subset: points are exchangeable),
 as in training.
 
@@ -39,6 +40,7 @@ from benchmarks.record import emit, machine_info
 from shapectrl.classifier import ShapeClassifier
 from shapectrl.control import ControlledShapes
 from shapectrl.data.families import CLASSES
+from shapectrl.data.normalisation import Normalisation
 from shapectrl.data.procedural import ProceduralShapes
 from shapectrl.metrics import compute_all_metrics
 
@@ -46,10 +48,9 @@ RGDM_CLASSES = ("airplane", "chair", "car")
 DEFAULT_ATTRIBUTES = ("chair:chair_back_height", "airplane:airplane_wing_span", "car:car_roof_length", "any:height")
 
 
-def _split(split: str, n: int, points: int, data_dir: str | None) -> ProceduralShapes:
-    """``n`` shapes per class of ``split`` with the 2,000-per-class training split's normalisation."""
-    train = ProceduralShapes("train", 2000, 2048, CLASSES, 0, data_dir)
-    shapes = ProceduralShapes(split, n, 2048, CLASSES, 0, data_dir, train.normalisation)
+def _split(split: str, n: int, points: int, data_dir: str | None, normalisation: Normalisation) -> ProceduralShapes:
+    """``n`` shapes per class of ``split`` (their first ``points`` points) in the models' normalisation."""
+    shapes = ProceduralShapes(split, n, 2048, CLASSES, 0, data_dir, normalisation)
     shapes.points = shapes.points[:, :points]
     return shapes
 
@@ -58,8 +59,9 @@ def _of_class(shapes: ProceduralShapes, name: str) -> torch.Tensor:
     return shapes.normalised_points[shapes.labels == CLASSES.index(name)]
 
 
-def _accuracy(evaluator: ShapeClassifier, clouds: torch.Tensor, name: str) -> float:
-    predicted = evaluator.predict_logits(clouds).argmax(1)
+def _accuracy(evaluator: ShapeClassifier, clouds: torch.Tensor, name: str, frame: Normalisation) -> float:
+    """Share of ``clouds (B, N, 3)`` (normalised by ``frame``) that the evaluator puts in class ``name``."""
+    predicted = evaluator.predict_logits(evaluator.normalisation.normalise(frame.denormalise(clouds))).argmax(1)
     return round(float((predicted == evaluator.classes.index(name)).float().mean()), 4)
 
 
@@ -68,13 +70,14 @@ def _set_metrics(samples: torch.Tensor, references: torch.Tensor) -> dict[str, f
 
 
 def _class_rows(name: str, draw, evaluator, test: ProceduralShapes, n: int) -> dict:
+    """Class accuracy and set metrics against the test clouds of each RGDM class, and their means."""
     row, seconds = {"row": name, "classes": {}}, 0.0
     for k, cls in enumerate(RGDM_CLASSES):
         t0 = time.perf_counter()
         samples = draw(cls, k)
         seconds += time.perf_counter() - t0
         refs = _of_class(test, cls)[:n]
-        row["classes"][cls] = {"accuracy": _accuracy(evaluator, samples, cls), **_set_metrics(samples, refs)}
+        row["classes"][cls] = {"accuracy": _accuracy(evaluator, samples, cls, test.normalisation), **_set_metrics(samples, refs)}
         print(f"{name} {cls}: {row['classes'][cls]}", file=sys.stderr)
     row["mean"] = {key: round(sum(c[key] for c in row["classes"].values()) / len(RGDM_CLASSES), 5)
                    for key in next(iter(row["classes"].values()))}
@@ -108,7 +111,7 @@ def _attribute_rows(model: ControlledShapes, evaluator, test: ProceduralShapes, 
             measured = conditions.measure(model.model.denormalise(clouds[:, :n_measure]))[:, column - 1]
             row[f"mae_{label}"] = round(float((measured - targets).abs().mean()), 5)
             if cls != "any":
-                row[f"accuracy_{label}"] = _accuracy(evaluator, clouds, cls)
+                row[f"accuracy_{label}"] = _accuracy(evaluator, clouds, cls, model.model.normalisation)
             if cls == "any":
                 break
         print(f"attribute {spec}: {row}", file=sys.stderr)
@@ -139,13 +142,20 @@ def main(methods, evaluator, attributes, n_samples, points, steps, data_dir, see
 
     data_dir = data_dir or str(default_data_dir())
     scorer = ShapeClassifier.load(evaluator).eval()
-    test = _split("test", n_samples, points, data_dir)
-    valid = _split("valid", n_samples, points, data_dir)
-    rows = [_class_rows("data (valid split)", lambda cls, k: _of_class(valid, cls), scorer, test, n_samples)]
-    attribute_rows = {}
+    models = {}
     for spec in methods:
         name, _, path = spec.partition("=")
-        model = ControlledShapes.load(path)
+        models[name] = (path, ControlledShapes.load(path))
+    frames = {m.model.normalisation for _, m in models.values()}
+    if len(frames) > 1:
+        raise click.BadParameter("the models were trained in different normalisations (different data sets)",
+                                 param_hint="--method")
+    frame = frames.pop()
+    test = _split("test", n_samples, points, data_dir, frame)
+    valid = _split("valid", n_samples, points, data_dir, frame)
+    rows = [_class_rows("data (valid split)", lambda cls, k: _of_class(valid, cls), scorer, test, n_samples)]
+    attribute_rows = {}
+    for name, (path, model) in models.items():
         model.model.eval()
         trained = torch.load(path, map_location="cpu", weights_only=False)
 

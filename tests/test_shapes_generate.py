@@ -125,3 +125,32 @@ def test_weight_path_maps_shipped_names_and_names_missing_files(tmp_path):
     else:
         with pytest.raises(FileNotFoundError, match=str(shipped)):
             weight_path(DEFAULT_MODELS["rgdm"])
+
+
+def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
+    from benchmarks.shapes_conditional import main as benchmark
+    from shapectrl.data.families import CLASSES as ALL
+
+    torch.manual_seed(0)
+    normalisation = Normalisation((0.0, 0.1, 0.0), 0.4)
+    prior = ShapeDiffusion(ShapePriorConfig(width=16, depth=1, resolution=4, voxel_channels=4, n_steps=20),
+                           normalisation=normalisation, classes=ALL)
+    conditions = ShapeConditions(ALL, ("height", "chair_back_height"), torch.tensor([0.6, 0.4]), torch.tensor([0.3, 0.2]))
+    model_path, evaluator_path = tmp_path / "model.pt", tmp_path / "evaluator.pt"
+    torch.save(controlled_export(prior.with_condition(conditions.cond_dim), conditions, ControlConfig(), {}), model_path)
+    evaluator = ShapeClassifier(ShapeClassifierConfig(arch="dgcnn", widths=(8, 8), embed=16, head_hidden=8), normalisation)
+    torch.save(evaluator.export(), evaluator_path)
+    out = tmp_path / "record.json"
+    result = CliRunner().invoke(benchmark, ["--method", f"rgdm={model_path}", "--evaluator", str(evaluator_path),
+                                            "-n", "3", "--points", "32", "--steps", "2", "--data-dir", str(tmp_path),
+                                            "--attribute", "chair:chair_back_height", "--threads", "1",
+                                            "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    data, rgdm = record["rows"]
+    assert data["row"] == "data (valid split)" and rgdm["row"] == "rgdm"
+    for row in (data, rgdm):
+        assert set(row["classes"]) == {"airplane", "chair", "car"}
+        assert 0.0 <= row["mean"]["1nna-cd"] <= 1.0 and 0.0 <= row["mean"]["accuracy"] <= 1.0
+    (attribute,) = record["attributes"]["rgdm"]
+    assert attribute["attribute"] == "chair_back_height" and attribute["mae_composed"] >= 0
