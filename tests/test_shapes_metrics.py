@@ -236,3 +236,14 @@ def test_evaluate_cli_prints_metrics_and_json(tmp_path: Path) -> None:
     assert out["metrics"]["mmd-cd"] == pytest.approx(expected["mmd-cd"])
     missing = runner.invoke(main, ["evaluate", str(tmp_path / "absent.npz"), str(tmp_path / "ref")])
     assert missing.exit_code == 2 and "absent.npz: no such file or folder" in missing.output
+
+
+def test_cached_reference_distances_give_the_same_metrics() -> None:
+    r = _rand(5, 24, 3, seed=3)
+    cache: dict[str, torch.Tensor] = {}
+    for seed in (4, 5):
+        s = _rand(4, 24, 3, seed=seed)
+        assert compute_all_metrics(s, r, ("cd",), reference_distances=cache) == compute_all_metrics(s, r, ("cd",))
+    assert set(cache) == {"cd"} and cache["cd"].shape == (5, 5)
+    with pytest.raises(ValueError, match="do not fit 4 references"):
+        compute_all_metrics(s, r[:4], ("cd",), reference_distances=cache)

@@ -116,13 +116,15 @@ def _labelled(progress: Callable[[str, int, int], None] | None, label: str) -> C
 def compute_all_metrics(
     samples: torch.Tensor, references: torch.Tensor, metrics: Sequence[str] = ("cd", "emd"),
     max_block: int = MAX_BLOCK_ELEMENTS, progress: Callable[[str, int, int], None] | None = None,
+    reference_distances: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """MMD, reverse MMD, COV and 1-NNA of ``samples (B, N, 3)`` against ``references (M, N, 3)`` for
     each cloud distance in ``metrics`` (keys of :data:`DISTANCES`; ``emd`` is PointFlow's
     approximate EMD, comparable with published numbers).
 
     Keys are ``mmd-<metric>``, ``mmd_smp-<metric>``, ``cov-<metric>`` and ``1nna-<metric>``; COV and
-    1-NNA are fractions in [0, 1].
+    1-NNA are fractions in [0, 1]. ``reference_distances`` caches the references' own distance
+    matrices by metric (filled on first use), for scoring several sample sets against one reference set.
     """
     if samples.shape[1:] != references.shape[1:]:
         raise ValueError(f"samples {tuple(samples.shape)} and references {tuple(references.shape)} "
@@ -132,7 +134,12 @@ def compute_all_metrics(
         _distance(metric)
         d_sr = pairwise_distances(samples, references, metric, max_block, _labelled(progress, f"{metric} S×R"))
         d_ss = pairwise_distances(samples, None, metric, max_block, _labelled(progress, f"{metric} S×S"))
-        d_rr = pairwise_distances(references, None, metric, max_block, _labelled(progress, f"{metric} R×R"))
+        cache = {} if reference_distances is None else reference_distances
+        if metric not in cache:
+            cache[metric] = pairwise_distances(references, None, metric, max_block, _labelled(progress, f"{metric} R×R"))
+        d_rr = cache[metric]
+        if d_rr.shape != (len(references), len(references)):
+            raise ValueError(f"cached {metric} reference distances {tuple(d_rr.shape)} do not fit {len(references)} references")
         for key, value in mmd_cov(d_sr).items():
             results[f"{key}-{metric}"] = value
         results[f"1nna-{metric}"] = one_nn_accuracy(d_ss, d_sr, d_rr)
