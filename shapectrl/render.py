@@ -3,6 +3,8 @@
 Each cloud is a 3D scatter seen from the front-left and a little above (the canonical frame has
 y up and the front facing +z, see :mod:`shapectrl.data.procedural`), coloured by height. All panels
 share one scale, so differences in size between clouds show; each is centred on its own bounding box.
+Boxes are robust: they span the 0.5 % to 99.5 % quantiles of each coordinate, so that a few stray
+points of a generated cloud do not shrink every panel; points outside a panel's cube are not drawn.
 """
 from __future__ import annotations
 
@@ -31,15 +33,22 @@ def _as_cloud(points: np.ndarray | torch.Tensor) -> np.ndarray:
     return array.astype(np.float32)
 
 
+def _box(cloud: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The robust bounding box ``(low (3,), high (3,))`` of a cloud: its 0.5 % and 99.5 % quantiles."""
+    low, high = np.quantile(cloud, [0.005, 0.995], axis=0)
+    return low, high
+
+
 def _half_range(clouds: Sequence[np.ndarray]) -> float:
-    """Half the largest bounding-box side over all clouds (the shared scale of the panels)."""
-    sides = [float((c.max(axis=0) - c.min(axis=0)).max()) for c in clouds]
+    """Half the largest robust bounding-box side over all clouds (the shared scale of the panels)."""
+    sides = [float(np.subtract(*_box(c)[::-1]).max()) for c in clouds]
     return max(max(sides) / 2, 1e-6)
 
 
 def _draw(ax, cloud: np.ndarray, half: float, point_size: float) -> None:
     """One cloud ``(N, 3)`` on 3D axes: data y is the vertical axis, the colour is the height."""
-    centre = (cloud.max(axis=0) + cloud.min(axis=0)) / 2
+    centre = sum(_box(cloud)) / 2
+    cloud = cloud[(np.abs(cloud - centre) <= half).all(axis=1)]
     ax.scatter(cloud[:, 0], cloud[:, 1], cloud[:, 2], c=cloud[:, 1], cmap="viridis", s=point_size,
                linewidths=0, depthshade=False)
     ax.set_xlim(centre[0] - half, centre[0] + half)
@@ -51,7 +60,7 @@ def _draw(ax, cloud: np.ndarray, half: float, point_size: float) -> None:
 
 
 def contact_sheet(clouds: Sequence[np.ndarray | torch.Tensor], captions: Sequence[str], path: str | os.PathLike,
-                  columns: int | None = None, point_size: float = 1.5, title: str | None = None) -> None:
+                  columns: int | None = None, point_size: float = 3.0, title: str | None = None) -> None:
     """Write clouds ``(N_i, 3)`` in model units (or one ``(B, N, 3)`` tensor) as a grid of panels, a
     caption over each, to a PNG at ``path`` (atomically, rendered by Agg without a display).
     ``columns`` defaults to a near-square grid; ``title`` heads the sheet."""

@@ -111,7 +111,9 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
               help="A controlled model.pt from 'shapectrl train control' (overrides --method's shipped file).")
 @click.option("--evaluator", "evaluator_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help=f"Classifier that scores the class (default: the shipped {EVALUATOR}).")
-@click.option("--points", type=click.IntRange(1), default=2048, show_default=True, help="Points per cloud.")
+@click.option("--points", type=click.IntRange(1), default=None,
+              help="Points per cloud  [default: the model's training size, 512 for the shipped models; the denoiser "
+                   "runs on any N, but the shipped prior's samples lose their shape well above its training size]")
 @click.option("--steps", type=click.IntRange(1), default=50, show_default=True,
               help="Reverse steps; below the model's T a respaced sampler is used.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
@@ -146,6 +148,7 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
                                  f"(it knows {', '.join(evaluator.classes)})", param_hint="--evaluator")
     paths = _outputs(out, prefix, n_samples, overwrite)
 
+    points = points or controlled.model.config.n_train_points
     generator = seed_everything(seed)
     t0 = time.perf_counter()
     with tqdm(total=n_samples, desc="sampling", unit="cloud", disable=None) as bar:
