@@ -16,7 +16,8 @@ points, the training split's global normalisation, distances in that normalised 
   2,048-point clouds on one CPU core), :func:`shapectrl.metrics.compute_all_metrics`.
 
 A reference row scores ``n`` clouds of the *validation* split the same way: what a perfect generator
-would get at this sample size (1-NNA near 50 %).
+would get at this sample size (1-NNA near 50 %). With ``--prior``, the unconditional prior is scored
+blind: one set of ``n`` samples against each class (its accuracy is the class's share of its samples).
 
 **Attribute control** (``--attribute CLASS:ATTRIBUTE``, repeatable; CLASS may be ``any``): targets are
 the attribute values of ``n`` test shapes of the class; each method samples one cloud per target
@@ -44,6 +45,7 @@ from shapectrl.data.families import CLASSES
 from shapectrl.data.normalisation import Normalisation
 from shapectrl.data.procedural import ProceduralShapes
 from shapectrl.metrics import compute_all_metrics
+from shapectrl.prior import ShapeDiffusion
 
 RGDM_CLASSES = ("airplane", "chair", "car")
 DEFAULT_ATTRIBUTES = ("chair:chair_back_height", "airplane:airplane_wing_span", "car:car_roof_length", "any:height")
@@ -133,6 +135,9 @@ def _attribute_rows(model: ControlledShapes, evaluator, test: ProceduralShapes, 
 @click.command()
 @click.option("--method", "methods", multiple=True, metavar="NAME=MODEL", required=True,
               help="A controlled model (from 'shapectrl train control'), e.g. rgdm=shapectrl/weights/shapes-rgdm.pt.")
+@click.option("--prior", "prior_path", default=None, metavar="MODEL",
+              help="Also score this unconditional prior, blind to the class: one set of n samples against each "
+                   "class's test clouds (its accuracy is the share of the class among the prior's samples).")
 @click.option("--evaluator", default="shapectrl/weights/shapes-classifier-dgcnn.pt", show_default=True,
               help="The classifier that scores the samples (not the reward classifier).")
 @click.option("--attribute", "attributes", multiple=True, default=DEFAULT_ATTRIBUTES, show_default=True,
@@ -148,7 +153,7 @@ def _attribute_rows(model: ControlledShapes, evaluator, test: ProceduralShapes, 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(methods, evaluator, attributes, n_samples, points, emd_points, steps, data_dir, seed, threads, out) -> None:
+def main(methods, prior_path, evaluator, attributes, n_samples, points, emd_points, steps, data_dir, seed, threads, out) -> None:
     """Class accuracy, 1-NNA, COV and MMD per class, and attribute errors, of controlled shape models."""
     if threads:
         torch.set_num_threads(threads)
@@ -170,6 +175,13 @@ def main(methods, evaluator, attributes, n_samples, points, emd_points, steps, d
     emd_points = min(emd_points or points, points)
     references = {cls: References(_of_class(test, cls), emd_points) for cls in RGDM_CLASSES}
     rows = [_class_rows("data (valid split)", lambda cls, k: _of_class(valid, cls), scorer, test, references)]
+    if prior_path:
+        prior = ShapeDiffusion.load(prior_path).eval()
+        if prior.normalisation != frame:
+            raise click.BadParameter("the prior was trained in another normalisation than the models", param_hint="--prior")
+        blind = prior.sample_many(n_samples, points, steps, torch.Generator().manual_seed(seed * 1000))
+        rows.append(_class_rows("prior (no control)", lambda cls, k: blind, scorer, test, references)
+                    | {"model": prior_path})
     attribute_rows = {}
     for name, (path, model) in models.items():
         model.model.eval()

@@ -141,15 +141,19 @@ def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
     evaluator = ShapeClassifier(ShapeClassifierConfig(arch="dgcnn", widths=(8, 8), embed=16, head_hidden=8), normalisation)
     torch.save(evaluator.export(), evaluator_path)
     out = tmp_path / "record.json"
+    prior_path = tmp_path / "prior.pt"
+    torch.save(prior.export(), prior_path)
     result = CliRunner().invoke(benchmark, ["--method", f"rgdm={model_path}", "--evaluator", str(evaluator_path),
+                                            "--prior", str(prior_path),
                                             "-n", "3", "--points", "32", "--steps", "2", "--data-dir", str(tmp_path),
                                             "--attribute", "chair:chair_back_height", "--threads", "1",
                                             "--out", str(out)])
     assert result.exit_code == 0, result.output
     record = json.loads(out.read_text())
-    data, rgdm = record["rows"]
+    data, blind, rgdm = record["rows"]
+    assert blind["row"] == "prior (no control)"
     assert data["row"] == "data (valid split)" and rgdm["row"] == "rgdm"
-    for row in (data, rgdm):
+    for row in (data, blind, rgdm):
         assert set(row["classes"]) == {"airplane", "chair", "car"}
         assert 0.0 <= row["mean"]["1nna-cd"] <= 1.0 and 0.0 <= row["mean"]["accuracy"] <= 1.0
     (attribute,) = record["attributes"]["rgdm"]
