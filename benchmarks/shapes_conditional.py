@@ -98,7 +98,7 @@ def _class_rows(name: str, draw, evaluator, test: ProceduralShapes, references: 
 
 
 def _attribute_rows(model: ControlledShapes, evaluator, test: ProceduralShapes, specs, n: int, points: int,
-                    steps: int, seed: int) -> list[dict]:
+                    steps: int, seed: int, guidance_scale: float) -> list[dict]:
     rows, conditions = [], model.conditions
     n_measure = model.model.config.n_train_points
     for j, spec in enumerate(specs):
@@ -120,7 +120,7 @@ def _attribute_rows(model: ControlledShapes, evaluator, test: ProceduralShapes, 
             if not mask.any():
                 continue
             g = torch.Generator().manual_seed(seed * 1000 + 100 + j)
-            clouds = model.sample(y, mask, points, steps, g)
+            clouds = model.sample(y, mask, points, steps, g, guidance_scale=guidance_scale)
             measured = conditions.measure(model.model.denormalise(clouds[:, :n_measure]))[:, column - 1]
             row[f"mae_{label}"] = round(float((measured - targets).abs().mean()), 5)
             if cls != "any":
@@ -149,11 +149,13 @@ def _attribute_rows(model: ControlledShapes, evaluator, test: ProceduralShapes, 
 @click.option("--emd-points", type=click.IntRange(1), default=None,
               help="Points per cloud for the EMD, its first ones (approxmatch costs O(N²) per pair)  [default: all]")
 @click.option("--steps", type=click.IntRange(1), default=50, show_default=True, help="Reverse sampling steps.")
+@click.option("--guidance-scale", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Classifier-free guidance w of every --method model (1: the model itself).")
 @click.option("--data-dir", default=None, help="Procedural data cache (default: shapectrl's).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(methods, prior_path, evaluator, attributes, n_samples, points, emd_points, steps, data_dir, seed, threads, out) -> None:
+def main(methods, prior_path, evaluator, attributes, n_samples, points, emd_points, steps, guidance_scale, data_dir, seed, threads, out) -> None:
     """Class accuracy, 1-NNA, COV and MMD per class, and attribute errors, of controlled shape models."""
     if threads:
         torch.set_num_threads(threads)
@@ -190,14 +192,17 @@ def main(methods, prior_path, evaluator, attributes, n_samples, points, emd_poin
         def draw(cls: str, k: int, model=model) -> torch.Tensor:
             y, mask = model.conditions.target(cls)
             g = torch.Generator().manual_seed(seed * 1000 + k)
-            return model.sample(y.expand(n_samples, -1), mask.expand(n_samples, -1), points, steps, g)
+            return model.sample(y.expand(n_samples, -1), mask.expand(n_samples, -1), points, steps, g,
+                                guidance_scale=guidance_scale)
 
-        rows.append(_class_rows(name, draw, scorer, test, references)
+        label = name if guidance_scale == 1.0 else f"{name}, guidance {guidance_scale:g}"
+        rows.append(_class_rows(label, draw, scorer, test, references)
                     | {"model": path, "train_steps": trained.get("step"), "train_seconds": trained.get("train_seconds"),
                        "pool_seconds": trained.get("control", {}).get("pool_seconds")})
         if attributes:
-            attribute_rows[name] = _attribute_rows(model, scorer, test, attributes, n_samples, points, steps, seed)
-    record = {"evaluator": evaluator, "samples_per_class": n_samples, "points": points,
+            attribute_rows[name] = _attribute_rows(model, scorer, test, attributes, n_samples, points, steps, seed,
+                                                   guidance_scale)
+    record = {"evaluator": evaluator, "samples_per_class": n_samples, "points": points, "guidance_scale": guidance_scale,
               "emd_points": emd_points, "sampling_steps": steps,
               "seed": seed, "rows": rows, "attributes": attribute_rows, "threads": torch.get_num_threads(),
               "command": "python -m benchmarks.shapes_conditional " + " ".join(sys.argv[1:]), "machine": machine_info()}

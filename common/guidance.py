@@ -54,3 +54,25 @@ class GuidedDenoiser(nn.Module):
             rms = shift.square().sum((1, 2), keepdim=True).div(dims).sqrt()
             shift = shift * torch.clamp(self.max_shift / rms.clamp(min=1e-12), max=1.0)
         return self.diffusion.space.project(eps.detach() - shift, mask)
+
+
+class ConditionScaled(nn.Module):
+    """Classifier-free guidance (Ho & Salimans 2022) of a conditioned denoiser whose empty condition
+    (c = 0: nothing conditioned, so t·W_c c = 0) is its unconditional branch:
+
+        ε̃(z, t, c) = ε(z, t, 0) + w·(ε(z, t, c) − ε(z, t, 0)),
+
+    w = 1 is the model itself; w > 1 sharpens p(x | c) towards ∝ p(x)·p(c | x)^w. Two network calls per step.
+    """
+
+    def __init__(self, denoiser: Denoiser, scale: float):
+        super().__init__()
+        self.denoiser, self.scale = denoiser, scale
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if cond is None:
+            raise ValueError("classifier-free guidance needs a condition")
+        eps = self.denoiser(torch.cat([z, z]), torch.cat([t, t]), torch.cat([mask, mask]),
+                            torch.cat([cond, torch.zeros_like(cond)]))
+        conditional, unconditional = eps.chunk(2)
+        return unconditional + self.scale * (conditional - unconditional)

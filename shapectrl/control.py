@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from common.ctrl import ctrl_loss
+from common.guidance import ConditionScaled
 from common.rgdm import payoff_resample
 from common.runtime import atomic_torch_save, read_export
 from common.training import EpochSampler
@@ -251,10 +252,13 @@ class ControlledShapes:
     @torch.no_grad()
     def sample(self, y: torch.Tensor, y_mask: torch.Tensor, n_points: int | None = None,
                n_sampling_steps: int | None = 50, generator: torch.Generator | None = None,
-               batch_size: int = 16, on_batch=None) -> torch.Tensor:
-        """One cloud per target row ``y, y_mask (B, 1 + A)`` -> ``(B, n_points, 3)`` normalised, on the CPU."""
+               batch_size: int = 16, on_batch=None, guidance_scale: float = 1.0) -> torch.Tensor:
+        """One cloud per target row ``y, y_mask (B, 1 + A)`` -> ``(B, n_points, 3)`` normalised, on the CPU.
+        ``guidance_scale`` w ≠ 1 samples with classifier-free guidance (:class:`common.guidance.ConditionScaled`)."""
         cond = self.conditions.encode(y, y_mask)
-        return self.model.sample_many(len(y), n_points, n_sampling_steps, generator, batch_size, on_batch, cond=cond)
+        denoiser = None if guidance_scale == 1.0 else ConditionScaled(self.model.denoiser, guidance_scale)
+        return self.model.sample_many(len(y), n_points, n_sampling_steps, generator, batch_size, on_batch, cond=cond,
+                                      denoiser=denoiser)
 
 
 def make_objective(config: ControlConfig, prior: ShapeDiffusion, reward: ShapeReward, points: torch.Tensor,

@@ -115,15 +115,17 @@ class ShapeDiffusion(nn.Module):
 
     def sample_many(self, n: int, n_points: int | None = None, n_sampling_steps: int | None = None,
                     generator: torch.Generator | None = None, batch_size: int = 16,
-                    on_batch: Callable[[int], None] | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
+                    on_batch: Callable[[int], None] | None = None, cond: torch.Tensor | None = None,
+                    denoiser: nn.Module | None = None) -> torch.Tensor:
         """:meth:`sample` in batches of at most ``batch_size``; ``on_batch(k)`` after each batch of k;
-        ``cond (n, cond_dim)`` for a conditioned model. ``-> (n, n_points, 3)`` on the CPU, normalised frame."""
+        ``cond (n, cond_dim)`` for a conditioned model, ``denoiser`` as in :meth:`sample`.
+        ``-> (n, n_points, 3)`` on the CPU, normalised frame."""
         clouds = []
         done = 0
         while done < n:
             k = min(batch_size, n - done)
             rows = None if cond is None else cond[done : done + k].to(self._anchor.device)
-            batch = self.sample(k, n_points, n_sampling_steps, generator, cond=rows).cpu()
+            batch = self.sample(k, n_points, n_sampling_steps, generator, cond=rows, denoiser=denoiser).cpu()
             clouds.append(batch)
             done += len(batch)
             if on_batch:

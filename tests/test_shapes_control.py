@@ -234,3 +234,21 @@ def test_train_control_cli_errors(tmp_path) -> None:
     bad = runner.invoke(main, ["train", "control", "--run-dir", str(tmp_path / "r"), "--prior", str(tmp_path / "x.pt"),
                                "--reward", str(tmp_path / "x.pt"), "--attributes", "height,wings"])
     assert bad.exit_code == 2 and "unknown attribute 'wings'" in bad.output
+
+
+def test_classifier_free_guidance_interpolates_the_conditional_and_the_empty_condition() -> None:
+    from common.guidance import ConditionScaled
+
+    torch.manual_seed(0)
+    prior = ShapeDiffusion(ShapePriorConfig(width=16, depth=1, voxel_channels=4), Normalisation((0, 0, 0), 1.0), CLASSES)
+    model = prior.with_condition(_conditions().cond_dim)
+    torch.nn.init.normal_(model.denoiser.cond_embed.weight)
+    z, t = torch.randn(2, 10, 3), torch.tensor([0.3, 0.9])
+    mask, cond = torch.ones(2, 10, dtype=torch.bool), torch.randn(2, _conditions().cond_dim)
+    conditional, empty = model.denoiser(z, t, mask, cond), model.denoiser(z, t, mask, torch.zeros_like(cond))
+    assert torch.allclose(empty, prior.denoiser(z, t, mask), atol=1e-6)  # the empty condition is the backbone alone
+    assert torch.allclose(ConditionScaled(model.denoiser, 1.0)(z, t, mask, cond), conditional, atol=1e-6)
+    assert torch.allclose(ConditionScaled(model.denoiser, 3.0)(z, t, mask, cond), empty + 3 * (conditional - empty),
+                          atol=1e-5)
+    with pytest.raises(ValueError, match="needs a condition"):
+        ConditionScaled(model.denoiser, 2.0)(z, t, mask)

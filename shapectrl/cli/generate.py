@@ -116,6 +116,9 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
                    "runs on any N, but the shipped prior's samples lose their shape well above its training size]")
 @click.option("--steps", type=click.IntRange(1), default=50, show_default=True,
               help="Reverse steps; below the model's T a respaced sampler is used.")
+@click.option("--guidance-scale", type=click.FloatRange(0), default=3.0, show_default=True,
+              help="Classifier-free guidance w: ε(z, 0) + w·(ε(z, c) − ε(z, 0)), the empty condition being the model's "
+                   "unconditional branch; 1 samples the model itself (two network calls per step otherwise).")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--prefix", default="sample", show_default=True, help="File names are PREFIX_0000.ply, ...")
 @click.option("--overwrite", is_flag=True, help="Replace outputs of the same names already in OUT.")
@@ -123,7 +126,8 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch (default: torch's choice).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_path, points, steps, batch_size, prefix,
+def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_path, points, steps, guidance_scale,
+             batch_size, prefix,
              overwrite, seed, device, threads, as_json) -> None:
     """Generate N clouds for one target (a --class, --attr values or both) into OUT.
 
@@ -153,7 +157,7 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
     t0 = time.perf_counter()
     with tqdm(total=n_samples, desc="sampling", unit="cloud", disable=None) as bar:
         clouds = controlled.sample(y.expand(n_samples, -1), y_mask.expand(n_samples, -1), points, steps, generator,
-                                   batch_size, on_batch=bar.update)
+                                   batch_size, on_batch=bar.update, guidance_scale=guidance_scale)
     seconds = time.perf_counter() - t0
     clouds = controlled.model.denormalise(clouds)
     n_measure = min(points, controlled.model.config.n_train_points)
@@ -169,7 +173,8 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
         "target": {"class": class_name, "attributes": attrs},
         "method": controlled.control.get("method", method), "model": str(path), "evaluator": str(evaluator_file),
         "out": str(out), "clouds": n_samples, "points": points, "attribute_points": n_measure,
-        "sampling_steps": min(steps, controlled.model.config.n_steps), "seconds": round(seconds, 2),
+        "sampling_steps": min(steps, controlled.model.config.n_steps), "guidance_scale": guidance_scale,
+        "seconds": round(seconds, 2),
         "device": str(dev),
         "class_accuracy": (round(sum(c == class_name for c in predicted) / n_samples, 5)
                            if class_name is not None else None),
@@ -187,7 +192,8 @@ def _report(summary: dict) -> str:
     """The summary as a few lines for a person."""
     target = summary["target"]
     lines = [(f"wrote {summary['clouds']} clouds of {summary['points']} points, {SHEET} and {SUMMARY} to "
-              f"{summary['out']} ({summary['method']}, {summary['sampling_steps']} steps, {summary['seconds']:.1f} s "
+              f"{summary['out']} ({summary['method']}, {summary['sampling_steps']} steps, guidance {summary['guidance_scale']:g}, "
+              f"{summary['seconds']:.1f} s "
               f"on {summary['device']})")]
     if target["class"] is not None:
         lines.append(f"class accuracy ({target['class']}): {summary['class_accuracy']:.3f}")
