@@ -25,7 +25,7 @@ JITTER = 0.02
 
 
 def _scores(classifier: ShapeClassifier, points: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    logits = classifier.predict_logits(classifier.normalisation.normalise(points))
+    logits = classifier.predict_logits_model_units(points)
     nll = F.cross_entropy(logits / classifier.temperature, labels)
     return {"accuracy": round(float((logits.argmax(1) == labels).float().mean()), 4), "nll": round(float(nll), 4)}
 

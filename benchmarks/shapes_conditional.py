@@ -64,7 +64,7 @@ def _of_class(shapes: ProceduralShapes, name: str) -> torch.Tensor:
 
 def _accuracy(evaluator: ShapeClassifier, clouds: torch.Tensor, name: str, frame: Normalisation) -> float:
     """Share of ``clouds (B, N, 3)`` (normalised by ``frame``) that the evaluator puts in class ``name``."""
-    predicted = evaluator.predict_logits(evaluator.normalisation.normalise(frame.denormalise(clouds))).argmax(1)
+    predicted = evaluator.predict_logits_model_units(frame.denormalise(clouds)).argmax(1)
     return round(float((predicted == evaluator.classes.index(name)).float().mean()), 4)
 
 

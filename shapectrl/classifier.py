@@ -27,7 +27,7 @@ from common.diffusion import GaussianDiffusion
 from common.runtime import read_export
 from common.schedules import NoiseSchedule
 from common.spaces import PointSetSpace
-from shapectrl.data.families import CLASSES, class_id
+from shapectrl.data.families import CLASSES, class_id, local_labels
 from shapectrl.data.normalisation import Normalisation
 from shapectrl.networks import ContextEmbedding, EdgeConvEncoder, PointNetEncoder
 
@@ -105,14 +105,7 @@ class ShapeClassifier(nn.Module):
 
         Raises ValueError for a class the classifier does not know.
         """
-        lookup = torch.full((len(CLASSES),), -1, dtype=torch.long)
-        for k, name in enumerate(self.classes):
-            lookup[class_id(name)] = k
-        out = lookup[labels.long().cpu()]
-        if (out < 0).any():
-            unknown = CLASSES[int(labels[out < 0][0])]
-            raise ValueError(f"class {unknown!r} is not one of the classifier's classes ({', '.join(self.classes)})")
-        return out.to(labels.device)
+        return local_labels(labels, self.classes, "the classifier's classes")
 
     def logits(self, points: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         """``points (B, N, 3)``, diffusion time ``t = step/T (B,)`` for a noise-aware model (None: clean)
@@ -146,6 +139,11 @@ class ShapeClassifier(nn.Module):
         device = next(self.parameters()).device
         out = [self.logits(points[i : i + batch_size].to(device)).cpu() for i in range(0, len(points), batch_size)]
         return torch.cat(out) if out else torch.zeros(0, len(self.classes))
+
+    def predict_logits_model_units(self, points: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """:meth:`predict_logits` of clouds ``(M, N, 3)`` in model units, first put into this
+        classifier's normalised frame, ``-> (M, K)`` on the CPU."""
+        return self.predict_logits(self.normalisation.normalise(points), batch_size)
 
     @torch.no_grad()
     def calibrate(self, points: torch.Tensor, labels: torch.Tensor, batch_size: int = 64) -> dict[str, float]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import torch
 
-from common.runtime import resolve_device
+from shapectrl.cli.options import device_option
 from shapectrl.io import ShapeFileError, read_point_sets
 from shapectrl.metrics.generation import DISTANCES, compute_all_metrics
 
@@ -55,10 +55,7 @@ def evaluate(samples: Path, reference: Path, metric_text: str, limit: int | None
     distances; EMD the mean matched Euclidean distance. COV and 1-NNA are printed in %.
     """
     metrics = _metrics(metric_text)
-    try:
-        dev = resolve_device(device)
-    except (ValueError, RuntimeError) as err:
-        raise click.BadParameter(str(err), param_hint="--device") from None
+    dev = device_option(device)
     s, r = _read(samples, limit), _read(reference, limit)
     if s.shape[1] != r.shape[1]:
         raise click.ClickException(f"{samples} has {s.shape[1]} points per cloud but {reference} has {r.shape[1]} "

@@ -11,8 +11,9 @@ import click
 import torch
 from tqdm import tqdm
 
-from common.runtime import atomic_open, resolve_device, seed_everything
+from common.runtime import atomic_open, seed_everything
 from shapectrl.classifier import ShapeClassifier
+from shapectrl.cli.options import device_option
 from shapectrl.control import METHODS, ControlledShapes
 from shapectrl.io import write_ply
 from shapectrl.render import contact_sheet
@@ -83,7 +84,7 @@ def _evaluate(clouds: torch.Tensor, evaluator: ShapeClassifier, controlled: Cont
               attrs: dict[str, float], n_measure: int) -> tuple[list[str], torch.Tensor, dict[str, torch.Tensor]]:
     """Clouds ``(B, N, 3)`` in model units -> the evaluator's classes, their probabilities ``(B,)`` and
     each conditioned attribute measured on the first ``n_measure`` points ``{name: (B,)}``."""
-    logits = evaluator.predict_logits(evaluator.normalisation.normalise(clouds))
+    logits = evaluator.predict_logits_model_units(clouds)
     probs, labels = torch.softmax(logits / evaluator.temperature, dim=1).max(dim=1)
     measured = controlled.conditions.measure(clouds[:, :n_measure])
     columns = {name: measured[:, controlled.conditions.attributes.index(name)] for name in attrs}
@@ -140,10 +141,7 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
         raise click.UsageError("give a target: --class, at least one --attr NAME=VALUE, or both")
     if threads:
         torch.set_num_threads(threads)
-    try:
-        dev = resolve_device(device)
-    except (ValueError, RuntimeError) as err:
-        raise click.BadParameter(str(err), param_hint="--device") from None
+    dev = device_option(device)
     controlled, path = _load_model(model_path, method, dev)
     y, y_mask = _target(controlled, class_name, attrs)
     evaluator, evaluator_file = _load_evaluator(evaluator_path, dev)

@@ -9,7 +9,8 @@ import click
 import torch
 from tqdm import tqdm
 
-from common.runtime import resolve_device, seed_everything
+from common.runtime import seed_everything
+from shapectrl.cli.options import device_option
 from shapectrl.io import write_ply
 from shapectrl.prior import ShapeDiffusion
 
@@ -37,10 +38,7 @@ def sample(n_samples, model_path, out, points, steps, batch_size, prefix, normal
     """Sample N clouds from a shape prior into OUT/PREFIX_0000.ply, ... (in model units unless --normalised)."""
     if threads:
         torch.set_num_threads(threads)
-    try:
-        dev = resolve_device(device)
-    except (ValueError, RuntimeError) as err:
-        raise click.BadParameter(str(err), param_hint="--device") from None
+    dev = device_option(device)
     try:
         model = ShapeDiffusion.load(str(model_path)).to(dev).eval()
     except (FileNotFoundError, ValueError) as err:

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import torch
 
-from common.runtime import atomic_path, resolve_device, seed_everything
+from common.runtime import atomic_path, seed_everything
 from common.schedules import SCHEDULES
 from common.training import TrainConfig, Trainer
 from shapectrl.classifier import (
@@ -19,10 +19,11 @@ from shapectrl.classifier import (
     ShapeClassifier,
     ShapeClassifierConfig,
 )
+from shapectrl.cli.options import device_option
 from shapectrl.conditions import DEFAULT_ATTRIBUTES, ShapeConditions, measure_attributes
 from shapectrl.control import METHODS, ControlConfig, ShapeTargets, make_objective
 from shapectrl.data.attributes import ATTRIBUTES
-from shapectrl.data.families import CLASSES
+from shapectrl.data.families import CLASSES, local_labels
 from shapectrl.data.procedural import ProceduralShapes
 from shapectrl.denoisers import ARCHITECTURES
 from shapectrl.prior import ShapeBatches, ShapeDiffusion, ShapePriorConfig
@@ -141,10 +142,7 @@ def _train_config(record: dict, steps: int | None) -> TrainConfig:
 def _fit(model: torch.nn.Module, batches: ShapeBatches, train_cfg: TrainConfig, run: Path, record: dict,
          device: str, resume: bool, on_checkpoint=None) -> Trainer:
     """Train with checkpoints (resuming when asked), writing ``run.json`` once for a new run."""
-    try:
-        dev = resolve_device(device)
-    except (ValueError, RuntimeError) as err:
-        raise click.BadParameter(str(err), param_hint="--device") from None
+    dev = device_option(device)
     trainer = Trainer(model, batches, train_cfg, run, dev, on_checkpoint=on_checkpoint)
     if resume and trainer.resume():
         click.echo(f"resumed {run} at step {trainer.step}", err=True)
@@ -379,7 +377,7 @@ def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every,
     click.echo(f"measuring {len(config.attributes)} attributes of {len(shapes)} training shapes", err=True)
     values = measure_attributes(shapes.points[:, :n_points], config.attributes)
     try:
-        labels = torch.tensor([shapes.classes.index(CLASSES[int(k)]) for k in shapes.labels])
+        labels = local_labels(shapes.labels, shapes.classes)
         conditions = ShapeConditions.fit(values, labels, shapes.classes, config.attributes)
         reward = ShapeReward(classifier_model, conditions, config.tolerance)
     except ValueError as err:

@@ -6,10 +6,11 @@ tables, lamps and cars); :func:`shapectrl.data.procedural.shape_mesh` centres th
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import ModuleType
 
 import numpy as np
+import torch
 
 from shapectrl.data.families import airplane, car, chair, lamp, table
 from shapectrl.data.mesh import Mesh
@@ -27,6 +28,19 @@ def class_id(name: str) -> int:
         return CLASS_IDS[name]
     except KeyError:
         raise ValueError(f"unknown shape class {name!r} (expected one of {', '.join(CLASSES)})") from None
+
+
+def local_labels(labels: torch.Tensor, classes: Sequence[str], owner: str = "the classes") -> torch.Tensor:
+    """Global class ids (:data:`CLASSES` order) ``(M,)`` -> indices into ``classes`` ``(M,)``, on the
+    labels' device; a ``ValueError`` naming ``owner`` for a class that ``classes`` lacks."""
+    lookup = torch.full((len(CLASSES),), -1, dtype=torch.long)
+    for k, name in enumerate(classes):
+        lookup[class_id(name)] = k
+    out = lookup[labels.long().cpu()]
+    if (out < 0).any():
+        unknown = CLASSES[int(labels.cpu()[out < 0][0])]
+        raise ValueError(f"class {unknown!r} is not one of {owner} ({', '.join(classes)})")
+    return out.to(labels.device)
 
 
 def sampler(name: str) -> Callable[[np.random.Generator], dict]:
