@@ -18,6 +18,9 @@ points, the training split's global normalisation, distances in that normalised 
 A reference row scores ``n`` clouds of the *validation* split the same way: what a perfect generator
 would get at this sample size (1-NNA near 50 %). With ``--prior``, the unconditional prior is scored
 blind: one set of ``n`` samples against each class (its accuracy is the class's share of its samples).
+With ``--best-of-pool POOL`` (an RGDM run's scored pool of M prior clouds), best-of-N: the pool is
+shuffled into ``n`` disjoint groups of N = M // n clouds, and each group gives its cloud of highest
+reward log p̂(class | x) (the reward classifier's, as RGDM's pay-off weights).
 
 **Attribute control** (``--attribute CLASS:ATTRIBUTE``, repeatable; CLASS may be ``any``): targets are
 the attribute values of ``n`` test shapes of the class; each method samples one cloud per target
@@ -40,7 +43,7 @@ import torch
 
 from benchmarks.record import emit, machine_info
 from shapectrl.classifier import ShapeClassifier
-from shapectrl.control import ControlledShapes
+from shapectrl.control import ControlledShapes, ShapePool
 from shapectrl.data.families import CLASSES
 from shapectrl.data.normalisation import Normalisation
 from shapectrl.data.procedural import ProceduralShapes
@@ -66,6 +69,21 @@ def _accuracy(evaluator: ShapeClassifier, clouds: torch.Tensor, name: str, frame
     """Share of ``clouds (B, N, 3)`` (normalised by ``frame``) that the evaluator puts in class ``name``."""
     predicted = evaluator.predict_logits_model_units(frame.denormalise(clouds)).argmax(1)
     return round(float((predicted == evaluator.classes.index(name)).float().mean()), 4)
+
+
+def _best_of_pool(pool: ShapePool, classes: tuple[str, ...], n: int, seed: int):
+    """``draw(cls, k) -> (n, N, 3)``: the highest-reward cloud of each of n disjoint groups of the pool."""
+    group = len(pool.points) // n
+    if group < 1:
+        raise click.BadParameter(f"a pool of {len(pool.points)} clouds cannot give {n} samples", param_hint="--best-of-pool")
+
+    def draw(cls: str, k: int) -> torch.Tensor:
+        order = torch.randperm(len(pool.points), generator=torch.Generator().manual_seed(seed * 1000 + k))
+        groups = order[: n * group].view(n, group)
+        scores = pool.scores[groups, classes.index(cls)]
+        return pool.points[groups.gather(1, scores.argmax(1, keepdim=True)).squeeze(1)]
+
+    return draw, group
 
 
 class References:
@@ -138,6 +156,8 @@ def _attribute_rows(model: ControlledShapes, evaluator, test: ProceduralShapes, 
 @click.option("--prior", "prior_path", default=None, metavar="MODEL",
               help="Also score this unconditional prior, blind to the class: one set of n samples against each "
                    "class's test clouds (its accuracy is the share of the class among the prior's samples).")
+@click.option("--best-of-pool", "pool_path", type=click.Path(exists=True, dir_okay=False), default=None, metavar="POOL",
+              help="Also score best-of-N selection from this scored pool of prior clouds (an RGDM run's pool.pt).")
 @click.option("--evaluator", default="shapectrl/weights/shapes-classifier-dgcnn.pt", show_default=True,
               help="The classifier that scores the samples (not the reward classifier).")
 @click.option("--attribute", "attributes", multiple=True, default=DEFAULT_ATTRIBUTES, show_default=True,
@@ -155,7 +175,7 @@ def _attribute_rows(model: ControlledShapes, evaluator, test: ProceduralShapes, 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(methods, prior_path, evaluator, attributes, n_samples, points, emd_points, steps, guidance_scale, data_dir, seed, threads, out) -> None:
+def main(methods, prior_path, pool_path, evaluator, attributes, n_samples, points, emd_points, steps, guidance_scale, data_dir, seed, threads, out) -> None:
     """Class accuracy, 1-NNA, COV and MMD per class, and attribute errors, of controlled shape models."""
     if threads:
         torch.set_num_threads(threads)
@@ -184,6 +204,15 @@ def main(methods, prior_path, evaluator, attributes, n_samples, points, emd_poin
         blind = prior.sample_many(n_samples, points, steps, torch.Generator().manual_seed(seed * 1000))
         rows.append(_class_rows("prior (no control)", lambda cls, k: blind, scorer, test, references)
                     | {"model": prior_path})
+    if pool_path:
+        pool = ShapePool.load(pool_path)
+        if pool.points.shape[1] != points:
+            raise click.BadParameter(f"{pool_path}: its clouds have {pool.points.shape[1]} points, not --points {points}",
+                                     param_hint="--best-of-pool")
+        draw, group = _best_of_pool(pool, next(iter(models.values()))[1].conditions.classes, n_samples, seed)
+        rows.append(_class_rows(f"best-of-{group} (prior pool)", draw, scorer, test, references)
+                    | {"pool": pool_path, "pool_size": len(pool.points), "pool_seconds": round(pool.seconds, 1),
+                       "train_seconds": 0})
     attribute_rows = {}
     for name, (path, model) in models.items():
         model.model.eval()

@@ -4,11 +4,13 @@ All three train a conditioned copy of the prior (:meth:`ShapeDiffusion.with_cond
 zero-initialised) on targets y drawn from the training split's labels — a shape's class and its
 measured attributes, with a random subset of them conditioned (:meth:`ShapeConditions.random_mask`):
 
-* ``rgdm`` — prior-proposal RGDM (as for molecules, :mod:`molctrl.payoff`): a pool of M prior clouds
-  is sampled and scored once; for each target a pool cloud is resampled ∝ exp(r(x; y)/τ)
+* ``rgdm`` — RGDM with a fixed proposal pool (as for molecules, :mod:`molctrl.payoff`): M clouds are
+  scored once; for each target a pool cloud is resampled ∝ exp(r(x; y)/τ)
   (:func:`common.rgdm.payoff_resample`), an exact draw of the pay-off distribution
-  q(x | y) ∝ p_pre(x)·exp(r(x; y)/τ) up to the pool's finiteness, and the model fits it by the
-  denoising loss with y as condition;
+  q(x | y) ∝ p(x)·exp(r(x; y)/τ) up to the pool's finiteness, and the model fits it by the denoising
+  loss with y as condition. The pool is either the prior's own samples (``proposal="prior"``, p = p_pre)
+  or the unlabelled training clouds the prior was fitted to (``proposal="data"``, p = p_data; only
+  the reward reads them, never their labels);
 * ``ctrl`` — KL-regularised reward fine-tuning through the sampler (:func:`common.ctrl.ctrl_loss`);
 * ``cond`` — the baseline: the denoising loss on the labelled training clouds with their own labels
   as condition (the same targets, the same steps).
@@ -34,10 +36,11 @@ from common.rgdm import payoff_resample
 from common.runtime import atomic_torch_save, read_export
 from common.training import EpochSampler
 from shapectrl.conditions import DEFAULT_ATTRIBUTES, ShapeConditions
-from shapectrl.prior import ShapeBatches, ShapeDiffusion
+from shapectrl.prior import ShapeBatches, ShapeDiffusion, random_subset
 from shapectrl.reward import ShapeReward
 
 METHODS = ("rgdm", "ctrl", "cond")
+PROPOSALS = ("prior", "data")
 
 
 @dataclass
@@ -50,6 +53,7 @@ class ControlConfig:
     p_attribute: float = 0.25  # ... on each attribute that applies to the class
     tolerance: float = 0.1  # attribute likelihood width, in training standard deviations
     temperature: float = 1.0  # RGDM's τ
+    proposal: str = "prior"  # RGDM's pool: "prior" samples or the unlabelled training "data"
     pool_size: int = 4000  # RGDM: prior clouds in the pool
     pool_steps: int = 50  # RGDM: sampling steps of the pool
     sampling_steps: int = 20  # CTRL: sampler steps of a rollout
@@ -61,13 +65,16 @@ class ControlConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r} (expected one of {', '.join(METHODS)})")
+        if self.proposal not in PROPOSALS:
+            raise ValueError(f"unknown proposal {self.proposal!r} (expected one of {', '.join(PROPOSALS)})")
         self.attributes = tuple(self.attributes)
 
 
 @dataclass
 class ShapePool:
-    """M prior clouds ``points (M, N, 3)`` (normalised frame) with their reward scores ``(M, K + A)``
-    (:meth:`ShapeReward.scores`); ``sampling_steps`` and ``seconds`` say how they were made."""
+    """M clouds ``points (M, P, 3)`` (normalised frame) with their reward scores ``(M, K + A)``
+    (:meth:`ShapeReward.scores`); ``sampling_steps`` (0: not sampled, the data) and ``seconds`` say
+    how they were made."""
 
     points: torch.Tensor
     scores: torch.Tensor
@@ -85,12 +92,19 @@ class ShapePool:
         pool = cls(points, torch.empty(0), sampling_steps, time.perf_counter() - t0)
         return pool.scored(reward, batch_size)
 
+    @classmethod
+    def from_data(cls, points: torch.Tensor, reward: ShapeReward, n_points: int, batch_size: int = 256) -> ShapePool:
+        """The training clouds ``(M, P, 3)`` as a pool, scored on their first ``n_points`` points (the
+        size attributes are measured at; the points are in random order)."""
+        return cls(points, torch.empty(0), 0, 0.0).scored(reward, batch_size, n_points)
+
     @torch.no_grad()
-    def scored(self, reward: ShapeReward, batch_size: int = 256) -> ShapePool:
-        """The same clouds scored by ``reward`` (its time is added to ``seconds``)."""
+    def scored(self, reward: ShapeReward, batch_size: int = 256, n_points: int | None = None) -> ShapePool:
+        """The same clouds scored by ``reward`` on their first ``n_points`` points (default all); the
+        scoring time is added to ``seconds``."""
         t0 = time.perf_counter()
         device = reward.columns.device
-        scores = torch.cat([reward.scores(self.points[i : i + batch_size].to(device)).cpu()
+        scores = torch.cat([reward.scores(self.points[i : i + batch_size, :n_points].to(device)).cpu()
                             for i in range(0, len(self.points), batch_size)])
         return ShapePool(self.points, scores, self.sampling_steps, self.seconds + time.perf_counter() - t0)
 
@@ -153,11 +167,12 @@ class TargetBatches:
 
 class PayoffBatches:
     """RGDM's batches: step -> ``(points (B, n, 3), y, y_mask, ess (B,))``: for each target of
-    :class:`TargetBatches` a pool cloud resampled by softmax(r/τ); ess = 1/Σ w² of those weights."""
+    :class:`TargetBatches` a pool cloud resampled by softmax(r/τ), a random ``n`` of its points when it
+    has more; ess = 1/Σ w² of those weights."""
 
     def __init__(self, pool: ShapePool, reward: ShapeReward, targets: TargetBatches, temperature: float = 1.0):
         self.pool, self.reward, self.targets, self.temperature = pool, reward, targets, temperature
-        self.n_points = pool.points.shape[1]
+        self.n_points = targets.n_points
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -168,7 +183,7 @@ class PayoffBatches:
         g = torch.Generator().manual_seed(self.targets.seed * 7_919 + step * 31 + rank + 1)
         r = self.reward.log_likelihood(self.pool.scores.unsqueeze(0), y.unsqueeze(1), y_mask.unsqueeze(1))
         rows, ess = payoff_resample(r, self.temperature, g)
-        return self.pool.points[rows], y, y_mask, ess
+        return random_subset(self.pool.points[rows], self.n_points, g), y, y_mask, ess
 
 
 class ConditionedDenoising(nn.Module):
@@ -265,15 +280,17 @@ def make_objective(config: ControlConfig, prior: ShapeDiffusion, reward: ShapeRe
                    targets: ShapeTargets, batch_size: int, n_points: int, seed: int = 0,
                    pool_path: Path | None = None) -> tuple[nn.Module, object]:
     """The objective and batch source of ``config``: ``points (M, P, 3)`` are the labelled training
-    clouds (normalised) behind ``targets``. RGDM samples its pool once and keeps it at ``pool_path``
-    (reused when there)."""
+    clouds (normalised) behind ``targets``. RGDM with the prior as proposal samples its pool once and
+    keeps it at ``pool_path`` (reused when there); with the data as proposal it scores ``points``."""
     if config.method == "cond":
         return ConditionedDenoising(prior, reward.conditions, config), LabelledBatches(points, targets, batch_size,
                                                                                        n_points, seed)
     target_batches = TargetBatches(targets, batch_size, n_points, seed)
     if config.method == "ctrl":
         return CTRLObjective(prior, reward, config, n_points), target_batches
-    if pool_path is not None and Path(pool_path).exists():
+    if config.proposal == "data":
+        pool = ShapePool.from_data(points, reward, n_points)
+    elif pool_path is not None and Path(pool_path).exists():
         pool = ShapePool.load(pool_path)
     else:
         pool = ShapePool.sample(prior, reward, config.pool_size, config.pool_steps, torch.Generator().manual_seed(seed))

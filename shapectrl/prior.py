@@ -177,6 +177,15 @@ class ShapeDiffusion(nn.Module):
         return read_export(path, cls.from_export, map_location)
 
 
+def random_subset(clouds: torch.Tensor, n_points: int, generator: torch.Generator) -> torch.Tensor:
+    """A uniform random subset of ``n_points`` points of each cloud: ``(B, P, 3) -> (B, n_points, 3)``
+    (the clouds themselves when P = n_points)."""
+    if n_points >= clouds.shape[1]:
+        return clouds
+    keep = torch.rand(clouds.shape[:2], generator=generator).argsort(1)[:, :n_points]
+    return clouds.gather(1, keep.unsqueeze(-1).expand(-1, -1, 3))
+
+
 class ShapeBatches:
     """Training batches as a deterministic function of the step (see :mod:`common.training`).
 
@@ -204,10 +213,6 @@ class ShapeBatches:
 
     def __call__(self, step: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, ...]:
         idx = torch.from_numpy(self.sampler.indices(step, rank, world_size))
-        clouds = self.points[idx]
-        if self.n_points < clouds.shape[1]:
-            key = np.random.SeedSequence([self.seed, step, rank]).generate_state(1)[0]
-            gen = torch.Generator().manual_seed(int(key))
-            keep = torch.rand(clouds.shape[:2], generator=gen).argsort(1)[:, : self.n_points]
-            clouds = clouds.gather(1, keep.unsqueeze(-1).expand(-1, -1, 3))
+        key = np.random.SeedSequence([self.seed, step, rank]).generate_state(1)[0]
+        clouds = random_subset(self.points[idx], self.n_points, torch.Generator().manual_seed(int(key)))
         return (clouds,) if self.labels is None else (clouds, self.labels[idx])

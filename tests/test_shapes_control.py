@@ -167,6 +167,25 @@ def test_payoff_resampling_picks_the_target_class_and_the_nearest_attribute() ->
     assert torch.equal(batches(3)[0], batches(3)[0])  # a function of the step
 
 
+def test_data_proposal_scores_training_clouds_at_the_training_size_and_subsamples_them() -> None:
+    reference = _pool()
+    clouds = reference.points[:, :1].expand(-1, 32, 3).clone()  # 32 points each, all at the cloud's index
+    seen = []
+
+    class Recording(_FixedScores):
+        def scores(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.shape[1])
+            return super().scores(x)
+
+    reward = Recording(reference.scores)
+    pool = ShapePool.from_data(clouds, reward, n_points=8, batch_size=16)
+    assert set(seen) == {8} and torch.equal(pool.scores, reference.scores) and pool.sampling_steps == 0
+    labels = torch.arange(40) % 5
+    targets = ShapeTargets(_conditions(), labels, torch.full((40, 2), 0.4), ControlConfig(p_class=1.0, p_attribute=0.0))
+    points, y, _, _ = PayoffBatches(pool, reward, TargetBatches(targets, 16, 8, seed=0))(0)
+    assert points.shape == (16, 8, 3) and (points[:, 0, 0].long() % 5 == y[:, 0].long()).all()
+
+
 def test_conditioned_denoising_starts_at_the_prior_and_exports_its_conditions(tmp_path) -> None:
     torch.manual_seed(0)
     prior = ShapeDiffusion(ShapePriorConfig(width=16, depth=1, voxel_channels=4), Normalisation((0, 0, 0), 1.0), CLASSES)
@@ -199,8 +218,8 @@ TINY_DATA = ["--per-class", "2", "--data-points", "64", "--points", "32", "--cla
 TINY_RUN = ["--batch-size", "4", "--threads", "1", "--checkpoint-every", "1", "--log-every", "1"]
 
 
-@pytest.mark.parametrize("method", ["rgdm", "ctrl", "cond"])
-def test_train_control_cli_trains_each_method_and_resumes(tmp_path, method: str) -> None:
+@pytest.mark.parametrize("method, proposal", [("rgdm", "prior"), ("rgdm", "data"), ("ctrl", "prior"), ("cond", "prior")])
+def test_train_control_cli_trains_each_method_and_resumes(tmp_path, method: str, proposal: str) -> None:
     data = str(tmp_path / "data")
     runner = CliRunner()
     prior_args = ["train", "prior", "--run-dir", str(tmp_path / "prior"), "--data-dir", data, "--steps", "1",
@@ -213,11 +232,11 @@ def test_train_control_cli_trains_each_method_and_resumes(tmp_path, method: str)
     args = ["train", "control", "--method", method, "--run-dir", str(run), "--data-dir", data,
             "--prior", str(tmp_path / "prior" / "model.pt"), "--reward", str(tmp_path / "cls" / "model.pt"),
             "--attributes", "height,chair_back_height", "--pool-size", "8", "--pool-steps", "3",
-            "--sampling-steps", "3", *TINY_DATA, *TINY_RUN]
+            "--sampling-steps", "3", "--proposal", proposal, *TINY_DATA, *TINY_RUN]
     result = runner.invoke(main, [*args, "--steps", "2"])
     assert result.exit_code == 0, result.output
     assert (" ess " in result.output) == (method == "rgdm") and (" kl " in result.output) == (method == "ctrl")
-    assert (run / "pool.pt").exists() == (method == "rgdm")
+    assert (run / "pool.pt").exists() == (method == "rgdm" and proposal == "prior")
     resumed = runner.invoke(main, ["train", "control", "--run-dir", str(run), "--resume", "--steps", "3"])
     assert resumed.exit_code == 0 and "at step 2" in resumed.output, resumed.output
     model = ControlledShapes.load(run / "model.pt")

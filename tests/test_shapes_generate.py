@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from shapectrl.classifier import ShapeClassifier, ShapeClassifierConfig
 from shapectrl.cli import main
 from shapectrl.conditions import ShapeConditions
-from shapectrl.control import ControlConfig, controlled_export
+from shapectrl.control import ControlConfig, ShapePool, controlled_export
 from shapectrl.data.normalisation import Normalisation
 from shapectrl.io import read_ply
 from shapectrl.prior import ShapeDiffusion, ShapePriorConfig
@@ -141,20 +141,36 @@ def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
     evaluator = ShapeClassifier(ShapeClassifierConfig(arch="dgcnn", widths=(8, 8), embed=16, head_hidden=8), normalisation)
     torch.save(evaluator.export(), evaluator_path)
     out = tmp_path / "record.json"
-    prior_path = tmp_path / "prior.pt"
+    prior_path, pool_path = tmp_path / "prior.pt", tmp_path / "pool.pt"
     torch.save(prior.export(), prior_path)
+    ShapePool(torch.randn(7, 32, 3), torch.randn(7, len(ALL) + 2), 2, 1.0).save(pool_path)
     result = CliRunner().invoke(benchmark, ["--method", f"rgdm={model_path}", "--evaluator", str(evaluator_path),
-                                            "--prior", str(prior_path),
+                                            "--prior", str(prior_path), "--best-of-pool", str(pool_path),
                                             "-n", "3", "--points", "32", "--steps", "2", "--data-dir", str(tmp_path),
                                             "--attribute", "chair:chair_back_height", "--threads", "1",
                                             "--out", str(out)])
     assert result.exit_code == 0, result.output
     record = json.loads(out.read_text())
-    data, blind, rgdm = record["rows"]
-    assert blind["row"] == "prior (no control)"
+    data, blind, best, rgdm = record["rows"]
+    assert blind["row"] == "prior (no control)" and best["row"] == "best-of-2 (prior pool)"
     assert data["row"] == "data (valid split)" and rgdm["row"] == "rgdm"
-    for row in (data, blind, rgdm):
+    for row in (data, blind, best, rgdm):
         assert set(row["classes"]) == {"airplane", "chair", "car"}
         assert 0.0 <= row["mean"]["1nna-cd"] <= 1.0 and 0.0 <= row["mean"]["accuracy"] <= 1.0
     (attribute,) = record["attributes"]["rgdm"]
     assert attribute["attribute"] == "chair_back_height" and attribute["mae_composed"] >= 0
+
+
+def test_best_of_pool_keeps_the_highest_reward_cloud_of_disjoint_groups() -> None:
+    from benchmarks.shapes_conditional import _best_of_pool
+
+    k = torch.arange(7.0)
+    scores = torch.stack([k, -k], dim=1)  # class "a" prefers high indices, "b" low ones
+    pool = ShapePool(k.view(7, 1, 1).expand(7, 4, 3).clone(), scores, 2, 0.0)
+    draw, group = _best_of_pool(pool, ("a", "b"), n=3, seed=0)
+    assert group == 2
+    for cls, k_seed in (("a", 0), ("b", 1)):
+        picks = draw(cls, k_seed)[:, 0, 0].long()
+        order = torch.randperm(7, generator=torch.Generator().manual_seed(k_seed))[:6].view(3, 2)
+        expected = order.max(1).values if cls == "a" else order.min(1).values
+        assert torch.equal(picks, expected)

@@ -21,7 +21,13 @@ from shapectrl.classifier import (
 )
 from shapectrl.cli.options import device_option
 from shapectrl.conditions import DEFAULT_ATTRIBUTES, ShapeConditions, measure_attributes
-from shapectrl.control import METHODS, ControlConfig, ShapeTargets, make_objective
+from shapectrl.control import (
+    METHODS,
+    PROPOSALS,
+    ControlConfig,
+    ShapeTargets,
+    make_objective,
+)
 from shapectrl.data.attributes import ATTRIBUTES
 from shapectrl.data.families import CLASSES, local_labels
 from shapectrl.data.procedural import ProceduralShapes
@@ -305,7 +311,7 @@ def classifier(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_eve
 @train_options
 @data_options
 @click.option("--method", type=click.Choice(METHODS), default="rgdm", show_default=True,
-              help="rgdm: prior-proposal RGDM (pool resampled by the reward); ctrl: KL-regularised fine-tuning through "
+              help="rgdm: RGDM (a pool resampled by the reward, see --proposal); ctrl: KL-regularised fine-tuning through "
                    "the sampler; cond: the baseline, labels of the training clouds as input.")
 @click.option("--prior", "prior_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="The unconditional prior (a model.pt from 'shapectrl train prior'; required unless --resume).")
@@ -324,6 +330,9 @@ def classifier(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_eve
               help="Width of an attribute's likelihood, in training standard deviations.")
 @click.option("--temperature", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
               help="rgdm: τ of the pay-off distribution p(x)·exp(r/τ).")
+@click.option("--proposal", type=click.Choice(PROPOSALS), default="prior", show_default=True,
+              help="rgdm: the pool of the pay-off distribution p(x)·exp(r/τ). prior: --pool-size samples of the "
+                   "prior; data: the unlabelled training clouds (the reward reads them, their labels are not used).")
 @click.option("--pool-size", type=click.IntRange(1), default=4000, show_default=True, help="rgdm: prior clouds in the pool.")
 @click.option("--pool-steps", type=click.IntRange(1), default=50, show_default=True, help="rgdm: sampling steps of the pool.")
 @click.option("--sampling-steps", type=click.IntRange(1), default=20, show_default=True, help="ctrl: steps of a rollout.")
@@ -335,8 +344,8 @@ def classifier(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_eve
 @click.option("--freeze-backbone", is_flag=True, help="Train the condition embedding only.")
 def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, log_every, seed, device, threads,
             resume, data_dir, per_class, data_points, class_text, data_seed, method, prior_path, reward_path, points,
-            attribute_text, p_class, p_attribute, tolerance, temperature, pool_size, pool_steps, sampling_steps, alpha,
-            grad_steps, cond_lr_scale, freeze_backbone) -> None:
+            attribute_text, p_class, p_attribute, tolerance, temperature, proposal, pool_size, pool_steps, sampling_steps,
+            alpha, grad_steps, cond_lr_scale, freeze_backbone) -> None:
     """Add class and attribute control to a shape prior (RGDM, CTRL or the label-as-input baseline).
 
     Targets are the classes and measured attributes of the training split, a random subset of them
@@ -353,8 +362,8 @@ def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every,
     for value, hint in ((prior_path, "--prior"), (reward_path, "--reward")):
         if value is None and not resume:
             raise click.BadParameter("required for a new run", param_hint=hint)
-    config = ControlConfig(method, attributes, p_class, p_attribute, tolerance, temperature, pool_size, pool_steps,
-                           sampling_steps, alpha, grad_steps, cond_lr_scale, not freeze_backbone)
+    config = ControlConfig(method, attributes, p_class, p_attribute, tolerance, temperature, proposal, pool_size,
+                           pool_steps, sampling_steps, alpha, grad_steps, cond_lr_scale, not freeze_backbone)
     fresh = {"control": asdict(config), "prior": str(prior_path), "reward": str(reward_path),
              "train": asdict(TrainConfig(steps=steps or 3000, batch_size=batch_size, lr=lr or 1e-4, warmup_steps=warmup,
                                          ema_decay=ema_decay, checkpoint_every=checkpoint_every, log_every=log_every,
