@@ -103,7 +103,9 @@ def predictor_train_seconds(name_or_path: str) -> float | None:
 @click.option("--guidance", "guidance_models", multiple=True, metavar="PREDICTOR",
               help="Guidance of the prior by this predictor (shipped name or path): reconstruction guidance for a "
                    "clean-data predictor, classifier guidance for a noise-aware one.")
-@click.option("--scale", type=float, default=1.0, show_default=True, help="Guidance scale.")
+@click.option("--scale", type=float, default=1.0, show_default=True, help="Guidance scale of the --guidance rows.")
+@click.option("--guidance-scale", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Classifier-free guidance w of every --method model (1: the model itself).")
 @click.option("--best-of-pool", "pool_path", default=None, metavar="POOL",
               help="Best-of-N row: for each target the pool molecule (a pool.pt of 'molctrl finetune --method rgdm') "
                    "of the target's size that --pool-reward finds most likely.")
@@ -120,7 +122,7 @@ def predictor_train_seconds(name_or_path: str) -> float | None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(setting, methods, guidance_models, scale, pool_path, pool_reward, unconditional, prior_path, evaluator, references, properties,
+def main(setting, methods, guidance_models, scale, guidance_scale, pool_path, pool_reward, unconditional, prior_path, evaluator, references, properties,
          n_samples, steps, seed, threads, out) -> None:
     """Score conditioned generators by the EDM protocol and print one JSON record."""
     if threads:
@@ -134,10 +136,11 @@ def main(setting, methods, guidance_models, scale, pool_path, pool_reward, uncon
         trained = torch.load(path, map_location="cpu", weights_only=False)
 
         def sample(y, y_mask, n_atoms, g, model=model):
-            return generate(model, conditions, y, y_mask, steps, g, n_atoms=n_atoms)
+            return generate(model, conditions, y, y_mask, steps, g, n_atoms=n_atoms, guidance_scale=guidance_scale)
 
-        rows.append(_row(name, sample, conditions, scorer, properties, n_samples, seed)
-                    | {"model": path, "train_steps": trained.get("step"), "train_seconds": trained.get("train_seconds")})
+        label = name if guidance_scale == 1.0 else f"{name}, guidance {guidance_scale:g}"
+        rows.append(_row(label, sample, conditions, scorer, properties, n_samples, seed)
+                    | {"model": path, "guidance_scale": guidance_scale, "train_steps": trained.get("step"), "train_seconds": trained.get("train_seconds")})
     if unconditional:
         prior = load_prior(prior_path).eval()
 

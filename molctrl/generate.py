@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common.guidance import GuidedDenoiser
+from common.guidance import ConditionScaled, GuidedDenoiser
 from common.rewards import Reward
 from molctrl.conditions import PropertyConditions
 from molctrl.molecule import Molecule
@@ -87,12 +87,16 @@ def atom_counts(conditions: PropertyConditions, y: torch.Tensor, y_mask: torch.T
 def generate(model: MoleculeDiffusion, conditions: PropertyConditions, y: torch.Tensor, y_mask: torch.Tensor,
              n_sampling_steps: int | None = None, generator: torch.Generator | None = None,
              guidance: Guidance | None = None, batch_size: int = 256,
-             n_atoms: torch.Tensor | None = None) -> list[Molecule]:
+             n_atoms: torch.Tensor | None = None, guidance_scale: float = 1.0) -> list[Molecule]:
     """Molecules for targets ``y (n, 6)`` / ``y_mask (n, 6)``.
 
-    A conditioned model (``config.cond_dim > 0``) sees the encoded targets; an unconditioned prior with
-    ``guidance`` is steered by it. Atom counts ``n_atoms (n,)`` default to :func:`atom_counts`.
+    A conditioned model (``config.cond_dim > 0``) sees the encoded targets, with classifier-free
+    guidance when ``guidance_scale`` w ≠ 1 (:class:`common.guidance.ConditionScaled`); an
+    unconditioned prior with ``guidance`` is steered by it. Atom counts ``n_atoms (n,)`` default to
+    :func:`atom_counts`.
     """
+    if guidance_scale != 1.0 and not model.config.cond_dim:
+        raise ValueError("classifier-free guidance needs a conditioned model")
     if n_atoms is None:
         n_atoms = atom_counts(conditions, y, y_mask, generator=generator)
     molecules: list[Molecule] = []
@@ -101,7 +105,7 @@ def generate(model: MoleculeDiffusion, conditions: PropertyConditions, y: torch.
         rows = slice(start, start + batch_size)
         yb, mb = y[rows], y_mask[rows]
         cond = conditions.encode(yb, mb).to(device) if model.config.cond_dim else None
-        denoiser = None
+        denoiser = ConditionScaled(model.denoiser, guidance_scale) if guidance_scale != 1.0 else None
         if guidance is not None:
             log_likelihood = guidance.log_likelihood(yb.to(device), mb.to(device))
             denoiser = GuidedDenoiser(model.denoiser, model.diffusion, log_likelihood, guidance.scale, guidance.mode)

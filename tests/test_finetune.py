@@ -143,17 +143,20 @@ def conditioned_model(weight_files, tmp_path_factory):
     return run / "model.pt"
 
 
-@pytest.mark.parametrize("method", ["ctrl", "guidance"])
-def test_generate_writes_sdf_with_targets_and_predictions_and_a_png(weight_files, conditioned_model, tmp_path, method):
+@pytest.mark.parametrize("method, guidance_scale", [("ctrl", "1"), ("ctrl", "2.5"), ("guidance", "1")])
+def test_generate_writes_sdf_with_targets_and_predictions_and_a_png(weight_files, conditioned_model, tmp_path, method,
+                                                                     guidance_scale):
     out = tmp_path / "mols.sdf"
     model = conditioned_model if method == "ctrl" else weight_files / "prior.pt"
     result = CliRunner().invoke(main, ["generate", "--target", "alpha=60", "--target", "mu=2.5", "-n", "5",
                                        "--out", str(out), "--method", method, "--model", str(model),
+                                       "--guidance-scale", guidance_scale,
                                        "--reward-model", str(weight_files / "predictor.pt"),
                                        "--evaluator", str(weight_files / "predictor.pt"), "--steps", "3", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert {"validity", "mol_stability", "mae_alpha", "mae_mu"} <= set(summary)
+    assert summary["guidance_scale"] == float(guidance_scale)
     molecules = read_molecules(out)
     assert len(molecules) == 5 and molecules[0].properties["target_alpha"] == 60.0
     assert "predicted_mu" in molecules[0].properties
@@ -165,7 +168,9 @@ def test_generate_reports_bad_requests_in_one_line(weight_files, tmp_path):
     cases = [([], "either --target"), (["--target", "alpha80"], "expected NAME=VALUE"),
              (["--target", "beta=1"], "unknown property 'beta'"), (["--target", "mu=high"], "is not a number"),
              (["--maximize", "qed", "--method", "guidance"], "needs a differentiable reward"),
-             (["--target", "mu=1", "--model", str(weight_files / "prior.pt")], "is not a conditioned model")]
+             (["--target", "mu=1", "--model", str(weight_files / "prior.pt")], "is not a conditioned model"),
+             (["--target", "mu=1", "--method", "guidance", "--guidance-scale", "2"], "needs property targets and a"),
+             (["--maximize", "qed", "--guidance-scale", "2"], "needs property targets and a")]
     for args, message in cases:
         result = CliRunner().invoke(main, ["generate", *args, *out])
         assert result.exit_code == 2 and message in result.output, result.output

@@ -29,15 +29,18 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
 @click.option("--reward-model", default="qm9-noh-e3nn-Db", show_default=True,
               help="Predictor for --method guidance (reconstruction guidance through x̂₀), or a noise-aware "
                    "predictor ('molctrl train predictor --noise-aware') for classifier guidance.")
-@click.option("--scale", type=float, default=1.0, show_default=True, help="Guidance scale.")
+@click.option("--scale", type=float, default=1.0, show_default=True, help="Guidance scale of --method guidance.")
+@click.option("--guidance-scale", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="rgdm / ctrl: classifier-free guidance w (1: the model itself; w > 1 sharpens the condition "
+                   "at two network calls per step).")
 @click.option("--evaluator", default="qm9-noh-egnn-Da", show_default=True,
               help="Predictor that scores the molecules (keep it different from the reward's architecture).")
 @click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True, help="Sampling steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None, help="Grid image (default: OUT.png).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def generate(targets, maximize, n_molecules, out, method, model_path, reward_model, scale, evaluator, steps, seed,
-             png_path, as_json) -> None:
+def generate(targets, maximize, n_molecules, out, method, model_path, reward_model, scale, guidance_scale, evaluator,
+             steps, seed, png_path, as_json) -> None:
     """Generate molecules for property targets and report validity, stability and MAE to the targets."""
     from common.runtime import seed_everything
     from molctrl.conditions import PropertyConditions
@@ -56,12 +59,15 @@ def generate(targets, maximize, n_molecules, out, method, model_path, reward_mod
         wanted = parse_targets(targets)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--target") from None
+    if guidance_scale != 1.0 and (method == "guidance" or maximize):
+        raise click.BadParameter("classifier-free guidance needs property targets and a conditioned model "
+                                 "(--method rgdm or ctrl)", param_hint="--guidance-scale")
     model, guidance = _model(method, model_path, maximize, reward_model, scale)
     conditions = PropertyConditions.from_split(load_split(model.config.setting, "Db"))
     y, y_mask = target_tensors(wanted, n_molecules)
     generator = seed_everything(seed)
     t0 = time.perf_counter()
-    molecules = run(model.eval(), conditions, y, y_mask, steps, generator, guidance)
+    molecules = run(model.eval(), conditions, y, y_mask, steps, generator, guidance, guidance_scale=guidance_scale)
     seconds = time.perf_counter() - t0
 
     summary = evaluate_molecules(molecules, train_smiles(model.config.setting)).summary
@@ -87,7 +93,7 @@ def generate(targets, maximize, n_molecules, out, method, model_path, reward_mod
     png = png_path or str(Path(out).with_suffix(".png"))
     write_molecules(out, molecules)
     grid_png(molecules, ["; ".join(parts) for parts in legends], png)
-    summary |= {"method": method, "sampling_steps": steps, "seconds": round(seconds, 1), "out": out, "png": png}
+    summary |= {"method": method, "guidance_scale": guidance_scale, "sampling_steps": steps, "seconds": round(seconds, 1), "out": out, "png": png}
     if as_json:
         click.echo(json.dumps(summary))
         return
