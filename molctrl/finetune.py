@@ -43,7 +43,8 @@ class GuidanceConfig:
     alpha: float = 1.0  # CTRL's KL weight
     grad_steps: int = 8  # CTRL: reparameterised final transitions, drawn uniformly in [1, grad_steps]
     temperature: float = 1.0  # RGDM's τ
-    proposal: str = "prior"  # trajectory RGDM: a pool of prior samples (molctrl.payoff) or the model's rollouts
+    proposal: str = "prior"  # trajectory RGDM: a pool of prior samples or of the unlabelled data (molctrl.payoff),
+    # or the model's rollouts
     pool_size: int = 10_000  # prior proposals: pool molecules
     pool_steps: int = 50  # prior proposals: sampling steps of the pool
     pool: str | None = None  # prior proposals: reuse the molecules of this pool.pt (rescored) instead
@@ -58,8 +59,11 @@ class GuidanceConfig:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r} (expected one of {', '.join(METHODS)})")
         self.properties = tuple(self.properties)
-        if self.proposal not in ("prior", "model"):
-            raise ValueError(f"unknown proposal {self.proposal!r} (expected prior or model)")
+        if self.proposal not in PROPOSALS:
+            raise ValueError(f"unknown proposal {self.proposal!r} (expected one of {', '.join(PROPOSALS)})")
+
+
+PROPOSALS = ("prior", "data", "model")
 
 
 class TargetBatches:
@@ -177,17 +181,19 @@ def make_objective(spec: dict, prior: MoleculeDiffusion, data: QM9Split, batch_s
     ``guidance``, ``reward_model``, ``maximize``) describes, with conditions fitted on ``data``.
 
     Prior-proposal RGDM samples its pool once (or rescores the molecules of ``guidance.pool``) and keeps
-    it at ``pool_path`` (reused when there)."""
+    it at ``pool_path`` (reused when there); data-proposal RGDM scores the molecules of ``data``."""
     conditions = PropertyConditions.from_split(data)
     guidance = GuidanceConfig(**spec["guidance"])
     if spec["method"] == "cond":
         return (ConditionalDenoising(prior, conditions, guidance.properties, guidance.cond_lr_scale),
                 MoleculeBatches(data, batch_size, seed, PROPERTIES))
     reward = spec_reward(spec, prior)
-    if guidance.method == "rgdm" and guidance.proposal == "prior":
+    if guidance.method == "rgdm" and guidance.proposal in ("prior", "data"):
         from molctrl.payoff import PayoffBatches, PriorPool, pool_atom_counts
 
-        if pool_path is not None and Path(pool_path).exists():
+        if guidance.proposal == "data":
+            pool = PriorPool.from_split(data).scored(prior, reward)
+        elif pool_path is not None and Path(pool_path).exists():
             pool = PriorPool.load(pool_path)
         elif guidance.pool:
             pool = PriorPool.load(guidance.pool).scored(prior, reward)

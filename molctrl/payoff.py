@@ -1,11 +1,13 @@
-"""RGDM with the prior as proposal: a pool of prior molecules resampled per target by the pay-off weights.
+"""RGDM with a fixed proposal: a pool of molecules resampled per target by the pay-off weights.
 
-For a target y the pay-off distribution is q(x | y) ∝ p_pre(x)·exp(r(x; y)/τ), with r = log p̂(y | x).
-Proposals drawn from p_pre itself need no importance ratio, so self-normalised importance resampling
-over a pool of M prior samples,
+For a target y the pay-off distribution is q(x | y) ∝ p(x)·exp(r(x; y)/τ), with r = log p̂(y | x).
+Proposals drawn from p itself need no importance ratio, so self-normalised importance resampling
+over a pool of M samples of p,
     j ~ softmax_j( r(x_j; y)/τ ),   over the pool molecules with y's atom count,
 gives (approximate) samples of q(x | y), which the conditioned model fits by the denoising loss with y
 as its condition (:class:`molctrl.finetune.ConditionalDenoising`). The fixed point is p_θ(x | y) = q.
+The pool is either the prior's own samples (p = p_pre) or the unlabelled molecules the prior was
+trained on (p = p_data, :meth:`PriorPool.from_split`; the reward reads them, their labels are not used).
 
 Why not proposals from the model (:func:`common.rgdm.rgdm_trajectory_loss`): on QM9 the calibrated
 likelihood is sharp, and the path ratio p_pre(τ)/p_θ(τ) degenerates as soon as θ moves (measured: ESS
@@ -26,13 +28,14 @@ import torch
 from common.rewards import GaussianLogLikelihood, Reward
 from common.rgdm import payoff_resample
 from common.runtime import atomic_torch_save
+from molctrl.data.qm9 import QM9Split
 from molctrl.finetune import TargetBatches
 from molctrl.prior import MoleculeDiffusion
 
 
 @dataclass
 class PriorPool:
-    """M prior molecules as padded arrays and what the reward needs of them.
+    """M molecules (prior samples, or a data split's) as padded arrays and what the reward needs of them.
 
     ``types (M, N)`` (−1 = padding), ``positions (M, N, 3)``, ``scores``: for a likelihood reward the
     predicted means ``(M, P)`` (label units; any target's log-likelihood follows in closed form), for
@@ -48,6 +51,11 @@ class PriorPool:
     @property
     def n_atoms(self) -> torch.Tensor:
         return (self.types >= 0).sum(1)
+
+    @classmethod
+    def from_split(cls, data: QM9Split) -> PriorPool:
+        """The molecules of a data split, unscored and without their labels (``sampling_steps`` 0)."""
+        return cls(torch.from_numpy(data.types).long(), torch.from_numpy(data.positions).float(), torch.empty(0), 0, 0.0)
 
     @classmethod
     @torch.no_grad()

@@ -1,6 +1,7 @@
 """Molecule fine-tuning objectives: each method gives a finite loss whose gradient reaches the condition
 input, never the frozen prior or reward; targets follow p(c | N) with non-empty condition subsets."""
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from molctrl.finetune import (
     GuidanceConfig,
     RewardObjective,
     TargetBatches,
+    make_objective,
 )
 from molctrl.io import read_molecules
 from molctrl.noisy_predictor import N_BINS, NoisyPropertyPredictor
@@ -108,9 +110,7 @@ def test_finetune_cli_trains_resumes_and_writes_a_conditioned_model(weight_files
 
 def test_payoff_batches_resample_pool_molecules_of_the_target_size_by_their_likelihood(parts):
     split, prior, reward, conditions = parts
-    types = torch.from_numpy(split.types.astype("int64"))
-    pool = PriorPool(types, torch.from_numpy(split.positions), torch.empty(0), sampling_steps=0, seconds=0.0)
-    pool = pool.scored(prior, reward)
+    pool = PriorPool.from_split(split).scored(prior, reward)
     assert pool.scores.shape == (len(split), 6) and pool.seconds > 0
     targets = TargetBatches(conditions, 8, PROPERTIES, seed=2)
     sharp = PayoffBatches(pool, reward, targets, temperature=1e-6)
@@ -124,6 +124,21 @@ def test_payoff_batches_resample_pool_molecules_of_the_target_size_by_their_like
         assert torch.equal(types_b[k], pool.types[same[r.argmax()], : types_b.shape[1]])
     mild = PayoffBatches(pool, reward, targets, temperature=1e6)(5)[-1]
     assert torch.all(mild > 0.9 * torch.stack([(pool.n_atoms == n).sum() for n in n_atoms]))  # ~uniform
+
+
+def test_data_proposal_rgdm_resamples_the_training_molecules_without_a_pool_file(parts, weight_files, tmp_path):
+    split, prior, _, _ = parts
+    spec = {"reward_model": str(weight_files / "predictor.pt"), "maximize": None, "method": "rgdm",
+            "guidance": asdict(GuidanceConfig(method="rgdm", proposal="data", properties=("alpha",)))}
+    objective, batches = make_objective(spec, prior, split, 8, seed=0, pool_path=tmp_path / "pool.pt")
+    assert batches.pool.sampling_steps == 0 and len(batches.pool.types) == len(split)
+    assert not (tmp_path / "pool.pt").exists()  # the split itself is the pool: nothing to keep
+    types, positions, y, y_mask, _ = batches(0)
+    rows = [int(np.flatnonzero((split.positions[:, : positions.shape[1]] == p.numpy()).all((1, 2)))[0])
+            for p in positions]  # each picked molecule is a training molecule
+    assert all(torch.equal(types[k], torch.from_numpy(split.types[r, : types.shape[1]]).long())
+               for k, r in enumerate(rows))
+    assert objective(types, positions, y, y_mask).isfinite()
 
 
 def test_finetune_cli_rejects_contradictory_requests(weight_files, tmp_path):

@@ -9,6 +9,7 @@ import torch
 
 from common.training import TrainConfig
 from molctrl.cli.train import _fit, _run_record, _training_data
+from molctrl.finetune import PROPOSALS
 from molctrl.predictor import PROPERTIES
 
 METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
@@ -35,8 +36,9 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
 @click.option("--grad-steps", type=int, default=8, show_default=True,
               help="CTRL: gradients through the last K transitions, K uniform in [1, grad-steps].")
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="RGDM's τ (1: the conditional).")
-@click.option("--proposal", type=click.Choice(["prior", "model"]), default="prior", show_default=True,
-              help="RGDM: resample a pool of prior molecules by the pay-off weights (prior), or weight the model's "
+@click.option("--proposal", type=click.Choice(PROPOSALS), default="prior", show_default=True,
+              help="RGDM: resample a pool by the pay-off weights, of prior molecules (prior) or of the unlabelled "
+                   "Db molecules (data; the reward reads them, their labels are not used), or weight the model's "
                    "own rollouts with the importance ratio to the prior (model).")
 @click.option("--pool-size", type=int, default=10_000, show_default=True, help="RGDM, prior proposals: pool size.")
 @click.option("--pool-steps", type=int, default=50, show_default=True,
