@@ -162,6 +162,7 @@ def _attribute_rows(model: ControlledShapes, evaluator, test: ProceduralShapes, 
               help="The classifier that scores the samples (not the reward classifier).")
 @click.option("--attribute", "attributes", multiple=True, default=DEFAULT_ATTRIBUTES, show_default=True,
               metavar="CLASS:ATTRIBUTE", help="Attribute-control rows (CLASS 'any': the attribute alone).")
+@click.option("--no-attributes", is_flag=True, help="Class rows only (no attribute-control rows).")
 @click.option("-n", "n_samples", type=click.IntRange(2), default=64, show_default=True,
               help="Samples per class (and references per class) and attribute targets per row.")
 @click.option("--points", type=click.IntRange(1), default=512, show_default=True,
@@ -175,10 +176,12 @@ def _attribute_rows(model: ControlledShapes, evaluator, test: ProceduralShapes, 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(methods, prior_path, pool_path, evaluator, attributes, n_samples, points, emd_points, steps, guidance_scale, data_dir, seed, threads, out) -> None:
+def main(methods, prior_path, pool_path, evaluator, attributes, no_attributes, n_samples, points, emd_points, steps, guidance_scale, data_dir, seed, threads, out) -> None:
     """Class accuracy, 1-NNA, COV and MMD per class, and attribute errors, of controlled shape models."""
     if threads:
         torch.set_num_threads(threads)
+    if no_attributes:
+        attributes = ()
     from shapectrl.cli.train import default_data_dir
 
     data_dir = data_dir or str(default_data_dir())

@@ -159,6 +159,11 @@ def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
         assert 0.0 <= row["mean"]["1nna-cd"] <= 1.0 and 0.0 <= row["mean"]["accuracy"] <= 1.0
     (attribute,) = record["attributes"]["rgdm"]
     assert attribute["attribute"] == "chair_back_height" and attribute["mae_composed"] >= 0
+    classes_only = CliRunner().invoke(benchmark, ["--method", f"rgdm={model_path}", "--evaluator", str(evaluator_path),
+                                                  "-n", "2", "--points", "32", "--steps", "1", "--data-dir",
+                                                  str(tmp_path), "--no-attributes", "--threads", "1"])
+    assert classes_only.exit_code == 0, classes_only.output
+    assert json.loads(classes_only.stdout)["attributes"] == {}
 
 
 def test_best_of_pool_keeps_the_highest_reward_cloud_of_disjoint_groups() -> None:
@@ -174,3 +179,27 @@ def test_best_of_pool_keeps_the_highest_reward_cloud_of_disjoint_groups() -> Non
         order = torch.randperm(7, generator=torch.Generator().manual_seed(k_seed))[:6].view(3, 2)
         expected = order.max(1).values if cls == "a" else order.min(1).values
         assert torch.equal(picks, expected)
+
+
+def test_seed_aggregation_gives_means_spreads_and_paired_differences(tmp_path) -> None:
+    from benchmarks.shapes_seeds import KEYS
+    from benchmarks.shapes_seeds import main as aggregate
+
+    paths = []
+    for seed, (a, b) in enumerate([(0.80, 0.70), (0.90, 0.76), (0.70, 0.64)]):
+        rows = [{"row": name, "mean": {k: v for k in KEYS}} for name, v in (("cond", a), ("rgdm", b))]
+        record = {"seed": seed, "samples_per_class": 32, "points": 512, "sampling_steps": 50, "guidance_scale": 1.0,
+                  "rows": rows}
+        paths.append(tmp_path / f"r{seed}.json")
+        paths[-1].write_text(json.dumps(record))
+    result = CliRunner().invoke(aggregate, [*map(str, paths), "--baseline", "cond"])
+    assert result.exit_code == 0, result.output
+    cond, rgdm = json.loads(result.stdout)["rows"]
+    assert cond["over_seeds"]["1nna-cd"] == {"mean": 0.8, "sd": 0.1} and "minus_baseline" not in cond
+    diff = rgdm["minus_baseline"]["1nna-cd"]  # paired: -0.10, -0.14, -0.06
+    assert diff["mean"] == pytest.approx(-0.1) and diff["se"] == pytest.approx(0.04 / np.sqrt(3), abs=1e-5)
+    record = json.loads(paths[2].read_text())
+    record["points"] = 2048
+    paths[2].write_text(json.dumps(record))
+    mixed = CliRunner().invoke(aggregate, list(map(str, paths)))
+    assert mixed.exit_code == 2 and "differ in samples, points, steps or guidance" in mixed.output

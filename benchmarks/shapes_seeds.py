@@ -1,0 +1,69 @@
+"""Mean and spread over sampling seeds of ``benchmarks.shapes_conditional`` records.
+
+    python -m benchmarks.shapes_seeds benchmarks/results/shapes_conditional_seed{0,1,2}.json \\
+        --baseline cond [--out benchmarks/results/shapes_conditional_seeds.json]
+
+The records must score the same rows against the same references (same ``-n``, ``--points`` and
+``--steps``; only ``--seed`` differs, so the test clouds are the same and only the samples change).
+For each row and each metric of its three-class mean: the mean over seeds and the sample standard
+deviation. With ``--baseline ROW``, each other row's paired difference to it, seed by seed (row −
+baseline), with its mean and standard error: the samples of two rows share the references, so the
+paired difference removes the references' own variation.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from benchmarks.record import emit
+
+KEYS = ("accuracy", "1nna-cd", "1nna-emd", "cov-cd", "cov-emd", "mmd-cd", "mmd-emd")
+
+
+def _table(records: list[dict]) -> dict[str, np.ndarray]:
+    """Row name -> ``(S, len(KEYS))`` three-class means, one line per record."""
+    names = [[row["row"] for row in r["rows"]] for r in records]
+    if any(n != names[0] for n in names):
+        raise click.BadParameter("the records score different rows", param_hint="RECORDS")
+    setup = [(r["samples_per_class"], r["points"], r["sampling_steps"], r.get("guidance_scale")) for r in records]
+    if len(set(setup)) > 1:
+        raise click.BadParameter(f"the records differ in samples, points, steps or guidance: {setup}",
+                                 param_hint="RECORDS")
+    return {name: np.array([[next(row for row in r["rows"] if row["row"] == name)["mean"][k] for k in KEYS]
+                            for r in records]) for name in names[0]}
+
+
+def _stats(values: np.ndarray) -> dict[str, dict[str, float]]:
+    sd = values.std(0, ddof=1) if len(values) > 1 else np.full(values.shape[1], np.nan)
+    return {k: {"mean": round(float(m), 5), "sd": round(float(s), 5)} for k, m, s in zip(KEYS, values.mean(0), sd)}
+
+
+@click.command()
+@click.argument("records", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--baseline", default=None, help="Row to which every other row is compared, seed by seed.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None)
+def main(records, baseline, out) -> None:
+    """Aggregate shape benchmark records over seeds and print one JSON record."""
+    loaded = [json.loads(Path(p).read_text()) for p in records]
+    table = _table(loaded)
+    if baseline is not None and baseline not in table:
+        raise click.BadParameter(f"no row {baseline!r} (rows: {', '.join(table)})", param_hint="--baseline")
+    rows = []
+    for name, values in table.items():
+        row = {"row": name, "over_seeds": _stats(values)}
+        if baseline is not None and name != baseline:
+            diff = values - table[baseline]
+            se = diff.std(0, ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.full(len(KEYS), np.nan)
+            row["minus_baseline"] = {k: {"mean": round(float(m), 5), "se": round(float(s), 5)}
+                                     for k, m, s in zip(KEYS, diff.mean(0), se)}
+        rows.append(row)
+    emit({"records": list(records), "seeds": [r["seed"] for r in loaded], "baseline": baseline, "rows": rows,
+          "command": "python -m benchmarks.shapes_seeds " + " ".join(sys.argv[1:])}, out, indent=1)
+
+
+if __name__ == "__main__":
+    main()
