@@ -107,7 +107,8 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the PLY files, the contact sheet and summary.json (created if missing).")
 @click.option("--method", type=click.Choice(METHODS), default="rgdm", show_default=True,
-              help="Which shipped controlled model to use.")
+              help="Which shipped controlled model to use: rgdm (shapes-rgdm-data.pt, RGDM over the unlabelled training "
+                   "clouds), ctrl (shapes-ctrl.pt) or cond (shapes-cond.pt, the label-as-input baseline).")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A controlled model.pt from 'shapectrl train control' (overrides --method's shipped file).")
 @click.option("--evaluator", "evaluator_path", type=click.Path(dir_okay=False, path_type=Path), default=None,

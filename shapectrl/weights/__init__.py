@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).parent
-DEFAULT_MODELS = {"rgdm": "shapes-rgdm.pt", "ctrl": "shapes-ctrl.pt", "cond": "shapes-cond.pt"}
+DEFAULT_MODELS = {"rgdm": "shapes-rgdm-data.pt", "ctrl": "shapes-ctrl.pt", "cond": "shapes-cond.pt"}
+RGDM_PRIOR_POOL = "shapes-rgdm.pt"  # RGDM with the prior's own samples as proposal (the first shipped RGDM)
 PRIOR = "shapes-prior.pt"
 REWARD_CLASSIFIER = "shapes-classifier-pointnet.pt"
 EVALUATOR = "shapes-classifier-dgcnn.pt"
-SHIPPED = (*DEFAULT_MODELS.values(), PRIOR, REWARD_CLASSIFIER, EVALUATOR)
+SHIPPED = (*DEFAULT_MODELS.values(), RGDM_PRIOR_POOL, PRIOR, REWARD_CLASSIFIER, EVALUATOR)
 
 
 def weight_path(name_or_path: str | Path) -> Path:
