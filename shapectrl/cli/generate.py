@@ -118,7 +118,7 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
                    "runs on any N, but the shipped prior's samples lose their shape well above its training size]")
 @click.option("--steps", type=click.IntRange(1), default=50, show_default=True,
               help="Reverse steps; below the model's T a respaced sampler is used.")
-@click.option("--guidance-scale", type=click.FloatRange(0), default=3.0, show_default=True,
+@click.option("--guidance-scale", type=click.FloatRange(0), default=2.0, show_default=True,
               help="Classifier-free guidance w: ε(z, 0) + w·(ε(z, c) − ε(z, 0)), the empty condition being the model's "
                    "unconditional branch; 1 samples the model itself (two network calls per step otherwise).")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
