@@ -27,7 +27,7 @@ import click
 import numpy as np
 import torch
 
-from benchmarks.record import emit, machine_info
+from benchmarks.record import emit, guided_row, machine_info
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
 from molctrl.generate import Guidance, generate
@@ -138,8 +138,7 @@ def main(setting, methods, guidance_models, scale, guidance_scale, pool_path, po
         def sample(y, y_mask, n_atoms, g, model=model):
             return generate(model, conditions, y, y_mask, steps, g, n_atoms=n_atoms, guidance_scale=guidance_scale)
 
-        label = name if guidance_scale == 1.0 else f"{name}, guidance {guidance_scale:g}"
-        rows.append(_row(label, sample, conditions, scorer, properties, n_samples, seed)
+        rows.append(_row(guided_row(name, guidance_scale), sample, conditions, scorer, properties, n_samples, seed)
                     | {"model": path, "guidance_scale": guidance_scale, "train_steps": trained.get("step"), "train_seconds": trained.get("train_seconds")})
     if unconditional:
         prior = load_prior(prior_path).eval()

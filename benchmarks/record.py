@@ -25,6 +25,11 @@ def device_name(device: torch.device | None = None) -> str:
     return platform.processor() or platform.machine()
 
 
+def guided_row(name: str, guidance_scale: float) -> str:
+    """A method's row name, with its classifier-free guidance scale when that is not 1."""
+    return name if guidance_scale == 1.0 else f"{name}, guidance {guidance_scale:g}"
+
+
 def machine_info() -> dict[str, str | int | None]:
     """What the numbers were measured on."""
     return {

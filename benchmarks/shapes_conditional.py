@@ -41,7 +41,7 @@ import time
 import click
 import torch
 
-from benchmarks.record import emit, machine_info
+from benchmarks.record import emit, guided_row, machine_info
 from shapectrl.classifier import ShapeClassifier
 from shapectrl.control import ControlledShapes, ShapePool
 from shapectrl.data.families import CLASSES
@@ -227,8 +227,7 @@ def main(methods, prior_path, pool_path, evaluator, attributes, no_attributes, n
             return model.sample(y.expand(n_samples, -1), mask.expand(n_samples, -1), points, steps, g,
                                 guidance_scale=guidance_scale)
 
-        label = name if guidance_scale == 1.0 else f"{name}, guidance {guidance_scale:g}"
-        rows.append(_class_rows(label, draw, scorer, test, references)
+        rows.append(_class_rows(guided_row(name, guidance_scale), draw, scorer, test, references)
                     | {"model": path, "train_steps": trained.get("step"), "train_seconds": trained.get("train_seconds"),
                        "pool_seconds": trained.get("control", {}).get("pool_seconds")})
         if attributes:

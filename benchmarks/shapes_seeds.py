@@ -37,9 +37,13 @@ def _table(records: list[dict]) -> dict[str, np.ndarray]:
                             for r in records]) for name in names[0]}
 
 
-def _stats(values: np.ndarray) -> dict[str, dict[str, float]]:
-    sd = values.std(0, ddof=1) if len(values) > 1 else np.full(values.shape[1], np.nan)
-    return {k: {"mean": round(float(m), 5), "sd": round(float(s), 5)} for k, m, s in zip(KEYS, values.mean(0), sd)}
+def _summary(values: np.ndarray, spread: str) -> dict[str, dict[str, float]]:
+    """Per metric, the mean over seeds of ``values (S, len(KEYS))`` and its ``spread``: ``sd`` (sample
+    standard deviation) or ``se`` (standard error of the mean); NaN from one seed."""
+    s = values.std(0, ddof=1) if len(values) > 1 else np.full(values.shape[1], np.nan)
+    if spread == "se":
+        s = s / np.sqrt(len(values))
+    return {k: {"mean": round(float(m), 5), spread: round(float(v), 5)} for k, m, v in zip(KEYS, values.mean(0), s)}
 
 
 @click.command()
@@ -54,12 +58,9 @@ def main(records, baseline, out) -> None:
         raise click.BadParameter(f"no row {baseline!r} (rows: {', '.join(table)})", param_hint="--baseline")
     rows = []
     for name, values in table.items():
-        row = {"row": name, "over_seeds": _stats(values)}
+        row = {"row": name, "over_seeds": _summary(values, "sd")}
         if baseline is not None and name != baseline:
-            diff = values - table[baseline]
-            se = diff.std(0, ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.full(len(KEYS), np.nan)
-            row["minus_baseline"] = {k: {"mean": round(float(m), 5), "se": round(float(s), 5)}
-                                     for k, m, s in zip(KEYS, diff.mean(0), se)}
+            row["minus_baseline"] = _summary(values - table[baseline], "se")
         rows.append(row)
     emit({"records": list(records), "seeds": [r["seed"] for r in loaded], "baseline": baseline, "rows": rows,
           "command": "python -m benchmarks.shapes_seeds " + " ".join(sys.argv[1:])}, out, indent=1)

@@ -76,3 +76,9 @@ class ConditionScaled(nn.Module):
                             torch.cat([cond, torch.zeros_like(cond)]))
         conditional, unconditional = eps.chunk(2)
         return unconditional + self.scale * (conditional - unconditional)
+
+
+def classifier_free(denoiser: Denoiser, scale: float) -> ConditionScaled | None:
+    """The denoiser to sample a conditioned model with at guidance scale w: None (the model itself)
+    for w = 1, :class:`ConditionScaled` otherwise."""
+    return None if scale == 1.0 else ConditionScaled(denoiser, scale)

@@ -33,6 +33,9 @@ from molctrl.prior import MoleculeDiffusion
 METHODS = ("ctrl", "rgdm", "rgdm-step", "ddpo")
 
 
+PROPOSALS = ("prior", "data", "model")  # trajectory RGDM: pools of prior samples or of the data, or rollouts
+
+
 @dataclass
 class GuidanceConfig:
     """Hyper-parameters of the reward objectives (see :mod:`common.ctrl`, :mod:`common.rgdm`, :mod:`common.ddpo`)."""
@@ -61,9 +64,6 @@ class GuidanceConfig:
         self.properties = tuple(self.properties)
         if self.proposal not in PROPOSALS:
             raise ValueError(f"unknown proposal {self.proposal!r} (expected one of {', '.join(PROPOSALS)})")
-
-
-PROPOSALS = ("prior", "data", "model")
 
 
 class TargetBatches:

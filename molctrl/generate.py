@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common.guidance import ConditionScaled, GuidedDenoiser
+from common.guidance import GuidedDenoiser, classifier_free
 from common.rewards import Reward
 from molctrl.conditions import PropertyConditions
 from molctrl.molecule import Molecule
@@ -105,10 +105,11 @@ def generate(model: MoleculeDiffusion, conditions: PropertyConditions, y: torch.
         rows = slice(start, start + batch_size)
         yb, mb = y[rows], y_mask[rows]
         cond = conditions.encode(yb, mb).to(device) if model.config.cond_dim else None
-        denoiser = ConditionScaled(model.denoiser, guidance_scale) if guidance_scale != 1.0 else None
         if guidance is not None:
             log_likelihood = guidance.log_likelihood(yb.to(device), mb.to(device))
             denoiser = GuidedDenoiser(model.denoiser, model.diffusion, log_likelihood, guidance.scale, guidance.mode)
+        else:
+            denoiser = classifier_free(model.denoiser, guidance_scale)
         molecules += model.sample(len(yb), n_sampling_steps, generator, n_atoms=n_atoms[rows], cond=cond,
                                   denoiser=denoiser)
     return molecules

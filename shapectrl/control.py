@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from common.ctrl import ctrl_loss
-from common.guidance import ConditionScaled
+from common.guidance import classifier_free
 from common.rgdm import payoff_resample
 from common.runtime import atomic_torch_save, read_export
 from common.training import EpochSampler
@@ -271,9 +271,8 @@ class ControlledShapes:
         """One cloud per target row ``y, y_mask (B, 1 + A)`` -> ``(B, n_points, 3)`` normalised, on the CPU.
         ``guidance_scale`` w ≠ 1 samples with classifier-free guidance (:class:`common.guidance.ConditionScaled`)."""
         cond = self.conditions.encode(y, y_mask)
-        denoiser = None if guidance_scale == 1.0 else ConditionScaled(self.model.denoiser, guidance_scale)
         return self.model.sample_many(len(y), n_points, n_sampling_steps, generator, batch_size, on_batch, cond=cond,
-                                      denoiser=denoiser)
+                                      denoiser=classifier_free(self.model.denoiser, guidance_scale))
 
 
 def make_objective(config: ControlConfig, prior: ShapeDiffusion, reward: ShapeReward, points: torch.Tensor,
