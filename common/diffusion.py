@@ -95,6 +95,19 @@ class GaussianDiffusion(torch.nn.Module):
         sq = (((z_s - mean) * mask.unsqueeze(-1)) ** 2).sum((1, 2)) / std.view(-1) ** 2
         return -0.5 * sq - d * (torch.log(std.view(-1)) + 0.5 * torch.log(torch.tensor(2 * torch.pi)))
 
+    def continuous_kl_factor(self, t: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
+        """Δλ/(e^{Δλ} − 1) per set ``(B,)`` for the steps t → s, with λ = log(α²/σ²) = −γ and Δλ = λ_s − λ_t.
+
+        Between two ε-models the KL of a reverse step is ½(e^{Δλ} − 1)·‖ε_p − ε_q‖² (:meth:`step_kl`);
+        its continuous-time (Girsanov) limit is ½Δλ·‖ε_p − ε_q‖² = ½∫ g²‖∇log p − ∇log q‖² dt. On a
+        coarse grid the two part where Δλ is large: a 10-step sampler's last step (t = 100 → 0) has
+        e^{Δλ} ≈ 10³ against Δλ ≈ 7. The final step z₀ → x has no continuous counterpart; its factor is 1.
+        """
+        if s is None:
+            return torch.ones(t.shape, dtype=self.schedule.gamma_table.dtype, device=t.device)
+        delta = self.schedule.gamma(t) - self.schedule.gamma(s)
+        return delta / torch.expm1(delta)
+
     @staticmethod
     def step_kl(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """KL(N(μ_p, σ²) ‖ N(μ_q, σ²)) = ‖μ_p − μ_q‖² / (2σ²), summed over dimensions, ``(B,)``."""

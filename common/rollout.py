@@ -3,8 +3,12 @@ and the per-step KL divergence between the two models' reverse steps.
 
 For a trajectory z_T → z_{t_1} → … → z_0 → x of the conditioned model p_θ, each step has
     p_θ(z_s | z_t, y) = N(μ_θ, σ²),   p_pre(z_s | z_t) = N(μ_pre, σ²)   (same σ: fixed-variance reverse steps)
-so KL(p_θ ‖ p_pre) = ‖μ_θ − μ_pre‖² / (2σ²) at every step, in closed form. Their sum over the steps
-is the KL between the two path measures given the sampled states, the regulariser of CTRL.
+so KL(p_θ ‖ p_pre) = ‖μ_θ − μ_pre‖² / (2σ²) = ½(e^{Δλ} − 1)·‖ε_θ − ε_pre‖² at every step, in closed form
+(λ = log α²/σ²). Their sum over the steps is the KL between the two path measures of this chain given the
+sampled states (``kl="chain"``). ``kl="continuous"`` sums ½Δλ·‖ε_θ − ε_pre‖² instead: the KL of the
+continuous-time processes the chain discretises, on the same grid
+(:meth:`GaussianDiffusion.continuous_kl_factor`). A coarse chain's last step is nearly deterministic
+(σ ≈ σ₀), so its chain KL weighs any change of ε there ~10³ times more than the continuous KL does.
 
 Gradients (``grad_steps``): the last ``grad_steps`` transitions are reparameterised,
 z_s = μ_θ(z_t) + σ·ε, so a reward of the final sample back-propagates through them (and the KL of a
@@ -23,12 +27,15 @@ from torch.utils.checkpoint import checkpoint as recompute
 from common.diffusion import Denoiser, GaussianDiffusion, respaced_steps
 
 
+KL_FORMS = ("chain", "continuous")
+
+
 @dataclass
 class Rollout:
     """One batch of trajectories, all per sample ``(B,)`` except ``x`` ``(B, N, D)``.
 
     Attributes:
-        x: final samples. kl: Σ_t KL(p_θ ‖ p_pre) over the steps. log_prob: Σ_t log p_θ(z_s | z_t) of the
+        x: final samples. kl: Σ_t KL(p_θ ‖ p_pre) over the steps (chain or continuous form). log_prob: Σ_t log p_θ(z_s | z_t) of the
             sampled states (gradient w.r.t. θ only). prior_log_prob: Σ_t log p_pre(z_s | z_t), no gradient.
     """
 
@@ -41,7 +48,7 @@ class Rollout:
 def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask: torch.Tensor, n_channels: int,
             n_sampling_steps: int | None = None, cond: torch.Tensor | None = None, grad_steps: int | None = 0,
             checkpoint: bool = True, generator: torch.Generator | None = None,
-            dtype: torch.dtype = torch.float32) -> Rollout:
+            dtype: torch.dtype = torch.float32, kl: str = "chain") -> Rollout:
     """Sample from ``model`` (conditioned on ``cond``) and score each step against ``prior``.
 
     Args:
@@ -49,14 +56,17 @@ def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask
             called without a condition and never receives gradients). mask: ``(B, N)``.
         n_sampling_steps: respaced step count (``None``: all T). grad_steps: reparameterised final
             transitions (0: none — a pure score-function / weighting use; ``None``: all). checkpoint:
-            recompute each step in the backward pass.
+            recompute each step in the backward pass. kl: "chain" (the sampler's own steps) or
+            "continuous" (the continuous-time limit on the sampler's grid).
     """
+    if kl not in KL_FORMS:
+        raise ValueError(f"unknown KL form {kl!r} (expected one of {', '.join(KL_FORMS)})")
     b, n = mask.shape
     space = diffusion.space
     z = space.noise(torch.empty(b, n, n_channels, device=mask.device, dtype=dtype), mask, generator)
     pairs = transitions(diffusion, n_sampling_steps, b, mask.device)
     run = partial(recompute, use_reentrant=False) if checkpoint and torch.is_grad_enabled() else _call
-    kl = log_prob = prior_log_prob = torch.zeros(b, device=mask.device, dtype=dtype)
+    kl_sum = log_prob = prior_log_prob = torch.zeros(b, device=mask.device, dtype=dtype)
     for k, (t, s) in enumerate(pairs):
         if grad_steps is not None and len(pairs) - k > grad_steps:
             z = z.detach()
@@ -68,11 +78,12 @@ def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask
             mean = run(_step_mean, diffusion, model, z, t, s, mask, cond)
         noise = space.noise(z, mask, generator)
         z_next = space.project(mean + std * noise, mask)
-        kl = kl + diffusion.step_kl(mean, mean_pre, std, mask)
+        step_kl = diffusion.step_kl(mean, mean_pre, std, mask)
+        kl_sum = kl_sum + (step_kl * diffusion.continuous_kl_factor(t, s).to(dtype) if kl == "continuous" else step_kl)
         log_prob = log_prob + diffusion.step_log_prob(z_next.detach(), mean, std, mask)
         prior_log_prob = prior_log_prob + diffusion.step_log_prob(z_next.detach(), mean_pre, std, mask)
         z = z_next
-    return Rollout(z, kl, log_prob, prior_log_prob)
+    return Rollout(z, kl_sum, log_prob, prior_log_prob)
 
 
 def transitions(diffusion: GaussianDiffusion, n_sampling_steps: int | None, batch: int,

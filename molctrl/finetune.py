@@ -44,6 +44,8 @@ class GuidanceConfig:
     properties: tuple[str, ...] = PROPERTIES  # conditions drawn in training (random non-empty subsets)
     sampling_steps: int = 25
     alpha: float = 1.0  # CTRL's KL weight
+    kl: str = "chain"  # CTRL's KL: "continuous" (Girsanov, on the sampler's grid) or "chain" (common.rollout)
+    kl_cap: float | None = None  # CTRL: trajectories with a larger KL are left out of the loss (common.ctrl)
     grad_steps: int = 8  # CTRL: reparameterised final transitions, drawn uniformly in [1, grad_steps]
     temperature: float = 1.0  # RGDM's τ
     proposal: str = "prior"  # trajectory RGDM: a pool of prior samples or of the unlabelled data (molctrl.payoff),
@@ -115,7 +117,8 @@ class RewardObjective(nn.Module):
                 cond)
         if cfg.method == "ctrl":
             grad_steps = int(torch.randint(1, cfg.grad_steps + 1, (1,)))
-            loss, self.stats = ctrl_loss(*args, alpha=cfg.alpha, grad_steps=grad_steps, **shared)
+            loss, self.stats = ctrl_loss(*args, alpha=cfg.alpha, grad_steps=grad_steps, kl=cfg.kl,
+                                         kl_cap=cfg.kl_cap, **shared)
         elif cfg.method == "rgdm":
             loss, self.stats = rgdm_trajectory_loss(*args, temperature=cfg.temperature,
                                                     group_size=cfg.samples_per_target, **shared)
@@ -178,11 +181,21 @@ class ConditionalDenoising(nn.Module):
 def make_objective(spec: dict, prior: MoleculeDiffusion, data: QM9Split, batch_size: int, seed: int = 0,
                    pool_path: Path | None = None) -> tuple[nn.Module, object]:
     """The objective and batch source that ``spec`` (a finetune run's ``model`` record: ``method``,
-    ``guidance``, ``reward_model``, ``maximize``) describes, with conditions fitted on ``data``.
+    ``guidance``, ``reward_model``, ``maximize``, ``init``) describes, with conditions fitted on ``data``.
+    The conditioned model starts as the prior with a zero condition embedding, or as the conditioned
+    model file ``init`` (e.g. CTRL from an RGDM model).
 
     Prior-proposal RGDM samples its pool once (or rescores the molecules of ``guidance.pool``) and keeps
     it at ``pool_path`` (reused when there); data-proposal RGDM scores the molecules of ``data``."""
     conditions = PropertyConditions.from_split(data)
+    objective, batches = _objective(spec, prior, data, conditions, batch_size, seed, pool_path)
+    if spec.get("init"):
+        start_from(objective.model, spec["init"], conditions)
+    return objective, batches
+
+
+def _objective(spec: dict, prior: MoleculeDiffusion, data: QM9Split, conditions: PropertyConditions,
+               batch_size: int, seed: int, pool_path: Path | None) -> tuple[nn.Module, object]:
     guidance = GuidanceConfig(**spec["guidance"])
     if spec["method"] == "cond":
         return (ConditionalDenoising(prior, conditions, guidance.properties, guidance.cond_lr_scale),
@@ -212,6 +225,17 @@ def make_objective(spec: dict, prior: MoleculeDiffusion, data: QM9Split, batch_s
     repeats = guidance.samples_per_target if guidance.method == "rgdm" else 1
     return (RewardObjective(prior, reward, conditions, guidance),
             TargetBatches(conditions, batch_size, guidance.properties, seed, repeats))
+
+
+def start_from(model: MoleculeDiffusion, path: str | Path, conditions: PropertyConditions) -> None:
+    """Load the conditioned model file ``path`` into ``model``, checking it encodes targets as ``conditions`` do."""
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if payload.get("kind") != "molctrl.prior" or "conditions" not in payload:
+        raise ValueError(f"{path}: not a conditioned molecule model (a finetune run's model.pt)")
+    theirs = torch.tensor([payload["conditions"]["mean"], payload["conditions"]["scale"]])
+    if not torch.allclose(theirs, torch.stack([conditions.mean, conditions.scale]).cpu().to(theirs.dtype)):
+        raise ValueError(f"{path}: its targets were normalised on other data than this run's")
+    model.load_state_dict(MoleculeDiffusion.from_export(payload).state_dict())
 
 
 def spec_reward(spec: dict, prior: MoleculeDiffusion) -> Reward:

@@ -85,6 +85,26 @@ def test_step_log_prob_and_kl_closed_forms():
     assert torch.allclose(diff.step_kl(mean, other, std, mask), kl.sum((1, 2)))
 
 
+def test_step_kl_between_two_noise_predictions_and_its_continuous_limit():
+    """KL of a reverse step between ε-models = ½(e^{Δλ} − 1)‖Δε‖²; times the factor it is ½Δλ‖Δε‖²:
+    close on a step of 1/T, apart by orders of magnitude on one step from pure noise to the data."""
+    diff = _diffusion()
+    torch.manual_seed(2)
+    z, eps, other = (torch.randn(3, 4, 2, dtype=torch.float64) for _ in range(3))
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    t, s = torch.tensor([100, 50, 11]), torch.tensor([0, 30, 10])
+    mean, std = diff.reverse_step(z, eps, t, s)
+    mean_other, _ = diff.reverse_step(z, other, t, s)
+    delta_lambda = (diff.schedule.gamma(t) - diff.schedule.gamma(s)).double()
+    sq = ((eps - other) ** 2).sum((1, 2))
+    chain = diff.step_kl(mean, mean_other, std, mask)
+    assert torch.allclose(chain, 0.5 * torch.expm1(delta_lambda) * sq, rtol=1e-4)
+    continuous = chain * diff.continuous_kl_factor(t, s).double()
+    assert torch.allclose(continuous, 0.5 * delta_lambda * sq, rtol=1e-4)
+    assert chain[0] > 100 * continuous[0] and chain[2] < 1.2 * continuous[2]  # one step from T to 0; one of 1/T
+    assert diff.continuous_kl_factor(t, None).tolist() == [1.0, 1.0, 1.0]
+
+
 def test_zero_mean_space_counts_n_minus_one_dimensions():
     space = PointSetSpace(3)
     mask = torch.tensor([[True, True, True, False], [True, True, False, False]])

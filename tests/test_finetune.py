@@ -230,3 +230,18 @@ def test_noise_aware_predictor_trains_calibrates_per_noise_level_and_guides(weig
                                        "--reward-model", str(run / "model.pt"),
                                        "--evaluator", str(weight_files / "predictor.pt"), "--steps", "3"])
     assert result.exit_code == 0, result.output
+
+
+def test_a_run_can_start_from_another_conditioned_model(parts, weight_files, conditioned_model, tmp_path):
+    subset, prior, _, _ = parts
+    split = load_split("qm9-noh", "Db")  # the fixture model's conditions are fitted on the whole split
+    spec = {"reward_model": str(weight_files / "predictor.pt"), "maximize": None, "method": "ctrl",
+            "guidance": asdict(GuidanceConfig(kl="continuous", kl_cap=100.0)), "init": str(conditioned_model)}
+    objective, _ = make_objective(spec, prior, split, 4)
+    start = MoleculeDiffusion.from_export(torch.load(conditioned_model, weights_only=False))
+    assert all(torch.equal(a, b) for a, b in zip(objective.model.state_dict().values(), start.state_dict().values()))
+    assert objective.model.denoiser.cond_embed.weight.abs().max() > 0  # not the prior's zero embedding
+    with pytest.raises(ValueError, match="prior.pt: not a conditioned molecule model"):
+        make_objective(spec | {"init": str(weight_files / "prior.pt")}, prior, split, 4)
+    with pytest.raises(ValueError, match="normalised on other data"):
+        make_objective(spec, prior, subset, 4)
