@@ -9,6 +9,7 @@ over a subset of steps is the same formula. The last step returns x ~ N(x̂₀(z
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Protocol
 
@@ -124,7 +125,7 @@ class GaussianDiffusion(torch.nn.Module):
         b, n = mask.shape
         z = self.space.noise(torch.empty(b, n, n_channels, device=mask.device, dtype=dtype), mask, generator)
         steps = respaced_steps(self.n_steps, n_sampling_steps)
-        for k, (t_int, s_int) in enumerate(zip(steps[:-1], steps[1:])):
+        for k, (t_int, s_int) in enumerate(itertools.pairwise(steps)):
             t = torch.full((b,), t_int, dtype=torch.long, device=mask.device)
             s = torch.full((b,), s_int, dtype=torch.long, device=mask.device)
             eps_hat = denoiser(z, t.to(z.dtype) / self.n_steps, mask, cond)

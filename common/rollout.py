@@ -18,6 +18,7 @@ recomputed in the backward pass (``checkpoint``) so memory does not grow with th
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from functools import partial
 
@@ -25,7 +26,6 @@ import torch
 from torch.utils.checkpoint import checkpoint as recompute
 
 from common.diffusion import Denoiser, GaussianDiffusion, respaced_steps
-
 
 KL_FORMS = ("chain", "continuous")
 
@@ -92,7 +92,7 @@ def transitions(diffusion: GaussianDiffusion, n_sampling_steps: int | None, batc
     s = None, is the final step z_0 → x."""
     steps = respaced_steps(diffusion.n_steps, n_sampling_steps)
     full = [torch.full((batch,), k, dtype=torch.long, device=device) for k in steps]
-    return list(zip(full[:-1], full[1:])) + [(full[-1], None)]
+    return list(itertools.pairwise(full)) + [(full[-1], None)]
 
 
 def reverse_moments(diffusion: GaussianDiffusion, net: Denoiser, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None,

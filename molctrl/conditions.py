@@ -18,7 +18,6 @@ import torch
 from molctrl.data.qm9 import QM9Split
 from molctrl.predictor import PROPERTIES
 
-
 CLIP = 5.0  # normalised targets are clipped to ±CLIP
 
 

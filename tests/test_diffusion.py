@@ -1,4 +1,6 @@
 """The diffusion core against closed forms."""
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -44,7 +46,7 @@ def test_respaced_steps():
     assert respaced_steps(1000, None) == list(range(1000, -1, -1))
     steps = respaced_steps(1000, 50)
     assert steps[0] == 1000 and steps[-1] == 0 and len(steps) == 51
-    assert all(a > b for a, b in zip(steps, steps[1:]))
+    assert all(a > b for a, b in itertools.pairwise(steps))
     with pytest.raises(ValueError):
         respaced_steps(1000, 0)
 
@@ -126,12 +128,12 @@ def test_sampler_with_the_optimal_denoiser_on_gaussian_data(n_sampling_steps):
         return torch.sigmoid(-g).item(), torch.sigmoid(g).item()
 
     def optimal(z, t, mask, cond=None):
-        a2, sig2 = coeffs(int(round(t[0].item() * T)))
+        a2, sig2 = coeffs(round(t[0].item() * T))
         return sig2**0.5 * z / (a2 * s**2 + sig2)
 
     var = 1.0  # z_T ~ N(0, I)
     steps = respaced_steps(T, n_sampling_steps)
-    for t_int, s_int in zip(steps[:-1], steps[1:]):
+    for t_int, s_int in itertools.pairwise(steps):
         one = torch.ones(1, 1, 1, dtype=torch.float64)
         c, std = diff.reverse_step(one, optimal(one, torch.tensor([t_int / T]), None), torch.tensor([t_int]),
                                    torch.tensor([s_int]))

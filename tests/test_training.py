@@ -106,7 +106,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
            "--layers", "1", "--diffusion-steps", "20", "--limit", "64", "--batch-size", "4",
            "--checkpoint-every", "3", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((run / "run.json").read_text())["world_size"] == 2
     assert "2 process(es)" in done.stderr

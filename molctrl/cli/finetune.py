@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 import torch
 
+from common.rollout import KL_FORMS
 from common.training import TrainConfig
 from molctrl.cli.train import _fit, _run_record, _training_data
-from common.rollout import KL_FORMS
 from molctrl.finetune import PROPOSALS
 from molctrl.predictor import PROPERTIES
 
