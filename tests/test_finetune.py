@@ -245,3 +245,18 @@ def test_a_run_can_start_from_another_conditioned_model(parts, weight_files, con
         make_objective(spec | {"init": str(weight_files / "prior.pt")}, prior, split, 4)
     with pytest.raises(ValueError, match="normalised on other data"):
         make_objective(spec, prior, subset, 4)
+
+
+def test_ctrl_objective_benchmark_scores_the_prior_at_zero_kl_and_orders_the_two_kl_forms(parts):
+    from benchmarks.ctrl_objective import score
+
+    _, prior, reward, conditions = parts
+    n_atoms, y, y_mask = TargetBatches(conditions, 6, PROPERTIES)(0)
+    itself = score(None, prior, reward, conditions, n_atoms, y, y_mask, steps=4, seed=0)
+    assert itself["kl_chain"]["mean"] == itself["kl_continuous"]["mean"] == 0.0
+    model = prior.with_condition(conditions.cond_dim)
+    with torch.no_grad():
+        model.denoiser.cond_embed.weight.normal_(0, 0.1)
+    moved = score(model, prior, reward, conditions, n_atoms, y, y_mask, steps=4, seed=0)
+    assert moved["kl_chain"]["mean"] > moved["kl_continuous"]["mean"] > 0  # Δλ/(e^Δλ − 1) < 1 on every step
+    assert len(moved["kl_chain"]["per_step_median"]) == 5 and moved["reward"]["mean"] < 0
