@@ -53,6 +53,7 @@ class GuidanceConfig:
     pool_size: int = 10_000  # prior proposals: pool molecules
     pool_steps: int = 50  # prior proposals: sampling steps of the pool
     pool: str | None = None  # prior proposals: reuse the molecules of this pool.pt (rescored) instead
+    candidates: int | None = None  # prior/data proposals: pool molecules weighed per target (None: all of its size)
     samples_per_target: int = 4  # model proposals: rollouts per target, whose weights are normalised together
     radius: float = 0.5  # step-level RGDM's ρ
     train_steps: int = 4  # step-level RGDM / DDPO: transitions trained per trajectory
@@ -221,7 +222,7 @@ def _objective(spec: dict, prior: MoleculeDiffusion, data: QM9Split, conditions:
         record = asdict(guidance) | {"pool_seconds": round(pool.seconds, 1)}
         targets = TargetBatches(conditions, batch_size, guidance.properties, seed)
         return (ConditionalDenoising(prior, conditions, guidance.properties, guidance.cond_lr_scale, record),
-                PayoffBatches(pool, reward, targets, guidance.temperature))
+                PayoffBatches(pool, reward, targets, guidance.temperature, guidance.candidates))
     repeats = guidance.samples_per_target if guidance.method == "rgdm" else 1
     return (RewardObjective(prior, reward, conditions, guidance),
             TargetBatches(conditions, batch_size, guidance.properties, seed, repeats))

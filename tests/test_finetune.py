@@ -260,3 +260,17 @@ def test_ctrl_objective_benchmark_scores_the_prior_at_zero_kl_and_orders_the_two
     moved = score(model, prior, reward, conditions, n_atoms, y, y_mask, steps=4, seed=0)
     assert moved["kl_chain"]["mean"] > moved["kl_continuous"]["mean"] > 0  # Δλ/(e^Δλ − 1) < 1 on every step
     assert len(moved["kl_chain"]["per_step_median"]) == 5 and moved["reward"]["mean"] < 0
+
+
+def test_payoff_candidates_are_drawn_from_the_target_size_and_tend_to_the_full_pool(parts):
+    split, prior, reward, conditions = parts
+    pool = PriorPool.from_split(split).scored(prior, reward)
+    targets = TargetBatches(conditions, 8, PROPERTIES, seed=2)
+    n_atoms = targets(5)[0]
+    few = PayoffBatches(pool, reward, targets, temperature=1e-6, candidates=3)
+    rows = few._candidates(n_atoms, torch.Generator().manual_seed(0))
+    assert rows.shape == (8, 3) and torch.equal(pool.n_atoms[rows], n_atoms.unsqueeze(1).expand(-1, 3))
+    assert torch.all(few(5)[-1] <= 3)  # the ESS of 3 candidates
+    exact = PayoffBatches(pool, reward, targets, temperature=1e-6)(5)
+    enough = PayoffBatches(pool, reward, targets, temperature=1e-6, candidates=len(split))(5)
+    assert all(torch.equal(a, b) for a, b in zip(exact, enough))  # K ≥ every group: the whole group, as before

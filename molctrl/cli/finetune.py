@@ -54,6 +54,9 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
               help="RGDM, prior proposals: sampling steps of the pool (sampled once, kept in RUN_DIR/pool.pt).")
 @click.option("--pool", "pool_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="RGDM, prior proposals: reuse the molecules of another run's pool.pt, scored by this run's reward.")
+@click.option("--candidates", type=click.IntRange(1), default=4096, show_default=True,
+              help="RGDM, prior or data proposals: pool molecules of the target's size drawn per target to resample "
+                   "from (the full pool of 50,000 halved the training rate).")
 @click.option("--samples-per-target", type=int, default=4, show_default=True,
               help="RGDM, model proposals: rollouts per target; their pay-off weights are normalised together.")
 @click.option("--radius", type=float, default=0.5, show_default=True, help="Step-level RGDM's ball radius ρ.")
@@ -71,7 +74,7 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
 @click.option("--threads", type=int, default=None)
 @click.option("--resume", is_flag=True, help="Continue RUN_DIR with its run.json settings (only --steps may change).")
 def finetune(method, properties, maximize, run_dir, prior_path, reward_model, steps, batch_size, lr, sampling_steps,
-             alpha, kl, kl_cap, init_path, grad_steps, temperature, proposal, pool_size, pool_steps, pool_file, samples_per_target, radius, train_steps, clip, cond_lr_scale, freeze_backbone, checkpoint_every, seed, device, threads,
+             alpha, kl, kl_cap, init_path, grad_steps, temperature, proposal, pool_size, pool_steps, pool_file, candidates, samples_per_target, radius, train_steps, clip, cond_lr_scale, freeze_backbone, checkpoint_every, seed, device, threads,
              resume) -> None:
     """Fine-tune the prior into a conditioned generator; RUN_DIR/model.pt is the EMA model."""
     from molctrl.finetune import GuidanceConfig, make_objective
@@ -91,7 +94,7 @@ def finetune(method, properties, maximize, run_dir, prior_path, reward_model, st
                                                          properties=properties, sampling_steps=sampling_steps,
                                                          alpha=alpha, kl=kl, kl_cap=kl_cap, grad_steps=grad_steps, temperature=temperature,
                                                          proposal=proposal, pool_size=pool_size,
-                                                         pool_steps=pool_steps, pool=pool_file,
+                                                         pool_steps=pool_steps, pool=pool_file, candidates=candidates,
                                                          samples_per_target=samples_per_target,
                                                          radius=radius, train_steps=train_steps, clip=clip,
                                                          cond_lr_scale=cond_lr_scale,
