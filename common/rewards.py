@@ -86,9 +86,11 @@ class GaussianLogLikelihood(Reward):
             raise ValueError(f"regressor gives {mean.shape[-1]} outputs, the reward has {self.n_targets} scales")
         return mean
 
-    def log_likelihood(self, mean: Tensor, y: Tensor | None, y_mask: Tensor | None = None) -> Tensor:
+    def log_likelihood(self, mean: Tensor, y: Tensor | None, y_mask: Tensor | None = None,
+                       scale: Tensor | None = None) -> Tensor:
         """log p(y | x) from predicted means ``(..., P)`` and targets ``(..., P_y)``, broadcast over the
-        leading dimensions (e.g. ``mean (1, M, P)`` against ``y (B, 1, P_y)`` gives all pairs ``(B, M)``)."""
+        leading dimensions (e.g. ``mean (1, M, P)`` against ``y (B, 1, P_y)`` gives all pairs ``(B, M)``);
+        ``scale`` (broadcast like ``mean``) replaces the calibrated s."""
         if y is None:
             raise ValueError("GaussianLogLikelihood needs targets y of shape (B, P); got None")
         if self.target_columns is not None:
@@ -97,7 +99,23 @@ class GaussianLogLikelihood(Reward):
         if y.shape[-1] != self.n_targets:
             raise ValueError(f"targets have {y.shape[-1]} columns, the reward uses {self.n_targets}")
         keep = torch.ones_like(y, dtype=torch.bool) if y_mask is None else y_mask.bool()
-        return gaussian_log_density(y, mean, self.scale.to(mean.dtype), keep, self.tail)
+        scale = self.scale if scale is None else scale
+        return gaussian_log_density(y, mean, scale.to(mean.dtype), keep, self.tail)
+
+    def denoised_log_likelihood(self, x0: Tensor, mask: Tensor, y: Tensor, y_mask: Tensor | None,
+                                variance: Tensor) -> Tensor:
+        """log N(y_k; f_k(x̂₀), s_k² + v·‖∇f_k(x̂₀)‖²) summed over the used columns, ``(B,)``.
+
+        The likelihood of y given a noisy state whose denoised estimate ``x0 (B, N, C)`` (in the graph
+        of the state) leaves x a per-coordinate variance ``variance (B,)``: f linearised at x̂₀, so
+        f(x) ~ N(f(x̂₀), v‖∇f‖²) adds to the regressor's own s² (ΠGDM's approximation). ∇f is held fixed
+        when this is differentiated; one backward pass through the regressor per column."""
+        mean = self.predict(x0, mask)
+        dims = tuple(range(1, x0.dim()))
+        grads = [torch.autograd.grad(mean[:, k].sum(), x0, retain_graph=True)[0] for k in range(mean.shape[-1])]
+        squared = torch.stack([g.square().sum(dims) for g in grads], -1).detach()
+        scale = (self.scale.to(mean.dtype).square() + variance.view(-1, 1).to(mean.dtype) * squared).sqrt()
+        return self.log_likelihood(mean, y, y_mask, scale)
 
 
 class WeightedSum(Reward):

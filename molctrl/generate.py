@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from common.guidance import GuidedDenoiser, classifier_free
-from common.rewards import Reward
+from common.diffusion import GaussianDiffusion
+from common.guidance import GuidedDenoiser, classifier_free, reconstruction_likelihood
+from common.rewards import GaussianLogLikelihood
 from molctrl.conditions import PropertyConditions
 from molctrl.molecule import Molecule
 from molctrl.noisy_predictor import NoisyPropertyPredictor
@@ -22,27 +23,23 @@ from molctrl.prior import MoleculeDiffusion
 
 @dataclass
 class Guidance:
-    """Sampling-time guidance of a prior: reconstruction guidance with a clean-data reward (the
-    predictor read on x̂₀), or classifier guidance with a noise-aware predictor."""
+    """Sampling-time guidance of a prior: reconstruction guidance with a clean-data likelihood (the
+    predictor read on x̂₀, widened by the spread of x around it, :func:`common.guidance.reconstruction_likelihood`),
+    or classifier guidance with a noise-aware predictor."""
 
     scale: float = 1.0
-    reward: Reward | None = None  # reconstruction
+    reward: GaussianLogLikelihood | None = None  # reconstruction
     noisy: NoisyPropertyPredictor | None = None  # classifier
 
     @property
     def mode(self) -> str:
         return "classifier" if self.noisy is not None else "reconstruction"
 
-    def log_likelihood(self, y: torch.Tensor, y_mask: torch.Tensor):
+    def log_likelihood(self, y: torch.Tensor, y_mask: torch.Tensor, diffusion: GaussianDiffusion):
         """``(z or x̂₀, t, mask) -> (B,)`` for one batch of targets."""
         if self.noisy is not None:
             return self.noisy.log_likelihood(self.noisy.properties, y, y_mask)
-        reward = self.reward
-
-        def log_p(x0: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            return reward(x0, mask, y[: len(x0)], y_mask[: len(x0)])
-
-        return log_p
+        return reconstruction_likelihood(self.reward, diffusion, y, y_mask)
 
 
 def parse_targets(texts: Sequence[str]) -> dict[str, float]:
@@ -106,7 +103,7 @@ def generate(model: MoleculeDiffusion, conditions: PropertyConditions, y: torch.
         yb, mb = y[rows], y_mask[rows]
         cond = conditions.encode(yb, mb).to(device) if model.config.cond_dim else None
         if guidance is not None:
-            log_likelihood = guidance.log_likelihood(yb.to(device), mb.to(device))
+            log_likelihood = guidance.log_likelihood(yb.to(device), mb.to(device), model.diffusion)
             denoiser = GuidedDenoiser(model.denoiser, model.diffusion, log_likelihood, guidance.scale, guidance.mode)
         else:
             denoiser = classifier_free(model.denoiser, guidance_scale)

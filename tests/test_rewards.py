@@ -281,3 +281,26 @@ def test_target_columns_read_a_wider_target_vector(batch):
     narrow = GaussianLogLikelihood(regressor, [1.0, 0.4, 2.0])
     placed = GaussianLogLikelihood(regressor, [1.0, 0.4, 2.0], target_columns=[1, 2, 3])
     assert torch.allclose(placed(x, mask, wide), narrow(x, mask, y))
+
+
+def test_denoised_log_likelihood_widens_the_scale_by_the_gradient_of_a_linear_regressor():
+    """f(x) = Σ a·x is linear, so f(x) ~ N(f(x̂₀), v‖a‖²) exactly: the likelihood is N(y; f(x̂₀), s² + v‖a‖²)."""
+
+    class Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.tensor([[[0.5, -1.0], [2.0, 0.0], [1.0, 1.0]]])  # (1, N, C)
+
+        def forward(self, x, mask):
+            return torch.stack([(x * self.a).sum((1, 2)), (x * 2 * self.a).sum((1, 2))], -1)
+
+    reward = GaussianLogLikelihood(Linear(), [0.3, 0.7])
+    x0 = torch.randn(4, 3, 2, requires_grad=True)
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    y, variance = torch.randn(4, 2), torch.tensor([0.0, 0.1, 1.0, 5.0])
+    got = reward.denoised_log_likelihood(x0, mask, y, None, variance)
+    norm2 = reward.regressor.a.square().sum() * torch.tensor([1.0, 4.0])  # ‖∇f_k‖²
+    scale = (torch.tensor([0.3, 0.7]) ** 2 + variance[:, None] * norm2).sqrt()
+    expected = torch.distributions.Normal(reward.predict(x0, mask), scale).log_prob(y).sum(-1)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(got[0], reward(x0, mask, y)[0])  # v = 0: the reward itself
