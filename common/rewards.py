@@ -93,14 +93,16 @@ class GaussianLogLikelihood(Reward):
         ``scale`` (broadcast like ``mean``) replaces the calibrated s."""
         if y is None:
             raise ValueError("GaussianLogLikelihood needs targets y of shape (B, P); got None")
-        if self.target_columns is not None:
-            y = y[..., self.target_columns]
-            y_mask = None if y_mask is None else y_mask[..., self.target_columns]
+        y, y_mask = self._target_view(y), None if y_mask is None else self._target_view(y_mask)
         if y.shape[-1] != self.n_targets:
             raise ValueError(f"targets have {y.shape[-1]} columns, the reward uses {self.n_targets}")
         keep = torch.ones_like(y, dtype=torch.bool) if y_mask is None else y_mask.bool()
         scale = self.scale if scale is None else scale
         return gaussian_log_density(y, mean, scale.to(mean.dtype), keep, self.tail)
+
+    def _target_view(self, y: Tensor) -> Tensor:
+        """The reward's own columns of a (possibly wider) target tensor."""
+        return y if self.target_columns is None else y[..., self.target_columns]
 
     def denoised_log_likelihood(self, x0: Tensor, mask: Tensor, y: Tensor, y_mask: Tensor | None,
                                 variance: Tensor) -> Tensor:
@@ -109,11 +111,14 @@ class GaussianLogLikelihood(Reward):
         The likelihood of y given a noisy state whose denoised estimate ``x0 (B, N, C)`` (in the graph
         of the state) leaves x a per-coordinate variance ``variance (B,)``: f linearised at x̂₀, so
         f(x) ~ N(f(x̂₀), v‖∇f‖²) adds to the regressor's own s² (ΠGDM's approximation). ∇f is held fixed
-        when this is differentiated; one backward pass through the regressor per column."""
+        when this is differentiated; one backward pass through the regressor per column some row conditions."""
         mean = self.predict(x0, mask)
         dims = tuple(range(1, x0.dim()))
-        grads = [torch.autograd.grad(mean[:, k].sum(), x0, retain_graph=True)[0] for k in range(mean.shape[-1])]
-        squared = torch.stack([g.square().sum(dims) for g in grads], -1).detach()
+        used = self._target_view(y_mask).bool().any(0) if y_mask is not None else torch.ones(mean.shape[-1], dtype=torch.bool)
+        squared = torch.zeros_like(mean)
+        for k in torch.nonzero(used).view(-1).tolist():
+            grad = torch.autograd.grad(mean[:, k].sum(), x0, retain_graph=True)[0]
+            squared[:, k] = grad.square().sum(dims).detach()
         scale = (self.scale.to(mean.dtype).square() + variance.view(-1, 1).to(mean.dtype) * squared).sqrt()
         return self.log_likelihood(mean, y, y_mask, scale)
 

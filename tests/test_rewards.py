@@ -304,3 +304,7 @@ def test_denoised_log_likelihood_widens_the_scale_by_the_gradient_of_a_linear_re
     expected = torch.distributions.Normal(reward.predict(x0, mask), scale).log_prob(y).sum(-1)
     assert torch.allclose(got, expected, atol=1e-5)
     assert torch.allclose(got[0], reward(x0, mask, y)[0])  # v = 0: the reward itself
+    mask_one = torch.tensor([[True, False]]).expand(4, -1)  # one conditioned column: one backward pass
+    one = reward.denoised_log_likelihood(x0, mask, y, mask_one, variance)
+    assert torch.allclose(one, torch.distributions.Normal(reward.predict(x0, mask)[:, 0], scale[:, 0]).log_prob(y[:, 0]),
+                          atol=1e-5)
