@@ -35,8 +35,9 @@ class Rollout:
     """One batch of trajectories, all per sample ``(B,)`` except ``x`` ``(B, N, D)``.
 
     Attributes:
-        x: final samples. kl: Σ_t KL(p_θ ‖ p_pre) over the steps (chain or continuous form). log_prob: Σ_t log p_θ(z_s | z_t) of the
-            sampled states (gradient w.r.t. θ only). prior_log_prob: Σ_t log p_pre(z_s | z_t), no gradient.
+        x: final samples. kl: Σ_t KL(p_θ ‖ p_pre) over the steps (chain or continuous form).
+            log_prob: Σ_t log p_θ(z_s | z_t) of the sampled states (gradient w.r.t. θ only).
+            prior_log_prob: Σ_t log p_pre(z_s | z_t), no gradient.
     """
 
     x: torch.Tensor

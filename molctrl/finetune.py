@@ -23,6 +23,7 @@ from common.ctrl import ctrl_loss
 from common.ddpo import ddpo_loss, sample_trajectories
 from common.rewards import Reward
 from common.rgdm import rgdm_step_loss, rgdm_trajectory_loss
+from common.rollout import KL_FORMS
 from common.training import EpochSampler
 from molctrl.batches import MoleculeBatches
 from molctrl.conditions import PropertyConditions
@@ -67,6 +68,8 @@ class GuidanceConfig:
         self.properties = tuple(self.properties)
         if self.proposal not in PROPOSALS:
             raise ValueError(f"unknown proposal {self.proposal!r} (expected one of {', '.join(PROPOSALS)})")
+        if self.kl not in KL_FORMS:
+            raise ValueError(f"unknown KL form {self.kl!r} (expected one of {', '.join(KL_FORMS)})")
 
 
 class TargetBatches:
