@@ -38,8 +38,7 @@ def time_method(method: str, batch_size: int, iterations: int, reward_model: str
                 data) -> dict[str, float]:
     """Median seconds per iteration of ``method`` and the samples per second it implies."""
     torch.manual_seed(0)
-    base = {"cond": "ctrl", "rgdm-rollouts": "rgdm"}.get(method, method)
-    base = "rgdm" if method.startswith("rgdm-data") else base
+    base = {"cond": "ctrl", "rgdm-rollouts": "rgdm", "rgdm-data": "rgdm", "rgdm-data-full": "rgdm"}.get(method, method)
     proposal = {"rgdm-rollouts": "model", "rgdm-data": "data", "rgdm-data-full": "data"}.get(method, "prior")
     guidance = GuidanceConfig(method=base, properties=PROPERTIES, pool=POOL, proposal=proposal,
                               candidates=None if method == "rgdm-data-full" else CANDIDATES)

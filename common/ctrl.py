@@ -7,8 +7,7 @@ p_pre(x)·p̂(y | x) ∝ p(x | y): the conditional distribution. That holds for 
 default). ``kl="continuous"`` takes the continuous-time KL on the same grid instead (:mod:`common.rollout`):
 it tends to the same optimum as the grid refines, but on a coarse grid it charges the steps next to the
 noise and next to the data far less than the chain does, so the model tilts further than α says (the 2-D
-mixture test measures by how much at 20 steps).
-Two gradient estimators:
+mixture test measures by how much at 20 steps). Two gradient estimators:
 
 * pathwise (``reward.differentiable``): back-propagate r and the KL through the reparameterised
   sampler (truncated to the last ``grad_steps`` transitions, the KL terms everywhere);

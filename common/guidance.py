@@ -9,8 +9,8 @@ Two ways to get p_t(y | z_t):
 * ``reconstruction`` — the clean-data likelihood read on the denoised estimate x̂₀ (no noisy predictor
   needed): log p(y | x̂₀) itself, or, for a Gaussian likelihood, :func:`reconstruction_likelihood`,
   which widens it by the spread of x around x̂₀. Its gradient reaches z_t by Tweedie's second-order
-  identity ∂E[x | z_t]/∂z_t = (α_t/σ_t²)·Cov[x | z_t], with the covariance v_t·I of data of variance v
-  (:func:`posterior_variance`), not by back-propagation through the denoiser: the network's
+  identity ∂E[x | z_t]/∂z_t = (α_t/σ_t²)·Cov[x | z_t], with the covariance v_t·I of data of unit
+  variance (:func:`posterior_variance`), not by back-propagation through the denoiser: the network's
   ∂x̂₀/∂z = (I − σ_t ∂ε̂/∂z)/α_t is a near-cancellation amplified by 1/α_t, and on QM9 it blew
   guided molecules up to 10³ Å within the first five steps.
 
@@ -32,37 +32,36 @@ LogLikelihood = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tenso
 
 
 def posterior_variance(diffusion: GaussianDiffusion, t: torch.Tensor, data_variance: float = 1.0) -> torch.Tensor:
-    """Var[x | z_t] = v·σ_t² / (α_t²·v + σ_t²) per coordinate for data x ~ N(·, v), at ``t = step/T (B,)``."""
+    """Var[x | z_t] = v·σ_t² / (α_t²·v + σ_t²) per coordinate for data x ~ N(·, v), at ``t = step/T (B,)``.
+    Reconstruction guidance takes v = 1 both for the likelihood's width and for Tweedie's Jacobian."""
     gamma = diffusion.schedule.gamma((t * diffusion.n_steps).round().long()).to(t.dtype)
     alpha2, sigma2 = torch.sigmoid(-gamma), torch.sigmoid(gamma)
     return data_variance * sigma2 / (alpha2 * data_variance + sigma2)
 
 
 class GuidedDenoiser(nn.Module):
-    """A :class:`~common.diffusion.Denoiser` whose ε is shifted by ``scale``·σ_t·∇ log p(y | ·).
-
-    ``data_variance`` v: the reconstruction mode's Gaussian posterior, see the module docstring."""
+    """A :class:`~common.diffusion.Denoiser` whose ε is shifted by ``scale``·σ_t·∇ log p(y | ·)."""
 
     def __init__(self, denoiser: Denoiser, diffusion: GaussianDiffusion, log_likelihood: LogLikelihood,
-                 scale: float = 1.0, mode: str = "reconstruction", max_shift: float | None = 1.0,
-                 data_variance: float = 1.0):
+                 scale: float = 1.0, mode: str = "reconstruction", max_shift: float | None = 1.0):
         super().__init__()
         if mode not in ("classifier", "reconstruction"):
             raise ValueError(f"mode must be 'classifier' or 'reconstruction', got {mode!r}")
         self.denoiser, self.diffusion, self.log_likelihood = denoiser, diffusion, log_likelihood
-        self.scale, self.mode, self.max_shift, self.data_variance = scale, mode, max_shift, data_variance
+        self.scale, self.mode, self.max_shift = scale, mode, max_shift
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         step = (t * self.diffusion.n_steps).round().long()
-        gamma = self.diffusion.schedule.gamma(step).to(z.dtype).view(-1, 1, 1)
-        alpha, sigma = torch.sqrt(torch.sigmoid(-gamma)), torch.sqrt(torch.sigmoid(gamma))
+        schedule = self.diffusion.schedule
+        gamma = schedule.gamma(step).to(z.dtype).view(-1, 1, 1)
+        alpha, sigma = schedule.alpha(gamma), schedule.sigma(gamma)
         if self.mode == "reconstruction":
             with torch.no_grad():
                 eps = self.denoiser(z, t, mask, cond)
             with torch.enable_grad():
                 x0 = self.diffusion.predict_x0(z, eps, step).detach().requires_grad_(True)
                 (grad,) = torch.autograd.grad(self.log_likelihood(x0, t, mask).sum(), x0)
-            grad = grad * alpha / sigma**2 * posterior_variance(self.diffusion, t, self.data_variance).view(-1, 1, 1)
+            grad = grad * alpha / sigma**2 * posterior_variance(self.diffusion, t).view(-1, 1, 1)
         else:
             with torch.enable_grad():
                 z = z.detach().requires_grad_(True)
@@ -77,18 +76,18 @@ class GuidedDenoiser(nn.Module):
 
 
 def reconstruction_likelihood(reward: GaussianLogLikelihood, diffusion: GaussianDiffusion, y: torch.Tensor,
-                              y_mask: torch.Tensor | None = None, data_variance: float = 1.0) -> LogLikelihood:
+                              y_mask: torch.Tensor | None = None) -> LogLikelihood:
     """``(x̂₀, t, mask) -> log p(y | z_t)`` for :class:`GuidedDenoiser`'s reconstruction mode, approximated as
 
         log N(y; f(x̂₀), s² + v_t·‖∇f(x̂₀)‖²),   v_t = Var[x | z_t] = v·σ_t² / (α_t²·v + σ_t²),
 
-    the posterior variance of each coordinate for data of variance v = ``data_variance``
-    (:func:`posterior_variance`, :meth:`GaussianLogLikelihood.denoised_log_likelihood`). At the data v_t → 0 and this is the reward
+    the posterior variance of each coordinate for data of variance v = 1 (:func:`posterior_variance`,
+    :meth:`GaussianLogLikelihood.denoised_log_likelihood`). At the data v_t → 0 and this is the reward
     itself; at high noise the likelihood flattens, as the true p_t(y | z_t) does. Targets ``y (B, P)``.
     """
 
     def log_p(x0: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        variance = posterior_variance(diffusion, t.to(x0.dtype), data_variance)
+        variance = posterior_variance(diffusion, t.to(x0.dtype))
         rows = slice(len(x0))
         return reward.denoised_log_likelihood(x0, mask, y[rows], None if y_mask is None else y_mask[rows], variance)
 

@@ -37,7 +37,7 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
 @click.option("--kl", type=click.Choice(KL_FORMS), default="chain", show_default=True,
               help="CTRL's KL: the sampler chain's own steps (whose optimum at alpha 1 is the conditional), or the "
                    "continuous-time KL on the same grid, which charges a coarse chain's last step ~10³ times less "
-                   "(steadier gradients, but the model tilts further than alpha says).")
+                   "(so the model tilts further than alpha says; --kl-cap, not this, is what keeps training stable).")
 @click.option("--kl-cap", type=float, default=None,
               help="CTRL: leave out of each batch's loss the trajectories whose KL exceeds this many nats.")
 @click.option("--init", "init_path", type=click.Path(dir_okay=False, exists=True), default=None,
