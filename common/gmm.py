@@ -62,19 +62,21 @@ class GaussianMixture:
         return torch.logsumexp(self._components(x, 1.0, 0.0)[0] + self.weights.log(), dim=-1)
 
     def noisy_log_likelihood(self, z: torch.Tensor, alpha, sigma, w, y: float, s: float) -> torch.Tensor:
-        """log p_t(y | z_t) for the likelihood N(y; wᵀx, s²) and z_t = α x + σ ε: ``(n, d) -> (n,)``.
+        """log p_t(y | z_t) for the likelihood N(y; wᵀx, s²) and z_t = α x + σ ε: ``(n, d) -> (n,)``;
+        ``alpha``, ``sigma``: scalars or ``(n,)``.
 
-        Per component, x | z_t is Gaussian with precision C_k⁻¹ + (α²/σ²) I and mean
+        Per component, x | z_t is Gaussian with precision P_k = C_k⁻¹ + (α²/σ²) I and mean
         P_k⁻¹ (C_k⁻¹ m_k + α z/σ²), so p_t(y | z_t) = Σ_k r_k(z_t) N(y; wᵀ mean_k, wᵀ P_k⁻¹ w + s²).
         """
         w = torch.as_tensor(w, dtype=torch.float64)
         r, _ = self.responsibilities(z, alpha, sigma)
-        a, v = float(alpha), float(sigma) ** 2
+        a = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1, 1, 1)
+        v = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1, 1) ** 2
         inv_c = torch.linalg.inv(self.covariances)
-        cov = torch.linalg.inv(inv_c + a**2 / v * torch.eye(self.dim, dtype=torch.float64))  # (K, d, d)
+        cov = torch.linalg.inv(inv_c + (a**2 / v).unsqueeze(-1) * torch.eye(self.dim, dtype=torch.float64))  # (n|1, K, d, d)
         info = (inv_c @ self.means.unsqueeze(-1)).squeeze(-1) + a * z.unsqueeze(1) / v  # (n, K, d)
         mean_y = (cov @ info.unsqueeze(-1)).squeeze(-1) @ w  # (n, K)
-        var_y = w @ cov @ w + s**2  # (K,)
+        var_y = torch.einsum("i,...ij,j->...", w, cov, w) + s**2  # (n|1, K)
         log_n = -0.5 * ((y - mean_y) ** 2 / var_y + torch.log(2 * math.pi * var_y))
         return torch.logsumexp(log_n + torch.log(r.clamp(min=1e-300)), dim=-1)
 

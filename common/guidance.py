@@ -51,28 +51,31 @@ class GuidedDenoiser(nn.Module):
         self.scale, self.mode, self.max_shift = scale, mode, max_shift
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            eps = self.denoiser(z, t, mask, cond)
+        return self.diffusion.space.project(eps - self.shift(z, t, mask, eps), mask)
+
+    def shift(self, z: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """``scale``·σ_t·∇_z log p_t(y | z_t), clipped, ``(B, N, D)``, for states ``z`` whose denoiser
+        output is ``eps`` (read by the reconstruction mode only); not differentiable."""
         step = (t * self.diffusion.n_steps).round().long()
         schedule = self.diffusion.schedule
         gamma = schedule.gamma(step).to(z.dtype).view(-1, 1, 1)
         alpha, sigma = schedule.alpha(gamma), schedule.sigma(gamma)
-        if self.mode == "reconstruction":
-            with torch.no_grad():
-                eps = self.denoiser(z, t, mask, cond)
-            with torch.enable_grad():
-                x0 = self.diffusion.predict_x0(z, eps, step).detach().requires_grad_(True)
+        with torch.enable_grad():
+            if self.mode == "reconstruction":
+                x0 = self.diffusion.predict_x0(z, eps.detach(), step).detach().requires_grad_(True)
                 (grad,) = torch.autograd.grad(self.log_likelihood(x0, t, mask).sum(), x0)
-            grad = grad * alpha / sigma**2 * posterior_variance(self.diffusion, t).view(-1, 1, 1)
-        else:
-            with torch.enable_grad():
+                grad = grad * alpha / sigma**2 * posterior_variance(self.diffusion, t).view(-1, 1, 1)
+            else:
                 z = z.detach().requires_grad_(True)
-                eps = self.denoiser(z, t, mask, cond)
                 (grad,) = torch.autograd.grad(self.log_likelihood(z, t, mask).sum(), z)
         shift = self.diffusion.space.project(self.scale * sigma * torch.nan_to_num(grad), mask)
         if self.max_shift is not None:  # a safeguard: a learned likelihood can be steep off the data
             dims = self.diffusion.space.dims(mask, z.shape[-1]).to(z.dtype).view(-1, 1, 1)
             rms = shift.square().sum((1, 2), keepdim=True).div(dims).sqrt()
             shift = shift * torch.clamp(self.max_shift / rms.clamp(min=1e-12), max=1.0)
-        return self.diffusion.space.project(eps.detach() - shift, mask)
+        return shift.detach()
 
 
 def reconstruction_likelihood(reward: GaussianLogLikelihood, diffusion: GaussianDiffusion, y: torch.Tensor,

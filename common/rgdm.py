@@ -12,12 +12,17 @@ fit does not control the paths' likelihood.)
 
 Prior-proposal estimator (:func:`payoff_resample`): with samples of the prior itself as proposals the
 ratio is 1; resampled by exp(r/τ), they are fitted by the denoising loss (no path likelihood needed).
+
+Step-level estimators: :func:`rgdm_step_loss` shifts the prior's steps along the model's own rollouts;
+:func:`payoff_score_loss` shifts the prior's ε at noised data states, where the shift is the score of
+the pay-off marginals and the fit needs no rollout.
 """
 from __future__ import annotations
 
 import torch
 
 from common.diffusion import Denoiser, GaussianDiffusion
+from common.guidance import GuidedDenoiser
 from common.rewards import Reward
 from common.rollout import reverse_moments, rollout, transitions
 
@@ -174,3 +179,38 @@ def _candidates(score: _PayoffScore, z: torch.Tensor, mean: torch.Tensor, std: t
         out.append(candidate)
         log_w.append(score.diffusion.step_log_prob(candidate, mean, std, mask) + score(candidate) / temperature)
     return torch.stack(out), torch.softmax(torch.stack(log_w), dim=0)
+
+
+def payoff_score_loss(diffusion: GaussianDiffusion, model: Denoiser, payoff: GuidedDenoiser, x: torch.Tensor,
+                      mask: torch.Tensor, cond: torch.Tensor | None = None,
+                      t: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step-level RGDM at noised data states: the model's ε fitted to the pay-off distribution's.
+
+    The noisy marginals of q(x | y) ∝ p_pre(x)·p̂(y | x)^{1/τ} have the score ∇log p_t(z) + (1/τ)·∇log p̂_t(y | z)
+    (exact at τ = 1, where p̂_t(y | z_t) = ∫ p̂(y | x) p(x | z_t) dx), so the ε of q's denoiser is
+
+        ε_q(z_t, y) = ε_pre(z_t) − (1/τ)·σ_t·∇_z log p̂_t(y | z_t),
+
+    the prior's ε shifted as guidance shifts it; ``payoff`` is that guided prior (:class:`GuidedDenoiser`
+    at scale 1/τ, its shift clipped: the pay-off step's radius). The model is fitted by regression,
+
+        L = ‖ε_θ(z_t, t, y) − ε_q(z_t, y)‖² / (N·D),   z_t ~ q(z_t | x),  t uniform,
+
+    with x an unlabelled data molecule and ``cond`` encoding targets y drawn apart from it. The minimiser
+    is ε_q at every state the data reaches, so the trained model samples what guidance of the prior
+    samples, at one network call per step. Unlike the denoising loss, whose target ε equals the
+    posterior mean only on average, the target has no noise of its own.
+
+    Returns the loss per set ``(B,)`` and the shift's root-mean-square per degree of freedom ``(B,)``.
+    """
+    if t is None:
+        t = torch.randint(0, diffusion.n_steps + 1, (x.shape[0],), device=x.device)
+    z, _ = diffusion.add_noise(x, t, mask)
+    time = t.to(x.dtype) / diffusion.n_steps
+    with torch.no_grad():
+        eps_pre = payoff.denoiser(z, time, mask)
+    shift = payoff.shift(z, time, mask, eps_pre)
+    eps_hat = model(z, time, mask, cond)
+    dims = diffusion.space.dims(mask, x.shape[-1]).to(x.dtype)
+    err = ((eps_pre - shift - eps_hat) ** 2) * mask.unsqueeze(-1)
+    return err.sum((1, 2)) / (x.shape[1] * x.shape[2]), (shift.square().sum((1, 2)) / dims).sqrt()

@@ -7,6 +7,8 @@ predictor are frozen inside.
 
 * :class:`RewardObjective` — CTRL, trajectory- or step-level RGDM, or DDPO, on batches of targets
   ``(n_atoms (B,), y (B, 6), y_mask (B, 6))`` from :class:`TargetBatches`;
+* :class:`PayoffScoreObjective` — step-level RGDM at noised unlabelled molecules, with targets drawn
+  apart from them (:func:`common.rgdm.payoff_score_loss`);
 * :class:`ConditionalDenoising` — the denoising loss with the labels as the condition: EDM-cond on
   labelled molecules, and RGDM on pay-off resampled prior molecules (:mod:`molctrl.payoff`).
 """
@@ -21,8 +23,9 @@ from torch import nn
 
 from common.ctrl import ctrl_loss
 from common.ddpo import ddpo_loss, sample_trajectories
-from common.rewards import Reward
-from common.rgdm import rgdm_step_loss, rgdm_trajectory_loss
+from common.guidance import GuidedDenoiser, reconstruction_likelihood
+from common.rewards import GaussianLogLikelihood, Reward
+from common.rgdm import payoff_score_loss, rgdm_step_loss, rgdm_trajectory_loss
 from common.rollout import KL_FORMS
 from common.training import EpochSampler
 from molctrl.batches import MoleculeBatches
@@ -34,7 +37,9 @@ from molctrl.prior import MoleculeDiffusion
 METHODS = ("ctrl", "rgdm", "rgdm-step", "ddpo")
 
 
-PROPOSALS = ("prior", "data", "model")  # trajectory RGDM: pools of prior samples or of the data, or rollouts
+# trajectory RGDM: pools of prior samples or of the data, or rollouts; step-level RGDM: noised data states
+# (data) or the model's rollouts (any other)
+PROPOSALS = ("prior", "data", "model")
 
 
 @dataclass
@@ -50,7 +55,7 @@ class GuidanceConfig:
     grad_steps: int = 8  # CTRL: reparameterised final transitions, drawn uniformly in [1, grad_steps]
     temperature: float = 1.0  # RGDM's τ
     proposal: str = "prior"  # trajectory RGDM: a pool of prior samples or of the unlabelled data (molctrl.payoff),
-    # or the model's rollouts
+    # or the model's rollouts; step-level RGDM: states of noised data (data) or of the model's rollouts
     pool_size: int = 10_000  # prior proposals: pool molecules
     pool_steps: int = 50  # prior proposals: sampling steps of the pool
     pool: str | None = None  # prior proposals: reuse the molecules of this pool.pt (rescored) instead
@@ -146,6 +151,24 @@ class RewardObjective(nn.Module):
                                                      "scale": self.conditions.scale.tolist()}}
 
 
+class PayoffScoreObjective(RewardObjective):
+    """Step-level RGDM at noised data states on batches ``(types (B, n), positions (B, n, 3))`` of
+    unlabelled molecules: targets y ~ p(c | N) of each molecule's size, a random subset conditioned, and
+    ε_θ(z_t, t, y) fitted to the prior's ε shifted by (1/τ)·σ_t·∇ log p̂_t(y | z_t), the reward's
+    reconstruction likelihood (:func:`common.rgdm.payoff_score_loss`)."""
+
+    def forward(self, types: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        model, diffusion = self.model, self.model.diffusion
+        x, mask = model.encode(types, positions)
+        y = self.conditions.sample(mask.sum(1).cpu()).to(x)
+        y_mask = self.conditions.random_mask(len(x), self.config.properties).to(x.device)
+        payoff = GuidedDenoiser(self.prior.denoiser, diffusion, reconstruction_likelihood(self.reward, diffusion, y, y_mask),
+                                scale=1.0 / self.config.temperature)
+        loss, shift = payoff_score_loss(diffusion, model.denoiser, payoff, x, mask, self.conditions.encode(y, y_mask))
+        self.stats = {"shift": shift.mean().item()}
+        return loss.mean()
+
+
 class ConditionalDenoising(nn.Module):
     """The ε-prediction loss of molecules with their labels as the condition.
 
@@ -226,6 +249,11 @@ def _objective(spec: dict, prior: MoleculeDiffusion, data: QM9Split, conditions:
         targets = TargetBatches(conditions, batch_size, guidance.properties, seed)
         return (ConditionalDenoising(prior, conditions, guidance.properties, guidance.cond_lr_scale, record),
                 PayoffBatches(pool, reward, targets, guidance.temperature, guidance.candidates))
+    if guidance.method == "rgdm-step" and guidance.proposal == "data":
+        if not isinstance(reward, GaussianLogLikelihood):
+            raise ValueError("step-level RGDM on data states needs property targets (a likelihood reward), "
+                             "not --maximize")
+        return PayoffScoreObjective(prior, reward, conditions, guidance), MoleculeBatches(data, batch_size, seed)
     repeats = guidance.samples_per_target if guidance.method == "rgdm" else 1
     return (RewardObjective(prior, reward, conditions, guidance),
             TargetBatches(conditions, batch_size, guidance.properties, seed, repeats))

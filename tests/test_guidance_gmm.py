@@ -20,7 +20,7 @@ from common.diffusion import GaussianDiffusion
 from common.gmm import GaussianMixture, MixtureDenoiser
 from common.guidance import GuidedDenoiser, reconstruction_likelihood
 from common.rewards import GaussianLogLikelihood
-from common.rgdm import payoff_resample, rgdm_step_loss, rgdm_trajectory_loss
+from common.rgdm import payoff_resample, payoff_score_loss, rgdm_step_loss, rgdm_trajectory_loss
 from common.schedules import NoiseSchedule
 from common.selection import best_of_n
 from common.spaces import PointSetSpace
@@ -83,8 +83,8 @@ def _setup(lr: float):
 
 
 @torch.no_grad()
-def _samples(model: nn.Module, n: int = 20_000) -> torch.Tensor:
-    return DIFFUSION.sample(model, torch.ones(n, 1, dtype=torch.bool), 2, STEPS,
+def _samples(model: nn.Module, n: int = 20_000, steps: int = STEPS) -> torch.Tensor:
+    return DIFFUSION.sample(model, torch.ones(n, 1, dtype=torch.bool), 2, steps,
                             generator=torch.Generator().manual_seed(1))[:, 0].double()
 
 
@@ -222,9 +222,8 @@ def test_step_level_rgdm_moves_towards_the_tilt_without_drift(reward):
 
 def _noisy_log_likelihood(z, t, mask):
     """The exact log p_t(y | z_t) of the mixture (what a perfect noise-aware predictor would learn)."""
-    gamma = SCHEDULE.gamma((t[:1] * SCHEDULE.n_steps).round().long()).double()
-    alpha, sigma = NoiseSchedule.alpha(gamma).item(), NoiseSchedule.sigma(gamma).item()
-    return PRIOR.noisy_log_likelihood(z[:, 0].double(), alpha, sigma, W, Y, S)
+    gamma = SCHEDULE.gamma((t * SCHEDULE.n_steps).round().long()).double()
+    return PRIOR.noisy_log_likelihood(z[:, 0].double(), NoiseSchedule.alpha(gamma), NoiseSchedule.sigma(gamma), W, Y, S)
 
 
 def _clean_log_likelihood(x, t, mask):
@@ -237,6 +236,26 @@ def test_classifier_guidance_with_the_exact_noisy_likelihood_samples_the_tilt():
                          generator=torch.Generator().manual_seed(1), dtype=torch.float64)[:, 0]
     exact = PRIOR.tilt(W, Y, S).sample(200_000, torch.Generator().manual_seed(3))
     _assert_close(_stats(x), _stats(exact), weight_tol=0.02, mean_tol=0.06, cov_rel_tol=0.1)
+
+
+def test_payoff_score_rgdm_with_the_exact_noisy_likelihood_lands_on_the_tilt():
+    """Step-level RGDM at noised prior samples: with the exact p_t(y | z_t) the pay-off ε is the tilted
+    mixture's own, so the model fitted to it by regression samples the tilt (on 100 steps, as the
+    classifier guidance it distils)."""
+    prior, model, optimizer, mask, _ = _setup(lr=3e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, ITERATIONS)
+    payoff = GuidedDenoiser(prior, DIFFUSION, _noisy_log_likelihood, 1.0, "classifier", max_shift=None)
+    g = torch.Generator().manual_seed(6)
+    for _ in range(ITERATIONS):
+        x = PRIOR.sample(BATCH, g).float().unsqueeze(1)
+        loss, shift = payoff_score_loss(DIFFUSION, model, payoff, x, mask)
+        optimizer.zero_grad()
+        loss.mean().backward()
+        optimizer.step()
+        schedule.step()
+    exact = PRIOR.tilt(W, Y, S).sample(200_000, torch.Generator().manual_seed(3))
+    _assert_close(_stats(_samples(model, steps=100)), _stats(exact), weight_tol=0.03, mean_tol=0.08, cov_rel_tol=0.15)
+    assert shift.shape == (BATCH,) and bool((shift > 0).all())
 
 
 def test_reconstruction_guidance_moves_towards_y_short_of_the_tilt():
