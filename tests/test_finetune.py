@@ -16,6 +16,7 @@ from molctrl.finetune import (
     METHODS,
     ConditionalDenoising,
     GuidanceConfig,
+    PayoffScoreObjective,
     RewardObjective,
     TargetBatches,
     make_objective,
@@ -93,8 +94,9 @@ def weight_files(parts, tmp_path_factory):
 
 @pytest.mark.parametrize("args", [["--method", "ctrl", "--property", "alpha", "--property", "gap"],
                                   ["--method", "cond", "--property", "all"],
-                                  ["--method", "rgdm", "--maximize", "qed", "--pool-size", "64", "--pool-steps", "3"]],
-                         ids=["ctrl", "cond", "rgdm-qed"])
+                                  ["--method", "rgdm", "--maximize", "qed", "--pool-size", "64", "--pool-steps", "3"],
+                                  ["--method", "rgdm-step", "--proposal", "data", "--property", "all"]],
+                         ids=["ctrl", "cond", "rgdm-qed", "rgdm-step-data"])
 def test_finetune_cli_trains_resumes_and_writes_a_conditioned_model(weight_files, tmp_path, args):
     run = tmp_path / "run"
     common = ["finetune", "--run-dir", str(run), "--prior", str(weight_files / "prior.pt"), "--reward-model",
@@ -139,6 +141,24 @@ def test_data_proposal_rgdm_resamples_the_training_molecules_without_a_pool_file
     assert all(torch.equal(types[k], torch.from_numpy(split.types[r, : types.shape[1]]).long())
                for k, r in enumerate(rows))
     assert objective(types, positions, y, y_mask).isfinite()
+
+
+def test_step_level_rgdm_on_data_states_fits_the_shifted_prior(parts, weight_files):
+    """At the start the model is the prior, so the loss is the pay-off shift's own square; its gradient
+    reaches the conditioned model only. A reward without targets has no likelihood to shift by."""
+    split, prior, _, _ = parts
+    spec = {"reward_model": str(weight_files / "predictor.pt"), "maximize": None, "method": "rgdm-step",
+            "guidance": asdict(GuidanceConfig(method="rgdm-step", proposal="data"))}
+    objective, batches = make_objective(spec, prior, split, 8, seed=0)
+    assert isinstance(objective, PayoffScoreObjective)
+    torch.manual_seed(0)
+    loss = objective(*batches(0))
+    assert loss > 0 and objective.stats["shift"] > 0
+    loss.backward()
+    assert objective.model.denoiser.cond_embed.weight.grad.abs().max() > 0
+    assert all(p.grad is None for p in [*objective.prior.parameters(), *objective.reward.parameters()])
+    with pytest.raises(ValueError, match="needs property targets"):
+        make_objective(spec | {"maximize": "qed"}, prior, split, 8)
 
 
 def test_finetune_cli_rejects_contradictory_requests(weight_files, tmp_path):
