@@ -6,7 +6,8 @@
 Each iteration is what ``molctrl finetune`` does per step: draw a batch (targets, or labelled
 molecules for ``cond``, or pay-off picks from a pool), loss forward, backward and an AdamW step; the
 draw is timed apart (``batch_seconds``). ``rgdm-data`` resamples the 50,000 Db molecules from 4,096
-candidates per target, ``rgdm-data-full`` from every molecule of the target's size. The objectives are built by
+candidates per target, ``rgdm-data-full`` from every molecule of the target's size; ``rgdm-step-data`` is
+step-level RGDM at noised Db molecules (one reconstruction-guidance shift per batch). The objectives are built by
 :func:`molctrl.finetune.make_objective` from the same spec as the CLI's defaults (25 sampling steps;
 CTRL through up to 8 final transitions; step-level RGDM and DDPO train 4 transitions; all six
 properties conditioned, reward ``qm9-noh-e3nn-Db``). One warm-up iteration, then the median over
@@ -29,7 +30,8 @@ from molctrl.finetune import GuidanceConfig, make_objective
 from molctrl.predictor import PROPERTIES
 from molctrl.weights import load_prior
 
-METHODS = ("ctrl", "rgdm", "rgdm-data", "rgdm-data-full", "rgdm-rollouts", "rgdm-step", "ddpo", "cond")
+METHODS = ("ctrl", "rgdm", "rgdm-data", "rgdm-data-full", "rgdm-rollouts", "rgdm-step", "rgdm-step-data", "ddpo",
+           "cond")
 POOL = "benchmarks/runs/finetune-rgdm-qm9-noh/pool.pt"  # prior-proposal RGDM reuses the committed pool
 CANDIDATES = 4096  # molctrl finetune's default
 
@@ -38,8 +40,10 @@ def time_method(method: str, batch_size: int, iterations: int, reward_model: str
                 data) -> dict[str, float]:
     """Median seconds per iteration of ``method`` and the samples per second it implies."""
     torch.manual_seed(0)
-    base = {"cond": "ctrl", "rgdm-rollouts": "rgdm", "rgdm-data": "rgdm", "rgdm-data-full": "rgdm"}.get(method, method)
-    proposal = {"rgdm-rollouts": "model", "rgdm-data": "data", "rgdm-data-full": "data"}.get(method, "prior")
+    base = {"cond": "ctrl", "rgdm-rollouts": "rgdm", "rgdm-data": "rgdm", "rgdm-data-full": "rgdm",
+            "rgdm-step-data": "rgdm-step"}.get(method, method)
+    proposal = {"rgdm-rollouts": "model", "rgdm-data": "data", "rgdm-data-full": "data",
+                "rgdm-step-data": "data"}.get(method, "prior")
     guidance = GuidanceConfig(method=base, properties=PROPERTIES, pool=POOL, proposal=proposal,
                               candidates=None if method == "rgdm-data-full" else CANDIDATES)
     spec = {"method": base if method != "cond" else "cond", "guidance": asdict(guidance), "reward_model": reward_model,

@@ -19,7 +19,8 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
 @click.command()
 @click.option("--method", type=click.Choice(METHOD_CHOICES), default="ctrl", show_default=True,
               help="ctrl: KL-regularised, pathwise; rgdm: pay-off weights (prior pool or rollouts); rgdm-step: "
-                   "pay-off steps; ddpo: clipped policy gradient; cond: EDM-cond (labels as input, denoising loss).")
+                   "pay-off steps (along rollouts, or at noised data with --proposal data); ddpo: clipped policy "
+                   "gradient; cond: EDM-cond (labels as input, denoising loss).")
 @click.option("--property", "properties", multiple=True, type=click.Choice([*PROPERTIES, "all"]),
               help="Properties to condition on (repeat; all: the six; trained on random subsets).")
 @click.option("--maximize", type=click.Choice(["qed", "logp", "sa"]), default=None,
@@ -48,7 +49,9 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
 @click.option("--proposal", type=click.Choice(PROPOSALS), default="prior", show_default=True,
               help="RGDM: resample a pool by the pay-off weights, of prior molecules (prior) or of the unlabelled "
                    "Db molecules (data; the reward reads them, their labels are not used), or weight the model's "
-                   "own rollouts with the importance ratio to the prior (model).")
+                   "own rollouts with the importance ratio to the prior (model). Step-level RGDM: with data, fit "
+                   "the model's ε at noised Db molecules to the prior's ε shifted by the reward's reconstruction "
+                   "likelihood (no rollouts); otherwise shift the prior's steps along the model's rollouts.")
 @click.option("--pool-size", type=int, default=10_000, show_default=True, help="RGDM, prior proposals: pool size.")
 @click.option("--pool-steps", type=int, default=50, show_default=True,
               help="RGDM, prior proposals: sampling steps of the pool (sampled once, kept in RUN_DIR/pool.pt).")
