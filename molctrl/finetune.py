@@ -261,7 +261,9 @@ def _objective(spec: dict, prior: MoleculeDiffusion, data: QM9Split, conditions:
 
 def start_from(model: MoleculeDiffusion, path: str | Path, conditions: PropertyConditions) -> None:
     """Load the conditioned model file ``path`` into ``model``, checking it encodes targets as ``conditions`` do."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    from molctrl.weights import read_weights
+
+    payload = read_weights(path)
     if payload.get("kind") != "molctrl.prior" or "conditions" not in payload:
         raise ValueError(f"{path}: not a conditioned molecule model (a finetune run's model.pt)")
     theirs = torch.tensor([payload["conditions"]["mean"], payload["conditions"]["scale"]])

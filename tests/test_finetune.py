@@ -265,6 +265,9 @@ def test_a_run_can_start_from_another_conditioned_model(parts, weight_files, con
         make_objective(spec | {"init": str(weight_files / "prior.pt")}, prior, split, 4)
     with pytest.raises(ValueError, match="normalised on other data"):
         make_objective(spec, prior, subset, 4)
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"notes.pt: not a torch weights file"):
+        make_objective(spec | {"init": str(tmp_path / "notes.pt")}, prior, split, 4)
 
 
 def test_ctrl_objective_benchmark_scores_the_prior_at_zero_kl_and_orders_the_two_kl_forms(parts):

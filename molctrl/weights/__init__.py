@@ -18,7 +18,9 @@ PREDICTOR_NAMES = tuple(f"qm9-noh-{arch}-{split}" for split in ("Da", "Db") for 
 DEFAULT_EVALUATOR = "qm9-noh-egnn-Da"
 
 
-def _payload(path: Path) -> dict:
+def read_weights(path: str | Path) -> dict:
+    """The payload of a weights file, with one-line errors for a missing file or one that is not torch's."""
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such weights file")
     try:
@@ -29,7 +31,7 @@ def _payload(path: Path) -> dict:
 
 def load_prior(path: str | Path | None = None) -> MoleculeDiffusion:
     """A :class:`MoleculeDiffusion` from a ``model.pt`` (default: the shipped ``qm9-noh`` prior)."""
-    return MoleculeDiffusion.from_export(_payload(Path(path) if path is not None else DEFAULT_PRIOR))
+    return MoleculeDiffusion.from_export(read_weights(Path(path) if path is not None else DEFAULT_PRIOR))
 
 
 def predictor_path(name_or_path: str | Path) -> Path:
@@ -45,7 +47,7 @@ def load_predictor(name_or_path: str | Path = DEFAULT_EVALUATOR) -> PropertyPred
     from molctrl.noisy_predictor import NoisyPropertyPredictor
 
     path = predictor_path(name_or_path)
-    payload = _payload(path)
+    payload = read_weights(path)
     cls = NoisyPropertyPredictor if payload.get("kind") == NoisyPropertyPredictor.kind else PropertyPredictor
     try:
         return cls.from_export(payload)
