@@ -20,7 +20,7 @@ import click
 import torch
 
 from benchmarks.record import emit, machine_info
-from common.rollout import reverse_moments, transitions
+from common.rollout import rollout, transitions
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
 from molctrl.finetune import TargetBatches, spec_reward
@@ -31,23 +31,18 @@ from molctrl.weights import load_prior
 @torch.no_grad()
 def score(model, prior, reward, conditions, n_atoms, y, y_mask, steps: int, seed: int) -> dict:
     """Reward, and both KL forms per step, of ``model``'s rollouts (the prior itself when ``model`` is None)."""
-    diffusion, g = prior.diffusion, torch.Generator().manual_seed(seed)
+    diffusion = prior.diffusion
     mask = torch.arange(int(n_atoms.max())).unsqueeze(0) < n_atoms.unsqueeze(1)
     net, cond = (prior.denoiser, None) if model is None else (model.denoiser, conditions.encode(y, y_mask))
-    z = diffusion.space.noise(torch.empty(len(y), mask.shape[1], prior.n_channels), mask, g)
-    chain, continuous, labels = [], [], []
-    for t, s in transitions(diffusion, steps, len(y), mask.device):
-        mean, std = reverse_moments(diffusion, net, z, t, s, mask, cond)
-        mean_pre, _ = reverse_moments(diffusion, prior.denoiser, z, t, s, mask, None)
-        kl = diffusion.step_kl(mean, mean_pre, std, mask)
-        chain.append(kl)
-        continuous.append(kl * diffusion.continuous_kl_factor(t, s))
-        labels.append(f"{int(t[0])}->{'x' if s is None else int(s[0])}")
-        z = diffusion.space.project(mean + std * diffusion.space.noise(z, mask, g), mask)
-    r = reward(z, mask, y, y_mask)
+    roll = rollout(diffusion, net, prior.denoiser, mask, prior.n_channels, steps, cond, checkpoint=False,
+                   generator=torch.Generator().manual_seed(seed))
+    pairs = transitions(diffusion, steps, 1, mask.device)
+    labels = [f"{int(t)}->{'x' if s is None else int(s)}" for t, s in pairs]
+    factors = torch.stack([diffusion.continuous_kl_factor(t, s) for t, s in pairs]).to(roll.step_kl.dtype)
+    r = reward(roll.x, mask, y, y_mask)
     out = {"reward": _summary(r)}
-    for name, parts in (("kl_chain", chain), ("kl_continuous", continuous)):
-        total = torch.stack(parts).sum(0)
+    for name, parts in (("kl_chain", roll.step_kl), ("kl_continuous", roll.step_kl * factors)):
+        total = parts.sum(0)
         out[name] = _summary(total) | {"objective_median": round(float((r - total).median()), 2),
                                        "per_step_median": dict(zip(labels, (round(float(p.median()), 2) for p in parts)))}
     return out

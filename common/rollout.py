@@ -38,12 +38,14 @@ class Rollout:
         x: final samples. kl: Σ_t KL(p_θ ‖ p_pre) over the steps (chain or continuous form).
             log_prob: Σ_t log p_θ(z_s | z_t) of the sampled states (gradient w.r.t. θ only).
             prior_log_prob: Σ_t log p_pre(z_s | z_t), no gradient.
+            step_kl: the chain's KL of each step, ``(S, B)`` in the order of :func:`transitions`.
     """
 
     x: torch.Tensor
     kl: torch.Tensor
     log_prob: torch.Tensor
     prior_log_prob: torch.Tensor
+    step_kl: torch.Tensor
 
 
 def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask: torch.Tensor, n_channels: int,
@@ -68,6 +70,7 @@ def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask
     pairs = transitions(diffusion, n_sampling_steps, b, mask.device)
     run = partial(recompute, use_reentrant=False) if checkpoint and torch.is_grad_enabled() else _call
     kl_sum = log_prob = prior_log_prob = torch.zeros(b, device=mask.device, dtype=dtype)
+    step_kls = []
     for k, (t, s) in enumerate(pairs):
         if grad_steps is not None and len(pairs) - k > grad_steps:
             z = z.detach()
@@ -80,11 +83,12 @@ def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask
         noise = space.noise(z, mask, generator)
         z_next = space.project(mean + std * noise, mask)
         step_kl = diffusion.step_kl(mean, mean_pre, std, mask)
+        step_kls.append(step_kl)
         kl_sum = kl_sum + (step_kl * diffusion.continuous_kl_factor(t, s).to(dtype) if kl == "continuous" else step_kl)
         log_prob = log_prob + diffusion.step_log_prob(z_next.detach(), mean, std, mask)
         prior_log_prob = prior_log_prob + diffusion.step_log_prob(z_next.detach(), mean_pre, std, mask)
         z = z_next
-    return Rollout(z, kl_sum, log_prob, prior_log_prob)
+    return Rollout(z, kl_sum, log_prob, prior_log_prob, torch.stack(step_kls))
 
 
 def transitions(diffusion: GaussianDiffusion, n_sampling_steps: int | None, batch: int,
