@@ -11,14 +11,18 @@ from molctrl.data.qm9 import QM9Split
 
 class MoleculeBatches:
     """``(types (B, n), positions (B, n, 3))`` for a step, trimmed to the largest molecule in the batch,
-    followed by ``labels (B, P)`` when ``properties`` are named."""
+    followed by ``labels (B, P)`` when ``properties`` are named, or by the rows of ``labels (M, P)``
+    (e.g. a predictor's outputs) when those are given."""
 
-    def __init__(self, split: QM9Split, batch_size: int, seed: int = 0, properties: Sequence[str] = ()):
+    def __init__(self, split: QM9Split, batch_size: int, seed: int = 0, properties: Sequence[str] = (),
+                 labels: torch.Tensor | None = None):
         self.types = torch.from_numpy(split.types.astype("int64"))
         self.positions = torch.from_numpy(split.positions)
         self.n_atoms = torch.from_numpy(split.n_atoms)
-        self.labels = (torch.from_numpy(split.labels(properties)).float()
-                       if properties else None)
+        if labels is not None and len(labels) != len(split):
+            raise ValueError(f"{len(labels)} label rows for a split of {len(split)} molecules")
+        self.labels = labels if labels is not None else (
+            torch.from_numpy(split.labels(properties)).float() if properties else None)
         self.sampler = EpochSampler(len(split), batch_size, seed)
 
     def __call__(self, step: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, ...]:

@@ -62,6 +62,8 @@ class GuidanceConfig:
     candidates: int | None = None  # prior/data proposals: pool molecules weighed per target (None: all of its size)
     samples_per_target: int = 4  # model proposals: rollouts per target, whose weights are normalised together
     radius: float = 0.5  # step-level RGDM's ρ
+    score_targets: str = "predicted"  # step-level RGDM at data states: y ~ p̂(y | x) of the reward model at the
+    # noised molecule x ("predicted"), or y ~ p(c | N) drawn apart from it ("independent")
     train_steps: int = 4  # step-level RGDM / DDPO: transitions trained per trajectory
     clip: float = 1e-4  # DDPO's ratio clip
     cond_lr_scale: float = 10.0  # learning rate of the condition embedding / that of the rest
@@ -73,6 +75,8 @@ class GuidanceConfig:
         self.properties = tuple(self.properties)
         if self.proposal not in PROPOSALS:
             raise ValueError(f"unknown proposal {self.proposal!r} (expected one of {', '.join(PROPOSALS)})")
+        if self.score_targets not in ("predicted", "independent"):
+            raise ValueError(f"unknown score_targets {self.score_targets!r} (expected predicted or independent)")
         if self.kl not in KL_FORMS:
             raise ValueError(f"unknown KL form {self.kl!r} (expected one of {', '.join(KL_FORMS)})")
 
@@ -152,17 +156,27 @@ class RewardObjective(nn.Module):
 
 
 class PayoffScoreObjective(RewardObjective):
-    """Step-level RGDM at noised data states on batches ``(types (B, n), positions (B, n, 3))`` of
-    unlabelled molecules: targets y ~ p(c | N) of each molecule's size, a random subset conditioned, and
-    ε_θ(z_t, t, y) fitted to the prior's ε shifted by (1/τ)·σ_t·∇ log p̂_t(y | z_t), the reward's
-    reconstruction likelihood (:func:`common.rgdm.payoff_score_loss`)."""
+    """Step-level RGDM at noised data states on batches ``(types (B, n), positions (B, n, 3)[, predicted (B, P)])``
+    of unlabelled molecules: ε_θ(z_t, t, y) fitted to the prior's ε shifted by (1/τ)·σ_t·∇ log p̂_t(y | z_t),
+    the reward's reconstruction likelihood (:func:`common.rgdm.payoff_score_loss`), a random subset of the
+    properties conditioned.
 
-    def forward(self, types: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        model, diffusion = self.model, self.model.diffusion
+    Targets: with the reward model's predictions ``predicted`` of each clean molecule x, y ~ N(f(x), s²) =
+    p̂(y | x), so that (x, y) ~ p_data(x)·p̂(y | x) and the states z_t follow the pay-off distribution's
+    own marginals q_t(z | y); without them, y ~ p(c | N) apart from x, and most states pair a molecule
+    with a target far from its properties (shifts at the clip, which the sampler never meets)."""
+
+    def forward(self, types: torch.Tensor, positions: torch.Tensor, predicted: torch.Tensor | None = None) -> torch.Tensor:
+        model, diffusion, reward = self.model, self.model.diffusion, self.reward
         x, mask = model.encode(types, positions)
-        y = self.conditions.sample(mask.sum(1).cpu()).to(x)
+        if predicted is None:
+            y = self.conditions.sample(mask.sum(1).cpu()).to(x)
+        else:
+            y = torch.full((len(x), len(PROPERTIES)), float("nan"), dtype=x.dtype, device=x.device)
+            columns = reward.target_columns or list(range(reward.n_targets))
+            y[:, columns] = predicted + reward.scale.to(x) * torch.randn_like(predicted)
         y_mask = self.conditions.random_mask(len(x), self.config.properties).to(x.device)
-        payoff = GuidedDenoiser(self.prior.denoiser, diffusion, reconstruction_likelihood(self.reward, diffusion, y, y_mask),
+        payoff = GuidedDenoiser(self.prior.denoiser, diffusion, reconstruction_likelihood(reward, diffusion, y, y_mask),
                                 scale=1.0 / self.config.temperature)
         loss, shift = payoff_score_loss(diffusion, model.denoiser, payoff, x, mask, self.conditions.encode(y, y_mask))
         self.stats = {"shift": shift.mean().item()}
@@ -253,7 +267,13 @@ def _objective(spec: dict, prior: MoleculeDiffusion, data: QM9Split, conditions:
         if not isinstance(reward, GaussianLogLikelihood):
             raise ValueError("step-level RGDM on data states needs property targets (a likelihood reward), "
                              "not --maximize")
-        return PayoffScoreObjective(prior, reward, conditions, guidance), MoleculeBatches(data, batch_size, seed)
+        predicted = None
+        if guidance.score_targets == "predicted":
+            from molctrl.payoff import PriorPool
+
+            predicted = PriorPool.from_split(data).scored(prior, reward).scores
+        return (PayoffScoreObjective(prior, reward, conditions, guidance),
+                MoleculeBatches(data, batch_size, seed, labels=predicted))
     repeats = guidance.samples_per_target if guidance.method == "rgdm" else 1
     return (RewardObjective(prior, reward, conditions, guidance),
             TargetBatches(conditions, batch_size, guidance.properties, seed, repeats))

@@ -143,16 +143,25 @@ def test_data_proposal_rgdm_resamples_the_training_molecules_without_a_pool_file
     assert objective(types, positions, y, y_mask).isfinite()
 
 
-def test_step_level_rgdm_on_data_states_fits_the_shifted_prior(parts, weight_files):
+@pytest.mark.parametrize("targets", ["predicted", "independent"])
+def test_step_level_rgdm_on_data_states_fits_the_shifted_prior(parts, weight_files, targets):
     """At the start the model is the prior, so the loss is the pay-off shift's own square; its gradient
-    reaches the conditioned model only. A reward without targets has no likelihood to shift by."""
+    reaches the conditioned model only. Predicted targets come with the reward model's predictions of
+    each batch molecule. A reward without targets has no likelihood to shift by."""
     split, prior, _, _ = parts
     spec = {"reward_model": str(weight_files / "predictor.pt"), "maximize": None, "method": "rgdm-step",
-            "guidance": asdict(GuidanceConfig(method="rgdm-step", proposal="data"))}
+            "guidance": asdict(GuidanceConfig(method="rgdm-step", proposal="data", score_targets=targets))}
     objective, batches = make_objective(spec, prior, split, 8, seed=0)
     assert isinstance(objective, PayoffScoreObjective)
+    batch = batches(0)
+    if targets == "predicted":
+        types, positions, predicted = batch
+        x, mask = prior.encode(types, positions)
+        assert torch.allclose(predicted, objective.reward.predict(x, mask), atol=1e-4)
+    else:
+        assert len(batch) == 2
     torch.manual_seed(0)
-    loss = objective(*batches(0))
+    loss = objective(*batch)
     assert loss > 0 and objective.stats["shift"] > 0
     loss.backward()
     assert objective.model.denoiser.cond_embed.weight.grad.abs().max() > 0
