@@ -3,12 +3,12 @@
     J = E[ r(x; y) ] − α·E[ Σ_t KL_t ],   r = log p̂(y | x) of the reward model, α = 1,
 
 for targets drawn as in training (N from Db, y ~ p(c | N), a random non-empty subset of the six
-properties conditioned), on the respaced
-sampler CTRL trains with. KL is given in both forms of :mod:`common.rollout` (the chain's own steps,
-and the continuous-time KL on the same grid), each split over the steps, so one sees where a model's
-distance from the prior lies. Models trained without the KL (EDM-cond, RGDM) are scored on the same
-footing. Medians are given beside the means: a few rollouts that leave the data manifold carry KLs of
-10⁴ and more.
+properties conditioned), on the respaced sampler CTRL trains with. KL is given in both forms of
+:mod:`common.rollout` (the chain's own steps, and the continuous-time KL on the same grid), each split
+over the steps, so one sees where a model's distance from the prior lies. Models trained without the
+KL (EDM-cond, RGDM), and reconstruction guidance of the prior by the reward model itself, are scored on
+the same footing. Medians are given beside the means: a few rollouts that leave the data manifold
+carry KLs of 10⁴ and more.
 
     python -m benchmarks.ctrl_objective --model NAME=MODEL ... [--targets 256] [--steps 10] [--out FILE]
 """
@@ -20,6 +20,7 @@ import click
 import torch
 
 from benchmarks.record import emit, machine_info
+from common.guidance import GuidedDenoiser, reconstruction_likelihood
 from common.rollout import rollout, transitions
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
@@ -30,10 +31,14 @@ from molctrl.weights import load_prior
 
 @torch.no_grad()
 def score(model, prior, reward, conditions, n_atoms, y, y_mask, steps: int, seed: int) -> dict:
-    """Reward, and both KL forms per step, of ``model``'s rollouts (the prior itself when ``model`` is None)."""
+    """Reward, and both KL forms per step, of ``model``'s rollouts: a conditioned model, the prior itself
+    (``None``), or ``"guidance"``, the prior steered by reconstruction guidance with the reward model."""
     diffusion = prior.diffusion
     mask = torch.arange(int(n_atoms.max())).unsqueeze(0) < n_atoms.unsqueeze(1)
-    net, cond = (prior.denoiser, None) if model is None else (model.denoiser, conditions.encode(y, y_mask))
+    if model == "guidance":
+        net, cond = GuidedDenoiser(prior.denoiser, diffusion, reconstruction_likelihood(reward, diffusion, y, y_mask)), None
+    else:
+        net, cond = (prior.denoiser, None) if model is None else (model.denoiser, conditions.encode(y, y_mask))
     roll = rollout(diffusion, net, prior.denoiser, mask, prior.n_channels, steps, cond, checkpoint=False,
                    generator=torch.Generator().manual_seed(seed))
     pairs = transitions(diffusion, steps, 1, mask.device)
@@ -54,7 +59,8 @@ def _summary(v: torch.Tensor) -> dict:
 
 @click.command()
 @click.option("--model", "models", multiple=True, metavar="NAME=MODEL", required=True,
-              help="A conditioned model.pt to score (repeat); NAME=prior scores the prior itself.")
+              help="A conditioned model.pt to score (repeat); NAME=prior scores the prior itself, NAME=guidance the "
+                   "prior under reconstruction guidance (scale 1) by the reward model.")
 @click.option("--reward-model", default="qm9-noh-e3nn-Db", show_default=True)
 @click.option("--targets", "n_targets", type=int, default=256, show_default=True)
 @click.option("--steps", type=int, default=10, show_default=True, help="Respaced sampling steps of the rollouts.")
@@ -72,7 +78,7 @@ def main(models, reward_model, n_targets, steps, seed, threads, out) -> None:
     rows = []
     for spec in models:
         name, _, path = spec.partition("=")
-        model = None if path in ("", "prior") else load_prior(path).eval()
+        model = None if path in ("", "prior") else path if path == "guidance" else load_prior(path).eval()
         rows.append({"row": name, "model": path or "prior"}
                     | score(model, prior, reward, conditions, n_atoms, y, y_mask, steps, seed))
     emit({"reward_model": reward_model, "targets": n_targets, "sampling_steps": steps,
