@@ -292,6 +292,8 @@ def test_ctrl_objective_benchmark_scores_the_prior_at_zero_kl_and_orders_the_two
     moved = score(model, prior, reward, conditions, n_atoms, y, y_mask, steps=4, seed=0)
     assert moved["kl_chain"]["mean"] > moved["kl_continuous"]["mean"] > 0  # Δλ/(e^Δλ − 1) < 1 on every step
     assert len(moved["kl_chain"]["per_step_median"]) == 5 and moved["reward"]["mean"] < 0
+    guided = score("guidance", prior, reward, conditions, n_atoms, y, y_mask, steps=4, seed=0)
+    assert guided["kl_chain"]["mean"] > guided["kl_continuous"]["mean"] > 0  # guidance moves ε off the prior's
 
 
 def test_payoff_candidates_are_drawn_from_the_target_size_and_tend_to_the_full_pool(parts):
