@@ -67,6 +67,7 @@ class GuidanceConfig:
     train_steps: int = 4  # step-level RGDM / DDPO: transitions trained per trajectory
     clip: float = 1e-4  # DDPO's ratio clip
     cond_lr_scale: float = 10.0  # learning rate of the condition embedding / that of the rest
+    cond_gate: str = "time"  # the condition enters as t·W_c c ("time") or W_c c ("none"), molctrl.prior
     train_backbone: bool = True  # False: the condition embedding alone is trained
 
     def __post_init__(self) -> None:
@@ -110,7 +111,7 @@ class RewardObjective(nn.Module):
     def __init__(self, prior: MoleculeDiffusion, reward: Reward, conditions: PropertyConditions,
                  config: GuidanceConfig):
         super().__init__()
-        self.model = prior.with_condition(conditions.cond_dim)
+        self.model = prior.with_condition(conditions.cond_dim, config.cond_gate)
         self.prior = copy.deepcopy(prior).requires_grad_(False).eval()
         self.reward = reward.requires_grad_(False).eval()
         self.conditions, self.config = conditions, config
@@ -193,9 +194,9 @@ class ConditionalDenoising(nn.Module):
     """
 
     def __init__(self, prior: MoleculeDiffusion, conditions: PropertyConditions, properties: tuple[str, ...],
-                 cond_lr_scale: float = 1.0, record: dict | None = None):
+                 cond_lr_scale: float = 1.0, record: dict | None = None, gate: str = "time"):
         super().__init__()
-        self.model = prior.with_condition(conditions.cond_dim)
+        self.model = prior.with_condition(conditions.cond_dim, gate)
         self.conditions, self.properties, self.cond_lr_scale = conditions, properties, cond_lr_scale
         self.record = record or {"method": "cond"}
         self.stats: dict[str, float] = {}
@@ -239,7 +240,8 @@ def _objective(spec: dict, prior: MoleculeDiffusion, data: QM9Split, conditions:
                batch_size: int, seed: int, pool_path: Path | None) -> tuple[nn.Module, object]:
     guidance = GuidanceConfig(**spec["guidance"])
     if spec["method"] == "cond":
-        return (ConditionalDenoising(prior, conditions, guidance.properties, guidance.cond_lr_scale),
+        return (ConditionalDenoising(prior, conditions, guidance.properties, guidance.cond_lr_scale,
+                                     None, guidance.cond_gate),
                 MoleculeBatches(data, batch_size, seed, PROPERTIES))
     reward = spec_reward(spec, prior)
     if guidance.method == "rgdm" and guidance.proposal in ("prior", "data"):
@@ -261,7 +263,8 @@ def _objective(spec: dict, prior: MoleculeDiffusion, data: QM9Split, conditions:
                 pool.save(pool_path)
         record = asdict(guidance) | {"pool_seconds": round(pool.seconds, 1)}
         targets = TargetBatches(conditions, batch_size, guidance.properties, seed)
-        return (ConditionalDenoising(prior, conditions, guidance.properties, guidance.cond_lr_scale, record),
+        return (ConditionalDenoising(prior, conditions, guidance.properties, guidance.cond_lr_scale, record,
+                                     guidance.cond_gate),
                 PayoffBatches(pool, reward, targets, guidance.temperature, guidance.candidates))
     if guidance.method == "rgdm-step" and guidance.proposal == "data":
         if not isinstance(reward, GaussianLogLikelihood):

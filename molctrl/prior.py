@@ -33,6 +33,7 @@ class PriorConfig:
     precision: float = 1e-5
     type_scale: float = 0.25  # EDM's normalize factor 4 for one-hot types
     cond_dim: int = 0  # width of a condition vector appended to every node's features (0: unconditional)
+    cond_gate: str = "time"  # the condition enters as t·W_c c ("time") or W_c c ("none"), see MoleculeDenoiser
 
 
 class MoleculeDenoiser(nn.Module):
@@ -44,11 +45,15 @@ class MoleculeDenoiser(nn.Module):
     exact conditional's ε differs from the unconditional one by −σ_t ∇ log p(y | z_t), which vanishes
     like σ_t ≈ √2·t as t → 0, and keeps the condition from moving the last steps, whose KL weight
     grows like 1/σ_s² (without it CTRL's KL spiked to 10⁴–10⁵ within 10 steps and diverged).
+    ``gate="none"`` drops the gate: W_c c at every t. The gate also mutes the condition where guidance's
+    shift is largest: σ_t·∇log p(y | z_t) tends to σ_t·∇log p(y | x), which is steep for a sharp likelihood.
     """
 
-    def __init__(self, n_types: int, hidden: int, n_layers: int, cond_dim: int = 0):
+    def __init__(self, n_types: int, hidden: int, n_layers: int, cond_dim: int = 0, gate: str = "time"):
         super().__init__()
-        self.n_types, self.cond_dim = n_types, cond_dim
+        if gate not in ("time", "none"):
+            raise ValueError(f"unknown condition gate {gate!r} (expected time or none)")
+        self.n_types, self.cond_dim, self.gate = n_types, cond_dim, gate
         self.egnn = EGNN(n_types + 1, n_types, hidden, n_layers)
         self.cond_embed = nn.Linear(cond_dim, hidden, bias=False) if cond_dim else None
 
@@ -60,7 +65,9 @@ class MoleculeDenoiser(nn.Module):
             if cond is None or cond.shape != (z.shape[0], self.cond_dim):
                 raise ValueError(f"a conditioned denoiser needs cond of shape ({z.shape[0]}, {self.cond_dim}), "
                                  f"got {None if cond is None else tuple(cond.shape)}")
-            shift = self.cond_embed(cond.to(z.dtype)) * t.to(z.dtype).view(-1, 1)
+            shift = self.cond_embed(cond.to(z.dtype))
+            if self.gate == "time":
+                shift = shift * t.to(z.dtype).view(-1, 1)
         h_out, x_out = self.egnn(h, x, mask, shift)
         m = mask.unsqueeze(-1).to(z.dtype)
         eps_x = (x_out - x) * m
@@ -80,7 +87,8 @@ class MoleculeDiffusion(nn.Module):
         self.config = config
         self.setting: Setting = get_setting(config.setting)
         self.n_types = len(self.setting.atom_decoder)
-        self.denoiser = MoleculeDenoiser(self.n_types, config.hidden, config.n_layers, config.cond_dim)
+        self.denoiser = MoleculeDenoiser(self.n_types, config.hidden, config.n_layers, config.cond_dim,
+                                        config.cond_gate)
         self.diffusion = GaussianDiffusion(
             NoiseSchedule(config.schedule, config.n_steps, config.precision), PointSetSpace(centered_dims=3)
         )
@@ -150,12 +158,12 @@ class MoleculeDiffusion(nn.Module):
                 on_batch(len(batch))
         return molecules
 
-    def with_condition(self, cond_dim: int) -> MoleculeDiffusion:
+    def with_condition(self, cond_dim: int, gate: str = "time") -> MoleculeDiffusion:
         """A conditioned copy that starts as this model: its condition embedding is zero, so
-        ε_θ(z, t, c) = ε_pre(z, t) for every c until training moves it."""
+        ε_θ(z, t, c) = ε_pre(z, t) for every c until training moves it. ``gate``: see :class:`MoleculeDenoiser`."""
         if self.config.cond_dim:
             raise ValueError("the model is already conditioned")
-        model = MoleculeDiffusion(replace(self.config, cond_dim=cond_dim), self.n_atoms_hist)
+        model = MoleculeDiffusion(replace(self.config, cond_dim=cond_dim, cond_gate=gate), self.n_atoms_hist)
         nn.init.zeros_(model.denoiser.cond_embed.weight)
         missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
         assert missing == ["denoiser.cond_embed.weight"] and not unexpected, (missing, unexpected)

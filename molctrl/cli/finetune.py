@@ -68,6 +68,9 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
 @click.option("--clip", type=float, default=1e-4, show_default=True, help="DDPO's ratio clip.")
 @click.option("--cond-lr-scale", type=float, default=10.0, show_default=True,
               help="Learning rate of the zero-initialised condition embedding, as a multiple of --lr.")
+@click.option("--cond-gate", type=click.Choice(["time", "none"]), default="time", show_default=True,
+              help="How the condition enters the network: t·W_c c (time; mutes it near the data, which kept "
+                   "CTRL's KL in check) or W_c c at every t (none).")
 @click.option("--freeze-backbone", is_flag=True,
               help="Train the condition embedding alone (CTRL: every backbone change moves the last steps, whose "
                    "KL weight is ~1/σ², and made the first Adam steps spike the KL to 10⁴–10⁵).")
@@ -77,7 +80,7 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
 @click.option("--threads", type=int, default=None)
 @click.option("--resume", is_flag=True, help="Continue RUN_DIR with its run.json settings (only --steps may change).")
 def finetune(method, properties, maximize, run_dir, prior_path, reward_model, steps, batch_size, lr, sampling_steps,
-             alpha, kl, kl_cap, init_path, grad_steps, temperature, proposal, pool_size, pool_steps, pool_file, candidates, samples_per_target, radius, train_steps, clip, cond_lr_scale, freeze_backbone, checkpoint_every, seed, device, threads,
+             alpha, kl, kl_cap, init_path, grad_steps, temperature, proposal, pool_size, pool_steps, pool_file, candidates, samples_per_target, radius, train_steps, clip, cond_lr_scale, cond_gate, freeze_backbone, checkpoint_every, seed, device, threads,
              resume) -> None:
     """Fine-tune the prior into a conditioned generator; RUN_DIR/model.pt is the EMA model."""
     from molctrl.finetune import GuidanceConfig, make_objective
@@ -100,7 +103,7 @@ def finetune(method, properties, maximize, run_dir, prior_path, reward_model, st
                                                          pool_steps=pool_steps, pool=pool_file, candidates=candidates,
                                                          samples_per_target=samples_per_target,
                                                          radius=radius, train_steps=train_steps, clip=clip,
-                                                         cond_lr_scale=cond_lr_scale,
+                                                         cond_lr_scale=cond_lr_scale, cond_gate=cond_gate,
                                                          train_backbone=not freeze_backbone)),
                        "method": method},
              "data": {"split": "Db", "limit": None},
