@@ -292,6 +292,10 @@ def start_from(model: MoleculeDiffusion, path: str | Path, conditions: PropertyC
     theirs = torch.tensor([payload["conditions"]["mean"], payload["conditions"]["scale"]])
     if not torch.allclose(theirs, torch.stack([conditions.mean, conditions.scale]).cpu().to(theirs.dtype)):
         raise ValueError(f"{path}: its targets were normalised on other data than this run's")
+    gate = payload["config"].get("cond_gate", "time")
+    if gate != model.config.cond_gate:
+        raise ValueError(f"{path}: its condition gate is {gate!r}, this run's {model.config.cond_gate!r} "
+                         f"(pass --cond-gate {gate})")
     model.load_state_dict(MoleculeDiffusion.from_export(payload).state_dict())
 
 
