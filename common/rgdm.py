@@ -196,7 +196,8 @@ def payoff_score_loss(diffusion: GaussianDiffusion, model: Denoiser, payoff: Gui
 
         L = ‖ε_θ(z_t, t, y) − ε_q(z_t, y)‖² / (N·D),   z_t ~ q(z_t | x),  t uniform,
 
-    with x an unlabelled data molecule and ``cond`` encoding targets y drawn apart from it. The minimiser
+    with x an unlabelled data molecule and ``cond`` encoding targets y (e.g. drawn from the reward model's
+    predictive at x, so that the states follow q_t(z | y)). The minimiser
     is ε_q at every state the data reaches, so the trained model samples what guidance of the prior
     samples, at one network call per step. Unlike the denoising loss, whose target ε equals the
     posterior mean only on average, the target has no noise of its own.

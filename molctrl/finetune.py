@@ -8,7 +8,7 @@ predictor are frozen inside.
 * :class:`RewardObjective` — CTRL, trajectory- or step-level RGDM, or DDPO, on batches of targets
   ``(n_atoms (B,), y (B, 6), y_mask (B, 6))`` from :class:`TargetBatches`;
 * :class:`PayoffScoreObjective` — step-level RGDM at noised unlabelled molecules, with targets drawn
-  apart from them (:func:`common.rgdm.payoff_score_loss`);
+  from the reward model's predictive at each molecule (:func:`common.rgdm.payoff_score_loss`);
 * :class:`ConditionalDenoising` — the denoising loss with the labels as the condition: EDM-cond on
   labelled molecules, and RGDM on pay-off resampled prior molecules (:mod:`molctrl.payoff`).
 """
@@ -165,7 +165,7 @@ class PayoffScoreObjective(RewardObjective):
     Targets: with the reward model's predictions ``predicted`` of each clean molecule x, y ~ N(f(x), s²) =
     p̂(y | x), so that (x, y) ~ p_data(x)·p̂(y | x) and the states z_t follow the pay-off distribution's
     own marginals q_t(z | y); without them, y ~ p(c | N) apart from x, and most states pair a molecule
-    with a target far from its properties (shifts at the clip, which the sampler never meets)."""
+    with a target far from its properties (larger shifts, at states the conditional sampler never meets)."""
 
     def forward(self, types: torch.Tensor, positions: torch.Tensor, predicted: torch.Tensor | None = None) -> torch.Tensor:
         model, diffusion, reward = self.model, self.model.diffusion, self.reward
