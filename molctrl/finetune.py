@@ -221,17 +221,18 @@ class ConditionalDenoising(nn.Module):
 
 
 def make_objective(spec: dict, prior: MoleculeDiffusion, data: QM9Split, batch_size: int, seed: int = 0,
-                   pool_path: Path | None = None) -> tuple[nn.Module, object]:
+                   pool_path: Path | None = None, load_init: bool = True) -> tuple[nn.Module, object]:
     """The objective and batch source that ``spec`` (a finetune run's ``model`` record: ``method``,
     ``guidance``, ``reward_model``, ``maximize``, ``init``) describes, with conditions fitted on ``data``.
     The conditioned model starts as the prior with a zero condition embedding, or as the conditioned
-    model file ``init`` (e.g. CTRL from an RGDM model).
+    model file ``init`` (e.g. CTRL from an RGDM model; ``load_init=False`` skips reading it, for a run
+    resumed from its checkpoint).
 
     Prior-proposal RGDM samples its pool once (or rescores the molecules of ``guidance.pool``) and keeps
     it at ``pool_path`` (reused when there); data-proposal RGDM scores the molecules of ``data``."""
     conditions = PropertyConditions.from_split(data)
     objective, batches = _objective(spec, prior, data, conditions, batch_size, seed, pool_path)
-    if spec.get("init"):
+    if spec.get("init") and load_init:
         start_from(objective.model, spec["init"], conditions)
     return objective, batches
 

@@ -279,6 +279,20 @@ def test_a_run_can_start_from_another_conditioned_model(parts, weight_files, con
         make_objective(spec | {"init": str(tmp_path / "notes.pt")}, prior, split, 4)
 
 
+def test_a_resumed_run_does_not_need_its_init_file(weight_files, conditioned_model, tmp_path):
+    init = tmp_path / "init.pt"
+    init.write_bytes(conditioned_model.read_bytes())
+    run = tmp_path / "run"
+    common = ["finetune", "--run-dir", str(run), "--prior", str(weight_files / "prior.pt"), "--batch-size", "4",
+              "--checkpoint-every", "1"]
+    result = CliRunner().invoke(main, [*common, "--method", "cond", "--property", "all", "--init", str(init),
+                                       "--steps", "1"])
+    assert result.exit_code == 0, result.output
+    init.unlink()  # the checkpoint holds everything a resumed run needs
+    result = CliRunner().invoke(main, [*common, "--steps", "2", "--resume"])
+    assert result.exit_code == 0, result.output
+
+
 def test_ctrl_objective_benchmark_scores_the_prior_at_zero_kl_and_orders_the_two_kl_forms(parts):
     from benchmarks.ctrl_objective import score
 

@@ -116,6 +116,7 @@ def finetune(method, properties, maximize, run_dir, prior_path, reward_model, st
     prior = load_prior(spec["prior"])
     data = _training_data(prior.config.setting, record)
     run.mkdir(parents=True, exist_ok=True)
-    objective, batches = make_objective(spec, prior, data, train_cfg.batch_size, train_cfg.seed, run / "pool.pt")
+    objective, batches = make_objective(spec, prior, data, train_cfg.batch_size, train_cfg.seed, run / "pool.pt",
+                                        load_init=not (resume and (run / "checkpoint.pt").exists()))
     _fit(objective, batches, train_cfg, run, record, device, resume, None)
 
