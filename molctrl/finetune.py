@@ -64,6 +64,7 @@ class GuidanceConfig:
     radius: float = 0.5  # step-level RGDM's ρ
     score_targets: str = "predicted"  # step-level RGDM at data states: y ~ p̂(y | x) of the reward model at the
     # noised molecule x ("predicted"), or y ~ p(c | N) drawn apart from it ("independent")
+    score_max_step: int | None = None  # step-level RGDM at data states: train t uniform on {0, …, this} (None: T)
     train_steps: int = 4  # step-level RGDM / DDPO: transitions trained per trajectory
     clip: float = 1e-4  # DDPO's ratio clip
     cond_lr_scale: float = 10.0  # learning rate of the condition embedding / that of the rest
@@ -179,7 +180,9 @@ class PayoffScoreObjective(RewardObjective):
         y_mask = self.conditions.random_mask(len(x), self.config.properties).to(x.device)
         payoff = GuidedDenoiser(self.prior.denoiser, diffusion, reconstruction_likelihood(reward, diffusion, y, y_mask),
                                 scale=1.0 / self.config.temperature)
-        loss, shift = payoff_score_loss(diffusion, model.denoiser, payoff, x, mask, self.conditions.encode(y, y_mask))
+        top = diffusion.n_steps if self.config.score_max_step is None else self.config.score_max_step
+        t = torch.randint(0, top + 1, (len(x),), device=x.device)
+        loss, shift = payoff_score_loss(diffusion, model.denoiser, payoff, x, mask, self.conditions.encode(y, y_mask), t)
         self.stats = {"shift": shift.mean().item()}
         return loss.mean()
 

@@ -168,6 +168,9 @@ def test_step_level_rgdm_on_data_states_fits_the_shifted_prior(parts, weight_fil
     assert all(p.grad is None for p in [*objective.prior.parameters(), *objective.reward.parameters()])
     with pytest.raises(ValueError, match="needs property targets"):
         make_objective(spec | {"maximize": "qed"}, prior, split, 8)
+    low = asdict(GuidanceConfig(method="rgdm-step", proposal="data", score_max_step=0))
+    objective, _ = make_objective(spec | {"guidance": low}, prior, split, 8, seed=0)
+    assert objective(*batch) < 1e-2 * loss.item()  # at t = 0 the shift is of order σ₀ and ε_θ = ε_pre
 
 
 def test_finetune_cli_rejects_contradictory_requests(weight_files, tmp_path):

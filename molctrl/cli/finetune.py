@@ -63,6 +63,8 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
 @click.option("--samples-per-target", type=int, default=4, show_default=True,
               help="RGDM, model proposals: rollouts per target; their pay-off weights are normalised together.")
 @click.option("--radius", type=float, default=0.5, show_default=True, help="Step-level RGDM's ball radius ρ.")
+@click.option("--score-max-step", type=click.IntRange(0), default=None,
+              help="Step-level RGDM at data states: train on noise steps t ≤ this only (default: all T).")
 @click.option("--train-steps", type=int, default=4, show_default=True,
               help="Step-level RGDM and DDPO: transitions trained per trajectory.")
 @click.option("--clip", type=float, default=1e-4, show_default=True, help="DDPO's ratio clip.")
@@ -80,7 +82,7 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
 @click.option("--threads", type=int, default=None)
 @click.option("--resume", is_flag=True, help="Continue RUN_DIR with its run.json settings (only --steps may change).")
 def finetune(method, properties, maximize, run_dir, prior_path, reward_model, steps, batch_size, lr, sampling_steps,
-             alpha, kl, kl_cap, init_path, grad_steps, temperature, proposal, pool_size, pool_steps, pool_file, candidates, samples_per_target, radius, train_steps, clip, cond_lr_scale, cond_gate, freeze_backbone, checkpoint_every, seed, device, threads,
+             alpha, kl, kl_cap, init_path, grad_steps, temperature, proposal, pool_size, pool_steps, pool_file, candidates, samples_per_target, radius, score_max_step, train_steps, clip, cond_lr_scale, cond_gate, freeze_backbone, checkpoint_every, seed, device, threads,
              resume) -> None:
     """Fine-tune the prior into a conditioned generator; RUN_DIR/model.pt is the EMA model."""
     from molctrl.finetune import GuidanceConfig, make_objective
@@ -102,7 +104,8 @@ def finetune(method, properties, maximize, run_dir, prior_path, reward_model, st
                                                          proposal=proposal, pool_size=pool_size,
                                                          pool_steps=pool_steps, pool=pool_file, candidates=candidates,
                                                          samples_per_target=samples_per_target,
-                                                         radius=radius, train_steps=train_steps, clip=clip,
+                                                         radius=radius, score_max_step=score_max_step,
+                                                         train_steps=train_steps, clip=clip,
                                                          cond_lr_scale=cond_lr_scale, cond_gate=cond_gate,
                                                          train_backbone=not freeze_backbone)),
                        "method": method},
