@@ -21,7 +21,7 @@ import torch
 
 from benchmarks.record import emit, machine_info
 from common.guidance import GuidedDenoiser, reconstruction_likelihood
-from common.rollout import rollout, transitions
+from common.rollout import kl_factors, rollout, transitions
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
 from molctrl.finetune import TargetBatches, spec_reward
@@ -43,7 +43,7 @@ def score(model, prior, reward, conditions, n_atoms, y, y_mask, steps: int, seed
                    generator=torch.Generator().manual_seed(seed))
     pairs = transitions(diffusion, steps, 1, mask.device)
     labels = [f"{int(t)}->{'x' if s is None else int(s)}" for t, s in pairs]
-    factors = torch.stack([diffusion.continuous_kl_factor(t, s) for t, s in pairs]).to(roll.step_kl.dtype)
+    factors = kl_factors(diffusion, pairs, "continuous").to(roll.step_kl.dtype)
     r = reward(roll.x, mask, y, y_mask)
     out = {"reward": _summary(r)}
     for name, parts in (("kl_chain", roll.step_kl), ("kl_continuous", roll.step_kl * factors)):

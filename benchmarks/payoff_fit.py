@@ -24,7 +24,7 @@ from common.guidance import GuidedDenoiser, reconstruction_likelihood
 from molctrl.batches import MoleculeBatches
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
-from molctrl.finetune import spec_reward
+from molctrl.finetune import predictive_targets, spec_reward
 from molctrl.predictor import PROPERTIES
 from molctrl.weights import load_prior
 
@@ -43,7 +43,7 @@ def fit_by_step(model, prior, reward, conditions: PropertyConditions, batches: M
         x, mask = prior.encode(types, positions)
         with torch.no_grad():
             predicted = reward.predict(x, mask)
-        y = predicted + reward.scale * torch.randn_like(predicted)
+        y = predictive_targets(reward, predicted)
         y_mask = conditions.random_mask(len(x), PROPERTIES)
         payoff = GuidedDenoiser(prior.denoiser, diffusion, reconstruction_likelihood(reward, diffusion, y, y_mask))
         cond = conditions.encode(y, y_mask)

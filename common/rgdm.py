@@ -183,7 +183,7 @@ def _candidates(score: _PayoffScore, z: torch.Tensor, mean: torch.Tensor, std: t
 
 def payoff_score_loss(diffusion: GaussianDiffusion, model: Denoiser, payoff: GuidedDenoiser, x: torch.Tensor,
                       mask: torch.Tensor, cond: torch.Tensor | None = None,
-                      t: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      max_step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Step-level RGDM at noised data states: the model's ε fitted to the pay-off distribution's.
 
     The noisy marginals of q(x | y) ∝ p_pre(x)·p̂(y | x)^{1/τ} have the score ∇log p_t(z) + (1/τ)·∇log p̂_t(y | z)
@@ -194,7 +194,7 @@ def payoff_score_loss(diffusion: GaussianDiffusion, model: Denoiser, payoff: Gui
     the prior's ε shifted as guidance shifts it; ``payoff`` is that guided prior (:class:`GuidedDenoiser`
     at scale 1/τ, its shift clipped: the pay-off step's radius). The model is fitted by regression,
 
-        L = ‖ε_θ(z_t, t, y) − ε_q(z_t, y)‖² / (N·D),   z_t ~ q(z_t | x),  t uniform,
+        L = ‖ε_θ(z_t, t, y) − ε_q(z_t, y)‖² / (N·D),   z_t ~ q(z_t | x),  t uniform on {0, …, max_step or T},
 
     with x an unlabelled data molecule and ``cond`` encoding targets y (e.g. drawn from the reward model's
     predictive at x, so that the states follow q_t(z | y)). The minimiser
@@ -204,8 +204,8 @@ def payoff_score_loss(diffusion: GaussianDiffusion, model: Denoiser, payoff: Gui
 
     Returns the loss per set ``(B,)`` and the shift's root-mean-square per degree of freedom ``(B,)``.
     """
-    if t is None:
-        t = torch.randint(0, diffusion.n_steps + 1, (x.shape[0],), device=x.device)
+    top = diffusion.n_steps if max_step is None else max_step
+    t = torch.randint(0, top + 1, (x.shape[0],), device=x.device)
     z, _ = diffusion.add_noise(x, t, mask)
     time = t.to(x.dtype) / diffusion.n_steps
     with torch.no_grad():

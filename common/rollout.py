@@ -69,7 +69,7 @@ def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask
     z = space.noise(torch.empty(b, n, n_channels, device=mask.device, dtype=dtype), mask, generator)
     pairs = transitions(diffusion, n_sampling_steps, b, mask.device)
     run = partial(recompute, use_reentrant=False) if checkpoint and torch.is_grad_enabled() else _call
-    kl_sum = log_prob = prior_log_prob = torch.zeros(b, device=mask.device, dtype=dtype)
+    log_prob = prior_log_prob = torch.zeros(b, device=mask.device, dtype=dtype)
     step_kls = []
     for k, (t, s) in enumerate(pairs):
         if grad_steps is not None and len(pairs) - k > grad_steps:
@@ -82,13 +82,20 @@ def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask
             mean = run(_step_mean, diffusion, model, z, t, s, mask, cond)
         noise = space.noise(z, mask, generator)
         z_next = space.project(mean + std * noise, mask)
-        step_kl = diffusion.step_kl(mean, mean_pre, std, mask)
-        step_kls.append(step_kl)
-        kl_sum = kl_sum + (step_kl * diffusion.continuous_kl_factor(t, s).to(dtype) if kl == "continuous" else step_kl)
+        step_kls.append(diffusion.step_kl(mean, mean_pre, std, mask))
         log_prob = log_prob + diffusion.step_log_prob(z_next.detach(), mean, std, mask)
         prior_log_prob = prior_log_prob + diffusion.step_log_prob(z_next.detach(), mean_pre, std, mask)
         z = z_next
-    return Rollout(z, kl_sum, log_prob, prior_log_prob, torch.stack(step_kls))
+    step_kl = torch.stack(step_kls)
+    return Rollout(z, (step_kl * kl_factors(diffusion, pairs, kl).to(dtype)).sum(0), log_prob, prior_log_prob, step_kl)
+
+
+def kl_factors(diffusion: GaussianDiffusion, pairs: list[tuple[torch.Tensor, torch.Tensor | None]],
+               kl: str) -> torch.Tensor:
+    """``(S, B)`` factors that turn the chain's step KLs into the form ``kl``: ones for "chain",
+    Δλ/(e^{Δλ} − 1) for "continuous" (:meth:`GaussianDiffusion.continuous_kl_factor`)."""
+    factors = torch.stack([diffusion.continuous_kl_factor(t, s) for t, s in pairs])
+    return factors if kl == "continuous" else torch.ones_like(factors)
 
 
 def transitions(diffusion: GaussianDiffusion, n_sampling_steps: int | None, batch: int,

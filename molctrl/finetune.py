@@ -171,20 +171,23 @@ class PayoffScoreObjective(RewardObjective):
     def forward(self, types: torch.Tensor, positions: torch.Tensor, predicted: torch.Tensor | None = None) -> torch.Tensor:
         model, diffusion, reward = self.model, self.model.diffusion, self.reward
         x, mask = model.encode(types, positions)
-        if predicted is None:
-            y = self.conditions.sample(mask.sum(1).cpu()).to(x)
-        else:
-            y = torch.full((len(x), len(PROPERTIES)), float("nan"), dtype=x.dtype, device=x.device)
-            columns = reward.target_columns or list(range(reward.n_targets))
-            y[:, columns] = predicted + reward.scale.to(x) * torch.randn_like(predicted)
+        y = self.conditions.sample(mask.sum(1).cpu()).to(x) if predicted is None else predictive_targets(reward, predicted)
         y_mask = self.conditions.random_mask(len(x), self.config.properties).to(x.device)
         payoff = GuidedDenoiser(self.prior.denoiser, diffusion, reconstruction_likelihood(reward, diffusion, y, y_mask),
                                 scale=1.0 / self.config.temperature)
-        top = diffusion.n_steps if self.config.score_max_step is None else self.config.score_max_step
-        t = torch.randint(0, top + 1, (len(x),), device=x.device)
-        loss, shift = payoff_score_loss(diffusion, model.denoiser, payoff, x, mask, self.conditions.encode(y, y_mask), t)
+        loss, shift = payoff_score_loss(diffusion, model.denoiser, payoff, x, mask, self.conditions.encode(y, y_mask),
+                                        self.config.score_max_step)
         self.stats = {"shift": shift.mean().item()}
         return loss.mean()
+
+
+def predictive_targets(reward: GaussianLogLikelihood, predicted: torch.Tensor) -> torch.Tensor:
+    """Targets ``y (B, 6)`` drawn from the reward model's predictive N(f(x), s²) given its predictions
+    ``predicted (B, P)`` of its own columns; NaN in the columns it does not predict."""
+    y = torch.full((len(predicted), len(PROPERTIES)), float("nan"), dtype=predicted.dtype, device=predicted.device)
+    columns = reward.target_columns or list(range(reward.n_targets))
+    y[:, columns] = predicted + reward.scale.to(predicted) * torch.randn_like(predicted)
+    return y
 
 
 class ConditionalDenoising(nn.Module):
