@@ -31,6 +31,26 @@ from molctrl.weights import load_prior
 NOISE_STEPS = (50, 150, 300, 500, 700, 900)
 
 
+def payoff_condition(prior, reward, conditions: PropertyConditions,
+                     predicted: torch.Tensor) -> tuple[GuidedDenoiser, torch.Tensor]:
+    """The pay-off ε (the prior guided by the reconstruction likelihood) and the condition ``(B, 12)`` for
+    targets y ~ p̂(y | x) drawn from the reward's predictions ``predicted (B, P)``, a random non-empty
+    subset of the properties conditioned."""
+    y = predictive_targets(reward, predicted)
+    y_mask = conditions.random_mask(len(predicted), PROPERTIES)
+    payoff = GuidedDenoiser(prior.denoiser, prior.diffusion, reconstruction_likelihood(reward, prior.diffusion, y, y_mask))
+    return payoff, conditions.encode(y, y_mask)
+
+
+def payoff_shift(prior, payoff: GuidedDenoiser, z: torch.Tensor, time: torch.Tensor,
+                 mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prior's ε and the pay-off shift ε_q − ε_pre at states ``z (B, N, D)``, zero on padding."""
+    keep = mask.unsqueeze(-1)
+    with torch.no_grad():
+        eps_pre = prior.denoiser(z, time, mask)
+    return eps_pre, -payoff.shift(z, time, mask, eps_pre) * keep
+
+
 def fit_by_step(model, prior, reward, conditions: PropertyConditions, batches: MoleculeBatches, n_batches: int,
                 seed: int) -> dict[int, dict[str, float]]:
     """Shift mean square, fraction explained and cosine at each of :data:`NOISE_STEPS`."""
@@ -43,19 +63,14 @@ def fit_by_step(model, prior, reward, conditions: PropertyConditions, batches: M
         x, mask = prior.encode(types, positions)
         with torch.no_grad():
             predicted = reward.predict(x, mask)
-        y = predictive_targets(reward, predicted)
-        y_mask = conditions.random_mask(len(x), PROPERTIES)
-        payoff = GuidedDenoiser(prior.denoiser, diffusion, reconstruction_likelihood(reward, diffusion, y, y_mask))
-        cond = conditions.encode(y, y_mask)
-        keep = mask.unsqueeze(-1)
+        payoff, cond = payoff_condition(prior, reward, conditions, predicted)
         for step in NOISE_STEPS:
             t = torch.full((len(x),), step)
             z, _ = diffusion.add_noise(x, t, mask)
             time = t.float() / diffusion.n_steps
+            eps_pre, shift = payoff_shift(prior, payoff, z, time, mask)
             with torch.no_grad():
-                eps_pre = prior.denoiser(z, time, mask)
-                moved = (model.denoiser(z, time, mask, cond) - eps_pre) * keep
-            shift = -payoff.shift(z, time, mask, eps_pre) * keep
+                moved = (model.denoiser(z, time, mask, cond) - eps_pre) * mask.unsqueeze(-1)
             square = shift.square().sum()
             sums[step] += torch.stack([square, (moved - shift).square().sum(),
                                        (moved * shift).sum() / (moved.norm() * shift.norm()).clamp(min=1e-12)])

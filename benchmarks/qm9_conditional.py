@@ -96,6 +96,16 @@ def predictor_train_seconds(name_or_path: str) -> float | None:
     return torch.load(predictor_path(name_or_path), map_location="cpu", weights_only=False).get("train_seconds")
 
 
+def parse_window(ctx, param, text: str | None) -> tuple[int, int] | None:
+    """``"0:150"`` -> ``(0, 150)``, with a one-line error otherwise."""
+    if text is None:
+        return None
+    lo, sep, hi = text.partition(":")
+    if not (sep and lo.isdigit() and hi.isdigit() and int(lo) < int(hi)):
+        raise click.BadParameter(f"{text!r}: expected LO:HI, two step numbers with LO < HI, e.g. 0:150")
+    return int(lo), int(hi)
+
+
 @click.command()
 @click.option("--setting", default="qm9-noh", show_default=True)
 @click.option("--method", "methods", multiple=True, metavar="NAME=MODEL",
@@ -104,6 +114,8 @@ def predictor_train_seconds(name_or_path: str) -> float | None:
               help="Guidance of the prior by this predictor (shipped name or path): reconstruction guidance for a "
                    "clean-data predictor, classifier guidance for a noise-aware one.")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Guidance scale of the --guidance rows.")
+@click.option("--guidance-window", "window", default=None, metavar="LO:HI", callback=parse_window,
+              help="Guide only the steps lo < t ≤ hi of the diffusion's T (e.g. 0:150), for the --guidance rows.")
 @click.option("--guidance-scale", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Classifier-free guidance w of every --method model (1: the model itself).")
 @click.option("--best-of-pool", "pool_path", default=None, metavar="POOL",
@@ -122,7 +134,7 @@ def predictor_train_seconds(name_or_path: str) -> float | None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(setting, methods, guidance_models, scale, guidance_scale, pool_path, pool_reward, unconditional, prior_path, evaluator, references, properties,
+def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_path, pool_reward, unconditional, prior_path, evaluator, references, properties,
          n_samples, steps, seed, threads, out) -> None:
     """Score conditioned generators by the EDM protocol and print one JSON record."""
     if threads:
@@ -150,18 +162,20 @@ def main(setting, methods, guidance_models, scale, guidance_scale, pool_path, po
     for predictor_name in guidance_models:
         prior = load_prior(prior_path).eval()
         predictor = load_predictor(predictor_name).eval()
+        steps_window = (0.0, 1.0) if window is None else tuple(w / prior.diffusion.n_steps for w in window)
         if isinstance(predictor, NoisyPropertyPredictor):
-            guidance = Guidance(scale, noisy=predictor)
+            guidance = Guidance(scale, noisy=predictor, window=steps_window)
         else:
             guidance = Guidance(scale, reward=likelihood_reward(predictor, predictor.properties,
-                                                                prior.config.type_scale))
+                                                                prior.config.type_scale), window=steps_window)
 
         def guided(y, y_mask, n_atoms, g, prior=prior, guidance=guidance):
             return generate(prior, conditions, y, y_mask, steps, g, guidance, n_atoms=n_atoms)
 
-        rows.append(_row(f"{guidance.mode} guidance ({predictor.config.arch})", guided, conditions, scorer, properties,
+        where = "" if window is None else f", steps {window[0]} < t ≤ {window[1]}"
+        rows.append(_row(f"{guidance.mode} guidance ({predictor.config.arch}{where})", guided, conditions, scorer, properties,
                          n_samples, seed)
-                    | {"reward_model": predictor_name, "scale": scale,
+                    | {"reward_model": predictor_name, "scale": scale, "window": window,
                        "train_seconds": predictor_train_seconds(predictor_name) if guidance.mode == "classifier" else 0})
     if pool_path:
         rows.append(_best_of_pool(pool_path, pool_reward, conditions, scorer, properties, n_samples, seed))

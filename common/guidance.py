@@ -15,7 +15,8 @@ Two ways to get p_t(y | z_t):
   guided molecules up to 10³ Å within the first five steps.
 
 The shift is clipped per sample to a root-mean-square of ``max_shift`` per degree of freedom (the
-scale of ε itself); ``None`` turns the clip off.
+scale of ε itself); ``None`` turns the clip off. ``window = (lo, hi)`` guides only the steps with
+lo < t ≤ hi (t = step/T), to measure where along the chain guidance acts.
 """
 from __future__ import annotations
 
@@ -43,12 +44,13 @@ class GuidedDenoiser(nn.Module):
     """A :class:`~common.diffusion.Denoiser` whose ε is shifted by ``scale``·σ_t·∇ log p(y | ·)."""
 
     def __init__(self, denoiser: Denoiser, diffusion: GaussianDiffusion, log_likelihood: LogLikelihood,
-                 scale: float = 1.0, mode: str = "reconstruction", max_shift: float | None = 1.0):
+                 scale: float = 1.0, mode: str = "reconstruction", max_shift: float | None = 1.0,
+                 window: tuple[float, float] = (0.0, 1.0)):
         super().__init__()
         if mode not in ("classifier", "reconstruction"):
             raise ValueError(f"mode must be 'classifier' or 'reconstruction', got {mode!r}")
         self.denoiser, self.diffusion, self.log_likelihood = denoiser, diffusion, log_likelihood
-        self.scale, self.mode, self.max_shift = scale, mode, max_shift
+        self.scale, self.mode, self.max_shift, self.window = scale, mode, max_shift, window
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         with torch.no_grad():
@@ -56,8 +58,11 @@ class GuidedDenoiser(nn.Module):
         return self.diffusion.space.project(eps - self.shift(z, t, mask, eps), mask)
 
     def shift(self, z: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """``scale``·σ_t·∇_z log p_t(y | z_t), clipped, ``(B, N, D)``, for states ``z`` whose denoiser
-        output is ``eps`` (read by the reconstruction mode only); not differentiable."""
+        """``scale``·σ_t·∇_z log p_t(y | z_t), clipped, zero outside the window, ``(B, N, D)``, for states
+        ``z`` whose denoiser output is ``eps`` (read by the reconstruction mode only); not differentiable."""
+        inside = (t > self.window[0]) & (t <= self.window[1])
+        if not inside.any():
+            return torch.zeros_like(z)
         step = (t * self.diffusion.n_steps).round().long()
         schedule = self.diffusion.schedule
         gamma = schedule.gamma(step).to(z.dtype).view(-1, 1, 1)
@@ -70,7 +75,7 @@ class GuidedDenoiser(nn.Module):
             else:
                 z = z.detach().requires_grad_(True)
                 (grad,) = torch.autograd.grad(self.log_likelihood(z, t, mask).sum(), z)
-        shift = self.diffusion.space.project(self.scale * sigma * torch.nan_to_num(grad), mask)
+        shift = self.diffusion.space.project(self.scale * sigma * torch.nan_to_num(grad) * inside.view(-1, 1, 1), mask)
         if self.max_shift is not None:  # a safeguard: a learned likelihood can be steep off the data
             dims = self.diffusion.space.dims(mask, z.shape[-1]).to(z.dtype).view(-1, 1, 1)
             rms = shift.square().sum((1, 2), keepdim=True).div(dims).sqrt()

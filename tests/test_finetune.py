@@ -238,6 +238,13 @@ def test_conditional_benchmark_scores_methods_by_the_edm_protocol(weight_files, 
     assert set(rows["ctrl"]["mae"]) == {"alpha", "mu"} and 0 <= rows["ctrl"]["validity"] <= 1
     assert rows["ctrl"]["train_steps"] == 1 and rows["ctrl"]["train_seconds"] >= 0  # from the model file
     assert rows["#Atoms"]["mae"]["alpha"] == pytest.approx(5.38, abs=0.01)  # from the qm9_predictors record
+    late = CliRunner().invoke(benchmark, ["--guidance", predictor, "--guidance-window", "25:50", "--references", "",
+                                          "--prior", str(weight_files / "prior.pt"), "--evaluator", predictor,
+                                          "--property", "mu", "-n", "2", "--steps", "2"])
+    assert late.exit_code == 0, late.output
+    assert json.loads(late.stdout)["rows"][0]["window"] == [25, 50]
+    bad = CliRunner().invoke(benchmark, ["--guidance", predictor, "--guidance-window", "150:0"])
+    assert bad.exit_code == 2 and "expected LO:HI" in bad.output, bad.output
 
 
 def test_noise_aware_predictor_trains_calibrates_per_noise_level_and_guides(weight_files, tmp_path):
@@ -311,6 +318,22 @@ def test_ctrl_objective_benchmark_scores_the_prior_at_zero_kl_and_orders_the_two
     assert len(moved["kl_chain"]["per_step_median"]) == 5 and moved["reward"]["mean"] < 0
     guided = score("guidance", prior, reward, conditions, n_atoms, y, y_mask, steps=4, seed=0)
     assert guided["kl_chain"]["mean"] > guided["kl_continuous"]["mean"] > 0  # guidance moves ε off the prior's
+
+
+def test_payoff_capacity_benchmark_starts_at_the_prior_and_fits_its_fixed_states(parts):
+    from benchmarks.payoff_capacity import fit, fixed_states
+
+    split, prior, reward, conditions = parts
+    batches = MoleculeBatches(split, 6, seed=1)
+    torch.manual_seed(0)
+    fitted = fixed_states(prior, reward, conditions, *batches(0), step=30, per_state=3)
+    held_out = fixed_states(prior, reward, conditions, *batches(1), step=30, per_state=3)
+    assert torch.equal(fitted.z[0], fitted.z[2]) and not torch.equal(fitted.cond[0], fitted.cond[1])
+    assert 0 < fitted.c_blind_ceiling(3) < 1  # each state's targets differ, so does its shift
+    model = prior.with_condition(conditions.cond_dim, gate="none")
+    curve = fit(model, fitted, held_out, iterations=40, lr=1e-4, cond_lr_scale=10, report_every=20)
+    assert curve[0] == {"iteration": 0, "fitted": 0.0, "held_out": 0.0}  # the zero-initialised copy is the prior
+    assert [c["iteration"] for c in curve] == [0, 20, 40] and curve[-1]["fitted"] > 0.4
 
 
 def test_payoff_candidates_are_drawn_from_the_target_size_and_tend_to_the_full_pool(parts):

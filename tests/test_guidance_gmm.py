@@ -165,6 +165,20 @@ def test_reconstruction_guidance_moves_towards_y_short_of_the_tilt():
         GuidedDenoiser(MixtureDenoiser(PRIOR, SCHEDULE), DIFFUSION, clean_log_likelihood, mode="noisy")
 
 
+def test_guidance_window_shifts_only_the_steps_inside_it():
+    prior = MixtureDenoiser(PRIOR, SCHEDULE)
+    full = GuidedDenoiser(prior, DIFFUSION, clean_log_likelihood, mode="reconstruction")
+    late = GuidedDenoiser(prior, DIFFUSION, clean_log_likelihood, mode="reconstruction", window=(0.5, 1.0))
+    z, mask = torch.randn(6, 1, 2), torch.ones(6, 1, dtype=torch.bool)
+    t = torch.tensor([0.2, 0.5, 0.7, 0.9, 0.3, 1.0])
+    eps = prior(z, t, mask)
+    inside = t > 0.5
+    shift, windowed = full.shift(z, t, mask, eps), late.shift(z, t, mask, eps)
+    assert shift.abs().amax((1, 2)).gt(0).all()
+    assert torch.equal(windowed[inside], shift[inside]) and not windowed[~inside].any()
+    assert not late.shift(z[:2], t[:2], mask[:2], eps[:2]).any()  # no row inside: no gradient taken
+
+
 def test_ddpo_raises_the_reward_without_a_prior_anchor():
     _, model, optimizer, mask, y = setup(lr=3e-3)
     first = None
