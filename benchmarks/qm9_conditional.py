@@ -30,7 +30,7 @@ import torch
 from benchmarks.record import emit, guided_row, machine_info
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
-from molctrl.generate import Guidance, generate
+from molctrl.generate import Guidance, generate, parse_window
 from molctrl.metrics import evaluate_molecules, train_smiles
 from molctrl.noisy_predictor import NoisyPropertyPredictor
 from molctrl.predictor import PROPERTIES, likelihood_reward
@@ -96,14 +96,11 @@ def predictor_train_seconds(name_or_path: str) -> float | None:
     return torch.load(predictor_path(name_or_path), map_location="cpu", weights_only=False).get("train_seconds")
 
 
-def parse_window(ctx, param, text: str | None) -> tuple[int, int] | None:
-    """``"0:150"`` -> ``(0, 150)``, with a one-line error otherwise."""
-    if text is None:
-        return None
-    lo, sep, hi = text.partition(":")
-    if not (sep and lo.isdigit() and hi.isdigit() and int(lo) < int(hi)):
-        raise click.BadParameter(f"{text!r}: expected LO:HI, two step numbers with LO < HI, e.g. 0:150")
-    return int(lo), int(hi)
+def _window(ctx, param, text: str | None) -> tuple[int, int] | None:
+    try:
+        return None if text is None else parse_window(text)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
 
 
 @click.command()
@@ -114,7 +111,7 @@ def parse_window(ctx, param, text: str | None) -> tuple[int, int] | None:
               help="Guidance of the prior by this predictor (shipped name or path): reconstruction guidance for a "
                    "clean-data predictor, classifier guidance for a noise-aware one.")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Guidance scale of the --guidance rows.")
-@click.option("--guidance-window", "window", default=None, metavar="LO:HI", callback=parse_window,
+@click.option("--guidance-window", "window", default=None, metavar="LO:HI", callback=_window,
               help="Guide only the steps lo < t ≤ hi of the diffusion's T (e.g. 0:150), for the --guidance rows.")
 @click.option("--guidance-scale", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Classifier-free guidance w of every --method model (1: the model itself).")

@@ -59,6 +59,14 @@ def parse_targets(texts: Sequence[str]) -> dict[str, float]:
     return targets
 
 
+def parse_window(text: str) -> tuple[int, int]:
+    """``"0:150"`` -> ``(0, 150)``, the diffusion steps lo < t ≤ hi to guide, with a one-line error otherwise."""
+    lo, sep, hi = text.partition(":")
+    if not (sep and lo.isdigit() and hi.isdigit() and int(lo) < int(hi)):
+        raise ValueError(f"{text!r}: expected LO:HI, two step numbers with LO < HI, e.g. 0:150")
+    return int(lo), int(hi)
+
+
 def target_tensors(targets: dict[str, float], n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``y (n, 6)`` (NaN where not conditioned) and ``y_mask (n, 6)``."""
     row = torch.tensor([targets.get(p, float("nan")) for p in PROPERTIES])

@@ -204,6 +204,7 @@ def test_generate_writes_sdf_with_targets_and_predictions_and_a_png(weight_files
     summary = json.loads(result.output)
     assert {"validity", "mol_stability", "mae_alpha", "mae_mu"} <= set(summary)
     assert summary["guidance_scale"] == float(guidance_scale)
+    assert summary["guidance_window"] == ([0, 150] if method == "guidance" else None)
     molecules = read_molecules(out)
     assert len(molecules) == 5 and molecules[0].properties["target_alpha"] == 60.0
     assert "predicted_mu" in molecules[0].properties
@@ -217,7 +218,9 @@ def test_generate_reports_bad_requests_in_one_line(weight_files, tmp_path):
              (["--maximize", "qed", "--method", "guidance"], "needs a differentiable reward"),
              (["--target", "mu=1", "--model", str(weight_files / "prior.pt")], "is not a conditioned model"),
              (["--target", "mu=1", "--method", "guidance", "--guidance-scale", "2"], "needs property targets and a"),
-             (["--maximize", "qed", "--guidance-scale", "2"], "needs property targets and a")]
+             (["--maximize", "qed", "--guidance-scale", "2"], "needs property targets and a"),
+             (["--target", "mu=1", "--guidance-window", "0:10"], "only --method guidance"),
+             (["--target", "mu=1", "--method", "guidance", "--guidance-window", "10"], "expected LO:HI")]
     for args, message in cases:
         result = CliRunner().invoke(main, ["generate", *args, *out])
         assert result.exit_code == 2 and message in result.output, result.output
@@ -321,19 +324,22 @@ def test_ctrl_objective_benchmark_scores_the_prior_at_zero_kl_and_orders_the_two
 
 
 def test_payoff_capacity_benchmark_starts_at_the_prior_and_fits_its_fixed_states(parts):
-    from benchmarks.payoff_capacity import fit, fixed_states
+    from benchmarks.payoff_capacity import fit
+    from benchmarks.payoff_fit import payoff_states, shares
 
     split, prior, reward, conditions = parts
     batches = MoleculeBatches(split, 6, seed=1)
     torch.manual_seed(0)
-    fitted = fixed_states(prior, reward, conditions, *batches(0), step=30, per_state=3)
-    held_out = fixed_states(prior, reward, conditions, *batches(1), step=30, per_state=3)
+    fitted = payoff_states(prior, reward, conditions, *batches(0), step=30, per_state=3)
+    held_out = payoff_states(prior, reward, conditions, *batches(1), step=30, per_state=3)
     assert torch.equal(fitted.z[0], fitted.z[2]) and not torch.equal(fitted.cond[0], fitted.cond[1])
-    assert 0 < fitted.c_blind_ceiling(3) < 1  # each state's targets differ, so does its shift
     model = prior.with_condition(conditions.cond_dim, gate="none")
+    start = shares(fitted.sums(model))
+    assert start["explained"] == start["explained_target_dependent"] == 0.0  # the zero-initialised copy is the prior
+    assert 0 < start["c_blind"] < 1  # each state's targets differ, and so does its shift
     curve = fit(model, fitted, held_out, iterations=40, lr=1e-4, cond_lr_scale=10, report_every=20)
-    assert curve[0] == {"iteration": 0, "fitted": 0.0, "held_out": 0.0}  # the zero-initialised copy is the prior
     assert [c["iteration"] for c in curve] == [0, 20, 40] and curve[-1]["fitted"] > 0.4
+    assert curve[-1]["fitted_target_dependent"] > 0.05  # it reads c
 
 
 def test_payoff_candidates_are_drawn_from_the_target_size_and_tend_to_the_full_pool(parts):
