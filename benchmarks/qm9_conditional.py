@@ -37,14 +37,19 @@ from molctrl.predictor import PROPERTIES, likelihood_reward
 from molctrl.weights import load_predictor, load_prior
 
 
+def protocol_targets(conditions: PropertyConditions, prop: str, n: int, seed: int):
+    """The protocol's ``n`` draws for one property: N from the Db histogram, c ~ p(c | N), the mask
+    ``(n, 6)`` of ``prop`` alone, and the generator that drew them (fresh per property and seed), to sample with."""
+    g = torch.Generator().manual_seed(seed * 1000 + PROPERTIES.index(prop))
+    n_atoms = conditions.n_atoms[torch.randint(len(conditions.n_atoms), (n,), generator=g)]
+    return n_atoms, conditions.sample(n_atoms, g), conditions.mask_from_names([prop], n), g
+
+
 def _row(name: str, sample, conditions: PropertyConditions, evaluator, properties, n: int, seed: int) -> dict:
     """MAE per property, and validity / stability over all of the row's samples."""
     row, molecules_all, seconds = {"row": name, "mae": {}}, [], 0.0
     for prop in properties:
-        g = torch.Generator().manual_seed(seed * 1000 + PROPERTIES.index(prop))  # fresh samples per property
-        n_atoms = conditions.n_atoms[torch.randint(len(conditions.n_atoms), (n,), generator=g)]
-        y = conditions.sample(n_atoms, g)
-        y_mask = conditions.mask_from_names([prop], n)
+        n_atoms, y, y_mask, g = protocol_targets(conditions, prop, n, seed)
         t0 = time.perf_counter()
         molecules = sample(y, y_mask, n_atoms, g)
         seconds += time.perf_counter() - t0
@@ -96,7 +101,8 @@ def predictor_train_seconds(name_or_path: str) -> float | None:
     return torch.load(predictor_path(name_or_path), map_location="cpu", weights_only=False).get("train_seconds")
 
 
-def _window(ctx, param, text: str | None) -> tuple[int, int] | None:
+def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
+    """Click callback of ``--guidance-window``: :func:`molctrl.generate.parse_window` as a usage error."""
     try:
         return None if text is None else parse_window(text)
     except ValueError as err:
@@ -111,7 +117,7 @@ def _window(ctx, param, text: str | None) -> tuple[int, int] | None:
               help="Guidance of the prior by this predictor (shipped name or path): reconstruction guidance for a "
                    "clean-data predictor, classifier guidance for a noise-aware one.")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Guidance scale of the --guidance rows.")
-@click.option("--guidance-window", "window", default=None, metavar="LO:HI", callback=_window,
+@click.option("--guidance-window", "window", default=None, metavar="LO:HI", callback=window_option,
               help="Guide only the steps lo < t ≤ hi of the diffusion's T (e.g. 0:150), for the --guidance rows.")
 @click.option("--guidance-scale", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Classifier-free guidance w of every --method model (1: the model itself).")
