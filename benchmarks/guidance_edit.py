@@ -72,7 +72,7 @@ def main(n_samples, window, reward_model, evaluator, properties, steps, seed, th
     predictor = load_predictor(reward_model).eval()
     scorer = load_predictor(evaluator).eval()
     guidance = Guidance(1.0, reward=likelihood_reward(predictor, predictor.properties, prior.config.type_scale),
-                        window=tuple(w / prior.diffusion.n_steps for w in window))
+                        window=window)
     rows = {}
     for prop in properties:
         n_atoms, y, y_mask, g = protocol_targets(conditions, prop, n_samples, seed)

@@ -165,12 +165,11 @@ def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_
     for predictor_name in guidance_models:
         prior = load_prior(prior_path).eval()
         predictor = load_predictor(predictor_name).eval()
-        steps_window = (0.0, 1.0) if window is None else tuple(w / prior.diffusion.n_steps for w in window)
         if isinstance(predictor, NoisyPropertyPredictor):
-            guidance = Guidance(scale, noisy=predictor, window=steps_window)
+            guidance = Guidance(scale, noisy=predictor, window=window)
         else:
             guidance = Guidance(scale, reward=likelihood_reward(predictor, predictor.properties,
-                                                                prior.config.type_scale), window=steps_window)
+                                                                prior.config.type_scale), window=window)
 
         def guided(y, y_mask, n_atoms, g, prior=prior, guidance=guidance):
             return generate(prior, conditions, y, y_mask, steps, g, guidance, n_atoms=n_atoms)

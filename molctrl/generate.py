@@ -30,7 +30,7 @@ class Guidance:
     scale: float = 1.0
     reward: GaussianLogLikelihood | None = None  # reconstruction
     noisy: NoisyPropertyPredictor | None = None  # classifier
-    window: tuple[float, float] = (0.0, 1.0)  # guide only lo < t ≤ hi, see GuidedDenoiser
+    window: tuple[int, int] | None = None  # guide only the diffusion steps lo < t ≤ hi (None: all of them)
 
     @property
     def mode(self) -> str:
@@ -113,8 +113,9 @@ def generate(model: MoleculeDiffusion, conditions: PropertyConditions, y: torch.
         cond = conditions.encode(yb, mb).to(device) if model.config.cond_dim else None
         if guidance is not None:
             log_likelihood = guidance.log_likelihood(yb.to(device), mb.to(device), model.diffusion)
+            window = (0, model.diffusion.n_steps) if guidance.window is None else guidance.window
             denoiser = GuidedDenoiser(model.denoiser, model.diffusion, log_likelihood, guidance.scale, guidance.mode,
-                                      window=guidance.window)
+                                      window=(window[0] / model.diffusion.n_steps, window[1] / model.diffusion.n_steps))
         else:
             denoiser = classifier_free(model.denoiser, guidance_scale)
         molecules += model.sample(len(yb), n_sampling_steps, generator, n_atoms=n_atoms[rows], cond=cond,
