@@ -2,7 +2,7 @@
 
 ``benchmarks.payoff_fit`` showed that models trained on the pay-off score reproduce little of the shift
 ε_q − ε_pre = −σ_t·∇ log p̂_t(y | z_t) near the data (t ≤ 150), where it is largest. This separates the
-two reasons that could have: the network (the prior plus a condition embedding) cannot express the
+two possible reasons: the network (the prior plus a condition embedding) cannot express the
 shift, or it can and the training budget was too small to learn it from fresh states.
 
 At one noise step t it fixes ``--molecules`` Db molecules, noises each once, and pairs each state with

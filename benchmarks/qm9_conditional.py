@@ -37,7 +37,8 @@ from molctrl.predictor import PROPERTIES, likelihood_reward
 from molctrl.weights import load_predictor, load_prior
 
 
-def protocol_targets(conditions: PropertyConditions, prop: str, n: int, seed: int):
+def protocol_targets(conditions: PropertyConditions, prop: str, n: int,
+                     seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator]:
     """The protocol's ``n`` draws for one property: N from the Db histogram, c ~ p(c | N), the mask
     ``(n, 6)`` of ``prop`` alone, and the generator that drew them (fresh per property and seed), to sample with."""
     g = torch.Generator().manual_seed(seed * 1000 + PROPERTIES.index(prop))
