@@ -293,8 +293,6 @@ def test_guidance_edit_pairs_a_graph_change_apart_from_a_geometry_change():
     from molctrl.data.qm9 import load_split
 
     class AtomCount:  # an "evaluator" that reads the number of heavy atoms
-        properties = ["alpha"]
-
         def predict_molecules(self, molecules):
             return np.array([[float(len(m.symbols))] for m in molecules])
 
