@@ -176,7 +176,7 @@ def test_guidance_window_shifts_only_the_steps_inside_it():
     shift, windowed = full.shift(z, t, mask, eps), late.shift(z, t, mask, eps)
     assert shift.abs().amax((1, 2)).gt(0).all()
     assert torch.equal(windowed[inside], shift[inside]) and not windowed[~inside].any()
-    assert not late.shift(z[:2], t[:2], mask[:2], eps[:2]).any()  # no row inside: no gradient taken
+    assert not late.shift(z[:2], t[:2], mask[:2], eps[:2]).any()  # no row inside: zero shift, early return
 
 
 def test_ddpo_raises_the_reward_without_a_prior_anchor():
