@@ -97,18 +97,21 @@ def payoff_states(prior, reward, conditions: PropertyConditions, types: torch.Te
     return PayoffStates(z, time, mask, conditions.encode(y, y_mask), eps_pre, shift, per_state)
 
 
-def fit_by_step(model, prior, reward, conditions: PropertyConditions, batches: MoleculeBatches, n_batches: int,
-                per_state: int, seed: int) -> dict[int, dict[str, float]]:
-    """Per t of :data:`NOISE_STEPS`: the shift's mean square per state and :func:`shares`."""
+def fit_by_step(models: dict, prior, reward, conditions: PropertyConditions, batches: MoleculeBatches, n_batches: int,
+                per_state: int, seed: int) -> dict[str, dict[int, dict[str, float]]]:
+    """Per model and t of :data:`NOISE_STEPS`: the shift's mean square per state and :func:`shares`. The
+    states and their shifts (the costly part) are built once and scored by every model."""
     torch.manual_seed(seed)
-    by_step = {}
+    by_step = {name: {} for name in models}
     for step in NOISE_STEPS:
-        sums, count = torch.zeros(6), 0
+        sums, count = {name: torch.zeros(6) for name in models}, 0
         for b in range(n_batches):
             states = payoff_states(prior, reward, conditions, *batches(b), step, per_state)
-            sums += states.sums(model)
+            for name, model in models.items():
+                sums[name] += states.sums(model)
             count += len(states.z)
-        by_step[step] = {"shift_square_per_state": round(float(sums[0] / count), 3)} | shares(sums)
+        for name, total in sums.items():
+            by_step[name][step] = {"shift_square_per_state": round(float(total[0] / count), 3)} | shares(total)
     return by_step
 
 
@@ -135,12 +138,11 @@ def main(models, reward_model, n_batches, batch_size, per_state, seed, threads, 
     if threads:
         torch.set_num_threads(threads)
     prior, reward, conditions, batches = shipped_parts(reward_model, batch_size, seed)
-    rows = []
-    for spec in models:
-        name, _, path = spec.partition("=")
-        model = load_prior(path).eval()
-        rows.append({"row": name, "model": path, "cond_gate": model.config.cond_gate,
-                     "by_step": fit_by_step(model, prior, reward, conditions, batches, n_batches, per_state, seed)})
+    specs = [spec.partition("=")[::2] for spec in models]
+    loaded = {name: load_prior(path).eval() for name, path in specs}
+    by_step = fit_by_step(loaded, prior, reward, conditions, batches, n_batches, per_state, seed)
+    rows = [{"row": name, "model": path, "cond_gate": loaded[name].config.cond_gate, "by_step": by_step[name]}
+            for name, path in specs]
     emit({"reward_model": reward_model, "batches": n_batches, "batch_size": batch_size, "targets_per_state": per_state, "seed": seed, "rows": rows,
           "threads": torch.get_num_threads(), "command": "python -m benchmarks.payoff_fit " + " ".join(sys.argv[1:]),
           "machine": machine_info()}, out, indent=1)
