@@ -59,7 +59,7 @@ def _summary(v: torch.Tensor) -> dict:
 
 @click.command()
 @click.option("--model", "models", multiple=True, metavar="NAME=MODEL", required=True,
-              help="A conditioned model.pt to score (repeat); NAME=prior scores the prior itself, NAME=guidance the "
+              help="A conditioned model.safetensors to score (repeat); NAME=prior scores the prior itself, NAME=guidance the "
                    "prior under reconstruction guidance (scale 1) by the reward model.")
 @click.option("--reward-model", default="qm9-noh-e3nn-Db", show_default=True)
 @click.option("--targets", "n_targets", type=int, default=256, show_default=True)

@@ -32,7 +32,7 @@ from molctrl.weights import load_prior
 
 METHODS = ("ctrl", "rgdm", "rgdm-data", "rgdm-data-full", "rgdm-rollouts", "rgdm-step", "rgdm-step-data", "ddpo",
            "cond")
-POOL = "benchmarks/runs/finetune-rgdm-qm9-noh/pool.pt"  # prior-proposal RGDM reuses the committed pool
+POOL = "benchmarks/runs/finetune-rgdm-qm9-noh/pool.safetensors"  # prior-proposal RGDM reuses the committed pool
 CANDIDATES = 4096  # molctrl finetune's default
 
 

@@ -125,7 +125,7 @@ def shipped_parts(reward_model: str, batch_size: int, seed: int):
 
 @click.command()
 @click.option("--model", "models", multiple=True, metavar="NAME=MODEL", required=True,
-              help="A conditioned model.pt to score (repeat).")
+              help="A conditioned model.safetensors to score (repeat).")
 @click.option("--reward-model", default="qm9-noh-e3nn-Db", show_default=True)
 @click.option("--batches", "n_batches", type=int, default=4, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Molecules per batch.")

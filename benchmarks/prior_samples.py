@@ -17,6 +17,7 @@ import torch
 
 from benchmarks.record import emit, machine_info
 from common.runtime import seed_everything
+from common.weights import read_tree
 from molctrl.metrics import evaluate_molecules, train_smiles
 from molctrl.weights import DEFAULT_PRIOR, load_prior
 
@@ -31,7 +32,7 @@ from molctrl.weights import DEFAULT_PRIOR, load_prior
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON record here.")
 def main(model_path: str, n_samples: int, step_counts: tuple[int, ...], seed: int, batch_size: int, out: str | None) -> None:
     """Score N samples of a prior per step count and print one JSON record."""
-    payload = torch.load(model_path, map_location="cpu", weights_only=False)
+    payload = read_tree(model_path)
     model = load_prior(model_path).eval()
     reference = train_smiles(model.config.setting)
     rows = []

@@ -1,8 +1,8 @@
 """The conditional QM9 benchmark (EDM/EEGSDE protocol) at CPU scale.
 
     python -m benchmarks.qm9_conditional --setting qm9-noh -n 500 --steps 100 --seed 0 \\
-        --method ctrl=molctrl/weights/qm9-noh-ctrl.pt --method rgdm=molctrl/weights/qm9-noh-rgdm.pt \\
-        --method cond=runs/cond/model.pt --guidance qm9-noh-e3nn-Db [--out benchmarks/results/...json]
+        --method ctrl=molctrl/weights/qm9-noh-ctrl.safetensors --method rgdm=molctrl/weights/qm9-noh-rgdm.safetensors \\
+        --method cond=runs/cond/model.safetensors --guidance qm9-noh-e3nn-Db [--out benchmarks/results/...json]
 
 For each property separately: N from the Db atom-count histogram, the target c from p(c | N) (the
 label of a random Db molecule with N atoms), one molecule per (N, c) from the method conditioned on
@@ -11,7 +11,7 @@ predicts the property and the MAE is taken over all samples, valid or not. Valid
 the same samples are reported. Reference rows (U-bound, #Atoms, L-bound of the evaluator's
 architecture) are copied from the record of ``benchmarks.qm9_predictors`` (``--references``).
 
-Compute per row: a fine-tuned model's training seconds and steps (stored in its ``model.pt`` by the
+Compute per row: a fine-tuned model's training seconds and steps (stored in its ``model.safetensors`` by the
 trainer), a guidance row's predictor training seconds (the noise-aware predictor is trained for it;
 the clean-data reward predictor is shared by every reward method and not counted), and the sampling
 seconds of the row's samples.
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from benchmarks.record import emit, guided_row, machine_info
+from common.weights import read_tree
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
 from molctrl.generate import Guidance, generate, parse_window
@@ -99,7 +100,7 @@ def predictor_train_seconds(name_or_path: str) -> float | None:
     """Training seconds stored with a predictor's weights (None when not recorded)."""
     from molctrl.weights import predictor_path
 
-    return torch.load(predictor_path(name_or_path), map_location="cpu", weights_only=False).get("train_seconds")
+    return read_tree(predictor_path(name_or_path)).get("train_seconds")
 
 
 def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
@@ -113,7 +114,7 @@ def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
 @click.command()
 @click.option("--setting", default="qm9-noh", show_default=True)
 @click.option("--method", "methods", multiple=True, metavar="NAME=MODEL",
-              help="A conditioned model (from 'molctrl finetune') to score, e.g. ctrl=runs/ctrl/model.pt.")
+              help="A conditioned model (from 'molctrl finetune') to score, e.g. ctrl=runs/ctrl/model.safetensors.")
 @click.option("--guidance", "guidance_models", multiple=True, metavar="PREDICTOR",
               help="Guidance of the prior by this predictor (shipped name or path): reconstruction guidance for a "
                    "clean-data predictor, classifier guidance for a noise-aware one.")
@@ -123,7 +124,7 @@ def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
 @click.option("--guidance-scale", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Classifier-free guidance w of every --method model (1: the model itself).")
 @click.option("--best-of-pool", "pool_path", default=None, metavar="POOL",
-              help="Best-of-N row: for each target the pool molecule (a pool.pt of 'molctrl finetune --method rgdm') "
+              help="Best-of-N row: for each target the pool molecule (a pool.safetensors of 'molctrl finetune --method rgdm') "
                    "of the target's size that --pool-reward finds most likely.")
 @click.option("--pool-reward", default="qm9-noh-e3nn-Db", show_default=True,
               help="The predictor whose predictions the pool holds.")
@@ -149,7 +150,7 @@ def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_
     for spec in methods:
         name, _, path = spec.partition("=")
         model = load_prior(path).eval()
-        trained = torch.load(path, map_location="cpu", weights_only=False)
+        trained = read_tree(path)
 
         def sample(y, y_mask, n_atoms, g, model=model):
             return generate(model, conditions, y, y_mask, steps, g, n_atoms=n_atoms, guidance_scale=guidance_scale)

@@ -1,7 +1,7 @@
 """Score maximisation: an RDKit score of samples from the prior and from models fine-tuned to raise it.
 
     python -m benchmarks.qm9_maximize --score qed -n 500 --steps 100 --seed 0 \\
-        --model rgdm=molctrl/weights/qm9-noh-rgdm-qed.pt [--out benchmarks/results/qm9_maximize_qed.json]
+        --model rgdm=molctrl/weights/qm9-noh-rgdm-qed.safetensors [--out benchmarks/results/qm9_maximize_qed.json]
 
 Each row samples ``-n`` molecules (atom counts drawn from Db's, the same generator seed for every row) and reports the mean and quartiles of the score over the valid ones (invalid molecules have
 no score), with validity and uniqueness of all of them. The first row is the shipped prior.
@@ -26,7 +26,7 @@ from molctrl.weights import load_prior
 
 @click.command()
 @click.option("--score", type=click.Choice(["qed", "logp", "sa"]), default="qed", show_default=True)
-@click.option("--model", "models", multiple=True, metavar="NAME=MODEL", help="A fine-tuned model.pt to score.")
+@click.option("--model", "models", multiple=True, metavar="NAME=MODEL", help="A fine-tuned model.safetensors to score.")
 @click.option("-n", "n_samples", type=int, default=500, show_default=True)
 @click.option("--steps", type=int, default=100, show_default=True, help="Sampling steps.")
 @click.option("--seed", type=int, default=0, show_default=True)

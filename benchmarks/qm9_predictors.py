@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from benchmarks.record import emit, machine_info
+from common.weights import read_tree
 from molctrl.data.qm9 import SETTINGS, QM9Split, load_split
 from molctrl.predictor import PROPERTIES, AtomCountPredictor
 from molctrl.weights import load_predictor, predictor_path
@@ -39,7 +40,7 @@ def _predict(name: str, split: QM9Split) -> tuple[np.ndarray, dict]:
     model = load_predictor(name).eval()
     if model.properties != PROPERTIES:
         raise click.BadParameter(f"{name} predicts {model.properties}, the benchmark needs {PROPERTIES}")
-    payload = torch.load(predictor_path(name), map_location="cpu", weights_only=False)
+    payload = read_tree(predictor_path(name))
     t0 = time.perf_counter()
     predictions = model.predict_arrays(split.types, split.positions)
     info = {"model": str(name), "arch": model.config.arch, "train_step": payload.get("step"),
@@ -51,9 +52,9 @@ def _predict(name: str, split: QM9Split) -> tuple[np.ndarray, dict]:
 @click.command()
 @click.option("--setting", type=click.Choice(list(SETTINGS)), default="qm9-noh", show_default=True)
 @click.option("--evaluator", "evaluators", multiple=True, default=("qm9-noh-egnn-Da", "qm9-noh-e3nn-Da"),
-              show_default=True, help="Da-trained evaluators (shipped name or model.pt).")
+              show_default=True, help="Da-trained evaluators (shipped name or model.safetensors).")
 @click.option("--reward", "rewards", multiple=True, default=("qm9-noh-egnn-Db", "qm9-noh-e3nn-Db"),
-              show_default=True, help="Db-trained reward predictors (shipped name or model.pt).")
+              show_default=True, help="Db-trained reward predictors (shipped name or model.safetensors).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the label shuffle (U-bound).")
 @click.option("--threads", type=int, default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON record here.")

@@ -1,8 +1,8 @@
 """Test accuracy of the shape classifiers (the reward PointNet and the EdgeConv evaluator).
 
     python -m benchmarks.shapes_classifiers -n 100 --seed 0 --threads 2 \\
-        --classifier shapectrl/weights/shapes-classifier-pointnet.pt \\
-        --classifier shapectrl/weights/shapes-classifier-dgcnn.pt --out benchmarks/results/shapes_classifiers.json
+        --classifier shapectrl/weights/shapes-classifier-pointnet.safetensors \\
+        --classifier shapectrl/weights/shapes-classifier-dgcnn.safetensors --out benchmarks/results/shapes_classifiers.json
 
 For each classifier: accuracy and calibrated negative log-likelihood on ``n`` shapes per class of the
 procedural *test* split, at 512 points (the training size) and at 2,048 (the generation size), in the
@@ -31,7 +31,7 @@ def _scores(classifier: ShapeClassifier, points: torch.Tensor, labels: torch.Ten
 
 
 @click.command()
-@click.option("--classifier", "paths", multiple=True, required=True, help="A classifier's model.pt (repeatable).")
+@click.option("--classifier", "paths", multiple=True, required=True, help="A classifier's model.safetensors (repeatable).")
 @click.option("-n", "n_per_class", type=click.IntRange(1), default=100, show_default=True, help="Test shapes per class.")
 @click.option("--data-dir", default=None, help="Procedural data cache (default: shapectrl's).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the jitter.")

@@ -1,7 +1,7 @@
 """The class- and attribute-conditional shape benchmark at CPU scale.
 
     python -m benchmarks.shapes_conditional -n 64 --points 512 --steps 50 --seed 0 --threads 2 \\
-        --method rgdm=shapectrl/weights/shapes-rgdm.pt --method cond=shapectrl/weights/shapes-cond.pt \\
+        --method rgdm=shapectrl/weights/shapes-rgdm.safetensors --method cond=shapectrl/weights/shapes-cond.safetensors \\
         [--method ctrl=...] [--out benchmarks/results/shapes_conditional.json]
 
 **Class control** (RGDM's shape task), for each of the three classes airplane, chair and car: ``n``
@@ -42,6 +42,7 @@ import click
 import torch
 
 from benchmarks.record import emit, guided_row, machine_info
+from common.weights import read_tree
 from shapectrl.classifier import ShapeClassifier
 from shapectrl.control import ControlledShapes, ShapePool
 from shapectrl.data.families import CLASSES
@@ -152,13 +153,13 @@ def _attribute_rows(model: ControlledShapes, evaluator, test: ProceduralShapes, 
 
 @click.command()
 @click.option("--method", "methods", multiple=True, metavar="NAME=MODEL", required=True,
-              help="A controlled model (from 'shapectrl train control'), e.g. rgdm=shapectrl/weights/shapes-rgdm.pt.")
+              help="A controlled model (from 'shapectrl train control'), e.g. rgdm=shapectrl/weights/shapes-rgdm.safetensors.")
 @click.option("--prior", "prior_path", default=None, metavar="MODEL",
               help="Also score this unconditional prior, blind to the class: one set of n samples against each "
                    "class's test clouds (its accuracy is the share of the class among the prior's samples).")
 @click.option("--best-of-pool", "pool_path", type=click.Path(exists=True, dir_okay=False), default=None, metavar="POOL",
-              help="Also score best-of-N selection from this scored pool of prior clouds (an RGDM run's pool.pt).")
-@click.option("--evaluator", default="shapectrl/weights/shapes-classifier-dgcnn.pt", show_default=True,
+              help="Also score best-of-N selection from this scored pool of prior clouds (an RGDM run's pool.safetensors).")
+@click.option("--evaluator", default="shapectrl/weights/shapes-classifier-dgcnn.safetensors", show_default=True,
               help="The classifier that scores the samples (not the reward classifier).")
 @click.option("--attribute", "attributes", multiple=True, default=DEFAULT_ATTRIBUTES, show_default=True,
               metavar="CLASS:ATTRIBUTE", help="Attribute-control rows (CLASS 'any': the attribute alone).")
@@ -219,7 +220,7 @@ def main(methods, prior_path, pool_path, evaluator, attributes, no_attributes, n
     attribute_rows = {}
     for name, (path, model) in models.items():
         model.model.eval()
-        trained = torch.load(path, map_location="cpu", weights_only=False)
+        trained = read_tree(path)
 
         def draw(cls: str, k: int, model=model) -> torch.Tensor:
             y, mask = model.conditions.target(cls)

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
-import pickle
 import random
+import shlex
+import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -68,9 +69,11 @@ def atomic_open(path: str | Path) -> Iterator[IO[str]]:
         os.fsync(handle.fileno())
 
 
-def atomic_torch_save(obj: object, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+def command_line() -> str:
+    """This process's command line as a user would type it (``molctrl finetune ...``), for records."""
+    program = Path(sys.argv[0])
+    name = program.parent.parent.name if program.name == "__main__.py" else program.name  # python -m PKG.cli
+    return shlex.join([name, *sys.argv[1:]])
 
 
 class ProcessGroup:
@@ -98,17 +101,3 @@ class ProcessGroup:
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def read_export(path: str | Path, from_export: Callable[[dict], object], map_location: str | torch.device = "cpu"):
-    """``from_export`` of the payload in a ``model.pt``, with one-line errors naming the file."""
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
-        raise ValueError(f"{path}: not a readable model file ({' '.join(str(err).split())})") from None
-    try:
-        return from_export(payload)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None

@@ -24,7 +24,20 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from common.runtime import ProcessGroup, atomic_torch_save
+from common.exports import restore
+from common.runtime import ProcessGroup, command_line
+from common.weights import SUFFIX, WeightsError, read_tree, save_tree
+
+CHECKPOINT, MODEL = f"checkpoint{SUFFIX}", f"model{SUFFIX}"
+LEGACY_CHECKPOINT = "checkpoint.pt"  # the pickle format of earlier versions, read safely (common.weights)
+
+
+def checkpoint_in(run_dir: str | Path) -> Path | None:
+    """The checkpoint a run folder holds (``checkpoint.safetensors``, or an older ``checkpoint.pt``), if any."""
+    for name in (CHECKPOINT, LEGACY_CHECKPOINT):
+        if (Path(run_dir) / name).exists():
+            return Path(run_dir) / name
+    return None
 
 
 def condition_parameter_groups(model: nn.Module, cond: nn.Parameter | None, cond_lr_scale: float = 1.0,
@@ -135,8 +148,9 @@ class Progress:
 
 
 class Trainer:
-    """Trains ``model`` on ``batches`` and keeps ``run_dir/checkpoint.pt`` (everything needed to resume)
-    and ``run_dir/model.pt`` (the EMA weights as ``model.export()``), both written atomically.
+    """Trains ``model`` on ``batches`` and keeps ``run_dir/checkpoint.safetensors`` (everything needed to
+    resume) and ``run_dir/model.safetensors`` (the EMA weights as ``model.export()``, with the command,
+    steps and training time), both written atomically as safetensors (:mod:`common.weights`).
 
     Args:
         model: module with ``forward(*batch) -> loss`` and ``export() -> dict``.
@@ -166,7 +180,7 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoint.pt"
+        return self.run_dir / CHECKPOINT
 
     def _lr(self, step: int) -> float:
         cfg = self.config
@@ -190,22 +204,32 @@ class Trainer:
             "train_config": asdict(self.config),
             "torch_rng": torch.get_rng_state(),
         }
-        atomic_torch_save(state, self.checkpoint_path)
-        record = {"step": self.step, "train_seconds": round(self.elapsed, 1), "world_size": self.group.world_size}
-        atomic_torch_save(self.ema.module.export() | record, self.run_dir / "model.pt")
+        save_tree(state, self.checkpoint_path)
+        record = {"step": self.step, "train_seconds": round(self.elapsed, 1), "world_size": self.group.world_size,
+                  "command": command_line()}
+        save_tree(self.ema.module.export() | record, self.run_dir / MODEL)
 
     def resume(self) -> bool:
-        """Load ``checkpoint.pt`` if there is one; returns whether it did."""
-        if not self.checkpoint_path.exists():
+        """Load the run's checkpoint if there is one (:func:`checkpoint_in`); returns whether it did.
+
+        Raises:
+            WeightsError: the checkpoint is unreadable or belongs to another model or optimiser.
+        """
+        path = checkpoint_in(self.run_dir)
+        if path is None:
             return False
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.clip.norms.extend(state["grad_norms"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        self.step = state["step"]
-        self.elapsed = state.get("elapsed_s", 0.0)
+        state = read_tree(path, map_location=self.device)
+        try:
+            restore(self.model, state["model"])
+            restore(self.ema, state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            norms, rng = state["grad_norms"], state["torch_rng"]
+            torch.set_rng_state(rng.cpu())
+            self.step, self.elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+            what = f"missing field {err}" if isinstance(err, KeyError) else " ".join(str(err).split())[:160]
+            raise WeightsError(f"{path}: not a checkpoint of this run ({what})") from None
+        self.clip.norms.extend(norms)
         return True
 
     def fit(self) -> nn.Module:

@@ -23,11 +23,13 @@ from torch import nn
 
 from common.ctrl import ctrl_loss
 from common.ddpo import ddpo_loss, sample_trajectories
+from common.exports import load_module, typed_field
 from common.guidance import GuidedDenoiser, reconstruction_likelihood
 from common.rewards import GaussianLogLikelihood, Reward
 from common.rgdm import payoff_score_loss, rgdm_step_loss, rgdm_trajectory_loss
 from common.rollout import KL_FORMS
 from common.training import EpochSampler
+from common.weights import SUFFIX, WeightsError
 from molctrl.batches import MoleculeBatches
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import QM9Split
@@ -58,7 +60,7 @@ class GuidanceConfig:
     # or the model's rollouts; step-level RGDM: states of noised data (data) or of the model's rollouts
     pool_size: int = 10_000  # prior proposals: pool molecules
     pool_steps: int = 50  # prior proposals: sampling steps of the pool
-    pool: str | None = None  # prior proposals: reuse the molecules of this pool.pt (rescored) instead
+    pool: str | None = None  # prior proposals: reuse the molecules of this pool.safetensors (rescored) instead
     candidates: int | None = None  # prior/data proposals: pool molecules weighed per target (None: all of its size)
     samples_per_target: int = 4  # model proposals: rollouts per target, whose weights are normalised together
     radius: float = 0.5  # step-level RGDM's ρ
@@ -291,19 +293,21 @@ def _objective(spec: dict, prior: MoleculeDiffusion, data: QM9Split, conditions:
 
 def start_from(model: MoleculeDiffusion, path: str | Path, conditions: PropertyConditions) -> None:
     """Load the conditioned model file ``path`` into ``model``, checking it encodes targets as ``conditions`` do."""
-    from molctrl.weights import read_weights
-
-    payload = read_weights(path)
-    if payload.get("kind") != "molctrl.prior" or "conditions" not in payload:
-        raise ValueError(f"{path}: not a conditioned molecule model (a finetune run's model.pt)")
-    theirs = torch.tensor([payload["conditions"]["mean"], payload["conditions"]["scale"]])
-    if not torch.allclose(theirs, torch.stack([conditions.mean, conditions.scale]).cpu().to(theirs.dtype)):
+    start, tree = load_module(path, [MoleculeDiffusion])
+    if "conditions" not in tree:
+        raise WeightsError(f"{path}: not a conditioned molecule model (a finetune run's model{SUFFIX})")
+    try:
+        theirs = torch.tensor([typed_field(tree["conditions"], name, list[float]) for name in ("mean", "scale")])
+    except ValueError as err:
+        raise WeightsError(f"{path}: conditions.{err}") from None
+    if theirs.shape != (2, len(conditions.mean)) or not torch.allclose(
+            theirs, torch.stack([conditions.mean, conditions.scale]).cpu().to(theirs.dtype)):
         raise ValueError(f"{path}: its targets were normalised on other data than this run's")
-    gate = payload["config"].get("cond_gate", "time")
+    gate = start.config.cond_gate
     if gate != model.config.cond_gate:
         raise ValueError(f"{path}: its condition gate is {gate!r}, this run's {model.config.cond_gate!r} "
                          f"(pass --cond-gate {gate})")
-    model.load_state_dict(MoleculeDiffusion.from_export(payload).state_dict())
+    model.load_state_dict(start.state_dict())
 
 
 def spec_reward(spec: dict, prior: MoleculeDiffusion) -> Reward:

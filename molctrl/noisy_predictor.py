@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from common.diffusion import GaussianDiffusion
+from common.exports import typed, typed_field
 from common.rewards import gaussian_log_density
 from common.schedules import NoiseSchedule
 from common.spaces import PointSetSpace
@@ -30,7 +31,8 @@ class NoisyPropertyPredictor(PropertyPredictor):
     Args: as :class:`PropertyPredictor`, plus the prior's configuration (schedule and type scale).
     """
 
-    kind, description = "molctrl.noisy_predictor", "molctrl noise-aware predictor"
+    kind = "molctrl.noisy_predictor"
+    calibration_dims = 2  # the calibration is (N_BINS, P): one row per noise-level bin
 
     def __init__(self, config: PredictorConfig, label_mean: Sequence[float], label_scale: Sequence[float],
                  prior: PriorConfig):
@@ -104,6 +106,6 @@ class NoisyPropertyPredictor(PropertyPredictor):
     def export(self) -> dict:
         return super().export() | {"prior": asdict(self.prior_config)}
 
-    @staticmethod
-    def _export_args(payload: dict) -> dict:
-        return {"prior": PriorConfig(**payload["prior"])}
+    @classmethod
+    def _metadata_args(cls, tree: dict) -> dict:
+        return {"prior": typed(PriorConfig, typed_field(tree, "prior"), "prior")}

@@ -25,9 +25,9 @@ from pathlib import Path
 import click
 import torch
 
+from common.exports import load_fields, save_fields
 from common.rewards import GaussianLogLikelihood, Reward
 from common.rgdm import payoff_resample
-from common.runtime import atomic_torch_save
 from molctrl.data.qm9 import QM9Split
 from molctrl.finetune import TargetBatches
 from molctrl.prior import MoleculeDiffusion
@@ -93,12 +93,14 @@ class PriorPool:
         return PriorPool(self.types, self.positions, torch.cat(scores), self.sampling_steps,
                          self.seconds + time.perf_counter() - t0)
 
+    kind = "molctrl.pool"
+
     def save(self, path: str | Path) -> None:
-        atomic_torch_save(self.__dict__, path)
+        save_fields(self, self.kind, path)
 
     @classmethod
     def load(cls, path: str | Path) -> PriorPool:
-        return cls(**torch.load(path, map_location="cpu", weights_only=False))
+        return load_fields(cls, cls.kind, path)
 
 
 def pool_atom_counts(target_n_atoms: torch.Tensor, size: int, floor: int = 32,

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.exports import from_export, tensor_shape, typed, typed_field
 from common.rewards import GaussianLogLikelihood
 from molctrl.data.qm9 import Setting, get_setting
 from molctrl.molecule import Molecule
@@ -63,7 +64,8 @@ class PropertyPredictor(nn.Module):
             labels (training mean and mean absolute deviation).
     """
 
-    kind, description = "molctrl.predictor", "molctrl property predictor"
+    kind = "molctrl.predictor"
+    calibration_dims = 1  # the calibration is (P,)
 
     def __init__(self, config: PredictorConfig, label_mean: Sequence[float], label_scale: Sequence[float],
                  extra_features: int = 0):
@@ -156,9 +158,9 @@ class PropertyPredictor(nn.Module):
             types[k, : len(t)], positions[k, : len(t)] = t, pos
         return self.predict_arrays(types, positions, batch_size)
 
-    @staticmethod
-    def _export_args(payload: dict) -> dict:
-        """Constructor arguments beyond config and label statistics, read from an export."""
+    @classmethod
+    def _metadata_args(cls, tree: dict) -> dict:
+        """Constructor arguments beyond config and label statistics, read from a weights tree."""
         return {}
 
     # -- shipping --------------------------------------------------------------------------------
@@ -170,16 +172,23 @@ class PropertyPredictor(nn.Module):
                 "calibration": calibration}
 
     @classmethod
-    def from_export(cls, payload: dict) -> PropertyPredictor:
-        if payload.get("kind") != cls.kind:
-            raise ValueError(f"not a {cls.description} (kind={payload.get('kind')!r})")
-        state = payload["state_dict"]
-        model = cls(PredictorConfig(**payload["config"]), state["label_mean"], state["label_scale"],
-                    **cls._export_args(payload))
-        model.load_state_dict(state)
-        if payload.get("calibration") is not None:
-            model.calibration = torch.tensor(payload["calibration"], dtype=torch.float32)
+    def from_metadata(cls, tree: dict) -> PropertyPredictor:
+        """The untrained network a weights tree describes, with its calibration (see :mod:`common.exports`)."""
+        config = typed(PredictorConfig, typed_field(tree, "config"), "config")
+        n = len(config.properties)
+        model = cls(config, torch.zeros(tensor_shape(tree, "label_mean")), torch.ones(tensor_shape(tree, "label_scale")),
+                    **cls._metadata_args(tree))
+        calibration = typed_field(tree, "calibration", list[float] | list[list[float]] | None, None)
+        if calibration is not None:
+            model.calibration = torch.tensor(calibration, dtype=torch.float32)
+            if model.calibration.dim() != cls.calibration_dims or model.calibration.shape[-1] != n:
+                raise ValueError(f"calibration: expected {'a row' if cls.calibration_dims == 1 else 'rows'} of {n} "
+                                 f"scales (one per property), got shape {tuple(model.calibration.shape)}")
         return model
+
+    @classmethod
+    def from_export(cls, payload: dict) -> PropertyPredictor:
+        return from_export(cls, payload)
 
 
 TAIL = 4.0  # Huber threshold of the likelihood rewards, in calibrated standard deviations

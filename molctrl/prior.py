@@ -7,12 +7,14 @@ factor 4, and decoded by argmax. The number of atoms is drawn from the training 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from common.diffusion import GaussianDiffusion
+from common.exports import from_export, load_module, tensor_shape, typed, typed_field
 from common.schedules import NoiseSchedule
 from common.spaces import PointSetSpace
 from common.training import condition_parameter_groups
@@ -81,6 +83,8 @@ class MoleculeDiffusion(nn.Module):
     Args:
         config: hyper-parameters. n_atoms_hist: molecule counts per atom count, ``(N_max + 1,)``.
     """
+
+    kind = "molctrl.prior"
 
     def __init__(self, config: PriorConfig, n_atoms_hist: np.ndarray | torch.Tensor):
         super().__init__()
@@ -178,13 +182,18 @@ class MoleculeDiffusion(nn.Module):
 
     def export(self) -> dict:
         """What a weights file holds: config, atom-count histogram and weights."""
-        return {"kind": "molctrl.prior", "config": asdict(self.config), "state_dict": self.state_dict()}
+        return {"kind": self.kind, "config": asdict(self.config), "state_dict": self.state_dict()}
+
+    @classmethod
+    def from_metadata(cls, tree: dict) -> MoleculeDiffusion:
+        """The untrained network a weights tree describes (see :mod:`common.exports`)."""
+        return cls(typed(PriorConfig, typed_field(tree, "config"), "config"), torch.zeros(tensor_shape(tree, "n_atoms_hist")))
 
     @classmethod
     def from_export(cls, payload: dict) -> MoleculeDiffusion:
-        if payload.get("kind") != "molctrl.prior":
-            raise ValueError(f"not a molctrl prior (kind={payload.get('kind')!r})")
-        state = payload["state_dict"]
-        model = cls(PriorConfig(**payload["config"]), state["n_atoms_hist"])
-        model.load_state_dict(state)
-        return model
+        return from_export(cls, payload)
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> MoleculeDiffusion:
+        """A prior or conditioned model from a weights file (one-line :class:`~common.weights.WeightsError` otherwise)."""
+        return load_module(path, [cls], map_location)[0]

@@ -18,13 +18,14 @@ clean clouds (t = 0).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from common.diffusion import GaussianDiffusion
-from common.runtime import read_export
+from common.exports import from_export, load_module, typed, typed_field
 from common.schedules import NoiseSchedule
 from common.spaces import PointSetSpace
 from shapectrl.data.families import CLASSES, class_id, local_labels
@@ -180,17 +181,22 @@ class ShapeClassifier(nn.Module):
                 "temperature": self.temperature, "state_dict": self.state_dict()}
 
     @classmethod
-    def from_export(cls, payload: dict) -> ShapeClassifier:
-        if not isinstance(payload, dict) or payload.get("kind") != cls.kind:
-            kind = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
-            raise ValueError(f"not a shapectrl classifier (kind={kind!r})")
-        model = cls(ShapeClassifierConfig(**payload["config"]), Normalisation.from_dict(payload["normalisation"]))
-        model.load_state_dict(payload["state_dict"])
-        model.temperature = float(payload.get("temperature", 1.0))
+    def from_metadata(cls, tree: dict) -> ShapeClassifier:
+        """The untrained network a weights tree describes, with its temperature (see :mod:`common.exports`)."""
+        model = cls(typed(ShapeClassifierConfig, typed_field(tree, "config"), "config"),
+                    typed(Normalisation, typed_field(tree, "normalisation"), "normalisation"))
+        model.temperature = typed_field(tree, "temperature", float, 1.0)
+        if not model.temperature > 0:
+            raise ValueError(f"temperature: expected a positive number, got {model.temperature}")
         return model
 
     @classmethod
-    def load(cls, path: str, map_location: str | torch.device = "cpu") -> ShapeClassifier:
-        """A classifier from a ``model.pt`` written by ``shapectrl train classifier``."""
-        return read_export(path, cls.from_export, map_location)
+    def from_export(cls, payload: dict) -> ShapeClassifier:
+        return from_export(cls, payload)
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> ShapeClassifier:
+        """A classifier from a weights file of ``shapectrl train classifier`` (one-line
+        :class:`~common.weights.WeightsError` otherwise)."""
+        return load_module(path, [cls], map_location)[0]
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from common.exports import typed_field
 from shapectrl.data.attributes import ATTRIBUTE_CLASS, ATTRIBUTES, measure
 
 CLIP = 5.0
@@ -131,7 +132,12 @@ class ShapeConditions:
 
     @classmethod
     def from_dict(cls, d: dict) -> ShapeConditions:
-        return cls(tuple(d["classes"]), tuple(d["attributes"]), torch.tensor(d["mean"]), torch.tensor(d["scale"]))
+        """The inverse of :meth:`to_dict`, each field checked (``ValueError`` naming the first bad one)."""
+        attributes = typed_field(d, "attributes", tuple[str, ...])
+        mean, scale = (typed_field(d, name, tuple[float, ...]) for name in ("mean", "scale"))
+        if not len(mean) == len(scale) == len(attributes):
+            raise ValueError(f"conditions: {len(attributes)} attributes but {len(mean)} means and {len(scale)} scales")
+        return cls(typed_field(d, "classes", tuple[str, ...]), attributes, torch.tensor(mean), torch.tensor(scale))
 
 
 def measure_attributes(points: torch.Tensor, attributes: Sequence[str], batch_size: int = 512) -> torch.Tensor:

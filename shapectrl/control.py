@@ -31,10 +31,11 @@ import torch
 from torch import nn
 
 from common.ctrl import ctrl_loss
+from common.exports import load_fields, load_module, save_fields, typed_field
 from common.guidance import classifier_free
 from common.rgdm import payoff_resample
-from common.runtime import atomic_torch_save, read_export
 from common.training import EpochSampler
+from common.weights import WeightsError
 from shapectrl.conditions import DEFAULT_ATTRIBUTES, ShapeConditions
 from shapectrl.prior import ShapeBatches, ShapeDiffusion, random_subset
 from shapectrl.reward import ShapeReward
@@ -108,12 +109,14 @@ class ShapePool:
                             for i in range(0, len(self.points), batch_size)])
         return ShapePool(self.points, scores, self.sampling_steps, self.seconds + time.perf_counter() - t0)
 
+    kind = "shapectrl.pool"
+
     def save(self, path: str | Path) -> None:
-        atomic_torch_save(self.__dict__, path)
+        save_fields(self, self.kind, path)
 
     @classmethod
     def load(cls, path: str | Path) -> ShapePool:
-        return cls(**torch.load(path, map_location="cpu", weights_only=False))
+        return load_fields(cls, cls.kind, path)
 
 
 class ShapeTargets:
@@ -255,14 +258,27 @@ class ControlledShapes:
 
     @classmethod
     def from_export(cls, payload: dict) -> ControlledShapes:
-        if not isinstance(payload, dict) or "conditions" not in payload:
-            raise ValueError("not a controlled shape model (no conditions; train one with 'shapectrl train control')")
-        return cls(ShapeDiffusion.from_export(payload), ShapeConditions.from_dict(payload["conditions"]),
-                   payload.get("control", {}))
+        return cls._with_conditions(ShapeDiffusion.from_export(payload), payload)
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> ControlledShapes:
-        return read_export(path, cls.from_export, map_location)
+        """A controlled model from a weights file of ``shapectrl train control`` (one-line
+        :class:`~common.weights.WeightsError` otherwise)."""
+        model, tree = load_module(path, [ShapeDiffusion], map_location)
+        try:
+            return cls._with_conditions(model, tree)
+        except ValueError as err:
+            raise WeightsError(f"{path}: {err}") from None
+
+    @classmethod
+    def _with_conditions(cls, model: ShapeDiffusion, tree: dict) -> ControlledShapes:
+        if "conditions" not in tree:
+            raise ValueError("not a controlled shape model (no conditions; train one with 'shapectrl train control')")
+        conditions = ShapeConditions.from_dict(typed_field(tree, "conditions", dict))
+        if conditions.cond_dim != model.config.cond_dim:
+            raise ValueError(f"conditions: they encode {conditions.cond_dim} numbers, the network reads "
+                             f"{model.config.cond_dim}")
+        return cls(model, conditions, typed_field(tree, "control", dict, {}))
 
     @torch.no_grad()
     def sample(self, y: torch.Tensor, y_mask: torch.Tensor, n_points: int | None = None,

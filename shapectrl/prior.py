@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from common.diffusion import GaussianDiffusion
-from common.runtime import read_export
+from common.exports import from_export, load_module, typed, typed_field
 from common.schedules import NoiseSchedule
 from common.spaces import PointSetSpace
 from common.training import EpochSampler, condition_parameter_groups
@@ -162,19 +163,21 @@ class ShapeDiffusion(nn.Module):
                 "classes": list(self.classes), "state_dict": self.state_dict()}
 
     @classmethod
-    def from_export(cls, payload: dict) -> ShapeDiffusion:
-        if not isinstance(payload, dict) or payload.get("kind") != cls.kind:
-            kind = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
-            raise ValueError(f"not a shapectrl prior (kind={kind!r})")
-        model = cls(ShapePriorConfig(**payload["config"]), Normalisation.from_dict(payload["normalisation"]),
-                    payload.get("classes", ()))
-        model.load_state_dict(payload["state_dict"])
-        return model
+    def from_metadata(cls, tree: dict) -> ShapeDiffusion:
+        """The untrained network a weights tree describes (see :mod:`common.exports`)."""
+        return cls(typed(ShapePriorConfig, typed_field(tree, "config"), "config"),
+                   typed(Normalisation, typed_field(tree, "normalisation"), "normalisation"),
+                   typed_field(tree, "classes", tuple[str, ...], ()))
 
     @classmethod
-    def load(cls, path: str, map_location: str | torch.device = "cpu") -> ShapeDiffusion:
-        """A prior from a ``model.pt`` written by ``shapectrl train prior`` (a clear error otherwise)."""
-        return read_export(path, cls.from_export, map_location)
+    def from_export(cls, payload: dict) -> ShapeDiffusion:
+        return from_export(cls, payload)
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> ShapeDiffusion:
+        """A prior (or conditioned model) from a weights file of ``shapectrl train`` (one-line
+        :class:`~common.weights.WeightsError` otherwise)."""
+        return load_module(path, [cls], map_location)[0]
 
 
 def random_subset(clouds: torch.Tensor, n_points: int, generator: torch.Generator) -> torch.Tensor:

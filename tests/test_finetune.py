@@ -8,6 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from common.weights import read_tree, save_tree
 from molctrl.batches import MoleculeBatches
 from molctrl.cli import main
 from molctrl.conditions import PropertyConditions
@@ -87,8 +88,8 @@ def test_conditional_denoising_uses_the_labels(parts):
 def weight_files(parts, tmp_path_factory):
     _, prior, reward, _ = parts
     root = tmp_path_factory.mktemp("weights")
-    torch.save(prior.export(), root / "prior.pt")
-    torch.save(reward.regressor.predictor.export(), root / "predictor.pt")
+    save_tree(prior.export(), root / "prior.safetensors")
+    save_tree(reward.regressor.predictor.export(), root / "predictor.safetensors")
     return root
 
 
@@ -99,14 +100,14 @@ def weight_files(parts, tmp_path_factory):
                          ids=["ctrl", "cond", "rgdm-qed", "rgdm-step-data"])
 def test_finetune_cli_trains_resumes_and_writes_a_conditioned_model(weight_files, tmp_path, args):
     run = tmp_path / "run"
-    common = ["finetune", "--run-dir", str(run), "--prior", str(weight_files / "prior.pt"), "--reward-model",
-              str(weight_files / "predictor.pt"), "--batch-size", "4", "--sampling-steps", "3",
+    common = ["finetune", "--run-dir", str(run), "--prior", str(weight_files / "prior.safetensors"), "--reward-model",
+              str(weight_files / "predictor.safetensors"), "--batch-size", "4", "--sampling-steps", "3",
               "--checkpoint-every", "1"]
     result = CliRunner().invoke(main, [*common, *args, "--steps", "1"])
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(main, [*common, "--steps", "2", "--resume"])
     assert result.exit_code == 0 and "resumed" in result.output, result.output
-    payload = torch.load(run / "model.pt", weights_only=False)
+    payload = read_tree(run / "model.safetensors")
     assert payload["step"] == 2 and MoleculeDiffusion.from_export(payload).config.cond_dim == 12
 
 
@@ -130,11 +131,11 @@ def test_payoff_batches_resample_pool_molecules_of_the_target_size_by_their_like
 
 def test_data_proposal_rgdm_resamples_the_training_molecules_without_a_pool_file(parts, weight_files, tmp_path):
     split, prior, _, _ = parts
-    spec = {"reward_model": str(weight_files / "predictor.pt"), "maximize": None, "method": "rgdm",
+    spec = {"reward_model": str(weight_files / "predictor.safetensors"), "maximize": None, "method": "rgdm",
             "guidance": asdict(GuidanceConfig(method="rgdm", proposal="data", properties=("alpha",)))}
-    objective, batches = make_objective(spec, prior, split, 8, seed=0, pool_path=tmp_path / "pool.pt")
+    objective, batches = make_objective(spec, prior, split, 8, seed=0, pool_path=tmp_path / "pool.safetensors")
     assert batches.pool.sampling_steps == 0 and len(batches.pool.types) == len(split)
-    assert not (tmp_path / "pool.pt").exists()  # the split itself is the pool: nothing to keep
+    assert not (tmp_path / "pool.safetensors").exists()  # the split itself is the pool: nothing to keep
     types, positions, y, y_mask, _ = batches(0)
     rows = [int(np.flatnonzero((split.positions[:, : positions.shape[1]] == p.numpy()).all((1, 2)))[0])
             for p in positions]  # each picked molecule is a training molecule
@@ -149,7 +150,7 @@ def test_step_level_rgdm_on_data_states_fits_the_shifted_prior(parts, weight_fil
     reaches the conditioned model only. Predicted targets come with the reward model's predictions of
     each batch molecule. A reward without targets has no likelihood to shift by."""
     split, prior, _, _ = parts
-    spec = {"reward_model": str(weight_files / "predictor.pt"), "maximize": None, "method": "rgdm-step",
+    spec = {"reward_model": str(weight_files / "predictor.safetensors"), "maximize": None, "method": "rgdm-step",
             "guidance": asdict(GuidanceConfig(method="rgdm-step", proposal="data", score_targets=targets))}
     objective, batches = make_objective(spec, prior, split, 8, seed=0)
     assert isinstance(objective, PayoffScoreObjective)
@@ -183,23 +184,23 @@ def test_finetune_cli_rejects_contradictory_requests(weight_files, tmp_path):
 @pytest.fixture(scope="module")
 def conditioned_model(weight_files, tmp_path_factory):
     run = tmp_path_factory.mktemp("ctrl") / "run"
-    result = CliRunner().invoke(main, ["finetune", "--run-dir", str(run), "--prior", str(weight_files / "prior.pt"),
-                                       "--reward-model", str(weight_files / "predictor.pt"), "--property", "all",
+    result = CliRunner().invoke(main, ["finetune", "--run-dir", str(run), "--prior", str(weight_files / "prior.safetensors"),
+                                       "--reward-model", str(weight_files / "predictor.safetensors"), "--property", "all",
                                        "--batch-size", "4", "--sampling-steps", "3", "--steps", "1"])
     assert result.exit_code == 0, result.output
-    return run / "model.pt"
+    return run / "model.safetensors"
 
 
 @pytest.mark.parametrize("method, guidance_scale", [("ctrl", "1"), ("ctrl", "2.5"), ("guidance", "1")])
 def test_generate_writes_sdf_with_targets_and_predictions_and_a_png(weight_files, conditioned_model, tmp_path, method,
                                                                      guidance_scale):
     out = tmp_path / "mols.sdf"
-    model = conditioned_model if method == "ctrl" else weight_files / "prior.pt"
+    model = conditioned_model if method == "ctrl" else weight_files / "prior.safetensors"
     result = CliRunner().invoke(main, ["generate", "--target", "alpha=60", "--target", "mu=2.5", "-n", "5",
                                        "--out", str(out), "--method", method, "--model", str(model),
                                        "--guidance-scale", guidance_scale,
-                                       "--reward-model", str(weight_files / "predictor.pt"),
-                                       "--evaluator", str(weight_files / "predictor.pt"), "--steps", "3", "--json"])
+                                       "--reward-model", str(weight_files / "predictor.safetensors"),
+                                       "--evaluator", str(weight_files / "predictor.safetensors"), "--steps", "3", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert {"validity", "mol_stability", "mae_alpha", "mae_mu"} <= set(summary)
@@ -216,7 +217,7 @@ def test_generate_reports_bad_requests_in_one_line(weight_files, tmp_path):
     cases = [([], "either --target"), (["--target", "alpha80"], "expected NAME=VALUE"),
              (["--target", "beta=1"], "unknown property 'beta'"), (["--target", "mu=high"], "is not a number"),
              (["--maximize", "qed", "--method", "guidance"], "needs a differentiable reward"),
-             (["--target", "mu=1", "--model", str(weight_files / "prior.pt")], "is not a conditioned model"),
+             (["--target", "mu=1", "--model", str(weight_files / "prior.safetensors")], "not a conditioned model"),
              (["--target", "mu=1", "--method", "guidance", "--guidance-scale", "2"], "needs property targets and a"),
              (["--maximize", "qed", "--guidance-scale", "2"], "needs property targets and a"),
              (["--target", "mu=1", "--guidance-window", "0:10"], "only --method guidance"),
@@ -230,9 +231,9 @@ def test_generate_reports_bad_requests_in_one_line(weight_files, tmp_path):
 def test_conditional_benchmark_scores_methods_by_the_edm_protocol(weight_files, conditioned_model):
     from benchmarks.qm9_conditional import main as benchmark
 
-    predictor = str(weight_files / "predictor.pt")
+    predictor = str(weight_files / "predictor.safetensors")
     result = CliRunner().invoke(benchmark, ["--method", f"ctrl={conditioned_model}", "--guidance", predictor,
-                                            "--prior", str(weight_files / "prior.pt"), "--evaluator", predictor,
+                                            "--prior", str(weight_files / "prior.safetensors"), "--evaluator", predictor,
                                             "--property", "alpha", "--property", "mu", "-n", "4", "--steps", "2"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
@@ -242,7 +243,7 @@ def test_conditional_benchmark_scores_methods_by_the_edm_protocol(weight_files, 
     assert rows["ctrl"]["train_steps"] == 1 and rows["ctrl"]["train_seconds"] >= 0  # from the model file
     assert rows["#Atoms"]["mae"]["alpha"] == pytest.approx(5.38, abs=0.01)  # from the qm9_predictors record
     late = CliRunner().invoke(benchmark, ["--guidance", predictor, "--guidance-window", "25:50", "--references", "",
-                                          "--prior", str(weight_files / "prior.pt"), "--evaluator", predictor,
+                                          "--prior", str(weight_files / "prior.safetensors"), "--evaluator", predictor,
                                           "--property", "mu", "-n", "2", "--steps", "2"])
     assert late.exit_code == 0, late.output
     assert json.loads(late.stdout)["rows"][0]["window"] == [25, 50]
@@ -253,10 +254,10 @@ def test_conditional_benchmark_scores_methods_by_the_edm_protocol(weight_files, 
 def test_noise_aware_predictor_trains_calibrates_per_noise_level_and_guides(weight_files, tmp_path):
     run = tmp_path / "noisy"
     result = CliRunner().invoke(main, ["train", "predictor", "--run-dir", str(run), "--noise-aware",
-                                       str(weight_files / "prior.pt"), "--hidden", "8", "--layers", "1",
+                                       str(weight_files / "prior.safetensors"), "--hidden", "8", "--layers", "1",
                                        "--limit", "64", "--valid-limit", "32", "--epochs", "1", "--batch-size", "32"])
     assert result.exit_code == 0, result.output
-    noisy = load_predictor(run / "model.pt")
+    noisy = load_predictor(run / "model.safetensors")
     assert isinstance(noisy, NoisyPropertyPredictor) and noisy.calibration.shape == (N_BINS, 6)
     types, pos = torch.tensor([[0, 1, 2, -1]]), torch.randn(1, 4, 3)
     z, mask = noisy.noised(types, pos, torch.tensor([25]))  # T = 50: t = 0.5
@@ -268,35 +269,35 @@ def test_noise_aware_predictor_trains_calibrates_per_noise_level_and_guides(weig
     assert torch.allclose(log_p, -0.5 * ((50.0 - f) / s) ** 2 - s.log() - 0.5 * np.log(2 * np.pi), atol=1e-5)
     out = tmp_path / "guided.sdf"
     result = CliRunner().invoke(main, ["generate", "--target", "alpha=60", "-n", "3", "--out", str(out),
-                                       "--method", "guidance", "--model", str(weight_files / "prior.pt"),
-                                       "--reward-model", str(run / "model.pt"),
-                                       "--evaluator", str(weight_files / "predictor.pt"), "--steps", "3"])
+                                       "--method", "guidance", "--model", str(weight_files / "prior.safetensors"),
+                                       "--reward-model", str(run / "model.safetensors"),
+                                       "--evaluator", str(weight_files / "predictor.safetensors"), "--steps", "3"])
     assert result.exit_code == 0, result.output
 
 
 def test_a_run_can_start_from_another_conditioned_model(parts, weight_files, conditioned_model, tmp_path):
     subset, prior, _, _ = parts
     split = load_split("qm9-noh", "Db")  # the fixture model's conditions are fitted on the whole split
-    spec = {"reward_model": str(weight_files / "predictor.pt"), "maximize": None, "method": "ctrl",
+    spec = {"reward_model": str(weight_files / "predictor.safetensors"), "maximize": None, "method": "ctrl",
             "guidance": asdict(GuidanceConfig(kl="continuous", kl_cap=100.0)), "init": str(conditioned_model)}
     objective, _ = make_objective(spec, prior, split, 4)
-    start = MoleculeDiffusion.from_export(torch.load(conditioned_model, weights_only=False))
+    start = MoleculeDiffusion.from_export(read_tree(conditioned_model))
     assert all(torch.equal(a, b) for a, b in zip(objective.model.state_dict().values(), start.state_dict().values()))
     assert objective.model.denoiser.cond_embed.weight.abs().max() > 0  # not the prior's zero embedding
-    with pytest.raises(ValueError, match="prior.pt: not a conditioned molecule model"):
-        make_objective(spec | {"init": str(weight_files / "prior.pt")}, prior, split, 4)
+    with pytest.raises(ValueError, match="prior.safetensors: not a conditioned molecule model"):
+        make_objective(spec | {"init": str(weight_files / "prior.safetensors")}, prior, split, 4)
     with pytest.raises(ValueError, match="normalised on other data"):
         make_objective(spec, prior, subset, 4)
     (tmp_path / "notes.pt").write_text("not a checkpoint")
-    with pytest.raises(ValueError, match=r"notes.pt: not a torch weights file"):
+    with pytest.raises(ValueError, match=r"notes.pt: not a weights file"):
         make_objective(spec | {"init": str(tmp_path / "notes.pt")}, prior, split, 4)
 
 
 def test_a_resumed_run_does_not_need_its_init_file(weight_files, conditioned_model, tmp_path):
-    init = tmp_path / "init.pt"
+    init = tmp_path / "init.safetensors"
     init.write_bytes(conditioned_model.read_bytes())
     run = tmp_path / "run"
-    common = ["finetune", "--run-dir", str(run), "--prior", str(weight_files / "prior.pt"), "--batch-size", "4",
+    common = ["finetune", "--run-dir", str(run), "--prior", str(weight_files / "prior.safetensors"), "--batch-size", "4",
               "--checkpoint-every", "1"]
     result = CliRunner().invoke(main, [*common, "--method", "cond", "--property", "all", "--init", str(init),
                                        "--steps", "1"])

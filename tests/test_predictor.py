@@ -7,6 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from common.rewards import WeightedSum
+from common.weights import read_tree
 from molctrl.cli import main
 from molctrl.molecule import Molecule
 from molctrl.predictor import (
@@ -123,7 +124,7 @@ def test_export_round_trip_keeps_weights_and_calibration(predictor):
     types, pos = _molecules()
     assert torch.equal(_regress(again, types, pos), _regress(predictor, types, pos))
     assert torch.equal(again.calibration, predictor.calibration.float())
-    with pytest.raises(ValueError, match="not a molctrl property predictor"):
+    with pytest.raises(ValueError, match="not a molctrl.predictor export"):
         PropertyPredictor.from_export({"kind": "molctrl.prior"})
 
 
@@ -156,29 +157,29 @@ def test_train_predictor_cli_writes_calibrated_model_and_resumes(trained):
     log = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [3, 6]
     assert set(log[-1]["calibration_s"]) == {"alpha", "mu"}
-    payload = torch.load(run / "model.pt", weights_only=False)
+    payload = read_tree(run / "model.safetensors")
     assert payload["step"] == 6 and len(payload["calibration"]) == 2
     refused = CliRunner().invoke(main, args)
     assert refused.exit_code != 0 and "already holds a checkpoint" in refused.output
     resumed = CliRunner().invoke(main, ["train", "predictor", "--run-dir", str(run), "--epochs", "2", "--resume"])
     assert resumed.exit_code == 0, resumed.output
-    assert "resumed" in resumed.output and torch.load(run / "model.pt", weights_only=False)["step"] == 12
+    assert "resumed" in resumed.output and read_tree(run / "model.safetensors")["step"] == 12
 
 
 def test_predict_cli_prints_one_number_per_molecule(trained):
     run, _, molecules = trained
-    result = CliRunner().invoke(main, ["predict", str(molecules), "--property", "mu", "--model", str(run / "model.pt"),
+    result = CliRunner().invoke(main, ["predict", str(molecules), "--property", "mu", "--model", str(run / "model.safetensors"),
                                        "--json"])
     assert result.exit_code == 0, result.output
     values = json.loads(result.output)
     assert len(values) == 5 and all(isinstance(v, float) for v in values)
-    table = CliRunner().invoke(main, ["predict", str(molecules), "--property", "all", "--model", str(run / "model.pt")])
+    table = CliRunner().invoke(main, ["predict", str(molecules), "--property", "all", "--model", str(run / "model.safetensors")])
     assert table.exit_code == 0 and len(table.output.splitlines()) == 6 and "mu (D)" in table.output
 
 
 def test_predict_cli_reports_bad_input_in_one_line(trained, tmp_path):
     run, _, molecules = trained
-    model = ["--model", str(run / "model.pt")]
+    model = ["--model", str(run / "model.safetensors")]
     missing = CliRunner().invoke(main, ["predict", str(molecules), "--property", "gap", *model])
     assert missing.exit_code == 2 and "does not predict gap" in missing.output
     bad = tmp_path / "bad.xyz"
@@ -187,7 +188,7 @@ def test_predict_cli_reports_bad_input_in_one_line(trained, tmp_path):
     assert result.exit_code == 1 and f"{bad}:4:" in result.output
     assert len(result.output.strip().splitlines()) == 1
     not_weights = CliRunner().invoke(main, ["predict", str(molecules), "--property", "mu", "--model", str(bad)])
-    assert not_weights.exit_code == 2 and "not a torch weights file" in not_weights.output
+    assert not_weights.exit_code == 2 and "bad.xyz: not a weights file" in not_weights.output
 
 
 def test_atom_count_predictor_is_the_median_per_size():

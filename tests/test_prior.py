@@ -98,7 +98,7 @@ def test_export_round_trip(model):
     model.double()
     x, mask, t = _inputs(model)
     assert torch.equal(again.denoiser(x, t, mask), model.denoiser(x, t, mask))
-    with pytest.raises(ValueError, match="not a molctrl prior"):
+    with pytest.raises(ValueError, match="not a molctrl.prior export"):
         MoleculeDiffusion.from_export({"kind": "other"})
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from common.weights import save_tree
 from molctrl.cli import main
 from molctrl.io import read_molecules
 from molctrl.prior import MoleculeDiffusion, PriorConfig
@@ -14,11 +15,11 @@ from molctrl.weights import DEFAULT_PRIOR, load_prior
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "model.pt"
+    path = tmp_path_factory.mktemp("model") / "model.safetensors"
     torch.manual_seed(0)
     hist = np.zeros(10)
     hist[[5, 7]] = 1
-    torch.save(MoleculeDiffusion(PriorConfig(hidden=8, n_layers=1, n_steps=30), hist).export(), path)
+    save_tree(MoleculeDiffusion(PriorConfig(hidden=8, n_layers=1, n_steps=30), hist).export(), path)
     return path
 
 
@@ -48,7 +49,7 @@ def test_sample_rejects_bad_arguments(tmp_path, tiny_model):
     junk = tmp_path / "junk.pt"
     junk.write_text("not a model")
     bad_model = CliRunner().invoke(main, ["sample", "--model", str(junk), "--out", str(tmp_path / "x.sdf")])
-    assert bad_model.exit_code == 2 and "junk.pt: not a torch weights file" in bad_model.output
+    assert bad_model.exit_code == 2 and "junk.pt: not a weights file" in bad_model.output
     assert not (tmp_path / "x.sdf").exists()
 
 

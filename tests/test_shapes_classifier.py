@@ -8,6 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from common.weights import save_tree
 from shapectrl.classifier import (
     CLASSIFIER_ARCHITECTURES,
     ShapeClassifier,
@@ -106,12 +107,12 @@ def test_labels_follow_the_classifier_classes() -> None:
 def test_export_round_trip(arch: str, tmp_path) -> None:
     model = _classifier(arch).eval()
     model.temperature = 1.7
-    torch.save(model.export(), tmp_path / "model.pt")
-    loaded = ShapeClassifier.load(str(tmp_path / "model.pt")).eval()
+    save_tree(model.export(), tmp_path / "model.safetensors")
+    loaded = ShapeClassifier.load(str(tmp_path / "model.safetensors")).eval()
     assert loaded.config == model.config and loaded.temperature == 1.7 and loaded.normalisation == model.normalisation
     points = torch.randn(2, 100, 3)
     torch.testing.assert_close(loaded.predict_log_probs(points), model.predict_log_probs(points), atol=0, rtol=0)
-    with pytest.raises(ValueError, match="not a shapectrl classifier"):
+    with pytest.raises(ValueError, match="not a shapectrl.classifier export"):
         ShapeClassifier.from_export({"kind": "shapectrl.prior"})
 
 
@@ -148,7 +149,7 @@ def test_train_classifier_cli_trains_and_resumes(tmp_path) -> None:
     assert "resumed" in resumed.output
     last = json.loads((run / "eval.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 3
-    model = ShapeClassifier.load(str(run / "model.pt"))
+    model = ShapeClassifier.load(str(run / "model.safetensors"))
     assert model.config.arch == "dgcnn" and model.classes == ("chair", "table")
     assert model.temperature == pytest.approx(last["temperature"], rel=1e-4)  # the calibration is exported
     bad = runner.invoke(main, ["train", "classifier", "--run-dir", str(tmp_path / "bad"), "--data-dir", str(data),

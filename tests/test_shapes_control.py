@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from common.weights import save_tree
 from shapectrl.classifier import ShapeClassifier, ShapeClassifierConfig
 from shapectrl.cli import main
 from shapectrl.conditions import CLIP, ShapeConditions
@@ -198,14 +199,14 @@ def test_conditioned_denoising_starts_at_the_prior_and_exports_its_conditions(tm
     eps_model = objective.model.denoiser(z, t / 1000, full, _conditions().encode(y, mask))
     assert torch.allclose(eps_model, prior.denoiser(z, t / 1000, full))
     assert torch.isfinite(objective(points, y, mask))
-    torch.save(objective.export(), tmp_path / "m.pt")
-    loaded = ControlledShapes.load(tmp_path / "m.pt")
+    save_tree(objective.export(), tmp_path / "m.safetensors")
+    loaded = ControlledShapes.load(tmp_path / "m.safetensors")
     assert loaded.conditions.attributes == ATTRS and loaded.control["method"] == "cond"
     clouds = loaded.sample(y[:2], mask[:2], n_points=12, n_sampling_steps=3, generator=torch.Generator().manual_seed(0))
     assert clouds.shape == (2, 12, 3) and torch.isfinite(clouds).all()
     with pytest.raises(ValueError, match="not a controlled shape model"):
-        torch.save(prior.export(), tmp_path / "prior.pt")
-        ControlledShapes.load(tmp_path / "prior.pt")
+        save_tree(prior.export(), tmp_path / "prior.safetensors")
+        ControlledShapes.load(tmp_path / "prior.safetensors")
     with pytest.raises(ValueError, match="unknown method 'ppo'"):
         ControlConfig(method="ppo")
 
@@ -230,16 +231,16 @@ def test_train_control_cli_trains_each_method_and_resumes(tmp_path, method: str,
     assert runner.invoke(main, [*cls_args, *TINY_DATA, *TINY_RUN]).exit_code == 0
     run = tmp_path / method
     args = ["train", "control", "--method", method, "--run-dir", str(run), "--data-dir", data,
-            "--prior", str(tmp_path / "prior" / "model.pt"), "--reward", str(tmp_path / "cls" / "model.pt"),
+            "--prior", str(tmp_path / "prior" / "model.safetensors"), "--reward", str(tmp_path / "cls" / "model.safetensors"),
             "--attributes", "height,chair_back_height", "--pool-size", "8", "--pool-steps", "3",
             "--sampling-steps", "3", "--proposal", proposal, *TINY_DATA, *TINY_RUN]
     result = runner.invoke(main, [*args, "--steps", "2"])
     assert result.exit_code == 0, result.output
     assert (" ess " in result.output) == (method == "rgdm") and (" kl " in result.output) == (method == "ctrl")
-    assert (run / "pool.pt").exists() == (method == "rgdm" and proposal == "prior")
+    assert (run / "pool.safetensors").exists() == (method == "rgdm" and proposal == "prior")
     resumed = runner.invoke(main, ["train", "control", "--run-dir", str(run), "--resume", "--steps", "3"])
     assert resumed.exit_code == 0 and "at step 2" in resumed.output, resumed.output
-    model = ControlledShapes.load(run / "model.pt")
+    model = ControlledShapes.load(run / "model.safetensors")
     assert model.conditions.classes == ("chair", "table") and model.control["method"] == method
     assert json.loads((run / "run.json").read_text())["control"]["attributes"] == ["height", "chair_back_height"]
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from common.weights import save_tree
 from shapectrl.classifier import ShapeClassifier, ShapeClassifierConfig
 from shapectrl.cli import main
 from shapectrl.conditions import ShapeConditions
@@ -35,12 +36,12 @@ def weights(tmp_path_factory) -> tuple[str, str]:
                            normalisation=normalisation, classes=CLASSES)
     conditions = ShapeConditions(CLASSES, ("height", "chair_back_height"), torch.tensor([0.6, 0.4]),
                                  torch.tensor([0.3, 0.2]))
-    torch.save(controlled_export(prior.with_condition(conditions.cond_dim), conditions, ControlConfig(), {}),
-               folder / "model.pt")
+    save_tree(controlled_export(prior.with_condition(conditions.cond_dim), conditions, ControlConfig(), {}),
+               folder / "model.safetensors")
     evaluator = ShapeClassifier(ShapeClassifierConfig(arch="dgcnn", classes=CLASSES, widths=(8, 8), embed=16,
                                                       head_hidden=8), normalisation)
-    torch.save(evaluator.export(), folder / "evaluator.pt")
-    return str(folder / "model.pt"), str(folder / "evaluator.pt")
+    save_tree(evaluator.export(), folder / "evaluator.safetensors")
+    return str(folder / "model.safetensors"), str(folder / "evaluator.safetensors")
 
 
 def _run(weights: tuple[str, str], out, *args: str):
@@ -101,7 +102,7 @@ def test_generate_refuses_existing_outputs_before_sampling(tmp_path, weights):
 
 def test_generate_names_a_missing_model(tmp_path, weights):
     result = _run((str(tmp_path / "none.pt"), weights[1]), tmp_path / "gen", "--class", "chair")
-    assert result.exit_code == 2 and "Invalid value for --model" in result.output and "none.pt: no such weights file" in result.output
+    assert result.exit_code == 2 and result.output == f"Error: {tmp_path / 'none.pt'}: no such file\n"
 
 
 def test_contact_sheet_writes_a_png(tmp_path):
@@ -114,11 +115,8 @@ def test_contact_sheet_writes_a_png(tmp_path):
         contact_sheet(clouds, ["a"], path)
 
 
-def test_weight_path_maps_shipped_names_and_names_missing_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.pt: no such weights file"):
-        weight_path(tmp_path / "missing.pt")
-    (tmp_path / "here.pt").write_bytes(b"")
-    assert weight_path(tmp_path / "here.pt") == tmp_path / "here.pt"
+def test_weight_path_maps_shipped_names(tmp_path):
+    assert weight_path(tmp_path / "here.safetensors") == tmp_path / "here.safetensors"
     shipped = WEIGHTS_DIR / DEFAULT_MODELS["rgdm"]
     if shipped.exists():
         assert weight_path(DEFAULT_MODELS["rgdm"]) == shipped
@@ -136,13 +134,13 @@ def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
     prior = ShapeDiffusion(ShapePriorConfig(width=16, depth=1, resolution=4, voxel_channels=4, n_steps=20),
                            normalisation=normalisation, classes=ALL)
     conditions = ShapeConditions(ALL, ("height", "chair_back_height"), torch.tensor([0.6, 0.4]), torch.tensor([0.3, 0.2]))
-    model_path, evaluator_path = tmp_path / "model.pt", tmp_path / "evaluator.pt"
-    torch.save(controlled_export(prior.with_condition(conditions.cond_dim), conditions, ControlConfig(), {}), model_path)
+    model_path, evaluator_path = tmp_path / "model.safetensors", tmp_path / "evaluator.safetensors"
+    save_tree(controlled_export(prior.with_condition(conditions.cond_dim), conditions, ControlConfig(), {}), model_path)
     evaluator = ShapeClassifier(ShapeClassifierConfig(arch="dgcnn", widths=(8, 8), embed=16, head_hidden=8), normalisation)
-    torch.save(evaluator.export(), evaluator_path)
+    save_tree(evaluator.export(), evaluator_path)
     out = tmp_path / "record.json"
-    prior_path, pool_path = tmp_path / "prior.pt", tmp_path / "pool.pt"
-    torch.save(prior.export(), prior_path)
+    prior_path, pool_path = tmp_path / "prior.safetensors", tmp_path / "pool.safetensors"
+    save_tree(prior.export(), prior_path)
     ShapePool(torch.randn(7, 32, 3), torch.randn(7, len(ALL) + 2), 2, 1.0).save(pool_path)
     result = CliRunner().invoke(benchmark, ["--method", f"rgdm={model_path}", "--evaluator", str(evaluator_path),
                                             "--prior", str(prior_path), "--best-of-pool", str(pool_path),

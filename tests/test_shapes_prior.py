@@ -8,6 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from common.weights import read_tree, save_tree
 from shapectrl.cli import main
 from shapectrl.data.normalisation import Normalisation
 from shapectrl.data.procedural import ProceduralShapes
@@ -194,16 +195,16 @@ def test_export_round_trip(tmp_path) -> None:
     _perturb(model)
     payload = model.export()
     assert payload["kind"] == "shapectrl.prior"
-    torch.save(payload, tmp_path / "model.pt")
-    loaded = ShapeDiffusion.load(str(tmp_path / "model.pt"))
+    save_tree(payload, tmp_path / "model.safetensors")
+    loaded = ShapeDiffusion.load(str(tmp_path / "model.safetensors"))
     assert loaded.config == model.config and loaded.normalisation == model.normalisation
     assert loaded.classes == ("chair",)
     z, t = torch.randn(2, 30, 3), torch.rand(2)
     torch.testing.assert_close(loaded.denoiser(z, t), model.denoiser(z, t), atol=0, rtol=0)
-    with pytest.raises(ValueError, match="not a shapectrl prior"):
+    with pytest.raises(ValueError, match="not a shapectrl.prior export"):
         ShapeDiffusion.from_export({"kind": "molctrl.prior"})
     (tmp_path / "junk.pt").write_text("not a model")
-    with pytest.raises(ValueError, match="junk.pt: not a readable model file"):
+    with pytest.raises(ValueError, match="junk.pt: not a weights file"):
         ShapeDiffusion.load(str(tmp_path / "junk.pt"))
 
 
@@ -223,15 +224,15 @@ def test_train_prior_cli_trains_and_resumes(tmp_path) -> None:
     assert "done" in result.output
     record = json.loads((run / "run.json").read_text())
     assert record["model"]["width"] == 16 and record["data"]["points"] == 32
-    first = torch.load(run / "model.pt", weights_only=False)
+    first = read_tree(run / "model.safetensors")
     assert first["step"] == 2 and first["kind"] == "shapectrl.prior"
     again = runner.invoke(main, ["train", "prior", "--run-dir", str(run), "--data-dir", str(data), "--steps", "2", *TINY])
     assert again.exit_code != 0 and "already holds a checkpoint" in again.output
     resumed = runner.invoke(main, ["train", "prior", "--run-dir", str(run), "--steps", "3", "--resume", "--threads", "1"])
     assert resumed.exit_code == 0, resumed.output
     assert "resumed" in resumed.output and "at step 2" in resumed.output
-    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 3
-    model = ShapeDiffusion.load(str(run / "model.pt"))
+    assert read_tree(run / "checkpoint.safetensors")["step"] == 3
+    model = ShapeDiffusion.load(str(run / "model.safetensors"))
     assert model.config.n_train_points == 32 and model.normalisation.std > 0
     missing = runner.invoke(main, ["train", "prior", "--run-dir", str(tmp_path / "none"), "--resume"])
     assert missing.exit_code != 0 and "nothing to resume" in missing.output
@@ -239,9 +240,9 @@ def test_train_prior_cli_trains_and_resumes(tmp_path) -> None:
 
 def test_sample_cli_writes_readable_ply_files(tmp_path) -> None:
     model = _prior("pvd")
-    torch.save(model.export(), tmp_path / "model.pt")
+    save_tree(model.export(), tmp_path / "model.safetensors")
     out = tmp_path / "samples"
-    args = ["sample", "-n", "3", "--model", str(tmp_path / "model.pt"), "--out", str(out), "--points", "50",
+    args = ["sample", "-n", "3", "--model", str(tmp_path / "model.safetensors"), "--out", str(out), "--points", "50",
             "--steps", "4", "--threads", "1"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

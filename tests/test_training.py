@@ -10,6 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from common.training import EpochSampler, TrainConfig, Trainer
+from common.weights import read_tree
 from molctrl.cli import main
 from molctrl.io import read_molecules
 from molctrl.prior import MoleculeDiffusion, PriorConfig
@@ -51,7 +52,7 @@ def test_resume_is_exact(tmp_path):
         assert torch.equal(p, q)
     for p, q in zip(straight.ema.parameters(), resumed.ema.parameters()):
         assert torch.equal(p, q)
-    shipped = torch.load(tmp_path / "b" / "model.pt", weights_only=False)
+    shipped = read_tree(tmp_path / "b" / "model.safetensors")
     assert shipped["step"] == 6 and shipped["kind"] == "molctrl.prior"
     assert not [p for p in (tmp_path / "b").iterdir() if p.name.endswith(".tmp")]
 
@@ -94,7 +95,7 @@ def test_train_cli_refuses_to_overwrite_and_resumes(tmp_path):
     assert again.exit_code != 0 and "already holds a checkpoint" in again.output
     more = runner.invoke(main, ["train", "prior", "--run-dir", str(run), "--steps", "4", "--resume"])
     assert more.exit_code == 0, more.output
-    assert torch.load(run / "model.pt", weights_only=False)["step"] == 4
+    assert read_tree(run / "model.safetensors")["step"] == 4
     missing = runner.invoke(main, ["train", "prior", "--run-dir", str(tmp_path / "none"), "--resume"])
     assert missing.exit_code != 0 and "nothing to resume" in missing.output
 
@@ -110,7 +111,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((run / "run.json").read_text())["world_size"] == 2
     assert "2 process(es)" in done.stderr
-    assert torch.load(run / "model.pt", weights_only=False)["step"] == 3
+    assert read_tree(run / "model.safetensors")["step"] == 3
 
 
 def test_full_size_qm9_configuration_trains_and_samples(tmp_path):
@@ -120,7 +121,7 @@ def test_full_size_qm9_configuration_trains_and_samples(tmp_path):
                                        "--run-dir", str(run), "--steps", "2", "--limit", "8", "--batch-size", "2"])
     assert result.exit_code == 0, result.output
     out = tmp_path / "edm.xyz"
-    sampled = CliRunner().invoke(main, ["sample", "-n", "2", "--steps", "2", "--model", str(run / "model.pt"),
+    sampled = CliRunner().invoke(main, ["sample", "-n", "2", "--steps", "2", "--model", str(run / "model.safetensors"),
                                         "--out", str(out), "--json"])
     assert sampled.exit_code == 0, sampled.output
     summary = json.loads(sampled.output.strip().splitlines()[-1])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from common.cli import Commands, weights_group
 from molctrl.cli.data import data
 from molctrl.cli.evaluate import evaluate
 from molctrl.cli.finetune import finetune
@@ -10,12 +11,16 @@ from molctrl.cli.generate import generate
 from molctrl.cli.predict import predict
 from molctrl.cli.sample import sample
 from molctrl.cli.train import train
+from molctrl.noisy_predictor import NoisyPropertyPredictor
+from molctrl.predictor import PropertyPredictor
+from molctrl.prior import MoleculeDiffusion
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Reward-guided control of 3D molecule diffusion models (QM9)."""
 
 
-for command in (data, evaluate, finetune, generate, predict, sample, train):
+weights = weights_group("molctrl", [MoleculeDiffusion, PropertyPredictor, NoisyPropertyPredictor])
+for command in (data, evaluate, finetune, generate, predict, sample, train, weights):
     main.add_command(command)

@@ -8,7 +8,8 @@ import click
 import torch
 
 from common.rollout import KL_FORMS
-from common.training import TrainConfig
+from common.training import TrainConfig, checkpoint_in
+from common.weights import SUFFIX
 from molctrl.cli.train import _fit, _run_record, _training_data
 from molctrl.finetune import PROPOSALS
 from molctrl.predictor import PROPERTIES
@@ -26,9 +27,9 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
 @click.option("--maximize", type=click.Choice(["qed", "logp", "sa"]), default=None,
               help="Instead of property targets, maximise an RDKit score (sa: minimise the SA score).")
 @click.option("--run-dir", type=click.Path(file_okay=False), required=True)
-@click.option("--prior", "prior_path", default=None, help="Prior model.pt (default: the shipped qm9-noh prior).")
+@click.option("--prior", "prior_path", default=None, help="Prior model.safetensors (default: the shipped qm9-noh prior).")
 @click.option("--reward-model", default="qm9-noh-egnn-Db", show_default=True,
-              help="Reward predictor (shipped name or model.pt), trained on Db like the generator.")
+              help="Reward predictor (shipped name or model.safetensors), trained on Db like the generator.")
 @click.option("--steps", type=int, default=2000, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--lr", type=float, default=1e-5, show_default=True,
@@ -42,7 +43,7 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
 @click.option("--kl-cap", type=float, default=None,
               help="CTRL: leave out of each batch's loss the trajectories whose KL exceeds this many nats.")
 @click.option("--init", "init_path", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Start from this conditioned model.pt (e.g. CTRL from an RGDM run) instead of the prior.")
+              help="Start from this conditioned model.safetensors (e.g. CTRL from an RGDM run) instead of the prior.")
 @click.option("--grad-steps", type=int, default=8, show_default=True,
               help="CTRL: gradients through the last K transitions, K uniform in [1, grad-steps].")
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="RGDM's τ (1: the conditional).")
@@ -54,9 +55,9 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
                    "likelihood (no rollouts); otherwise shift the prior's steps along the model's rollouts.")
 @click.option("--pool-size", type=int, default=10_000, show_default=True, help="RGDM, prior proposals: pool size.")
 @click.option("--pool-steps", type=int, default=50, show_default=True,
-              help="RGDM, prior proposals: sampling steps of the pool (sampled once, kept in RUN_DIR/pool.pt).")
+              help="RGDM, prior proposals: sampling steps of the pool (sampled once, kept in RUN_DIR/pool.safetensors).")
 @click.option("--pool", "pool_file", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="RGDM, prior proposals: reuse the molecules of another run's pool.pt, scored by this run's reward.")
+              help="RGDM, prior proposals: reuse the molecules of another run's pool.safetensors, scored by this run's reward.")
 @click.option("--candidates", type=click.IntRange(1), default=4096, show_default=True,
               help="RGDM, prior or data proposals: pool molecules of the target's size drawn per target to resample "
                    "from (the full pool of 50,000 halved the training rate).")
@@ -84,7 +85,7 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
 def finetune(method, properties, maximize, run_dir, prior_path, reward_model, steps, batch_size, lr, sampling_steps,
              alpha, kl, kl_cap, init_path, grad_steps, temperature, proposal, pool_size, pool_steps, pool_file, candidates, samples_per_target, radius, score_max_step, train_steps, clip, cond_lr_scale, cond_gate, freeze_backbone, checkpoint_every, seed, device, threads,
              resume) -> None:
-    """Fine-tune the prior into a conditioned generator; RUN_DIR/model.pt is the EMA model."""
+    """Fine-tune the prior into a conditioned generator; RUN_DIR/model.safetensors is the EMA model."""
     from molctrl.finetune import GuidanceConfig, make_objective
     from molctrl.weights import load_prior
 
@@ -119,7 +120,7 @@ def finetune(method, properties, maximize, run_dir, prior_path, reward_model, st
     prior = load_prior(spec["prior"])
     data = _training_data(prior.config.setting, record)
     run.mkdir(parents=True, exist_ok=True)
-    objective, batches = make_objective(spec, prior, data, train_cfg.batch_size, train_cfg.seed, run / "pool.pt",
-                                        load_init=not (resume and (run / "checkpoint.pt").exists()))
+    objective, batches = make_objective(spec, prior, data, train_cfg.batch_size, train_cfg.seed, run / f"pool{SUFFIX}",
+                                        load_init=not (resume and checkpoint_in(run)))
     _fit(objective, batches, train_cfg, run, record, device, resume, None)
 

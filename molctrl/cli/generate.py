@@ -27,7 +27,7 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
               help="rgdm / ctrl: a shipped (or --model) conditioned model; guidance: the prior steered by the reward "
                    "predictor's gradient (reconstruction guidance: the lowest MAE in the README's benchmark, at about "
                    "2.6x the sampling time with the default --guidance-window).")
-@click.option("--model", "model_path", default=None, help="A conditioned model.pt from 'molctrl finetune'.")
+@click.option("--model", "model_path", default=None, help="A conditioned model.safetensors from 'molctrl finetune'.")
 @click.option("--reward-model", default="qm9-noh-e3nn-Db", show_default=True,
               help="Predictor for --method guidance (reconstruction guidance through x̂₀), or a noise-aware "
                    "predictor ('molctrl train predictor --noise-aware') for classifier guidance.")
@@ -125,6 +125,7 @@ def generate(targets, maximize, n_molecules, out, method, model_path, reward_mod
 def _model(method, model_path, maximize, reward_model, scale, window: tuple[int, int] | None):
     """The model to sample, and the guidance if any (on the diffusion steps inside ``window``, or the
     default's)."""
+    from common.weights import SUFFIX, WeightsError
     from molctrl.weights import WEIGHTS_DIR, load_predictor, load_prior
 
     if method == "guidance":
@@ -140,17 +141,13 @@ def _model(method, model_path, maximize, reward_model, scale, window: tuple[int,
             return prior, Guidance(scale, noisy=predictor, window=window)
         return prior, Guidance(scale, reward=likelihood_reward(predictor, predictor.properties, prior.config.type_scale),
                                window=window or DEFAULT_WINDOW)
-    path = Path(model_path) if model_path else WEIGHTS_DIR / f"qm9-noh-{method}{'-' + maximize if maximize else ''}.pt"
+    path = Path(model_path) if model_path else WEIGHTS_DIR / f"qm9-noh-{method}{'-' + maximize if maximize else ''}{SUFFIX}"
     if not path.exists():
         raise click.UsageError(f"{path}: no such model; train one with 'molctrl finetune' and pass --model, "
                                "or use --method guidance")
-    try:
-        model = load_prior(path)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--model") from None
+    model = load_prior(path)
     if not model.config.cond_dim:
-        raise click.BadParameter(f"{path} is not a conditioned model (train one with 'molctrl finetune')",
-                                 param_hint="--model")
+        raise WeightsError(f"{path}: not a conditioned model (train one with 'molctrl finetune')")
     return model, None
 
 

@@ -14,7 +14,7 @@ from molctrl.predictor import PROPERTIES
 @click.option("--property", "prop", type=click.Choice([*PROPERTIES, "all"]), required=True,
               help="Property to predict; all: the six, one column each.")
 @click.option("--model", default="qm9-noh-egnn-Da", show_default=True,
-              help="A shipped predictor (qm9-noh-{egnn,e3nn}-{Da,Db}) or a model.pt of 'molctrl train predictor'.")
+              help="A shipped predictor (qm9-noh-{egnn,e3nn}-{Da,Db}) or a model.safetensors of 'molctrl train predictor'.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print a JSON list with one number per molecule (one object per molecule with --property all).")
 def predict(path, prop, model, as_json) -> None:
@@ -26,10 +26,7 @@ def predict(path, prop, model, as_json) -> None:
     from molctrl.io import MoleculeFileError, read_molecules
     from molctrl.weights import load_predictor
 
-    try:
-        predictor = load_predictor(model).eval()
-    except (FileNotFoundError, ValueError) as err:
-        raise click.BadParameter(str(err), param_hint="--model") from None
+    predictor = load_predictor(model).eval()
     names = predictor.properties if prop == "all" else (prop,)
     missing = [p for p in names if p not in predictor.properties]
     if missing:

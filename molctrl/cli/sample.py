@@ -16,7 +16,7 @@ from molctrl.weights import load_prior
 @click.option("-n", "n_molecules", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .sdf or .xyz file.")
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A model.pt from 'molctrl train prior' (default: the shipped qm9-noh prior).")
+              help="A model.safetensors from 'molctrl train prior' (default: the shipped qm9-noh prior).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Reverse steps; below the model's T a respaced sampler is used (default: all T).")
 @click.option("--batch-size", type=int, default=500, show_default=True)
@@ -31,10 +31,7 @@ def sample(n_molecules, out, model_path, steps, batch_size, seed, device, as_jso
     if Path(out).suffix.lower() not in (".sdf", ".xyz"):
         raise click.BadParameter(f"{out}: expected a .sdf or .xyz file name", param_hint="--out")
     dev = resolve_device(device)
-    try:
-        model = load_prior(model_path).to(dev).eval()
-    except (FileNotFoundError, ValueError) as err:
-        raise click.BadParameter(str(err), param_hint="--model") from None
+    model = load_prior(model_path).to(dev).eval()
     generator = seed_everything(seed)
     t0 = time.perf_counter()
     with tqdm(total=n_molecules, desc="sampling", unit="mol", disable=None) as bar:

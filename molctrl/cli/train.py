@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from common.runtime import atomic_path, resolve_device, seed_everything
-from common.training import TrainConfig, Trainer
+from common.training import MODEL, TrainConfig, Trainer, checkpoint_in
 from molctrl.batches import MoleculeBatches
 from molctrl.data.qm9 import SETTINGS, SPLITS, QM9Split, load_split
 from molctrl.predictor import (
@@ -42,7 +42,7 @@ def _sample_metrics(model: MoleculeDiffusion, n: int, steps: int, seed: int) -> 
 @click.option("--split", type=click.Choice(list(SPLITS)), default="train", show_default=True,
               help="Training molecules (labels are never used).")
 @click.option("--run-dir", type=click.Path(file_okay=False), required=True,
-              help="Folder for checkpoint.pt, model.pt (EMA weights), run.json and eval.jsonl.")
+              help="Folder for checkpoint.safetensors, model.safetensors (EMA weights), run.json and eval.jsonl.")
 @click.option("--steps", type=int, default=20_000, show_default=True, help="Total optimisation steps.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Molecules per step and process.")
 @click.option("--lr", type=float, default=1e-4, show_default=True)
@@ -63,7 +63,7 @@ def _sample_metrics(model: MoleculeDiffusion, n: int, steps: int, seed: int) -> 
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network (~1 min once, then ~1.3x faster).")
-@click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoint.pt with its run.json settings "
+@click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoint.safetensors with its run.json settings "
               "(only --steps may change, to train longer).")
 def prior(setting, split, run_dir, steps, batch_size, lr, warmup, ema_decay, hidden, layers, diffusion_steps,
           schedule, checkpoint_every, eval_every, eval_samples, eval_steps, limit, seed, device, threads, compile_, resume) -> None:
@@ -112,7 +112,7 @@ def _run_record(run: Path, resume: bool, fresh: dict) -> dict:
         if not path.exists():
             raise click.UsageError(f"--resume: {path} does not exist (nothing to resume)")
         return json.loads(path.read_text())
-    if (run / "checkpoint.pt").exists():
+    if checkpoint_in(run):
         raise click.UsageError(f"{run} already holds a checkpoint: pass --resume or choose another --run-dir")
     return fresh
 
@@ -149,7 +149,7 @@ def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, rec
                    f"process(es) on {trainer.device}", err=True)
     trainer.fit()
     if trainer.group.is_main:
-        click.echo(f"done: {run / 'model.pt'} (EMA weights) at step {trainer.step}", err=True)
+        click.echo(f"done: {run / MODEL} (EMA weights) at step {trainer.step}", err=True)
     trainer.group.close()
 
 
@@ -162,7 +162,7 @@ def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, rec
 @click.option("--property", "properties", multiple=True, default=("all",), show_default=True,
               type=click.Choice([*PROPERTIES, "all"]), help="Property to learn (repeat for several; all: the six).")
 @click.option("--run-dir", type=click.Path(file_okay=False), required=True,
-              help="Folder for checkpoint.pt, model.pt (EMA weights + calibration), run.json and eval.jsonl.")
+              help="Folder for checkpoint.safetensors, model.safetensors (EMA weights + calibration), run.json and eval.jsonl.")
 @click.option("--epochs", type=float, default=20, show_default=True, help="Passes over the training split.")
 @click.option("--batch-size", type=int, default=96, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (cosine decay to 0).")
@@ -179,9 +179,9 @@ def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, rec
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
 @click.option("--noise-aware", "noise_prior", default=None, metavar="PRIOR",
-              help="Train f(z_t, t) on states noised by this prior's diffusion (a model.pt, or 'shipped'), for "
+              help="Train f(z_t, t) on states noised by this prior's diffusion (a model.safetensors, or 'shipped'), for "
                    "classifier guidance; its calibration s(t) is fitted per bin of t.")
-@click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoint.pt with its run.json settings "
+@click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoint.safetensors with its run.json settings "
               "(only --epochs may change, to train longer; the cosine schedule stretches with it).")
 def predictor(setting, split, arch, properties, run_dir, epochs, batch_size, lr, warmup, ema_decay, hidden, layers,
               checkpoint_every, limit, valid_limit, seed, device, threads, noise_prior, resume) -> None:

@@ -42,21 +42,15 @@ def _parse_attrs(ctx: click.Context, param: click.Parameter, texts: tuple[str, .
 
 def _load_model(model_path: Path | None, method: str, device: torch.device) -> tuple[ControlledShapes, Path]:
     """The controlled model of ``--model`` (default: the method's shipped file), on ``device``."""
-    try:
-        path = weight_path(model_path or DEFAULT_MODELS[method])
-        controlled = ControlledShapes.load(path)
-    except (FileNotFoundError, ValueError) as err:
-        raise click.BadParameter(str(err), param_hint="--model") from None
+    path = weight_path(model_path or DEFAULT_MODELS[method])
+    controlled = ControlledShapes.load(path)
     controlled.model.to(device).eval()
     return controlled, path
 
 
 def _load_evaluator(evaluator_path: Path | None, device: torch.device) -> tuple[ShapeClassifier, Path]:
-    try:
-        path = weight_path(evaluator_path or EVALUATOR)
-        return ShapeClassifier.load(str(path)).to(device).eval(), path
-    except (FileNotFoundError, ValueError) as err:
-        raise click.BadParameter(str(err), param_hint="--evaluator") from None
+    path = weight_path(evaluator_path or EVALUATOR)
+    return ShapeClassifier.load(path).to(device).eval(), path
 
 
 def _target(controlled: ControlledShapes, class_name: str | None, attrs: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,10 +101,10 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the PLY files, the contact sheet and summary.json (created if missing).")
 @click.option("--method", type=click.Choice(METHODS), default="rgdm", show_default=True,
-              help="Which shipped controlled model to use: rgdm (shapes-rgdm-data.pt, RGDM over the unlabelled training "
-                   "clouds), ctrl (shapes-ctrl.pt) or cond (shapes-cond.pt, the label-as-input baseline).")
+              help="Which shipped controlled model to use: rgdm (shapes-rgdm-data.safetensors, RGDM over the unlabelled training "
+                   "clouds), ctrl (shapes-ctrl.safetensors) or cond (shapes-cond.safetensors, the label-as-input baseline).")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A controlled model.pt from 'shapectrl train control' (overrides --method's shipped file).")
+              help="A controlled model.safetensors from 'shapectrl train control' (overrides --method's shipped file).")
 @click.option("--evaluator", "evaluator_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help=f"Classifier that scores the class (default: the shipped {EVALUATOR}).")
 @click.option("--points", type=click.IntRange(1), default=None,

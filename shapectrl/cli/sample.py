@@ -18,7 +18,7 @@ from shapectrl.prior import ShapeDiffusion
 @click.command()
 @click.option("-n", "n_samples", type=click.IntRange(1), default=16, show_default=True, help="Clouds to draw.")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="A model.pt from 'shapectrl train prior'.")
+              help="A model.safetensors from 'shapectrl train prior'.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the PLY files (created if missing).")
 @click.option("--points", type=click.IntRange(1), default=2048, show_default=True,
@@ -39,10 +39,7 @@ def sample(n_samples, model_path, out, points, steps, batch_size, prefix, normal
     if threads:
         torch.set_num_threads(threads)
     dev = device_option(device)
-    try:
-        model = ShapeDiffusion.load(str(model_path)).to(dev).eval()
-    except (FileNotFoundError, ValueError) as err:
-        raise click.BadParameter(str(err), param_hint="--model") from None
+    model = ShapeDiffusion.load(model_path).to(dev).eval()
     width = max(4, len(str(n_samples - 1)))
     paths = [out / f"{prefix}_{k:0{width}d}.ply" for k in range(n_samples)]
     existing = [p for p in paths if p.exists()]

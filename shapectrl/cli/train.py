@@ -13,7 +13,8 @@ import torch
 
 from common.runtime import atomic_path, seed_everything
 from common.schedules import SCHEDULES
-from common.training import TrainConfig, Trainer
+from common.training import MODEL, TrainConfig, Trainer, checkpoint_in
+from common.weights import SUFFIX
 from shapectrl.classifier import (
     CLASSIFIER_ARCHITECTURES,
     ShapeClassifier,
@@ -73,7 +74,7 @@ def train_options(fn: Callable) -> Callable:
     """Optimisation, device and run-folder options shared by every ``train`` command."""
     options = [
         click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-                     help="Folder for checkpoint.pt, model.pt (EMA weights), run.json and train logs."),
+                     help="Folder for checkpoint.safetensors, model.safetensors (EMA weights), run.json and train logs."),
         click.option("--steps", type=click.IntRange(1), default=None, help="Total optimisation steps  [default: prior 20000, classifier 3000]"),
         click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
                      help="Clouds per step and process."),
@@ -88,7 +89,7 @@ def train_options(fn: Callable) -> Callable:
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K."),
         click.option("--threads", type=click.IntRange(1), default=None,
                      help="CPU threads for torch (default: torch's choice)."),
-        click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoint.pt with its run.json settings "
+        click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoint.safetensors with its run.json settings "
                      "(only --steps may change, to train longer)."),
     ]
     for option in reversed(options):
@@ -111,7 +112,7 @@ def _run_record(run: Path, resume: bool, fresh: dict) -> dict:
             return json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise click.UsageError(f"--resume: {path} is not readable ({' '.join(str(err).split())})") from None
-    if (run / "checkpoint.pt").exists():
+    if checkpoint_in(run):
         raise click.UsageError(f"{run} already holds a checkpoint: pass --resume or choose another --run-dir")
     return fresh
 
@@ -167,7 +168,7 @@ def _fit(model: torch.nn.Module, batches: ShapeBatches, train_cfg: TrainConfig, 
         click.echo(f"nothing to do: the run is at step {trainer.step} of {train_cfg.steps} (raise --steps)", err=True)
     trainer.fit()
     if trainer.group.is_main:
-        click.echo(f"done: {run / 'model.pt'} (EMA weights) at step {trainer.step}", err=True)
+        click.echo(f"done: {run / MODEL} (EMA weights) at step {trainer.step}", err=True)
     trainer.group.close()
     return trainer
 
@@ -206,7 +207,7 @@ def prior(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, l
           voxel_channels, inducing, diffusion_steps, schedule, preview_every, preview_samples, preview_steps) -> None:
     """Train the unconditional shape prior (point-cloud ε-network + Gaussian diffusion on R^{N×3}).
 
-    Clouds are in the training split's global normalisation (PointFlow's protocol), which model.pt
+    Clouds are in the training split's global normalisation (PointFlow's protocol), which model.safetensors
     keeps so that samples can be returned to model units (shapectrl sample).
     """
     if threads:
@@ -264,7 +265,7 @@ def prior(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, l
 @click.option("--valid-per-class", type=click.IntRange(1), default=40, show_default=True,
               help="Validation shapes per class: accuracy and the temperature calibration at every checkpoint.")
 @click.option("--noise-aware", "noise_prior", type=click.Path(exists=True, dir_okay=False), default=None,
-              metavar="PRIOR", help="Train on clouds noised by this prior's schedule (its model.pt), with t as input "
+              metavar="PRIOR", help="Train on clouds noised by this prior's schedule (its model.safetensors), with t as input "
                                     "(for classifier guidance).")
 def classifier(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, log_every, seed, device, threads,
                resume, data_dir, per_class, data_points, class_text, data_seed, arch, points, valid_per_class,
@@ -314,9 +315,9 @@ def classifier(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_eve
               help="rgdm: RGDM (a pool resampled by the reward, see --proposal); ctrl: KL-regularised fine-tuning through "
                    "the sampler; cond: the baseline, labels of the training clouds as input.")
 @click.option("--prior", "prior_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="The unconditional prior (a model.pt from 'shapectrl train prior'; required unless --resume).")
+              help="The unconditional prior (a model.safetensors from 'shapectrl train prior'; required unless --resume).")
 @click.option("--reward", "reward_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="The reward classifier (a model.pt from 'shapectrl train classifier', not the evaluator; "
+              help="The reward classifier (a model.safetensors from 'shapectrl train classifier', not the evaluator; "
                    "required unless --resume).")
 @click.option("--points", type=click.IntRange(1), default=512, show_default=True,
               help="Points per cloud while training (the pool and CTRL's rollouts use this size too).")
@@ -350,7 +351,7 @@ def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every,
 
     Targets are the classes and measured attributes of the training split, a random subset of them
     conditioned per target, so that one model serves a class, attributes, or both. The weights in
-    RUN_DIR/model.pt are what 'shapectrl generate --model' reads.
+    RUN_DIR/model.safetensors are what 'shapectrl generate --model' reads.
     """
     if threads:
         torch.set_num_threads(threads)
@@ -393,5 +394,5 @@ def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every,
         raise click.ClickException(str(err)) from None
     targets = ShapeTargets(conditions, labels, values, config)
     objective, batches = make_objective(config, prior_model, reward, shapes.normalised_points, targets,
-                                        train_cfg.batch_size, n_points, train_cfg.seed, run_dir / "pool.pt")
+                                        train_cfg.batch_size, n_points, train_cfg.seed, run_dir / f"pool{SUFFIX}")
     _fit(objective, batches, train_cfg, run_dir, record, device, resume)

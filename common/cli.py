@@ -1,0 +1,130 @@
+"""What both command lines share: one error line for an unusable weights file, and ``weights show`` /
+``weights convert``, the model card and the converter from the older pickle format."""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+import torch
+
+from common.exports import from_export
+from common.weights import (
+    FORMAT,
+    SUFFIX,
+    WeightsError,
+    file_format,
+    read_tree,
+    record_path,
+    recorded_sha256,
+    save_tree,
+    sha256,
+)
+
+RECORD_SECTIONS = re.compile(r"^## (Command|Metrics).*?(?=^## |\Z)", re.S | re.M)
+TRAINING_FIELDS = ("step", "train_seconds", "world_size", "command")
+
+
+class WeightsFileError(click.ClickException):
+    """Click's form of :class:`~common.weights.WeightsError`: ``Error: PATH: what is wrong``, exit status 2."""
+
+    exit_code = 2
+
+
+class Commands(click.Group):
+    """A command group whose subcommands report an unusable weights file as one error line (exit status 2)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except WeightsError as err:
+            raise WeightsFileError(str(err)) from None
+
+
+def _text(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_text(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_text(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def model_card(path: Path, classes: Sequence[type]) -> list[str]:
+    """The lines of ``weights show``: the file, what it holds, how it was trained, and its record."""
+    tree = read_tree(path)
+    kind = tree.get("kind")
+    state = tree.get("state_dict") if isinstance(tree.get("state_dict"), dict) else {}
+    tensors = [t for t in state.values() if isinstance(t, torch.Tensor)]
+    expected = recorded_sha256(path)
+    digest = sha256(path)
+    lines = [f"file        {path} ({path.stat().st_size / 1e6:.1f} MB, "
+             + (f"safetensors, {FORMAT})" if file_format(path) == "safetensors" else
+                "older pickle format: convert it with 'weights convert')"),
+             f"sha256      {digest}" + ("" if expected is None else f" (matches {record_path(path).name})"),
+             f"kind        {kind if kind is not None else '- (a checkpoint or other tree: ' + ', '.join(tree) + ')'}"]
+    by_kind = {cls.kind: cls for cls in classes}
+    if kind in by_kind:
+        try:
+            from_export(by_kind[kind], tree)
+        except ValueError as err:
+            raise WeightsError(f"{path}: {err}") from None
+        lines.append(f"check       loads as {by_kind[kind].__name__}: tensor names and shapes match the config")
+    config = tree.get("config", {})
+    if isinstance(config, dict) and "setting" in config:
+        lines.append(f"setting     {config['setting']}")
+    if tensors:
+        lines.append(f"network     {sum(t.numel() for t in tensors):,} numbers in {len(tensors)} tensors; {_text(config)}")
+    for key, value in tree.items():
+        if key not in ("kind", "config", "state_dict", *TRAINING_FIELDS) and not isinstance(value, torch.Tensor):
+            lines.append(f"{key:<11s} {_text(value)}")
+    trained = {k: tree[k] for k in TRAINING_FIELDS if k in tree}
+    if trained:
+        lines.append(f"training    {_text(trained)}")
+    record = record_path(path)
+    if record.is_file():
+        lines += ["", f"From the record {record}:", ""]
+        lines += [m.group(0).strip() + "\n" for m in RECORD_SECTIONS.finditer(record.read_text(encoding="utf-8"))]
+    return lines
+
+
+def weights_group(program: str, classes: Sequence[type]) -> click.Group:
+    """The ``weights`` command group of ``program`` (``molctrl`` or ``shapectrl``), whose models are ``classes``."""
+
+    @click.group(name="weights", help=f"Inspect and convert weights files ({SUFFIX}: tensors and JSON metadata, "
+                                      "never code).")
+    def weights() -> None:
+        pass
+
+    @weights.command()
+    @click.argument("path", type=click.Path(path_type=Path))
+    def show(path: Path) -> None:
+        """Print the model card of PATH: kind, setting, network, conditions, how it was trained, its
+        SHA-256 (checked against its record when it has one) and the record's command and metrics."""
+        click.echo("\n".join(model_card(path, classes)))
+
+    @weights.command()
+    @click.argument("old", type=click.Path(path_type=Path))
+    @click.argument("new", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("--force", is_flag=True, help="Replace NEW if it exists.")
+    def convert(old: Path, new: Path, force: bool) -> None:
+        """Rewrite OLD (a model, checkpoint or pool of the older .pt format, read without running any of its
+        code) as NEW in safetensors; a model is checked against its config first, a checkpoint resumes bit for bit."""
+        if new.suffix != SUFFIX:
+            raise click.BadParameter(f"{new}: expected a {SUFFIX} file name", param_hint="NEW")
+        if new.exists() and not force:
+            raise click.BadParameter(f"{new} exists (pass --force to replace it)", param_hint="NEW")
+        tree = read_tree(old)
+        by_kind = {cls.kind: cls for cls in classes}
+        if tree.get("kind") in by_kind:
+            try:
+                from_export(by_kind[tree["kind"]], tree)
+            except ValueError as err:
+                raise WeightsError(f"{old}: {err}") from None
+        save_tree(tree, new)
+        click.echo(f"{new}: {tree.get('kind', 'tree')} in {SUFFIX} (sha256 {sha256(new)}); "
+                   f"'{program} weights show {new}' prints its card")
+
+    return weights
