@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import torch
 
-from common.exports import from_export
+from common.exports import check_tree
 from common.weights import (
     FORMAT,
     SUFFIX,
@@ -52,9 +52,25 @@ def _text(value) -> str:
     return str(value)
 
 
+def checked_tree(path: Path, classes: Sequence[type]) -> dict:
+    """The tree in ``path``, checked against the class in ``classes`` whose ``kind`` it names; a tree
+    without a kind (a training checkpoint) is taken as it is."""
+    tree = read_tree(path)
+    by_kind = {cls.kind: cls for cls in classes}
+    kind = tree.get("kind")
+    if kind is not None and kind not in by_kind:
+        raise WeightsError(f"{path}: a {kind!r} file, expected one of {', '.join(by_kind)}")
+    try:
+        if kind is not None:
+            check_tree(by_kind[kind], tree)
+    except ValueError as err:
+        raise WeightsError(f"{path}: {err}") from None
+    return tree
+
+
 def model_card(path: Path, classes: Sequence[type]) -> list[str]:
     """The lines of ``weights show``: the file, what it holds, how it was trained, and its record."""
-    tree = read_tree(path)
+    tree = checked_tree(path, classes)
     kind = tree.get("kind")
     state = tree.get("state_dict") if isinstance(tree.get("state_dict"), dict) else {}
     tensors = [t for t in state.values() if isinstance(t, torch.Tensor)]
@@ -65,13 +81,8 @@ def model_card(path: Path, classes: Sequence[type]) -> list[str]:
                 "older pickle format: convert it with 'weights convert')"),
              f"sha256      {digest}" + ("" if expected is None else f" (matches {record_path(path).name})"),
              f"kind        {kind if kind is not None else '- (a checkpoint or other tree: ' + ', '.join(tree) + ')'}"]
-    by_kind = {cls.kind: cls for cls in classes}
-    if kind in by_kind:
-        try:
-            from_export(by_kind[kind], tree)
-        except ValueError as err:
-            raise WeightsError(f"{path}: {err}") from None
-        lines.append(f"check       loads as {by_kind[kind].__name__}: tensor names and shapes match the config")
+    if kind is not None:
+        lines.append(f"check       a valid {kind} file: every field typed, tensor names and shapes as the config says")
     config = tree.get("config", {})
     if isinstance(config, dict) and "setting" in config:
         lines.append(f"setting     {config['setting']}")
@@ -91,7 +102,8 @@ def model_card(path: Path, classes: Sequence[type]) -> list[str]:
 
 
 def weights_group(program: str, classes: Sequence[type]) -> click.Group:
-    """The ``weights`` command group of ``program`` (``molctrl`` or ``shapectrl``), whose models are ``classes``."""
+    """The ``weights`` command group of ``program`` (``molctrl`` or ``shapectrl``), whose files hold the
+    ``classes`` (models, and pools of scored samples)."""
 
     @click.group(name="weights", help=f"Inspect and convert weights files ({SUFFIX}: tensors and JSON metadata, "
                                       "never code).")
@@ -116,13 +128,7 @@ def weights_group(program: str, classes: Sequence[type]) -> click.Group:
             raise click.BadParameter(f"{new}: expected a {SUFFIX} file name", param_hint="NEW")
         if new.exists() and not force:
             raise click.BadParameter(f"{new} exists (pass --force to replace it)", param_hint="NEW")
-        tree = read_tree(old)
-        by_kind = {cls.kind: cls for cls in classes}
-        if tree.get("kind") in by_kind:
-            try:
-                from_export(by_kind[tree["kind"]], tree)
-            except ValueError as err:
-                raise WeightsError(f"{old}: {err}") from None
+        tree = checked_tree(old, classes)
         save_tree(tree, new)
         click.echo(f"{new}: {tree.get('kind', 'tree')} in {SUFFIX} (sha256 {sha256(new)}); "
                    f"'{program} weights show {new}' prints its card")

@@ -15,10 +15,11 @@ network and checks the tensors against it before loading them, so every malforme
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ from torch import nn
 from common.weights import WeightsError, read_tree, save_tree
 
 REQUIRED = object()
+M = typing.TypeVar("M")
 
 
 def _name(hint) -> str:
@@ -91,11 +93,16 @@ def typed(cls: type, data, where: str):
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a table of fields, got {_short(data)}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    known = {f.name for f in fields}
+    prefix = f"{where}: " if where else ""
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"{where + ': ' if where else ''}unknown field {unknown[0]!r} "
-                         f"(a {cls.__name__} has {', '.join(sorted(known))})")
+        raise ValueError(f"{prefix}unknown field {unknown[0]!r} (a {cls.__name__} has {', '.join(sorted(known))})")
+    missing = [f.name for f in fields if f.name not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"{prefix}missing field {missing[0]!r}")
     return cls(**{k: conform(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()})
 
 
@@ -116,11 +123,12 @@ def tensor_shape(tree: dict, key: str) -> torch.Size:
     return state[key].shape
 
 
-def restore(model: nn.Module, state) -> nn.Module:
+def restore(model: nn.Module, state, assign: bool = False) -> nn.Module:
     """Load ``state`` into ``model`` after checking that it holds exactly the model's tensors, with their
     shapes, and floating-point where the model's are (a float64 export loads into a float32 network,
     as ``load_state_dict`` casts; an integer table in place of weights does not). ``ValueError`` names
-    the first difference."""
+    the first difference. ``assign`` makes the network take the tensors themselves rather than copies
+    (for tensors just read from a file; never for a live model's, or the two would share weights)."""
     if not isinstance(state, dict):
         raise ValueError(f"state_dict: expected a table of tensors, got {_short(state)}")
     expected = model.state_dict()
@@ -137,16 +145,68 @@ def restore(model: nn.Module, state) -> nn.Module:
         if got.shape != want.shape or got.is_floating_point() != want.is_floating_point():
             raise ValueError(f"state_dict[{key!r}]: expected {want.dtype} {tuple(want.shape)}, "
                              f"got {got.dtype} {tuple(got.shape)}")
-    model.load_state_dict(state)
+    if assign:
+        state = {k: state[k].to(want.device, want.dtype) for k, want in expected.items()}
+    model.load_state_dict(state, assign=assign)
     return model
 
 
-def from_export(cls: type, tree: dict) -> nn.Module:
-    """The trained ``cls`` in an in-memory export ``tree`` (checked as :func:`load_module` checks a file)."""
+_INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "zeros_", "ones_", "xavier_uniform_",
+                 "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")
+
+
+@contextlib.contextmanager
+def _initialisation_skipped() -> Iterator[None]:
+    """``torch.nn.init``'s random fills as no-ops: a network built to receive a checked state dict (every
+    parameter and buffer overwritten, :func:`restore`) need not draw weights first — half its build time."""
+    saved = {name: getattr(nn.init, name) for name in _INITIALISERS}
+    for name in _INITIALISERS:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
+
+
+def from_export(cls: type, tree: dict, assign: bool = False) -> nn.Module:
+    """The trained ``cls`` in an in-memory export ``tree`` (checked as :func:`load_module` checks a file);
+    ``assign``: see :func:`restore`."""
     if not isinstance(tree, dict) or tree.get("kind") != cls.kind:
         kind = tree.get("kind") if isinstance(tree, dict) else type(tree).__name__
         raise ValueError(f"not a {cls.kind} export (kind={kind!r})")
-    return restore(cls.from_metadata(tree), tree.get("state_dict"))
+    with _initialisation_skipped():
+        model = cls.from_metadata(tree)
+    return restore(model, typed_field(tree, "state_dict", dict), assign)
+
+
+def check_tree(cls: type, tree: dict) -> None:
+    """``ValueError`` unless ``tree`` is a valid export of ``cls``: a model class (checked by
+    :func:`from_export`) or a dataclass of fields such as a pool (checked by :func:`typed`)."""
+    if dataclasses.is_dataclass(cls):
+        typed(cls, {k: v for k, v in tree.items() if k != "kind"}, "")
+    else:
+        from_export(cls, tree)
+
+
+class Exportable:
+    """Mixin for a module class with ``kind``, ``export()`` and ``from_metadata(tree)``: its trained
+    instance from an in-memory export (:meth:`from_export`) or from a file (:meth:`load`)."""
+
+    kind: typing.ClassVar[str]
+
+    @classmethod
+    def from_metadata(cls, tree: dict) -> nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def from_export(cls: type[M], tree: dict) -> M:
+        return from_export(cls, tree)
+
+    @classmethod
+    def load(cls: type[M], path: str | Path, map_location: str | torch.device = "cpu") -> M:
+        """The model in the weights file ``path`` (one-line :class:`~common.weights.WeightsError` otherwise)."""
+        return load_module(path, [cls], map_location)[0]
 
 
 def load_module(path: str | Path, classes: Sequence[type], map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -164,16 +224,12 @@ def load_module(path: str | Path, classes: Sequence[type], map_location: str | t
         raise WeightsError(f"{path}: a {kind!r} file, expected {wanted}" if isinstance(kind, str) else
                            f"{path}: no 'kind' field (expected {wanted})")
     try:
-        model = by_kind[kind].from_metadata(tree)
+        model = from_export(by_kind[kind], tree, assign=True)
     except ValueError as err:
         raise WeightsError(f"{path}: {err}") from None
     except Exception as err:  # a constructor refusing a well-typed but impossible config
         raise WeightsError(f"{path}: its config does not describe a network "
                            f"({type(err).__name__}: {' '.join(str(err).split())[:160]})") from None
-    try:
-        restore(model, tree.get("state_dict"))
-    except ValueError as err:
-        raise WeightsError(f"{path}: {err}") from None
     return model.to(map_location), tree
 
 

@@ -23,6 +23,7 @@ A weights file with a record beside it (``NAME.md`` for ``NAME.safetensors``) th
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
 import re
@@ -36,7 +37,8 @@ FORMAT = "molctrl-tree/1"  # metadata["format"] of the files written here
 SUFFIX = ".safetensors"
 _TAGS = ("$tensor", "$tuple", "$items")
 _SHA_IN_RECORD = re.compile(r"SHA-256\W*([0-9a-f]{64})")
-_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_BOILERPLATE = ("Weights only load failed", "Check the documentation", "Please file an issue", "You can use")
 
 
 class WeightsError(ValueError):
@@ -44,6 +46,10 @@ class WeightsError(ValueError):
 
 
 # -- the tree codec ------------------------------------------------------------------------------
+
+
+def _join(path: str, key) -> str:
+    return f"{path}/{key}" if path else str(key)
 
 
 def _encode(node, path: str, tensors: dict[str, torch.Tensor], where: str):
@@ -54,11 +60,11 @@ def _encode(node, path: str, tensors: dict[str, torch.Tensor], where: str):
         tensors[name] = node.detach().cpu().contiguous()
         return {"$tensor": name}
     if isinstance(node, tuple):
-        return {"$tuple": [_encode(v, f"{path}/{k}", tensors, where) for k, v in enumerate(node)]}
+        return {"$tuple": [_encode(v, _join(path, k), tensors, where) for k, v in enumerate(node)]}
     if isinstance(node, list):
-        return [_encode(v, f"{path}/{k}", tensors, where) for k, v in enumerate(node)]
+        return [_encode(v, _join(path, k), tensors, where) for k, v in enumerate(node)]
     if isinstance(node, dict):
-        child = {k: _encode(v, f"{path}/{k}".lstrip("/"), tensors, where) for k, v in node.items()}
+        child = {k: _encode(v, _join(path, k), tensors, where) for k, v in node.items()}
         if all(isinstance(k, str) and k not in _TAGS for k in node):
             return child
         return {"$items": [[_encode(k, "", {}, where), v] for k, v in zip(node, child.values())]}
@@ -110,15 +116,18 @@ def save_tree(tree: dict, path: str | Path) -> None:
         save_file(_shared_free(tensors), str(tmp), metadata=metadata)
 
 
-def file_format(path: Path) -> str:
-    """``"safetensors"``, ``"pickle"`` (torch's zip or legacy format) or ``"unknown"``, by the first bytes."""
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    if len(head) == 9 and head[8:9] == b"{":
+def _format(head: bytes) -> str:
+    if len(head) >= 9 and head[8:9] == b"{":  # a little-endian header length, then the JSON header
         return "safetensors"
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    if head[:2] == b"PK" or head[:1] == b"\x80":  # torch's zip container, or a bare pickle
         return "pickle"
     return "unknown"
+
+
+def file_format(path: str | Path) -> str:
+    """``"safetensors"``, ``"pickle"`` (torch's zip or legacy format) or ``"unknown"``, by the first bytes."""
+    with open(path, "rb") as handle:
+        return _format(handle.read(9))
 
 
 def sha256(path: str | Path) -> str:
@@ -153,17 +162,18 @@ def read_tree(path: str | Path, map_location: str | torch.device = "cpu") -> dic
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
-    if path.stat().st_size == 0:
+    data = path.read_bytes()  # read once: hashed, then parsed
+    if not data:
         raise WeightsError(f"{path}: empty file (expected a {SUFFIX} weights file)")
     expected = recorded_sha256(path)
-    if expected is not None and sha256(path) != expected:
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
         raise WeightsError(f"{path}: its SHA-256 differs from the one in {record_path(path).name} "
                            "(the file was changed or damaged; reinstall it)")
-    kind = file_format(path)
+    kind = _format(data[:9])
     if kind == "safetensors":
-        tree = _read_safetensors(path, map_location)
+        tree = _read_safetensors(path, data, map_location)
     elif kind == "pickle":
-        tree = _read_pickle(path, map_location)
+        tree = _read_pickle(path, data, map_location)
     else:
         raise WeightsError(f"{path}: not a weights file (expected {SUFFIX}, or a torch .pt file to convert)")
     if not isinstance(tree, dict):
@@ -172,15 +182,18 @@ def read_tree(path: str | Path, map_location: str | torch.device = "cpu") -> dic
     return tree
 
 
-def _read_safetensors(path: Path, map_location) -> dict:
-    from safetensors import SafetensorError, safe_open
+def _read_safetensors(path: Path, data: bytes, map_location) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
 
     try:
-        with safe_open(str(path), framework="pt", device=str(map_location)) as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        tensors = load(data)  # validates the header, offsets and sizes before it copies a byte
+        header_size = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8 : 8 + header_size]).get("__metadata__") or {}
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
         raise WeightsError(f"{path}: not a readable safetensors file ({' '.join(str(err).split())})") from None
+    if str(map_location) != "cpu":
+        tensors = {name: t.to(map_location) for name, t in tensors.items()}
     if metadata.get("format") != FORMAT or "tree" not in metadata:  # e.g. a bare state dict of another package
         raise WeightsError(f"{path}: a safetensors file without this package's metadata "
                            f"(format {metadata.get('format')!r}, expected {FORMAT!r})")
@@ -191,14 +204,21 @@ def _read_safetensors(path: Path, map_location) -> dict:
     return _decode(skeleton, tensors, str(path))
 
 
-def _read_pickle(path: Path, map_location):
+def _reason(err: Exception) -> str:
+    """The informative line of a torch.load error (its messages run over several paragraphs)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(_BOILERPLATE)] or lines or [type(err).__name__]
+    return useful[0][:200]
+
+
+def _read_pickle(path: Path, data: bytes, map_location):
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         refused = _REFUSED_GLOBAL.search(str(err))
         if refused:
             raise WeightsError(f"{path}: refused: its pickle would import {refused.group(1)}, which can run code "
                                "(only tensors and plain data are read)") from None
-        raise WeightsError(f"{path}: not a readable torch file ({' '.join(str(err).split())[:200]})") from None
+        raise WeightsError(f"{path}: refused: not a pickle of tensors and plain data ({_reason(err)})") from None
     except (OSError, RuntimeError, EOFError, ValueError, KeyError, IndexError) as err:
-        raise WeightsError(f"{path}: not a readable torch file ({' '.join(str(err).split())[:200] or type(err).__name__})") from None
+        raise WeightsError(f"{path}: not a readable torch file ({_reason(err)})") from None

@@ -48,6 +48,16 @@ class PriorPool:
     sampling_steps: int
     seconds: float
 
+    def __post_init__(self) -> None:
+        m = len(self.types)
+        if self.types.dim() != 2 or self.types.is_floating_point():
+            raise ValueError(f"types: expected integer (M, N), got {self.types.dtype} {tuple(self.types.shape)}")
+        if self.positions.shape != (*self.types.shape, 3):
+            raise ValueError(f"positions: expected {(*self.types.shape, 3)} for types {tuple(self.types.shape)}, "
+                             f"got {tuple(self.positions.shape)}")
+        if self.scores.numel() and len(self.scores) != m:
+            raise ValueError(f"scores: expected one row per molecule ({m}), got {len(self.scores)}")
+
     @property
     def n_atoms(self) -> torch.Tensor:
         return (self.types >= 0).sum(1)

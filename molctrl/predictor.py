@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.exports import from_export, tensor_shape, typed, typed_field
+from common.exports import Exportable, tensor_shape, typed, typed_field
 from common.rewards import GaussianLogLikelihood
 from molctrl.data.qm9 import Setting, get_setting
 from molctrl.molecule import Molecule
@@ -56,7 +56,7 @@ def fit_calibration(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.quantile(np.abs(labels - predictions), ONE_SIGMA, axis=0)
 
 
-class PropertyPredictor(nn.Module):
+class PropertyPredictor(Exportable, nn.Module):
     """``f(x)``: molecules (one-hot types, positions, mask) -> properties in their units, ``(B, P)``.
 
     Args:
@@ -186,9 +186,6 @@ class PropertyPredictor(nn.Module):
                                  f"scales (one per property), got shape {tuple(model.calibration.shape)}")
         return model
 
-    @classmethod
-    def from_export(cls, payload: dict) -> PropertyPredictor:
-        return from_export(cls, payload)
 
 
 TAIL = 4.0  # Huber threshold of the likelihood rewards, in calibrated standard deviations

@@ -7,14 +7,13 @@ factor 4, and decoded by argmax. The number of atoms is drawn from the training 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from common.diffusion import GaussianDiffusion
-from common.exports import from_export, load_module, tensor_shape, typed, typed_field
+from common.exports import Exportable, tensor_shape, typed, typed_field
 from common.schedules import NoiseSchedule
 from common.spaces import PointSetSpace
 from common.training import condition_parameter_groups
@@ -77,7 +76,7 @@ class MoleculeDenoiser(nn.Module):
         return torch.cat([eps_x, h_out], dim=-1)
 
 
-class MoleculeDiffusion(nn.Module):
+class MoleculeDiffusion(Exportable, nn.Module):
     """A trainable, sampleable molecule prior. ``forward(types, positions)`` returns the training loss.
 
     Args:
@@ -189,11 +188,4 @@ class MoleculeDiffusion(nn.Module):
         """The untrained network a weights tree describes (see :mod:`common.exports`)."""
         return cls(typed(PriorConfig, typed_field(tree, "config"), "config"), torch.zeros(tensor_shape(tree, "n_atoms_hist")))
 
-    @classmethod
-    def from_export(cls, payload: dict) -> MoleculeDiffusion:
-        return from_export(cls, payload)
 
-    @classmethod
-    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> MoleculeDiffusion:
-        """A prior or conditioned model from a weights file (one-line :class:`~common.weights.WeightsError` otherwise)."""
-        return load_module(path, [cls], map_location)[0]

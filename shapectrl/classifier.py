@@ -18,14 +18,13 @@ clean clouds (t = 0).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from common.diffusion import GaussianDiffusion
-from common.exports import from_export, load_module, typed, typed_field
+from common.exports import Exportable, typed, typed_field
 from common.schedules import NoiseSchedule
 from common.spaces import PointSetSpace
 from shapectrl.data.families import CLASSES, class_id, local_labels
@@ -70,7 +69,7 @@ class ShapeClassifierConfig:
         return self.noise_schedule is not None
 
 
-class ShapeClassifier(nn.Module):
+class ShapeClassifier(Exportable, nn.Module):
     """Logits ``(B, K)`` of clouds ``(B, N, 3)``; ``forward(points, labels)`` is the training loss.
 
     Labels index :attr:`ShapeClassifierConfig.classes` (use :meth:`labels_from_dataset` to map the data
@@ -190,13 +189,5 @@ class ShapeClassifier(nn.Module):
             raise ValueError(f"temperature: expected a positive number, got {model.temperature}")
         return model
 
-    @classmethod
-    def from_export(cls, payload: dict) -> ShapeClassifier:
-        return from_export(cls, payload)
 
-    @classmethod
-    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> ShapeClassifier:
-        """A classifier from a weights file of ``shapectrl train classifier`` (one-line
-        :class:`~common.weights.WeightsError` otherwise)."""
-        return load_module(path, [cls], map_location)[0]
 

@@ -82,6 +82,12 @@ class ShapePool:
     sampling_steps: int
     seconds: float
 
+    def __post_init__(self) -> None:
+        if self.points.dim() != 3 or self.points.shape[-1] != 3:
+            raise ValueError(f"points: expected (M, P, 3), got {tuple(self.points.shape)}")
+        if self.scores.numel() and len(self.scores) != len(self.points):
+            raise ValueError(f"scores: expected one row per cloud ({len(self.points)}), got {len(self.scores)}")
+
     @classmethod
     @torch.no_grad()
     def sample(cls, prior: ShapeDiffusion, reward: ShapeReward, size: int, sampling_steps: int,

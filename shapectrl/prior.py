@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from common.diffusion import GaussianDiffusion
-from common.exports import from_export, load_module, typed, typed_field
+from common.exports import Exportable, typed, typed_field
 from common.schedules import NoiseSchedule
 from common.spaces import PointSetSpace
 from common.training import EpochSampler, condition_parameter_groups
@@ -62,7 +61,7 @@ class ShapePriorConfig:
                               self.voxel_channels, self.extent, self.n_inducing, self.heads)
 
 
-class ShapeDiffusion(nn.Module):
+class ShapeDiffusion(Exportable, nn.Module):
     """A trainable, sampleable point-cloud prior. ``forward(points (B, N, 3))`` returns the training loss.
 
     Args:
@@ -169,15 +168,7 @@ class ShapeDiffusion(nn.Module):
                    typed(Normalisation, typed_field(tree, "normalisation"), "normalisation"),
                    typed_field(tree, "classes", tuple[str, ...], ()))
 
-    @classmethod
-    def from_export(cls, payload: dict) -> ShapeDiffusion:
-        return from_export(cls, payload)
 
-    @classmethod
-    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> ShapeDiffusion:
-        """A prior (or conditioned model) from a weights file of ``shapectrl train`` (one-line
-        :class:`~common.weights.WeightsError` otherwise)."""
-        return load_module(path, [cls], map_location)[0]
 
 
 def random_subset(clouds: torch.Tensor, n_points: int, generator: torch.Generator) -> torch.Tensor:

@@ -12,6 +12,7 @@ from molctrl.cli.predict import predict
 from molctrl.cli.sample import sample
 from molctrl.cli.train import train
 from molctrl.noisy_predictor import NoisyPropertyPredictor
+from molctrl.payoff import PriorPool
 from molctrl.predictor import PropertyPredictor
 from molctrl.prior import MoleculeDiffusion
 
@@ -21,6 +22,6 @@ def main() -> None:
     """Reward-guided control of 3D molecule diffusion models (QM9)."""
 
 
-weights = weights_group("molctrl", [MoleculeDiffusion, PropertyPredictor, NoisyPropertyPredictor])
+weights = weights_group("molctrl", [MoleculeDiffusion, PropertyPredictor, NoisyPropertyPredictor, PriorPool])
 for command in (data, evaluate, finetune, generate, predict, sample, train, weights):
     main.add_command(command)

@@ -119,7 +119,6 @@ def finetune(method, properties, maximize, run_dir, prior_path, reward_model, st
     torch.manual_seed(train_cfg.seed)
     prior = load_prior(spec["prior"])
     data = _training_data(prior.config.setting, record)
-    run.mkdir(parents=True, exist_ok=True)
     objective, batches = make_objective(spec, prior, data, train_cfg.batch_size, train_cfg.seed, run / f"pool{SUFFIX}",
                                         load_init=not (resume and checkpoint_in(run)))
     _fit(objective, batches, train_cfg, run, record, device, resume, None)

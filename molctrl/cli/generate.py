@@ -57,6 +57,7 @@ def generate(targets, maximize, n_molecules, out, method, model_path, reward_mod
     from molctrl.generate import parse_targets, parse_window, target_tensors
     from molctrl.io import write_molecules
     from molctrl.metrics import evaluate_molecules, train_smiles
+    from molctrl.weights import load_predictor
 
     if bool(targets) == bool(maximize):
         raise click.UsageError("give either --target NAME=VALUE (one or more) or --maximize")
@@ -76,6 +77,7 @@ def generate(targets, maximize, n_molecules, out, method, model_path, reward_mod
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--guidance-window") from None
     model, guidance = _model(method, model_path, maximize, reward_model, scale, steps_window)
+    scorer = load_predictor(evaluator).eval() if wanted else None
     conditions = PropertyConditions.from_split(load_split(model.config.setting, "Db"))
     y, y_mask = target_tensors(wanted, n_molecules)
     generator = seed_everything(seed)
@@ -86,7 +88,7 @@ def generate(targets, maximize, n_molecules, out, method, model_path, reward_mod
     summary = evaluate_molecules(molecules, train_smiles(model.config.setting)).summary
     legends = [[] for _ in molecules]
     if wanted:
-        predictions = _predict(evaluator, molecules, list(wanted))
+        predictions = _predict(scorer, molecules, list(wanted))
         for name, column in zip(wanted, predictions.T):
             summary[f"mae_{name}"] = float(np.nanmean(np.abs(column - wanted[name])))
             for k, (m, value) in enumerate(zip(molecules, column)):
@@ -151,11 +153,8 @@ def _model(method, model_path, maximize, reward_model, scale, window: tuple[int,
     return model, None
 
 
-def _predict(evaluator: str, molecules, names: list[str]) -> np.ndarray:
+def _predict(predictor, molecules, names: list[str]) -> np.ndarray:
     """Evaluator predictions ``(M, len(names))``, NaN for molecules it cannot read."""
-    from molctrl.weights import load_predictor
-
-    predictor = load_predictor(evaluator).eval()
     columns = [predictor.properties.index(p) for p in names]
     out = np.full((len(molecules), len(names)), np.nan)
     ok = [k for k, m in enumerate(molecules) if m.n_atoms]

@@ -10,6 +10,7 @@ from shapectrl.cli.evaluate import evaluate
 from shapectrl.cli.generate import generate
 from shapectrl.cli.sample import sample
 from shapectrl.cli.train import train
+from shapectrl.control import ShapePool
 from shapectrl.prior import ShapeDiffusion
 
 
@@ -21,5 +22,5 @@ def main(ctx: click.Context) -> None:
         click.echo(ctx.get_help())
 
 
-for command in (data, train, sample, generate, evaluate, weights_group("shapectrl", [ShapeDiffusion, ShapeClassifier])):
+for command in (data, train, sample, generate, evaluate, weights_group("shapectrl", [ShapeDiffusion, ShapeClassifier, ShapePool])):
     main.add_command(command)

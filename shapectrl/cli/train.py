@@ -277,10 +277,7 @@ def classifier(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_eve
     data = _data_record(data_dir, per_class, data_points, class_text, data_seed, points)
     config = ShapeClassifierConfig(arch=arch, classes=tuple(data["classes"]))
     if noise_prior:
-        try:
-            noise = ShapeDiffusion.load(noise_prior).config
-        except (FileNotFoundError, ValueError) as err:
-            raise click.BadParameter(str(err), param_hint="--noise-aware") from None
+        noise = ShapeDiffusion.load(noise_prior).config
         config.noise_schedule, config.noise_steps = noise.schedule, noise.n_steps
     fresh = {"model": asdict(config),
              "train": asdict(TrainConfig(steps=steps or 3000, batch_size=batch_size, lr=lr or 1e-3,
@@ -374,11 +371,8 @@ def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every,
     train_cfg = _train_config(record, steps)
     seed_everything(train_cfg.seed)
     config = ControlConfig(**record["control"])
-    try:
-        prior_model = ShapeDiffusion.load(record["prior"])
-        classifier_model = ShapeClassifier.load(record["reward"])
-    except (FileNotFoundError, ValueError) as err:
-        raise click.ClickException(str(err)) from None
+    prior_model = ShapeDiffusion.load(record["prior"])
+    classifier_model = ShapeClassifier.load(record["reward"])
     shapes = _load(record["data"])
     if shapes.normalisation != prior_model.normalisation:
         raise click.ClickException(f"{record['prior']}: the prior was trained in another normalisation than this data "
