@@ -7,10 +7,11 @@ A model class that ships as a file (an *exportable*) has
 * ``export() -> dict``: the tree its file holds — ``kind``, ``config``, ``state_dict`` and whatever else
   the class needs (calibration, normalisation, conditions, the training record);
 * ``from_metadata(tree) -> Module`` (classmethod): the untrained network that tree describes, built from
-  its typed fields (:func:`typed`, :func:`field`) — a bad field raises ``ValueError`` naming it.
+  its typed fields (:func:`typed`, :func:`typed_field`) — a bad field raises ``ValueError`` naming it;
 
-:func:`load_module` reads a file (:func:`common.weights.read_tree`), dispatches on ``kind``, builds the
-network and checks the tensors against it before loading them, so every malformed file ends in one
+and gets ``from_export`` and ``load`` from :class:`Exportable`. :func:`load_module` reads a file
+(:func:`common.weights.read_tree`), dispatches on ``kind``, builds the network and checks the tensors
+against it before loading them, so every malformed file ends in one
 :class:`~common.weights.WeightsError` line that starts with the file's path.
 """
 from __future__ import annotations
