@@ -21,7 +21,7 @@ import torch
 
 from benchmarks.record import emit, machine_info
 from common.guidance import GuidedDenoiser, reconstruction_likelihood
-from common.rollout import kl_factors, rollout, transitions
+from common.rollout import kl_factors, rollout
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
 from molctrl.finetune import TargetBatches, spec_reward
@@ -41,7 +41,7 @@ def score(model, prior, reward, conditions, n_atoms, y, y_mask, steps: int, seed
         net, cond = (prior.denoiser, None) if model is None else (model.denoiser, conditions.encode(y, y_mask))
     roll = rollout(diffusion, net, prior.denoiser, mask, prior.n_channels, steps, cond, checkpoint=False,
                    generator=torch.Generator().manual_seed(seed))
-    pairs = transitions(diffusion, steps, 1, mask.device)
+    pairs = diffusion.transitions(steps, 1, mask.device)
     labels = [f"{int(t)}->{'x' if s is None else int(s)}" for t, s in pairs]
     factors = kl_factors(diffusion, pairs, "continuous").to(roll.step_kl.dtype)
     r = reward(roll.x, mask, y, y_mask)

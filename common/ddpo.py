@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 
 from common.diffusion import Denoiser, GaussianDiffusion
-from common.rollout import reverse_moments, transitions
 
 
 @dataclass
@@ -36,14 +35,12 @@ class Trajectories:
 def sample_trajectories(diffusion: GaussianDiffusion, model: Denoiser, mask: torch.Tensor, n_channels: int,
                         n_sampling_steps: int | None = 50, cond: torch.Tensor | None = None,
                         generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Trajectories:
-    b, n = mask.shape
-    space = diffusion.space
-    z = space.noise(torch.empty(b, n, n_channels, device=mask.device, dtype=dtype), mask, generator)
-    steps = transitions(diffusion, n_sampling_steps, b, mask.device)
+    z = diffusion.initial_state(mask, n_channels, generator, dtype)
+    steps = diffusion.transitions(n_sampling_steps, len(mask), mask.device)
     states, log_probs = [z], []
     for t, s in steps:
-        mean, std = reverse_moments(diffusion, model, z, t, s, mask, cond)
-        z = space.project(mean + std * space.noise(z, mask, generator), mask)
+        mean, std = diffusion.moments(model, z, t, s, mask, cond)
+        z = diffusion.draw(mean, std, mask, generator)
         log_probs.append(diffusion.step_log_prob(z, mean, std, mask))
         states.append(z)
     return Trajectories(states, steps, torch.stack(log_probs), mask, cond)
@@ -57,7 +54,7 @@ def ddpo_loss(diffusion: GaussianDiffusion, model: Denoiser, trajectories: Traje
     for k in step_indices:
         t, s = trajectories.steps[k]
         z, z_next = trajectories.states[k], trajectories.states[k + 1]
-        mean, std = reverse_moments(diffusion, model, z, t, s, trajectories.mask, trajectories.cond)
+        mean, std = diffusion.moments(model, z, t, s, trajectories.mask, trajectories.cond)
         ratio = torch.exp(diffusion.step_log_prob(z_next, mean, std, trajectories.mask) - trajectories.log_probs[k])
         surrogate = torch.minimum(ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages)
         losses.append(-surrogate.mean())

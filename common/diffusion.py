@@ -6,6 +6,12 @@ Reverse step with a noise prediction ε̂ = ε_θ(z_t, t):
     p(z_s | z_t) = N(μ, σ²),  μ = z_t/α_{t|s} − σ²_{t|s}/(α_{t|s}·σ_t)·ε̂,  σ = σ_{t|s}·σ_s/σ_t,
 which is the exact posterior q(z_s | z_t, x) at x = x̂₀(z_t). Any s < t works, so respaced sampling
 over a subset of steps is the same formula. The last step returns x ~ N(x̂₀(z_0), (σ_0/α_0)²).
+
+Every sampler of the package — :meth:`GaussianDiffusion.sample`, CTRL's rollouts, DDPO's trajectories,
+step-level RGDM, sequential Monte Carlo — walks the chain with the same four pieces: the states
+:meth:`~GaussianDiffusion.initial_state`, the transitions :meth:`~GaussianDiffusion.transitions`, a
+step's moments :meth:`~GaussianDiffusion.moments`, and a draw :meth:`~GaussianDiffusion.draw` (with its
+log-density :meth:`~GaussianDiffusion.step_log_prob`).
 """
 from __future__ import annotations
 
@@ -114,6 +120,37 @@ class GaussianDiffusion(torch.nn.Module):
         """KL(N(μ_p, σ²) ‖ N(μ_q, σ²)) = ‖μ_p − μ_q‖² / (2σ²), summed over dimensions, ``(B,)``."""
         return (((mean_p - mean_q) * mask.unsqueeze(-1)) ** 2).sum((1, 2)) / (2 * std.view(-1) ** 2)
 
+    # -- the chain, one transition at a time -------------------------------------------------------
+
+    def initial_state(self, mask: torch.Tensor, n_channels: int, generator: torch.Generator | None = None,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """z_T ~ N(0, I) on the space, ``(B, N, n_channels)`` for ``mask (B, N)``."""
+        like = torch.empty(*mask.shape, n_channels, device=mask.device, dtype=dtype)
+        return self.space.noise(like, mask, generator)
+
+    def transitions(self, n_sampling_steps: int | None, batch: int,
+                    device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """The reverse transitions t → s of a (respaced) sampler as ``(B,)`` integer steps; the last one,
+        s = None, is the final step z_0 → x."""
+        steps = respaced_steps(self.n_steps, n_sampling_steps)
+        full = [torch.full((batch,), k, dtype=torch.long, device=device) for k in steps]
+        return list(itertools.pairwise(full)) + [(full[-1], None)]
+
+    def moments_from(self, z: torch.Tensor, eps_hat: torch.Tensor, t: torch.Tensor,
+                     s: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean ``(B, N, D)`` and std ``(B, 1, 1)`` of the step t → s (s = None: the final step) given ε̂(z_t)."""
+        return self.final_step(z, eps_hat) if s is None else self.reverse_step(z, eps_hat, t, s)
+
+    def moments(self, net: Denoiser, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None, mask: torch.Tensor,
+                cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of the step t → s of the ε-network ``net`` (conditioned on ``cond``) from ``z``."""
+        return self.moments_from(z, net(z, t.to(z.dtype) / self.n_steps, mask, cond), t, s)
+
+    def draw(self, mean: torch.Tensor, std: torch.Tensor, mask: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """z_s = μ + σ·ε on the space, ε ~ N(0, I): a sample of the step N(μ, σ²)."""
+        return self.space.project(mean + std * self.space.noise(mean, mask, generator), mask)
+
     @torch.no_grad()
     def sample(self, denoiser: Denoiser, mask: torch.Tensor, n_channels: int, n_sampling_steps: int | None = None,
                cond: torch.Tensor | None = None, generator: torch.Generator | None = None,
@@ -122,19 +159,9 @@ class GaussianDiffusion(torch.nn.Module):
 
         ``callback(k)`` is called after the k-th network evaluation (for progress bars).
         """
-        b, n = mask.shape
-        z = self.space.noise(torch.empty(b, n, n_channels, device=mask.device, dtype=dtype), mask, generator)
-        steps = respaced_steps(self.n_steps, n_sampling_steps)
-        for k, (t_int, s_int) in enumerate(itertools.pairwise(steps)):
-            t = torch.full((b,), t_int, dtype=torch.long, device=mask.device)
-            s = torch.full((b,), s_int, dtype=torch.long, device=mask.device)
-            eps_hat = denoiser(z, t.to(z.dtype) / self.n_steps, mask, cond)
-            mean, std = self.reverse_step(z, eps_hat, t, s)
-            z = self.space.project(mean + std * self.space.noise(z, mask, generator), mask)
+        z = self.initial_state(mask, n_channels, generator, dtype)
+        for k, (t, s) in enumerate(self.transitions(n_sampling_steps, len(mask), mask.device)):
+            z = self.draw(*self.moments(denoiser, z, t, s, mask, cond), mask, generator)
             if callback:
                 callback(k + 1)
-        zeros = torch.zeros(b, device=mask.device, dtype=z.dtype)
-        mean, std = self.final_step(z, denoiser(z, zeros, mask, cond))
-        if callback:
-            callback(len(steps))
-        return self.space.project(mean + std * self.space.noise(z, mask, generator), mask)
+        return z

@@ -24,7 +24,7 @@ import torch
 from common.diffusion import Denoiser, GaussianDiffusion
 from common.guidance import GuidedDenoiser
 from common.rewards import Reward
-from common.rollout import reverse_moments, rollout, transitions
+from common.rollout import rollout
 
 
 def rgdm_trajectory_loss(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, reward: Reward,
@@ -106,22 +106,21 @@ def rgdm_step_loss(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoise
     """
     if reward_on not in ("denoised", "noisy"):
         raise ValueError(f"reward_on must be 'denoised' or 'noisy', got {reward_on!r}")
-    b, n = mask.shape
     space = diffusion.space
-    pairs = transitions(diffusion, n_sampling_steps, b, mask.device)
+    pairs = diffusion.transitions(n_sampling_steps, len(mask), mask.device)
     chosen = set(torch.randperm(len(pairs), generator=generator)[:n_train_steps].tolist())
-    z = space.noise(torch.empty(b, n, n_channels, device=mask.device, dtype=dtype), mask, generator)
+    z = diffusion.initial_state(mask, n_channels, generator, dtype)
     losses, rewards = [], []
     for k, (t, s) in enumerate(pairs):
         with torch.set_grad_enabled(k in chosen and torch.is_grad_enabled()):  # the model's step, fitted below
-            mean, std = reverse_moments(diffusion, model, z, t, s, mask, cond)
+            mean, std = diffusion.moments(model, z, t, s, mask, cond)
         with torch.no_grad():
-            z_next = space.project(mean + std * space.noise(z, mask, generator), mask)
+            z_next = diffusion.draw(mean, std, mask, generator)
         if k in chosen:
             score = _PayoffScore(diffusion, model, reward, s, mask, y, y_mask, cond, reward_on)
             with torch.no_grad():
-                mean_pre, _ = reverse_moments(diffusion, prior, z, t, s, mask, None)
-                proposal = space.project(mean_pre + std * space.noise(z, mask, generator), mask)
+                mean_pre, _ = diffusion.moments(prior, z, t, s, mask)
+                proposal = diffusion.draw(mean_pre, std, mask, generator)
             if reward.differentiable:
                 targets, weights = _gradient_shift(score, proposal, std, temperature, radius, mask)[None], None
             else:

@@ -18,14 +18,13 @@ recomputed in the backward pass (``checkpoint``) so memory does not grow with th
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 from torch.utils.checkpoint import checkpoint as recompute
 
-from common.diffusion import Denoiser, GaussianDiffusion, respaced_steps
+from common.diffusion import Denoiser, GaussianDiffusion
 
 KL_FORMS = ("chain", "continuous")
 
@@ -38,7 +37,7 @@ class Rollout:
         x: final samples. kl: Σ_t KL(p_θ ‖ p_pre) over the steps (chain or continuous form).
             log_prob: Σ_t log p_θ(z_s | z_t) of the sampled states (gradient w.r.t. θ only).
             prior_log_prob: Σ_t log p_pre(z_s | z_t), no gradient.
-            step_kl: the chain's KL of each step, ``(S, B)`` in the order of :func:`transitions`.
+            step_kl: the chain's KL of each step, ``(S, B)`` in the order of :meth:`GaussianDiffusion.transitions`.
     """
 
     x: torch.Tensor
@@ -64,10 +63,9 @@ def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask
     """
     if kl not in KL_FORMS:
         raise ValueError(f"unknown KL form {kl!r} (expected one of {', '.join(KL_FORMS)})")
-    b, n = mask.shape
-    space = diffusion.space
-    z = space.noise(torch.empty(b, n, n_channels, device=mask.device, dtype=dtype), mask, generator)
-    pairs = transitions(diffusion, n_sampling_steps, b, mask.device)
+    b = len(mask)
+    z = diffusion.initial_state(mask, n_channels, generator, dtype)
+    pairs = diffusion.transitions(n_sampling_steps, b, mask.device)
     run = partial(recompute, use_reentrant=False) if checkpoint and torch.is_grad_enabled() else _call
     log_prob = prior_log_prob = torch.zeros(b, device=mask.device, dtype=dtype)
     step_kls = []
@@ -78,10 +76,9 @@ def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask
             mean, mean_pre, std = run(_moments, diffusion, model, prior, z, t, s, mask, cond)
         else:
             with torch.no_grad():
-                mean_pre, std = reverse_moments(diffusion, prior, z, t, s, mask, None)
+                mean_pre, std = diffusion.moments(prior, z, t, s, mask)
             mean = run(_step_mean, diffusion, model, z, t, s, mask, cond)
-        noise = space.noise(z, mask, generator)
-        z_next = space.project(mean + std * noise, mask)
+        z_next = diffusion.draw(mean, std, mask, generator)
         step_kls.append(diffusion.step_kl(mean, mean_pre, std, mask))
         log_prob = log_prob + diffusion.step_log_prob(z_next.detach(), mean, std, mask)
         prior_log_prob = prior_log_prob + diffusion.step_log_prob(z_next.detach(), mean_pre, std, mask)
@@ -98,32 +95,14 @@ def kl_factors(diffusion: GaussianDiffusion, pairs: list[tuple[torch.Tensor, tor
     return factors if kl == "continuous" else torch.ones_like(factors)
 
 
-def transitions(diffusion: GaussianDiffusion, n_sampling_steps: int | None, batch: int,
-                device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """The reverse transitions t → s of a (respaced) sampler as ``(B,)`` integer steps; the last one,
-    s = None, is the final step z_0 → x."""
-    steps = respaced_steps(diffusion.n_steps, n_sampling_steps)
-    full = [torch.full((batch,), k, dtype=torch.long, device=device) for k in steps]
-    return list(itertools.pairwise(full)) + [(full[-1], None)]
-
-
-def reverse_moments(diffusion: GaussianDiffusion, net: Denoiser, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None,
-          mask: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of the reverse step from t to s (s = None: the final step to x)."""
-    eps = net(z, t.to(z.dtype) / diffusion.n_steps, mask, cond)
-    if s is None:
-        return diffusion.final_step(z, eps)
-    return diffusion.reverse_step(z, eps, t, s)
-
-
 def _step_mean(diffusion, net, z, t, s, mask, cond) -> torch.Tensor:
-    return reverse_moments(diffusion, net, z, t, s, mask, cond)[0]
+    return diffusion.moments(net, z, t, s, mask, cond)[0]
 
 
 def _moments(diffusion, model, prior, z, t, s, mask, cond) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Step means of the model and the prior from the same state, and the shared std."""
-    mean, std = reverse_moments(diffusion, model, z, t, s, mask, cond)
-    return mean, reverse_moments(diffusion, prior, z, t, s, mask, None)[0], std
+    mean, std = diffusion.moments(model, z, t, s, mask, cond)
+    return mean, diffusion.moments(prior, z, t, s, mask)[0], std
 
 
 def _call(fn, *args):

@@ -150,3 +150,31 @@ def test_sampler_with_the_optimal_denoiser_on_gaussian_data(n_sampling_steps):
     x = diff.sample(optimal, mask, 2, n_sampling_steps, generator=torch.Generator().manual_seed(0))
     assert x.var().item() == pytest.approx(var, rel=0.06)
     assert abs(x.mean().item()) < 0.03
+
+
+def test_every_sampler_walks_the_same_chain_step_for_step():
+    """The ancestral sampler, CTRL's rollout, DDPO's trajectories and SMC with one particle draw the
+    same states from the same generator: one transition primitive serves them all."""
+    from common.ddpo import sample_trajectories
+    from common.rollout import rollout
+    from common.smc import Potential, smc_sample
+
+    torch.manual_seed(0)
+    diffusion = GaussianDiffusion(NoiseSchedule("polynomial_2", 100), PointSetSpace(centered_dims=3))
+    weight = torch.randn(5, 5) / 5
+
+    def denoiser(z, t, mask, cond=None):
+        return diffusion.space.project(torch.tanh(z @ weight) * (1 + t.view(-1, 1, 1)), mask)
+
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    mask[0, 3] = False
+    seed = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    x = diffusion.sample(denoiser, mask, 5, 10, generator=seed())
+    with torch.no_grad():
+        rolled = rollout(diffusion, denoiser, denoiser, mask, 5, 10, checkpoint=False, generator=seed())
+    traced = sample_trajectories(diffusion, denoiser, mask, 5, 10, generator=seed())
+    zero = Potential(lambda x0, t, m: torch.zeros(len(x0)), lambda x, m: torch.zeros(len(x)))
+    steered = smc_sample(diffusion, denoiser, zero, mask, 5, n_particles=1, n_sampling_steps=10, generator=seed())
+    for other in (rolled.x, traced.x, steered.x):
+        assert torch.equal(x, other)
+    assert torch.equal(rolled.prior_log_prob, rolled.log_prob) and torch.allclose(traced.log_probs.sum(0), rolled.log_prob)

@@ -28,6 +28,7 @@ from benchmarks.gmm_tilt import (
     noisy_log_likelihood,
     prior_samples,
     samples,
+    steered,
     setup,
     stats,
     train,
@@ -204,3 +205,30 @@ def test_best_of_n_keeps_the_highest_reward_per_row():
     _, one = best_of_n(draw, REWARD, mask, 1, y)
     x, four = best_of_n(draw, REWARD, mask, 4, y)
     assert torch.allclose(REWARD(x, mask, y), four) and four.mean() > one.mean() + 0.5
+
+
+def _ess_fraction(ess, k):
+    return float(ess[-1].mean()) / k  # the last resampling decision's ESS, the one the output is drawn with
+
+
+def test_smc_with_the_prior_as_proposal_lands_on_the_tilt(references):
+    chain, exact = references[1.0]
+    x, ess = steered(16, "prior")
+    _assert_close(stats(x), chain, weight_tol=0.03, mean_tol=0.06, cov_rel_tol=0.1)
+    _assert_close(stats(x), exact, weight_tol=0.04, mean_tol=0.08, cov_rel_tol=0.25)  # the 20-step chain is narrower
+
+
+def test_smc_corrects_a_poor_proposal(references):
+    chain, _ = references[1.0]
+    alone = stats(steered(1, "reversed")[0])
+    assert alone[0][1] < 0.3  # steering away from y: most of the mass on the wrong side
+    _assert_close(stats(steered(64, "reversed")[0]), chain, weight_tol=0.03, mean_tol=0.06, cov_rel_tol=0.12)
+
+
+def test_a_good_proposal_needs_fewer_particles(references):
+    chain, _ = references[1.0]
+    (x_guided, ess_guided), (x_prior, ess_prior) = steered(4, "guided"), steered(4, "prior")
+    _assert_close(stats(x_guided), chain, weight_tol=0.03, mean_tol=0.06, cov_rel_tol=0.12)
+    with pytest.raises(AssertionError):  # four prior particles are not enough
+        _assert_close(stats(x_prior), chain, weight_tol=0.03, mean_tol=0.06, cov_rel_tol=0.12)
+    assert _ess_fraction(ess_guided, 4) > _ess_fraction(ess_prior, 4) + 0.1
