@@ -89,21 +89,29 @@ def guided_proposal(guided: GuidedDenoiser) -> Proposal:
 
 
 def reward_potential(reward: Reward, diffusion: GaussianDiffusion, y: Tensor | None = None,
-                     y_mask: Tensor | None = None, admissible: Callable[[Tensor, Tensor], Tensor] | None = None) -> Potential:
-    """The potential of a reward for targets ``y``/``y_mask`` (one row per particle): a Gaussian
-    likelihood is read on x̂₀ widened by the posterior variance at t (the reconstruction likelihood of
-    :func:`common.guidance.reconstruction_likelihood`, which flattens at high noise as log p_t(y | z_t)
-    does), any other reward on x̂₀ as it is. ``admissible(x, mask) -> (B,) bool`` restricts the target
-    to the samples it accepts."""
-    if isinstance(reward, GaussianLogLikelihood):
-        widened = reconstruction_likelihood(reward, diffusion, y, y_mask)
+                     y_mask: Tensor | None = None, admissible: Callable[[Tensor, Tensor], Tensor] | None = None,
+                     widened: bool = True, admissible_from: float = 0.1, inadmissible_cost: float = 5.0) -> Potential:
+    """The potential of a reward for targets ``y``/``y_mask`` (one row per particle): the reward read on
+    x̂₀, for a Gaussian likelihood widened by the posterior variance at t (``widened``: the
+    reconstruction likelihood of :func:`common.guidance.reconstruction_likelihood`, which flattens at
+    high noise as log p_t(y | z_t) does). ``admissible(x, mask) -> (B,) bool`` restricts the target to
+    the samples it accepts; from t ≤ ``admissible_from``·T on, a state whose x̂₀ it rejects already
+    costs ``inadmissible_cost`` (in reward units), so that resampling keeps particles that can still end
+    admissible (any potential leaves the target exact: only the final one counts)."""
+    widen = widened and isinstance(reward, GaussianLogLikelihood)
+    likelihood = reconstruction_likelihood(reward, diffusion, y, y_mask) if widen else None
 
-        def estimate(x0: Tensor, t: Tensor, mask: Tensor) -> Tensor:
-            with torch.enable_grad():  # the widening reads ∇f at x̂₀
-                return widened(x0.detach().requires_grad_(True), t, mask).detach()
-    else:
-        def estimate(x0: Tensor, t: Tensor, mask: Tensor) -> Tensor:
+    def expected(x0: Tensor, t: Tensor, mask: Tensor) -> Tensor:
+        if likelihood is None:
             return reward(x0, mask, y, y_mask)
+        with torch.enable_grad():  # the widening reads ∇f at x̂₀
+            return likelihood(x0.detach().requires_grad_(True), t, mask).detach()
+
+    def estimate(x0: Tensor, t: Tensor, mask: Tensor) -> Tensor:
+        value = expected(x0, t, mask)
+        if admissible is not None and t[0] <= admissible_from:
+            value = value - inadmissible_cost * (~admissible(x0, mask)).to(value)
+        return value
 
     def final(x: Tensor, mask: Tensor) -> Tensor:
         r = reward(x, mask, y, y_mask)
@@ -217,9 +225,8 @@ def smc_sample(diffusion: GaussianDiffusion, prior: Denoiser, potential: Potenti
             pending = (diffusion.step_log_prob(z, mean_pre, std, mask)
                        - diffusion.step_log_prob(z, mean_q, std, mask)).double()
     reward = potential.final(z, mask).double()
-    final = torch.nan_to_num(reward / temperature, nan=-torch.inf)
-    log_w += (pending + final - value).view(b, k)
-    log_w = torch.nan_to_num(log_w, nan=-torch.inf)
+    log_w += (pending + reward / temperature - value).view(b, k)
+    log_w = log_w.masked_fill(torch.isnan(log_w), -torch.inf)  # a NaN reward: outside the target
     choice = torch.where(torch.isfinite(log_w).any(1, keepdim=True), log_w, torch.zeros_like(log_w))
     chosen = (torch.multinomial(torch.softmax(choice, -1).cpu(), 1, generator=generator).squeeze(1).to(mask.device)
               if k > 1 else torch.zeros(b, dtype=torch.long, device=mask.device))

@@ -15,6 +15,7 @@ from common.diffusion import GaussianDiffusion
 from common.guidance import GuidedDenoiser, classifier_free, reconstruction_likelihood
 from common.rewards import GaussianLogLikelihood
 from molctrl.conditions import PropertyConditions
+from molctrl.data.qm9 import PROPERTY_UNITS
 from molctrl.molecule import Molecule
 from molctrl.noisy_predictor import NoisyPropertyPredictor
 from molctrl.predictor import PROPERTIES
@@ -65,6 +66,18 @@ def parse_window(text: str) -> tuple[int, int]:
     if not (sep and lo.isdigit() and hi.isdigit() and int(lo) < int(hi)):
         raise ValueError(f"{text!r}: expected LO:HI, two step numbers with LO < HI, e.g. 0:150")
     return int(lo), int(hi)
+
+
+def check_targets(targets: dict[str, float], conditions: PropertyConditions, margin: float = 0.1) -> None:
+    """``ValueError`` naming the range for a target outside the conditioning labels' span widened by
+    ``margin`` of it on each side: the reward and the models have seen nothing there."""
+    for name, value in targets.items():
+        column = conditions.labels[:, PROPERTIES.index(name)]
+        lo, hi = float(column.min()), float(column.max())
+        pad = margin * (hi - lo)
+        if not lo - pad <= value <= hi + pad:
+            raise ValueError(f"{name}={value:g} is outside the labels the models were trained on "
+                             f"({lo:.4g} to {hi:.4g} {PROPERTY_UNITS[name]}, give or take {margin:.0%} of that span)")
 
 
 def target_tensors(targets: dict[str, float], n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -197,7 +197,7 @@ def test_generate_writes_sdf_with_targets_and_predictions_and_a_png(weight_files
     out = tmp_path / "mols.sdf"
     model = conditioned_model if method == "ctrl" else weight_files / "prior.safetensors"
     result = CliRunner().invoke(main, ["generate", "--target", "alpha=60", "--target", "mu=2.5", "-n", "5",
-                                       "--out", str(out), "--method", method, "--model", str(model),
+                                       "--out", str(out), "--particles", "0", "--method", method, "--model", str(model),
                                        "--guidance-scale", guidance_scale,
                                        "--reward-model", str(weight_files / "predictor.safetensors"),
                                        "--evaluator", str(weight_files / "predictor.safetensors"), "--steps", "3", "--json"])
@@ -212,16 +212,40 @@ def test_generate_writes_sdf_with_targets_and_predictions_and_a_png(weight_files
     assert (tmp_path / "mols.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("proposal, extra_calls", [("prior", 0), ("guidance", 0), ("ctrl", 1)])
+def test_generate_steers_particles_and_records_each_molecule_s_reward_and_weight(weight_files, conditioned_model,
+                                                                              tmp_path, proposal, extra_calls):
+    out = tmp_path / "steered.sdf"
+    model = ["--model", str(conditioned_model)] if proposal == "ctrl" else []
+    result = CliRunner().invoke(main, ["generate", "--target", "alpha=60", "-n", "3", "--out", str(out), "--particles", "4",
+                                       "--proposal", proposal, *model, "--prior", str(weight_files / "prior.safetensors"),
+                                       "--reward-model", str(weight_files / "predictor.safetensors"),
+                                       "--evaluator", str(weight_files / "predictor.safetensors"), "--steps", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["method"] == "smc" and summary["particles"] == 4 and 1 <= summary["mean_ess"] <= 4
+    steps = 4  # 3 respaced transitions and the final step
+    assert summary["network_calls_per_molecule"] == 4 * (steps + extra_calls * (steps - 1))  # no proposal on the last
+    assert {"uniqueness", "novelty", "mae_alpha"} <= set(summary)
+    molecules = read_molecules(out)
+    assert len(molecules) == 3 and all({"reward", "log_weight", "predicted_alpha"} <= set(m.properties) for m in molecules)
+
+
 def test_generate_reports_bad_requests_in_one_line(weight_files, tmp_path):
     out = ["--out", str(tmp_path / "m.sdf")]
+    once = ["--particles", "0"]
     cases = [([], "either --target"), (["--target", "alpha80"], "expected NAME=VALUE"),
              (["--target", "beta=1"], "unknown property 'beta'"), (["--target", "mu=high"], "is not a number"),
-             (["--maximize", "qed", "--method", "guidance"], "needs a differentiable reward"),
-             (["--target", "mu=1", "--model", str(weight_files / "prior.safetensors")], "not a conditioned model"),
-             (["--target", "mu=1", "--method", "guidance", "--guidance-scale", "2"], "needs property targets and a"),
+             ([*once, "--maximize", "qed", "--method", "guidance"], "needs a differentiable reward"),
+             (["--maximize", "qed", "--proposal", "guidance"], "needs a differentiable reward"),
+             ([*once, "--target", "mu=1", "--model", str(weight_files / "prior.safetensors")], "not a conditioned model"),
+             (["--target", "mu=1", "--model", str(weight_files / "prior.safetensors")], "--model is the conditioned"),
+             ([*once, "--target", "mu=1", "--method", "guidance", "--guidance-scale", "2"], "needs property targets and a"),
              (["--maximize", "qed", "--guidance-scale", "2"], "needs property targets and a"),
              (["--target", "mu=1", "--guidance-window", "0:10"], "only --method guidance"),
-             (["--target", "mu=1", "--method", "guidance", "--guidance-window", "10"], "expected LO:HI")]
+             ([*once, "--target", "mu=1", "--method", "guidance", "--guidance-window", "10"], "expected LO:HI"),
+             (["--target", "mu=1", "--method", "ctrl"], "--method samples each molecule once"),
+             (["--target", "alpha=1e9"], "alpha=1e+09 is outside the labels the models were trained on")]
     for args, message in cases:
         result = CliRunner().invoke(main, ["generate", *args, *out])
         assert result.exit_code == 2 and message in result.output, result.output
@@ -268,7 +292,7 @@ def test_noise_aware_predictor_trains_calibrates_per_noise_level_and_guides(weig
     s = noisy.calibration[5, 0]
     assert torch.allclose(log_p, -0.5 * ((50.0 - f) / s) ** 2 - s.log() - 0.5 * np.log(2 * np.pi), atol=1e-5)
     out = tmp_path / "guided.sdf"
-    result = CliRunner().invoke(main, ["generate", "--target", "alpha=60", "-n", "3", "--out", str(out),
+    result = CliRunner().invoke(main, ["generate", "--target", "alpha=60", "-n", "3", "--out", str(out), "--particles", "0",
                                        "--method", "guidance", "--model", str(weight_files / "prior.safetensors"),
                                        "--reward-model", str(run / "model.safetensors"),
                                        "--evaluator", str(weight_files / "predictor.safetensors"), "--steps", "3"])

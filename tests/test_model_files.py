@@ -119,12 +119,13 @@ def zoo(tmp_path_factory):
 # (program, kind of model the slot takes, argv with BAD for the file and ROOT / OUT for folders)
 SLOTS = {
     "molctrl generate --model": (molctrl, "conditioned", ["generate", "--target", "mu=1", "-n", "2", "--steps", "2",
-                                                          "--out", "OUT/m.sdf", "--model", "BAD"]),
-    "molctrl generate --reward-model": (molctrl, "predictor", ["generate", "--target", "mu=1", "--method", "guidance",
-                                                               "--model", "ROOT/prior.safetensors", "--out", "OUT/m.sdf",
+                                                          "--out", "OUT/m.sdf", "--proposal", "ctrl", "--model", "BAD"]),
+    "molctrl generate --prior": (molctrl, "prior", ["generate", "--target", "mu=1", "--out", "OUT/m.sdf", "--prior", "BAD"]),
+    "molctrl generate --reward-model": (molctrl, "predictor", ["generate", "--target", "mu=1", "--out", "OUT/m.sdf",
                                                                "--reward-model", "BAD"]),
     "molctrl generate --evaluator": (molctrl, "predictor", ["generate", "--target", "mu=1", "--out", "OUT/m.sdf",
-                                                            "--model", "ROOT/conditioned.safetensors", "--evaluator", "BAD"]),
+                                                            "--particles", "0", "--model", "ROOT/conditioned.safetensors",
+                                                            "--evaluator", "BAD"]),
     "molctrl sample --model": (molctrl, "prior", ["sample", "-n", "2", "--out", "OUT/s.sdf", "--model", "BAD"]),
     "molctrl predict --model": (molctrl, "predictor", ["predict", "ROOT/one.xyz", "--property", "mu", "--model", "BAD"]),
     "molctrl finetune --prior": (molctrl, "prior", ["finetune", "--run-dir", "OUT/run", "--property", "mu",

@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
+from click.core import ParameterSource
+from tqdm import tqdm
 
 from molctrl.data.qm9 import PROPERTY_UNITS
 
@@ -23,11 +25,20 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
 @click.option("-n", "n_molecules", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .sdf (targets and predictions "
               "as SDF properties); a PNG grid is written beside it.")
+@click.option("--particles", type=click.IntRange(min=0), default=16, show_default=True,
+              help="Sequential Monte Carlo: K particles per molecule steered towards p_prior(x)*exp(reward/T), each "
+                   "molecule from its own K (the README's benchmark: the lowest MAE); 0: sample --method once.")
+@click.option("--proposal", type=click.Choice(["prior", "guidance", "rgdm", "ctrl"]), default="prior", show_default=True,
+              help="With --particles: the kernel particles move by (the prior, the guided prior, or a conditioned model).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --particles: T of exp(reward/T)  [default: 1 for --target (the reward is log p(y|x)), 0.05 "
+                   "for --maximize]")
 @click.option("--method", type=click.Choice(["rgdm", "ctrl", "guidance"]), default="rgdm", show_default=True,
-              help="rgdm / ctrl: a shipped (or --model) conditioned model; guidance: the prior steered by the reward "
-                   "predictor's gradient (reconstruction guidance: the lowest MAE in the README's benchmark, at about "
-                   "2.6x the sampling time with the default --guidance-window).")
-@click.option("--model", "model_path", default=None, help="A conditioned model.safetensors from 'molctrl finetune'.")
+              help="With --particles 0: rgdm / ctrl, a shipped (or --model) conditioned model; guidance, the prior "
+                   "steered by the reward predictor's gradient (reconstruction guidance).")
+@click.option("--model", "model_path", default=None, help="A conditioned model.safetensors from 'molctrl finetune' "
+              "(the rgdm / ctrl proposal, or --method rgdm / ctrl; the prior itself for --method guidance).")
+@click.option("--prior", "prior_path", default=None, help="With --particles: the prior to steer (default: the shipped one).")
 @click.option("--reward-model", default="qm9-noh-e3nn-Db", show_default=True,
               help="Predictor for --method guidance (reconstruction guidance through x̂₀), or a noise-aware "
                    "predictor ('molctrl train predictor --noise-aware') for classifier guidance.")
@@ -46,17 +57,25 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None, help="Grid image (default: OUT.png).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def generate(targets, maximize, n_molecules, out, method, model_path, reward_model, scale, window, guidance_scale,
-             evaluator, steps, seed, png_path, as_json) -> None:
-    """Generate molecules for property targets and report validity, stability and MAE to the targets."""
+def generate(targets, maximize, n_molecules, out, particles, proposal, temperature, method, model_path, prior_path,
+             reward_model, scale, window, guidance_scale, evaluator, steps, seed, png_path, as_json) -> None:
+    """Generate molecules for property targets (or a maximised score) and report validity, uniqueness,
+    novelty, stability and the evaluator's MAE to the targets."""
     from common.runtime import seed_everything
     from molctrl.conditions import PropertyConditions
     from molctrl.data.qm9 import load_split
     from molctrl.depict import grid_png
+    from molctrl.generate import (
+        atom_counts,
+        check_targets,
+        parse_targets,
+        parse_window,
+        target_tensors,
+    )
     from molctrl.generate import generate as run
-    from molctrl.generate import parse_targets, parse_window, target_tensors
     from molctrl.io import write_molecules
     from molctrl.metrics import evaluate_molecules, train_smiles
+    from molctrl.steer import Steering, steer
     from molctrl.weights import load_predictor
 
     if bool(targets) == bool(maximize):
@@ -67,22 +86,45 @@ def generate(targets, maximize, n_molecules, out, method, model_path, reward_mod
         wanted = parse_targets(targets)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--target") from None
-    if guidance_scale != 1.0 and (method == "guidance" or maximize):
+    ctx = click.get_current_context()
+    if particles and ctx.get_parameter_source("method") is not ParameterSource.DEFAULT:
+        raise click.UsageError("--method samples each molecule once: pass --particles 0 with it "
+                               "(or --proposal to steer with that kernel)")
+    guided = (proposal if particles else method) == "guidance"
+    if guidance_scale != 1.0 and (particles or method == "guidance" or maximize):
         raise click.BadParameter("classifier-free guidance needs property targets and a conditioned model "
-                                 "(--method rgdm or ctrl)", param_hint="--guidance-scale")
-    if window is not None and method != "guidance":
-        raise click.BadParameter("only --method guidance has a guidance window", param_hint="--guidance-window")
+                                 "(--particles 0 --method rgdm or ctrl)", param_hint="--guidance-scale")
+    if window is not None and not guided:
+        raise click.BadParameter("only --method guidance (or --proposal guidance) has a guidance window",
+                                 param_hint="--guidance-window")
     try:
         steps_window = None if window is None else parse_window(window)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--guidance-window") from None
-    model, guidance = _model(method, model_path, maximize, reward_model, scale, steps_window)
+    if particles:
+        model, conditioned, reward = _steering_models(proposal, prior_path, model_path, maximize, reward_model)
+        guidance = None
+    else:
+        model, guidance = _model(method, model_path, maximize, reward_model, scale, steps_window)
     scorer = load_predictor(evaluator).eval() if wanted else None
     conditions = PropertyConditions.from_split(load_split(model.config.setting, "Db"))
+    try:
+        check_targets(wanted, conditions)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--target") from None
     y, y_mask = target_tensors(wanted, n_molecules)
     generator = seed_everything(seed)
     t0 = time.perf_counter()
-    molecules = run(model.eval(), conditions, y, y_mask, steps, generator, guidance, guidance_scale=guidance_scale)
+    if particles:
+        steering = Steering(particles, proposal, temperature or (0.05 if maximize else 1.0), guidance_scale=scale,
+                            guidance_window=steps_window or DEFAULT_WINDOW)
+        with tqdm(total=n_molecules, desc=f"steering {particles} particles", unit="mol", disable=None) as bar:
+            molecules, report = steer(model.eval(), reward, y, y_mask, atom_counts(conditions, y, y_mask, generator=generator),
+                                      steering, conditions, steps, generator, conditioned, on_batch=bar.update)
+        for m, r, w in zip(molecules, report.reward.tolist(), report.log_weight.tolist()):
+            m.properties |= {"reward": round(r, 4), "log_weight": round(w, 4)}
+    else:
+        molecules = run(model.eval(), conditions, y, y_mask, steps, generator, guidance, guidance_scale=guidance_scale)
     seconds = time.perf_counter() - t0
 
     summary = evaluate_molecules(molecules, train_smiles(model.config.setting)).summary
@@ -103,25 +145,56 @@ def generate(targets, maximize, n_molecules, out, method, model_path, reward_mod
         for k, (m, value) in enumerate(zip(molecules, scores)):
             m.properties[maximize] = "invalid" if np.isnan(value) else round(float(value), 4)
             legends[k].append(f"{maximize} {value:.3f}" if np.isfinite(value) else "invalid")
+    how = f"smc {particles} particles, {proposal} proposal" if particles else f"method {method}"
     for k, m in enumerate(molecules):
-        m.title = f"molctrl generate {k} seed {seed} method {method}"
+        m.title = f"molctrl generate {k} seed {seed} {how}"
     png = png_path or str(Path(out).with_suffix(".png"))
     write_molecules(out, molecules)
     grid_png(molecules, ["; ".join(parts) for parts in legends], png)
-    summary |= {"method": method, "guidance_scale": guidance_scale,
+    if particles:
+        summary |= {"particles": particles, "proposal": proposal, "temperature": steering.temperature,
+                    "mean_ess": round(float(report.ess.mean()), 2), "network_calls_per_molecule": report.network_calls,
+                    "systems_without_a_valid_particle": report.no_valid}
+    summary |= {"method": "smc" if particles else method, "guidance_scale": guidance_scale,
                 "guidance_window": list(guidance.window or (0, model.diffusion.n_steps)) if guidance else None,
                 "sampling_steps": steps,
                 "seconds": round(seconds, 1), "out": out, "png": png}
     if as_json:
         click.echo(json.dumps(summary))
         return
-    click.echo(f"wrote {len(molecules)} molecules to {out} and {png} in {seconds:.1f} s ({method}, {steps} steps)")
-    for key in ("validity", "uniqueness", "mol_stability"):
+    click.echo(f"wrote {len(molecules)} molecules to {out} and {png} in {seconds:.1f} s ({how}, {steps} steps)")
+    if particles:
+        click.echo(f"  mean ESS        {summary['mean_ess']:.1f} of {particles}; "
+                   f"{report.network_calls} network evaluations per molecule")
+    for key in ("validity", "uniqueness", "novelty", "mol_stability"):
         click.echo(f"  {key:15s} {summary[key]:.3f}")
     for name in wanted:
         click.echo(f"  MAE {name:10s} {summary[f'mae_{name}']:.4g} {PROPERTY_UNITS[name]} (evaluator {evaluator})")
     if maximize:
         click.echo(f"  mean {maximize:9s} {summary[f'mean_{maximize}']:.3f}")
+
+
+def _steering_models(proposal: str, prior_path: str | None, model_path: str | None, maximize: str | None,
+                     reward_model: str):
+    """The prior, the conditioned model of an rgdm / ctrl proposal (shipped, or ``--model``), and the
+    reward: the reward model's likelihood of the targets, or the RDKit score to maximise."""
+    from common.weights import SUFFIX
+    from molctrl.chemistry import ChemistryReward
+    from molctrl.predictor import likelihood_reward
+    from molctrl.weights import WEIGHTS_DIR, load_predictor, load_prior
+
+    prior = load_prior(prior_path)
+    conditioned = None
+    if proposal in ("rgdm", "ctrl"):
+        conditioned = load_prior(model_path or WEIGHTS_DIR / f"qm9-noh-{proposal}{'-' + maximize if maximize else ''}{SUFFIX}")
+    elif model_path:
+        raise click.UsageError(f"--model is the conditioned model of an rgdm or ctrl proposal, not of {proposal!r}")
+    if maximize:
+        if proposal == "guidance":
+            raise click.UsageError("the guidance proposal needs a differentiable reward: use it with --target")
+        return prior, conditioned, ChemistryReward(maximize, prior.decode)
+    predictor = load_predictor(reward_model).eval()
+    return prior, conditioned, likelihood_reward(predictor, predictor.properties, prior.config.type_scale)
 
 
 def _model(method, model_path, maximize, reward_model, scale, window: tuple[int, int] | None):
