@@ -11,6 +11,11 @@ predicts the property and the MAE is taken over all samples, valid or not. Valid
 the same samples are reported. Reference rows (U-bound, #Atoms, L-bound of the evaluator's
 architecture) are copied from the record of ``benchmarks.qm9_predictors`` (``--references``).
 
+Steered rows (``--smc K:PROPOSAL``): sequential Monte Carlo with K particles per molecule
+(:func:`molctrl.steer.steer`, the ``--smc-reward`` likelihood, τ = 1, validity in the target); best-of-K
+rows (``--best-of K``): K fresh prior samples per target, the valid one the same reward likes best.
+Both record their denoiser evaluations per molecule.
+
 Compute per row: a fine-tuned model's training seconds and steps (stored in its ``model.safetensors`` by the
 trainer), a guidance row's predictor training seconds (the noise-aware predictor is trained for it;
 the clean-data reward predictor is shared by every reward method and not counted), and the sampling
@@ -60,8 +65,47 @@ def _row(name: str, sample, conditions: PropertyConditions, evaluator, propertie
         molecules_all += molecules
         print(f"{name} {prop}: MAE {row['mae'][prop]}", file=sys.stderr)
     summary = evaluate_molecules(molecules_all, train_smiles(evaluator.config.setting)).summary
-    return row | {k: summary[k] for k in ("validity", "atom_stability", "mol_stability", "uniqueness")} | {
+    return row | {k: summary[k] for k in ("validity", "atom_stability", "mol_stability", "uniqueness", "novelty")} | {
         "samples_per_property": n, "sampling_seconds": round(seconds, 1)}
+
+
+def _steered(spec: str, prior, reward, conditions: PropertyConditions, steps: int):
+    """The row name and sampler of ``--smc K:PROPOSAL``, and a box that receives the network calls per molecule."""
+    from molctrl.steer import Steering, steer
+    from molctrl.weights import WEIGHTS_DIR
+
+    k, _, proposal = spec.partition(":")
+    steering = Steering(int(k), proposal or "prior", guidance_window=(0, 150))
+    conditioned = load_prior(WEIGHTS_DIR / f"qm9-noh-{proposal}.safetensors").eval() if proposal in ("rgdm", "ctrl") else None
+    calls = {}
+
+    def sample(y, y_mask, n_atoms, g):
+        molecules, report = steer(prior, reward, y, y_mask, n_atoms, steering, conditions, steps, g, conditioned)
+        calls["network_calls_per_molecule"] = report.network_calls
+        calls["mean_ess"] = round(float(report.ess.mean()), 2)
+        return molecules
+
+    return f"SMC, K = {steering.particles}, {steering.proposal} proposal", sample, calls
+
+
+def _best_of(k: int, prior, reward, steps: int):
+    """Best-of-K fresh prior samples per target, by ``reward`` among the valid ones (as SMC's target)."""
+    from common.selection import best_of_n
+    from molctrl.steer import admissible
+
+    valid = admissible(prior)
+
+    def ranked(x, mask, y, y_mask):
+        return torch.where(valid(x, mask), reward(x, mask, y, y_mask), -torch.inf)
+
+    def sample(y, y_mask, n_atoms, g):
+        mask = torch.arange(int(n_atoms.max())).unsqueeze(0) < n_atoms.unsqueeze(1)
+        with torch.no_grad():
+            x, _ = best_of_n(lambda: prior.diffusion.sample(prior.denoiser, mask, prior.n_channels, steps, generator=g),
+                             ranked, mask, k, y, y_mask)
+        return prior.decode(x, mask)
+
+    return sample
 
 
 def _references(path: str, arch: str, properties) -> list[dict]:
@@ -128,6 +172,12 @@ def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
                    "of the target's size that --pool-reward finds most likely.")
 @click.option("--pool-reward", default="qm9-noh-e3nn-Db", show_default=True,
               help="The predictor whose predictions the pool holds.")
+@click.option("--smc", "smc_specs", multiple=True, metavar="K:PROPOSAL",
+              help="A sequential Monte Carlo row: K particles, proposal prior, guidance, rgdm or ctrl (e.g. 16:prior).")
+@click.option("--best-of", "best_of", multiple=True, type=click.IntRange(1), metavar="K",
+              help="A best-of-K row: K fresh prior samples per target, the valid one --smc-reward likes best.")
+@click.option("--smc-reward", default="qm9-noh-e3nn-Db", show_default=True,
+              help="The reward predictor of the --smc and --best-of rows.")
 @click.option("--unconditional", is_flag=True, help="Also score the prior itself, blind to the targets.")
 @click.option("--prior", "prior_path", default=None, help="Prior for guidance rows (default: shipped).")
 @click.option("--evaluator", default="qm9-noh-egnn-Da", show_default=True)
@@ -139,8 +189,9 @@ def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_path, pool_reward, unconditional, prior_path, evaluator, references, properties,
-         n_samples, steps, seed, threads, out) -> None:
+def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_path, pool_reward, smc_specs, best_of,
+         smc_reward, unconditional, prior_path, evaluator, references, properties, n_samples, steps, seed, threads,
+         out) -> None:
     """Score conditioned generators by the EDM protocol and print one JSON record."""
     if threads:
         torch.set_num_threads(threads)
@@ -183,6 +234,18 @@ def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_
                        "train_seconds": predictor_train_seconds(predictor_name) if guidance.mode == "classifier" else 0})
     if pool_path:
         rows.append(_best_of_pool(pool_path, pool_reward, conditions, scorer, properties, n_samples, seed))
+    if smc_specs or best_of:
+        prior = load_prior(prior_path).eval()
+        predictor = load_predictor(smc_reward).eval()
+        reward = likelihood_reward(predictor, predictor.properties, prior.config.type_scale)
+        for spec in smc_specs:
+            name, sample, calls = _steered(spec, prior, reward, conditions, steps)
+            rows.append(_row(name, sample, conditions, scorer, properties, n_samples, seed) | calls
+                        | {"reward_model": smc_reward})
+        for k in best_of:
+            rows.append(_row(f"best of {k} prior samples", _best_of(k, prior, reward, steps), conditions, scorer,
+                             properties, n_samples, seed)
+                        | {"reward_model": smc_reward, "network_calls_per_molecule": k * (steps + 1)})
     record = {"setting": setting, "evaluator": evaluator, "seed": seed, "sampling_steps": steps, "rows": rows,
               "threads": torch.get_num_threads(),
               "command": "python -m benchmarks.qm9_conditional " + " ".join(sys.argv[1:]), "machine": machine_info()}

@@ -201,3 +201,14 @@ def test_seed_aggregation_gives_means_spreads_and_paired_differences(tmp_path) -
     paths[2].write_text(json.dumps(record))
     mixed = CliRunner().invoke(aggregate, list(map(str, paths)))
     assert mixed.exit_code == 2 and "differ in samples, points, steps or guidance" in mixed.output
+
+
+def test_generate_steers_particles_from_the_shipped_prior(tmp_path):
+    result = CliRunner().invoke(main, ["generate", "--class", "chair", "--attr", "chair_back_height=0.6", "-n", "2",
+                                       "--particles", "4", "--steps", "3", "--points", "64", "--out", str(tmp_path / "s"),
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["particles"] == 4 and summary["network_calls_per_cloud"] == 4 * 4 and 1 <= summary["mean_ess"] <= 4
+    assert summary["method"] == "smc, 4 particles, prior proposal" and summary["guidance_scale"] is None
+    assert len(list((tmp_path / "s").glob("*.ply"))) == 2

@@ -16,8 +16,11 @@ from shapectrl.classifier import ShapeClassifier
 from shapectrl.cli.options import device_option
 from shapectrl.control import METHODS, ControlledShapes
 from shapectrl.io import write_ply
+from shapectrl.prior import ShapeDiffusion
 from shapectrl.render import contact_sheet
-from shapectrl.weights import DEFAULT_MODELS, EVALUATOR, weight_path
+from shapectrl.reward import ShapeReward
+from shapectrl.steer import steer_shapes
+from shapectrl.weights import DEFAULT_MODELS, EVALUATOR, PRIOR, REWARD_CLASSIFIER, weight_path
 
 SHEET = "contact_sheet.png"
 SUMMARY = "summary.json"
@@ -107,6 +110,15 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
               help="A controlled model.safetensors from 'shapectrl train control' (overrides --method's shipped file).")
 @click.option("--evaluator", "evaluator_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help=f"Classifier that scores the class (default: the shipped {EVALUATOR}).")
+@click.option("--particles", type=click.IntRange(0), default=0, show_default=True,
+              help="Sequential Monte Carlo: K particles per cloud steered from the prior towards "
+                   "p_prior(x)*exp(reward) (--reward's classifier and the attribute tolerances), one cloud per K; "
+                   "0: sample the controlled model once.")
+@click.option("--proposal", type=click.Choice(["prior", "model"]), default="prior", show_default=True,
+              help="With --particles: move the particles by the prior, or by the controlled model (--method/--model, "
+                   "at --guidance-scale).")
+@click.option("--reward", "reward_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help=f"With --particles: the reward classifier (default: the shipped {REWARD_CLASSIFIER}).")
 @click.option("--points", type=click.IntRange(1), default=None,
               help="Points per cloud  [default: the model's training size, 512 for the shipped models; the denoiser "
                    "runs on any N, but the shipped prior's samples lose their shape well above its training size]")
@@ -122,9 +134,8 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch (default: torch's choice).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_path, points, steps, guidance_scale,
-             batch_size, prefix,
-             overwrite, seed, device, threads, as_json) -> None:
+def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_path, particles, proposal, reward_path,
+             points, steps, guidance_scale, batch_size, prefix, overwrite, seed, device, threads, as_json) -> None:
     """Generate N clouds for one target (a --class, --attr values or both) into OUT.
 
     Writes OUT/PREFIX_0000.ply, ... in model units, OUT/contact_sheet.png (each cloud captioned with
@@ -148,25 +159,39 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
     points = points or controlled.model.config.n_train_points
     generator = seed_everything(seed)
     t0 = time.perf_counter()
-    with tqdm(total=n_samples, desc="sampling", unit="cloud", disable=None) as bar:
-        clouds = controlled.sample(y.expand(n_samples, -1), y_mask.expand(n_samples, -1), points, steps, generator,
-                                   batch_size, on_batch=bar.update, guidance_scale=guidance_scale)
+    targets = y.expand(n_samples, -1), y_mask.expand(n_samples, -1)
+    with tqdm(total=n_samples, desc=f"steering {particles} particles" if particles else "sampling", unit="cloud",
+              disable=None) as bar:
+        if particles:
+            prior = ShapeDiffusion.load(weight_path(PRIOR)).to(dev).eval()
+            reward = ShapeReward(ShapeClassifier.load(weight_path(reward_path or REWARD_CLASSIFIER)).to(dev),
+                                 controlled.conditions, controlled.control.get("tolerance", 0.1)).to(dev)
+            steered = steer_shapes(prior, reward, *targets, points, particles, steps,
+                                   controlled if proposal == "model" else None, guidance_scale, generator=generator,
+                                   on_batch=bar.update)
+            clouds = steered.clouds
+        else:
+            clouds = controlled.sample(*targets, points, steps, generator, batch_size, on_batch=bar.update,
+                                       guidance_scale=guidance_scale)
     seconds = time.perf_counter() - t0
     clouds = controlled.model.denormalise(clouds)
     n_measure = min(points, controlled.model.config.n_train_points)
     predicted, probs, measured = _evaluate(clouds, evaluator, controlled, attrs, n_measure)
 
+    how = (f"smc, {particles} particles, {proposal if proposal == 'prior' else controlled.control.get('method', method)} "
+           "proposal") if particles else controlled.control.get("method", method)
     out.mkdir(parents=True, exist_ok=True)
     for file, cloud in zip(paths, clouds):
         write_ply(file, cloud)
     per_cloud = [{name: round(float(values[k]), 5) for name, values in measured.items()} for k in range(n_samples)]
     contact_sheet(clouds, [_caption(c, float(p), v) for c, p, v in zip(predicted, probs, per_cloud)], out / SHEET,
-                  title=f"{_target_text(class_name, attrs)} ({controlled.control.get('method', method)})")
+                  title=f"{_target_text(class_name, attrs)} ({how})")
     summary = {
         "target": {"class": class_name, "attributes": attrs},
-        "method": controlled.control.get("method", method), "model": str(path), "evaluator": str(evaluator_file),
+        "method": how, "model": str(path), "evaluator": str(evaluator_file),
         "out": str(out), "clouds": n_samples, "points": points, "attribute_points": n_measure,
-        "sampling_steps": min(steps, controlled.model.config.n_steps), "guidance_scale": guidance_scale,
+        "sampling_steps": min(steps, controlled.model.config.n_steps),
+        "guidance_scale": None if particles and proposal == "prior" else guidance_scale,
         "seconds": round(seconds, 2),
         "device": str(dev),
         "class_accuracy": (round(sum(c == class_name for c in predicted) / n_samples, 5)
@@ -174,6 +199,10 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
         "attribute_mae": {name: round(float((values - attrs[name]).abs().mean()), 5)
                           for name, values in measured.items()},
     }
+    if particles:
+        summary |= {"particles": particles, "mean_ess": round(float(steered.ess.mean()), 2),
+                    "network_calls_per_cloud": steered.network_calls,
+                    "mean_reward": round(float(steered.reward.mean()), 4)}
     samples = [{"file": file.name, "class": c, "probability": round(float(p), 5), "attributes": v}
                for file, c, p, v in zip(paths, predicted, probs, per_cloud)]
     with atomic_open(out / SUMMARY) as handle:
@@ -185,9 +214,13 @@ def _report(summary: dict) -> str:
     """The summary as a few lines for a person."""
     target = summary["target"]
     lines = [(f"wrote {summary['clouds']} clouds of {summary['points']} points, {SHEET} and {SUMMARY} to "
-              f"{summary['out']} ({summary['method']}, {summary['sampling_steps']} steps, guidance {summary['guidance_scale']:g}, "
+              f"{summary['out']} ({summary['method']}, {summary['sampling_steps']} steps, "
+              + ("" if summary["guidance_scale"] is None else f"guidance {summary['guidance_scale']:g}, ") +
               f"{summary['seconds']:.1f} s "
               f"on {summary['device']})")]
+    if "particles" in summary:
+        lines.append(f"mean ESS {summary['mean_ess']:.1f} of {summary['particles']}; "
+                     f"{summary['network_calls_per_cloud']} network evaluations per cloud")
     if target["class"] is not None:
         lines.append(f"class accuracy ({target['class']}): {summary['class_accuracy']:.3f}")
     lines += [f"{name}: mean |measured - target| = {mae:.4f} (target {target['attributes'][name]:g})"
