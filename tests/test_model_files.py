@@ -2,7 +2,6 @@
 tensor, a foreign safetensors file, the wrong kind, a missing field or tensor, a wrong type or shape, a
 pickle that would run code — with one error line naming the file (exit status 2), no code run and no
 output written."""
-import os
 
 import numpy as np
 import pytest
@@ -21,18 +20,10 @@ from shapectrl.conditions import ShapeConditions
 from shapectrl.control import ControlConfig, controlled_export
 from shapectrl.data.normalisation import Normalisation
 from shapectrl.prior import ShapeDiffusion, ShapePriorConfig
+from tests.hostile import Hostile
 
 torch.set_num_threads(1)
 
-
-class _Hostile:
-    """Unpickling this runs a shell command that creates ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 
@@ -78,7 +69,7 @@ def _malformed(tree: dict, folder, marker) -> dict[str, tuple]:
            "bare tensor": (torch.zeros(3), "holds a bare Tensor"),
            "foreign safetensors": ({"w": torch.zeros(3)}, "without this package's metadata"),
            "wrong kind": (tree | {"kind": "other.kind"}, "a 'other.kind' file, expected"),
-           "hostile pickle": ({"kind": tree["kind"], "state_dict": _Hostile(marker)}, "refused: its pickle would import")}
+           "hostile pickle": ({"kind": tree["kind"], "state_dict": Hostile(marker)}, "refused: its pickle would import")}
     if state is None:  # a pool: its fields are checked by type and shape
         bad["missing field"] = ({k: v for k, v in tree.items() if k != "positions"}, "missing field 'positions'")
         bad["wrong type"] = (tree | {"sampling_steps": "many"}, "sampling_steps: expected int, got 'many'")
@@ -184,7 +175,7 @@ def test_a_hostile_or_damaged_checkpoint_stops_a_resume_in_one_line(tmp_path):
     assert damaged.exit_code == 2 and f"Error: {checkpoint}: not a readable safetensors file" in damaged.output
     checkpoint.unlink()
     marker = tmp_path / "marker"
-    torch.save({"step": 1, "model": _Hostile(marker)}, tmp_path / "run" / "checkpoint.pt")
+    torch.save({"step": 1, "model": Hostile(marker)}, tmp_path / "run" / "checkpoint.pt")
     hostile = CliRunner().invoke(molctrl, resume)
     assert hostile.exit_code == 2 and "checkpoint.pt: refused: its pickle would import posix.system" in hostile.output
     assert not marker.exists()

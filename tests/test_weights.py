@@ -1,7 +1,6 @@
 """Model files that cannot carry code: the safetensors tree format, the typed loader, the model card,
 the shipped files' SHA-256, and conversion of the older pickle files (a resumed run bit for bit)."""
 import math
-import os
 import shutil
 
 import numpy as np
@@ -20,18 +19,10 @@ from molctrl.weights import load_prior
 from shapectrl.cli import main as shapectrl
 from shapectrl.data.normalisation import Normalisation
 from shapectrl.weights import WEIGHTS_DIR as SHAPE_WEIGHTS
+from tests.hostile import Hostile
 
 torch.set_num_threads(1)
 
-
-class _Hostile:
-    """Unpickling this runs a shell command that creates ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 # -- the tree format -------------------------------------------------------------------------------
@@ -85,7 +76,7 @@ def test_typed_checks_every_field_against_its_annotation():
 
 def test_a_hostile_pickle_is_refused_before_it_runs(tmp_path):
     marker = tmp_path / "marker"
-    torch.save({"kind": "molctrl.prior", "state_dict": _Hostile(marker)}, tmp_path / "evil.pt")
+    torch.save({"kind": "molctrl.prior", "state_dict": Hostile(marker)}, tmp_path / "evil.pt")
     with pytest.raises(WeightsError, match=r"evil.pt: refused: its pickle would import posix.system"):
         read_tree(tmp_path / "evil.pt")
     assert not marker.exists()
