@@ -70,12 +70,12 @@ def _row(name: str, sample, conditions: PropertyConditions, evaluator, propertie
 
 
 def _steered(spec: str, prior, reward, conditions: PropertyConditions, steps: int):
-    """The row name and sampler of ``--smc K:PROPOSAL``, and a box that receives the network calls per molecule."""
+    """The row name and sampler of ``--smc K:PROPOSAL[:TAU]``, and a box that receives the network calls per molecule."""
     from molctrl.steer import Steering, steer
     from molctrl.weights import WEIGHTS_DIR
 
-    k, _, proposal = spec.partition(":")
-    steering = Steering(int(k), proposal or "prior", guidance_window=(0, 150))
+    k, proposal, tau = (spec.split(":") + ["prior", "1"])[:3]
+    steering = Steering(int(k), proposal, float(tau), guidance_window=(0, 150))
     conditioned = load_prior(WEIGHTS_DIR / f"qm9-noh-{proposal}.safetensors").eval() if proposal in ("rgdm", "ctrl") else None
     calls = {}
 
@@ -85,7 +85,8 @@ def _steered(spec: str, prior, reward, conditions: PropertyConditions, steps: in
         calls["mean_ess"] = round(float(report.ess.mean()), 2)
         return molecules
 
-    return f"SMC, K = {steering.particles}, {steering.proposal} proposal", sample, calls
+    name = f"SMC, K = {steering.particles}, {steering.proposal} proposal" + (f", τ = {tau}" if float(tau) != 1 else "")
+    return name, sample, calls
 
 
 def _best_of(k: int, prior, reward, steps: int):
@@ -172,8 +173,9 @@ def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
                    "of the target's size that --pool-reward finds most likely.")
 @click.option("--pool-reward", default="qm9-noh-e3nn-Db", show_default=True,
               help="The predictor whose predictions the pool holds.")
-@click.option("--smc", "smc_specs", multiple=True, metavar="K:PROPOSAL",
-              help="A sequential Monte Carlo row: K particles, proposal prior, guidance, rgdm or ctrl (e.g. 16:prior).")
+@click.option("--smc", "smc_specs", multiple=True, metavar="K:PROPOSAL[:TAU]",
+              help="A sequential Monte Carlo row: K particles, proposal prior, guidance, rgdm or ctrl, temperature τ "
+                   "(default 1), e.g. 16:prior or 16:prior:0.5.")
 @click.option("--best-of", "best_of", multiple=True, type=click.IntRange(1), metavar="K",
               help="A best-of-K row: K fresh prior samples per target, the valid one --smc-reward likes best.")
 @click.option("--smc-reward", default="qm9-noh-e3nn-Db", show_default=True,
