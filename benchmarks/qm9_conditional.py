@@ -70,12 +70,14 @@ def _row(name: str, sample, conditions: PropertyConditions, evaluator, propertie
 
 
 def _steered(spec: str, prior, reward, conditions: PropertyConditions, steps: int):
-    """The row name and sampler of ``--smc K:PROPOSAL[:TAU]``, and a box that receives the network calls per molecule."""
+    """The row name and sampler of ``--smc K:PROPOSAL[:TAU[:plain]]``, and a box that receives the network
+    calls per molecule; ``plain`` reads the reward on x̂₀ unwidened in the potential."""
     from molctrl.steer import Steering, steer
     from molctrl.weights import WEIGHTS_DIR
 
-    k, proposal, tau = (spec.split(":") + ["prior", "1"])[:3]
-    steering = Steering(int(k), proposal, float(tau), guidance_window=(0, 150))
+    parts = spec.split(":")
+    k, proposal, tau, potential = (parts + ["prior", "1", "widened"][len(parts) - 1:])[:4]
+    steering = Steering(int(k), proposal, float(tau), guidance_window=(0, 150), widened=potential != "plain")
     conditioned = load_prior(WEIGHTS_DIR / f"qm9-noh-{proposal}.safetensors").eval() if proposal in ("rgdm", "ctrl") else None
     calls = {}
 
@@ -85,7 +87,8 @@ def _steered(spec: str, prior, reward, conditions: PropertyConditions, steps: in
         calls["mean_ess"] = round(float(report.ess.mean()), 2)
         return molecules
 
-    name = f"SMC, K = {steering.particles}, {steering.proposal} proposal" + (f", τ = {tau}" if float(tau) != 1 else "")
+    name = (f"SMC, K = {steering.particles}, {steering.proposal} proposal" + (f", τ = {tau}" if float(tau) != 1 else "")
+            + (", plain potential" if potential == "plain" else ""))
     return name, sample, calls
 
 
@@ -175,7 +178,7 @@ def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
               help="The predictor whose predictions the pool holds.")
 @click.option("--smc", "smc_specs", multiple=True, metavar="K:PROPOSAL[:TAU]",
               help="A sequential Monte Carlo row: K particles, proposal prior, guidance, rgdm or ctrl, temperature τ "
-                   "(default 1), e.g. 16:prior or 16:prior:0.5.")
+                   "(default 1), and 'plain' for the unwidened potential, e.g. 16:prior, 16:prior:0.5:plain.")
 @click.option("--best-of", "best_of", multiple=True, type=click.IntRange(1), metavar="K",
               help="A best-of-K row: K fresh prior samples per target, the valid one --smc-reward likes best.")
 @click.option("--smc-reward", default="qm9-noh-e3nn-Db", show_default=True,
