@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import torch
 
-from common.exports import check_tree
+from common.exports import class_of, errors_naming, from_tree
 from common.weights import (
     FORMAT,
     SUFFIX,
@@ -56,15 +56,10 @@ def checked_tree(path: Path, classes: Sequence[type]) -> dict:
     """The tree in ``path``, checked against the class in ``classes`` whose ``kind`` it names; a tree
     without a kind (a training checkpoint) is taken as it is."""
     tree = read_tree(path)
-    by_kind = {cls.kind: cls for cls in classes}
-    kind = tree.get("kind")
-    if kind is not None and kind not in by_kind:
-        raise WeightsError(f"{path}: a {kind!r} file, expected one of {', '.join(by_kind)}")
-    try:
-        if kind is not None:
-            check_tree(by_kind[kind], tree)
-    except ValueError as err:
-        raise WeightsError(f"{path}: {err}") from None
+    cls = class_of(path, tree, classes, required=False)
+    if cls is not None:
+        with errors_naming(path):
+            from_tree(cls, tree)
     return tree
 
 

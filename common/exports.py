@@ -181,13 +181,37 @@ def from_export(cls: type, tree: dict, assign: bool = False) -> nn.Module:
     return restore(model, typed_field(tree, "state_dict", dict), assign)
 
 
-def check_tree(cls: type, tree: dict) -> None:
-    """``ValueError`` unless ``tree`` is a valid export of ``cls``: a model class (checked by
-    :func:`from_export`) or a dataclass of fields such as a pool (checked by :func:`typed`)."""
+def from_tree(cls: type, tree: dict, assign: bool = False):
+    """The ``cls`` in a checked ``tree``: a model class by :func:`from_export`, a dataclass of fields
+    such as a pool by :func:`typed` (``ValueError`` naming the first bad field)."""
     if dataclasses.is_dataclass(cls):
-        typed(cls, {k: v for k, v in tree.items() if k != "kind"}, "")
-    else:
-        from_export(cls, tree)
+        return typed(cls, {k: v for k, v in tree.items() if k != "kind"}, "")
+    return from_export(cls, tree, assign)
+
+
+def class_of(path: str | Path, tree: dict, classes: Sequence[type], required: bool = True) -> type | None:
+    """The class in ``classes`` whose ``kind`` the tree of the file ``path`` names; ``None`` for a tree
+    without a kind when none is ``required`` (a checkpoint, a pool of the older pickle format)."""
+    by_kind = {cls.kind: cls for cls in classes}
+    kind = tree.get("kind")
+    if kind is None and not required:
+        return None
+    if kind not in by_kind:
+        wanted = " or ".join(repr(k) for k in by_kind)
+        raise WeightsError(f"{path}: a {kind!r} file, expected {wanted}" if isinstance(kind, str) else
+                           f"{path}: no 'kind' field (expected {wanted})")
+    return by_kind[kind]
+
+
+@contextlib.contextmanager
+def errors_naming(path: str | Path) -> Iterator[None]:
+    """Inside, a ``ValueError`` about a file's content becomes the :class:`WeightsError` ``PATH: reason``."""
+    try:
+        yield
+    except WeightsError:
+        raise
+    except ValueError as err:
+        raise WeightsError(f"{path}: {err}") from None
 
 
 class Exportable:
@@ -218,33 +242,27 @@ def load_module(path: str | Path, classes: Sequence[type], map_location: str | t
         WeightsError: one line starting with ``path``, for any file that is not a valid model of these kinds.
     """
     tree = read_tree(path)
-    by_kind = {cls.kind: cls for cls in classes}
-    kind = tree.get("kind")
-    if kind not in by_kind:
-        wanted = " or ".join(repr(k) for k in by_kind)
-        raise WeightsError(f"{path}: a {kind!r} file, expected {wanted}" if isinstance(kind, str) else
-                           f"{path}: no 'kind' field (expected {wanted})")
+    cls = class_of(path, tree, classes)
     try:
-        model = from_export(by_kind[kind], tree, assign=True)
-    except ValueError as err:
-        raise WeightsError(f"{path}: {err}") from None
+        with errors_naming(path):
+            model = from_export(cls, tree, assign=True)
+    except WeightsError:
+        raise
     except Exception as err:  # a constructor refusing a well-typed but impossible config
         raise WeightsError(f"{path}: its config does not describe a network "
                            f"({type(err).__name__}: {' '.join(str(err).split())[:160]})") from None
     return model.to(map_location), tree
 
 
-def save_fields(obj, kind: str, path: str | Path) -> None:
-    """Write the dataclass ``obj`` (tensors and plain fields, e.g. a pool of scored samples) as a weights file."""
-    save_tree({"kind": kind} | {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, path)
+def save_fields(obj, path: str | Path) -> None:
+    """Write the dataclass ``obj`` (tensors and plain fields, e.g. a pool of scored samples) as a weights
+    file of its class's ``kind``."""
+    save_tree({"kind": obj.kind} | {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, path)
 
 
-def load_fields(cls: type, kind: str, path: str | Path):
-    """The dataclass ``cls`` that :func:`save_fields` wrote to ``path`` as ``kind``, every field type-checked."""
+def load_fields(cls: type, path: str | Path):
+    """The dataclass ``cls`` that :func:`save_fields` wrote to ``path``, every field type-checked."""
     tree = read_tree(path)
-    if tree.get("kind", kind) != kind:  # files of the older pickle format carry no kind
-        raise WeightsError(f"{path}: a {tree.get('kind')!r} file, expected {kind!r}")
-    try:
-        return typed(cls, {k: v for k, v in tree.items() if k != "kind"}, "")
-    except ValueError as err:
-        raise WeightsError(f"{path}: {err}") from None
+    class_of(path, tree, [cls], required=False)  # files of the older pickle format carry no kind
+    with errors_naming(path):
+        return from_tree(cls, tree)

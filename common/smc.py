@@ -140,6 +140,16 @@ class SMCResult:
     resampled: Tensor
     network_calls: int
 
+    @property
+    def output_log_weight(self) -> Tensor:
+        """The final log-weight of each output's particle ``(B,)``."""
+        return self.log_weights.gather(1, self.chosen.unsqueeze(1)).squeeze(1)
+
+    @property
+    def mean_ess(self) -> Tensor:
+        """Each system's ESS averaged over the steps ``(B,)``."""
+        return self.ess.mean(0)
+
 
 def particles(tensor: Tensor | None, k: int) -> Tensor | None:
     """``(B, ...) -> (B·K, ...)``: each output's row repeated for its K particles (output-major)."""

@@ -23,7 +23,7 @@ from torch import nn
 
 from common.ctrl import ctrl_loss
 from common.ddpo import ddpo_loss, sample_trajectories
-from common.exports import load_module, typed_field
+from common.exports import conform, errors_naming, load_module, typed_field
 from common.guidance import GuidedDenoiser, reconstruction_likelihood
 from common.rewards import GaussianLogLikelihood, Reward
 from common.rgdm import payoff_score_loss, rgdm_step_loss, rgdm_trajectory_loss
@@ -296,10 +296,9 @@ def start_from(model: MoleculeDiffusion, path: str | Path, conditions: PropertyC
     start, tree = load_module(path, [MoleculeDiffusion])
     if "conditions" not in tree:
         raise WeightsError(f"{path}: not a conditioned molecule model (a finetune run's model{SUFFIX})")
-    try:
-        theirs = torch.tensor([typed_field(tree["conditions"], name, list[float]) for name in ("mean", "scale")])
-    except ValueError as err:
-        raise WeightsError(f"{path}: conditions.{err}") from None
+    with errors_naming(path):
+        stored = typed_field(tree, "conditions", dict)
+        theirs = torch.tensor([conform(stored.get(name), list[float], f"conditions.{name}") for name in ("mean", "scale")])
     if theirs.shape != (2, len(conditions.mean)) or not torch.allclose(
             theirs, torch.stack([conditions.mean, conditions.scale]).cpu().to(theirs.dtype)):
         raise ValueError(f"{path}: its targets were normalised on other data than this run's")

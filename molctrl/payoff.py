@@ -42,6 +42,8 @@ class PriorPool:
     a reward without targets the rewards ``(M,)``. ``sampling_steps`` and ``seconds`` say how they were made.
     """
 
+    kind = "molctrl.pool"  # what its weights file holds (common.exports.save_fields)
+
     types: torch.Tensor
     positions: torch.Tensor
     scores: torch.Tensor
@@ -103,14 +105,12 @@ class PriorPool:
         return PriorPool(self.types, self.positions, torch.cat(scores), self.sampling_steps,
                          self.seconds + time.perf_counter() - t0)
 
-    kind = "molctrl.pool"
-
     def save(self, path: str | Path) -> None:
-        save_fields(self, self.kind, path)
+        save_fields(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> PriorPool:
-        return load_fields(cls, cls.kind, path)
+        return load_fields(cls, path)
 
 
 def pool_atom_counts(target_n_atoms: torch.Tensor, size: int, floor: int = 32,

@@ -116,8 +116,8 @@ def steer(prior: MoleculeDiffusion, reward: Reward, y: torch.Tensor, y_mask: tor
                             steering.ess_threshold, generator=generator, dtype=prior.n_atoms_hist.dtype)
         molecules += prior.decode(result.x, mask)
         rewards.append(result.reward.float().cpu())
-        log_weights.append(result.log_weights.gather(1, result.chosen.unsqueeze(1)).squeeze(1).float().cpu())
-        ess.append(result.ess.mean(0).float().cpu())
+        log_weights.append(result.output_log_weight.float().cpu())
+        ess.append(result.mean_ess.float().cpu())
         calls = result.network_calls
         no_valid += int((~torch.isfinite(result.log_weights).any(1)).sum())
         if on_batch:

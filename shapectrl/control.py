@@ -31,11 +31,10 @@ import torch
 from torch import nn
 
 from common.ctrl import ctrl_loss
-from common.exports import load_fields, load_module, save_fields, typed_field
+from common.exports import errors_naming, load_fields, load_module, save_fields, typed_field
 from common.guidance import classifier_free
 from common.rgdm import payoff_resample
 from common.training import EpochSampler
-from common.weights import WeightsError
 from shapectrl.conditions import DEFAULT_ATTRIBUTES, ShapeConditions
 from shapectrl.prior import ShapeBatches, ShapeDiffusion, random_subset
 from shapectrl.reward import ShapeReward
@@ -77,6 +76,8 @@ class ShapePool:
     (:meth:`ShapeReward.scores`); ``sampling_steps`` (0: not sampled, the data) and ``seconds`` say
     how they were made."""
 
+    kind = "shapectrl.pool"  # what its weights file holds (common.exports.save_fields)
+
     points: torch.Tensor
     scores: torch.Tensor
     sampling_steps: int
@@ -115,14 +116,12 @@ class ShapePool:
                             for i in range(0, len(self.points), batch_size)])
         return ShapePool(self.points, scores, self.sampling_steps, self.seconds + time.perf_counter() - t0)
 
-    kind = "shapectrl.pool"
-
     def save(self, path: str | Path) -> None:
-        save_fields(self, self.kind, path)
+        save_fields(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> ShapePool:
-        return load_fields(cls, cls.kind, path)
+        return load_fields(cls, path)
 
 
 class ShapeTargets:
@@ -271,10 +270,8 @@ class ControlledShapes:
         """A controlled model from a weights file of ``shapectrl train control`` (one-line
         :class:`~common.weights.WeightsError` otherwise)."""
         model, tree = load_module(path, [ShapeDiffusion], map_location)
-        try:
+        with errors_naming(path):
             return cls._with_conditions(model, tree)
-        except ValueError as err:
-            raise WeightsError(f"{path}: {err}") from None
 
     @classmethod
     def _with_conditions(cls, model: ShapeDiffusion, tree: dict) -> ControlledShapes:

@@ -54,5 +54,5 @@ def steer_shapes(prior: ShapeDiffusion, reward: ShapeReward, y: torch.Tensor, y_
         if on_batch:
             on_batch(len(mask))
     return SteeredShapes(torch.cat([r.x.cpu() for r in parts]), torch.cat([r.reward.float().cpu() for r in parts]),
-                         torch.cat([r.log_weights.gather(1, r.chosen.unsqueeze(1)).squeeze(1).float().cpu() for r in parts]),
-                         torch.cat([r.ess.mean(0).float().cpu() for r in parts]), parts[0].network_calls)
+                         torch.cat([r.output_log_weight.float().cpu() for r in parts]),
+                         torch.cat([r.mean_ess.float().cpu() for r in parts]), parts[0].network_calls)
