@@ -16,6 +16,12 @@ Steered rows (``--smc K:PROPOSAL``): sequential Monte Carlo with K particles per
 rows (``--best-of K``): K fresh prior samples per target, the valid one the same reward likes best.
 Both record their denoiser evaluations per molecule.
 
+``--physics`` judges every row's samples of alpha, gap, HOMO, LUMO and μ again by GFN2-xTB
+(:func:`molctrl.xtb_reward.physics_check`: hydrogens added, one single point, the recorded linear map onto
+QM9's DFT scale) and adds ``physics_mae`` (over the molecules xTB could judge; ``physics_judged`` counts
+them) beside the evaluator's ``mae``; the reference row ``GFN2-xTB L-bound`` is xTB's own MAE on real
+test molecules by the same route (``benchmarks.xtb_calibration``), the floor a perfect generator meets.
+
 Compute per row: a fine-tuned model's training seconds and steps (stored in its ``model.safetensors`` by the
 trainer), a guidance row's predictor training seconds (the noise-aware predictor is trained for it;
 the clean-data reward predictor is shared by every reward method and not counted), and the sampling
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 import time
 from pathlib import Path
 
@@ -39,8 +46,10 @@ from molctrl.data.qm9 import load_split
 from molctrl.generate import Guidance, generate, parse_window
 from molctrl.metrics import evaluate_molecules, train_smiles
 from molctrl.noisy_predictor import NoisyPropertyPredictor
+from molctrl.physics import PHYSICS_PROPERTIES
 from molctrl.predictor import PROPERTIES, likelihood_reward
 from molctrl.weights import load_predictor, load_prior
+from molctrl.xtb_reward import XTBLikelihood, physics_check
 
 
 def protocol_targets(conditions: PropertyConditions, prop: str, n: int,
@@ -52,8 +61,10 @@ def protocol_targets(conditions: PropertyConditions, prop: str, n: int,
     return n_atoms, conditions.sample(n_atoms, g), conditions.mask_from_names([prop], n), g
 
 
-def _row(name: str, sample, conditions: PropertyConditions, evaluator, properties, n: int, seed: int) -> dict:
-    """MAE per property, and validity / stability over all of the row's samples."""
+def _row(name: str, sample, conditions: PropertyConditions, evaluator, properties, n: int, seed: int,
+         physics: bool = False) -> dict:
+    """MAE per property, and validity / stability over all of the row's samples; with ``physics`` also
+    the GFN2-xTB MAE on the DFT scale (over the molecules xTB could judge) of the properties it gives."""
     row, molecules_all, seconds = {"row": name, "mae": {}}, [], 0.0
     for prop in properties:
         n_atoms, y, y_mask, g = protocol_targets(conditions, prop, n, seed)
@@ -61,17 +72,25 @@ def _row(name: str, sample, conditions: PropertyConditions, evaluator, propertie
         molecules = sample(y, y_mask, n_atoms, g)
         seconds += time.perf_counter() - t0
         predicted = evaluator.predict_molecules(molecules)[:, evaluator.properties.index(prop)]
-        row["mae"][prop] = round(float(np.abs(predicted - y[:, PROPERTIES.index(prop)].numpy()).mean()), 5)
+        target = y[:, PROPERTIES.index(prop)].numpy()
+        row["mae"][prop] = round(float(np.abs(predicted - target).mean()), 5)
         molecules_all += molecules
         print(f"{name} {prop}: MAE {row['mae'][prop]}", file=sys.stderr)
+        if physics and prop in PHYSICS_PROPERTIES:
+            checked = physics_check(molecules, {prop: target}, [prop])[1]
+            row.setdefault("physics_mae", {})[prop] = round(checked[f"physics_mae_{prop}"], 5)
+            row.setdefault("physics_judged", {})[prop] = checked["physics_judged"]
+            print(f"{name} {prop}: physics MAE {row['physics_mae'][prop]} ({checked['physics_judged']} judged)",
+                  file=sys.stderr)
     summary = evaluate_molecules(molecules_all, train_smiles(evaluator.config.setting)).summary
     return row | {k: summary[k] for k in ("validity", "atom_stability", "mol_stability", "uniqueness", "novelty")} | {
         "samples_per_property": n, "sampling_seconds": round(seconds, 1)}
 
 
-def _steered(spec: str, prior, reward, conditions: PropertyConditions, steps: int):
+def _steered(spec: str, prior, reward, conditions: PropertyConditions, steps: int, judge=None):
     """The row name and sampler of ``--smc K:PROPOSAL[:TAU[:plain]]``, and a box that receives the network
-    calls per molecule; ``plain`` reads the reward on x̂₀ unwidened in the potential."""
+    calls per molecule; ``plain`` reads the reward on x̂₀ unwidened in the potential; ``judge`` (the
+    GFN2-xTB likelihood) gives the final weights in the reward's place."""
     from molctrl.steer import Steering, steer
     from molctrl.weights import WEIGHTS_DIR
 
@@ -82,25 +101,31 @@ def _steered(spec: str, prior, reward, conditions: PropertyConditions, steps: in
     calls = {}
 
     def sample(y, y_mask, n_atoms, g):
-        molecules, report = steer(prior, reward, y, y_mask, n_atoms, steering, conditions, steps, g, conditioned)
+        molecules, report = steer(prior, reward, y, y_mask, n_atoms, steering, conditions, steps, g, conditioned,
+                                  final_reward=judge)
         calls["network_calls_per_molecule"] = report.network_calls
         calls["mean_ess"] = round(float(report.ess.mean()), 2)
         return molecules
 
     name = (f"SMC, K = {steering.particles}, {steering.proposal} proposal" + (f", τ = {tau}" if float(tau) != 1 else "")
-            + (", plain potential" if potential == "plain" else ""))
+            + (", plain potential" if potential == "plain" else "") + (", xTB final weights" if judge else ""))
     return name, sample, calls
 
 
 def _best_of(k: int, prior, reward, steps: int):
-    """Best-of-K fresh prior samples per target, by ``reward`` among the valid ones (as SMC's target)."""
+    """Best-of-K fresh prior samples per target, by ``reward`` among the valid ones (as SMC's target;
+    only the valid ones are scored, so that a costly reward such as xTB judges no broken molecule)."""
     from common.selection import best_of_n
     from molctrl.steer import admissible
 
     valid = admissible(prior)
 
     def ranked(x, mask, y, y_mask):
-        return torch.where(valid(x, mask), reward(x, mask, y, y_mask), -torch.inf)
+        ok = valid(x, mask)
+        r = torch.full(ok.shape, -torch.inf, dtype=x.dtype)
+        if ok.any():
+            r[ok] = reward(x[ok], mask[ok], y[ok], y_mask[ok]).to(r)
+        return r
 
     def sample(y, y_mask, n_atoms, g):
         mask = torch.arange(int(n_atoms.max())).unsqueeze(0) < n_atoms.unsqueeze(1)
@@ -121,7 +146,7 @@ def _references(path: str, arch: str, properties) -> list[dict]:
 
 
 def _best_of_pool(path: str, reward_model: str, conditions: PropertyConditions, scorer, properties, n: int,
-                  seed: int) -> dict:
+                  seed: int, physics: bool) -> dict:
     """Best-of-N selection from a pool of prior samples: N = the pool molecules of the target's size."""
     from molctrl.molecule import Molecule
     from molctrl.payoff import PriorPool
@@ -139,9 +164,16 @@ def _best_of_pool(path: str, reward_model: str, conditions: PropertyConditions, 
                          pool.positions[k][pool.types[k] >= 0].double().numpy()) for k in rows.tolist()]
 
     counts = torch.bincount(pool.n_atoms)
-    return _row("best-of-N (prior pool)", best, conditions, scorer, properties, n, seed) | {
+    return _row("best-of-N (prior pool)", best, conditions, scorer, properties, n, seed, physics) | {
         "pool": path, "pool_size": len(pool.types), "pool_seconds": round(pool.seconds, 1),
         "median_candidates_per_size": int(counts[counts > 0].median()), "train_seconds": 0}
+
+
+def _physics_floor(properties, path: str = "benchmarks/results/xtb_calibration.json") -> dict:
+    """The ``GFN2-xTB L-bound`` row: xTB's MAE after the map on real test molecules, heavy-atom route."""
+    judged = json.loads(Path(path).read_text())["routes"]["heavy_atoms"]["properties"]
+    return {"row": "GFN2-xTB L-bound", "physics_mae": {p: judged[p]["mae_after_map"] for p in properties if p in judged},
+            "source": path}
 
 
 def predictor_train_seconds(name_or_path: str) -> float | None:
@@ -183,6 +215,9 @@ def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
               help="A best-of-K row: K fresh prior samples per target, the valid one --smc-reward likes best.")
 @click.option("--smc-reward", default="qm9-noh-e3nn-Db", show_default=True,
               help="The reward predictor of the --smc and --best-of rows.")
+@click.option("--judge", type=click.Choice(["model", "xtb"]), default="model", show_default=True,
+              help="What the --smc rows' final weights and the --best-of rows' ranking read: the --smc-reward "
+                   "predictor, or the calibrated GFN2-xTB likelihood (the predictor still steers SMC's path).")
 @click.option("--unconditional", is_flag=True, help="Also score the prior itself, blind to the targets.")
 @click.option("--prior", "prior_path", default=None, help="Prior for guidance rows (default: shipped).")
 @click.option("--evaluator", default="qm9-noh-egnn-Da", show_default=True)
@@ -192,17 +227,22 @@ def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
 @click.option("-n", "n_samples", type=int, default=500, show_default=True, help="Samples per property and row.")
 @click.option("--steps", type=int, default=100, show_default=True, help="Sampling steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--physics", is_flag=True, help="Also judge every row's samples by GFN2-xTB on the DFT scale (alpha, gap, "
+              "homo, lumo, mu): physics_mae beside the evaluator's mae.")
 @click.option("--threads", type=int, default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
 def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_path, pool_reward, smc_specs, best_of,
-         smc_reward, unconditional, prior_path, evaluator, references, properties, n_samples, steps, seed, threads,
-         out) -> None:
+         smc_reward, judge, unconditional, prior_path, evaluator, references, properties, n_samples, steps, seed, physics,
+         threads, out) -> None:
     """Score conditioned generators by the EDM protocol and print one JSON record."""
+    row = partial(_row, physics=physics)
     if threads:
         torch.set_num_threads(threads)
     conditions = PropertyConditions.from_split(load_split(setting, "Db"))
     scorer = load_predictor(evaluator).eval()
     rows = _references(references, scorer.config.arch, properties) if references else []
+    if physics:
+        rows.append(_physics_floor(properties))
     for spec in methods:
         name, _, path = spec.partition("=")
         model = load_prior(path).eval()
@@ -211,7 +251,7 @@ def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_
         def sample(y, y_mask, n_atoms, g, model=model):
             return generate(model, conditions, y, y_mask, steps, g, n_atoms=n_atoms, guidance_scale=guidance_scale)
 
-        rows.append(_row(guided_row(name, guidance_scale), sample, conditions, scorer, properties, n_samples, seed)
+        rows.append(row(guided_row(name, guidance_scale), sample, conditions, scorer, properties, n_samples, seed)
                     | {"model": path, "guidance_scale": guidance_scale, "train_steps": trained.get("step"), "train_seconds": trained.get("train_seconds")})
     if unconditional:
         prior = load_prior(prior_path).eval()
@@ -219,7 +259,7 @@ def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_
         def blind(y, y_mask, n_atoms, g, prior=prior):
             return generate(prior, conditions, y, y_mask, steps, g, n_atoms=n_atoms)
 
-        rows.append(_row("prior (no control)", blind, conditions, scorer, properties, n_samples, seed))
+        rows.append(row("prior (no control)", blind, conditions, scorer, properties, n_samples, seed))
     for predictor_name in guidance_models:
         prior = load_prior(prior_path).eval()
         predictor = load_predictor(predictor_name).eval()
@@ -233,24 +273,25 @@ def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_
             return generate(prior, conditions, y, y_mask, steps, g, guidance, n_atoms=n_atoms)
 
         where = "" if window is None else f", steps {window[0]} < t ≤ {window[1]}"
-        rows.append(_row(f"{guidance.mode} guidance ({predictor.config.arch}{where})", guided, conditions, scorer, properties,
+        rows.append(row(f"{guidance.mode} guidance ({predictor.config.arch}{where})", guided, conditions, scorer, properties,
                          n_samples, seed)
                     | {"reward_model": predictor_name, "scale": scale, "window": window,
                        "train_seconds": predictor_train_seconds(predictor_name) if guidance.mode == "classifier" else 0})
     if pool_path:
-        rows.append(_best_of_pool(pool_path, pool_reward, conditions, scorer, properties, n_samples, seed))
+        rows.append(_best_of_pool(pool_path, pool_reward, conditions, scorer, properties, n_samples, seed, physics))
     if smc_specs or best_of:
         prior = load_prior(prior_path).eval()
         predictor = load_predictor(smc_reward).eval()
         reward = likelihood_reward(predictor, predictor.properties, prior.config.type_scale)
+        xtb = XTBLikelihood(prior.decode, [p for p in properties if p in PHYSICS_PROPERTIES]) if judge == "xtb" else None
         for spec in smc_specs:
-            name, sample, calls = _steered(spec, prior, reward, conditions, steps)
-            rows.append(_row(name, sample, conditions, scorer, properties, n_samples, seed) | calls
-                        | {"reward_model": smc_reward})
+            name, sample, calls = _steered(spec, prior, reward, conditions, steps, xtb)
+            rows.append(row(name, sample, conditions, scorer, properties, n_samples, seed) | calls
+                        | {"reward_model": smc_reward, "judge": judge})
         for k in best_of:
-            rows.append(_row(f"best of {k} prior samples", _best_of(k, prior, reward, steps), conditions, scorer,
-                             properties, n_samples, seed)
-                        | {"reward_model": smc_reward, "network_calls_per_molecule": k * (steps + 1)})
+            rows.append(row(f"best of {k} prior samples" + (", by xTB" if xtb else ""),
+                            _best_of(k, prior, xtb or reward, steps), conditions, scorer, properties, n_samples, seed)
+                        | {"reward_model": smc_reward, "judge": judge, "network_calls_per_molecule": k * (steps + 1)})
     record = {"setting": setting, "evaluator": evaluator, "seed": seed, "sampling_steps": steps, "rows": rows,
               "threads": torch.get_num_threads(),
               "command": "python -m benchmarks.qm9_conditional " + " ".join(sys.argv[1:]), "machine": machine_info()}

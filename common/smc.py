@@ -90,14 +90,17 @@ def guided_proposal(guided: GuidedDenoiser) -> Proposal:
 
 def reward_potential(reward: Reward, diffusion: GaussianDiffusion, y: Tensor | None = None,
                      y_mask: Tensor | None = None, admissible: Callable[[Tensor, Tensor], Tensor] | None = None,
-                     widened: bool = True, admissible_from: float = 0.1, inadmissible_cost: float = 5.0) -> Potential:
+                     widened: bool = True, admissible_from: float = 0.1, inadmissible_cost: float = 5.0,
+                     final_reward: Reward | None = None) -> Potential:
     """The potential of a reward for targets ``y``/``y_mask`` (one row per particle): the reward read on
     x̂₀, for a Gaussian likelihood widened by the posterior variance at t (``widened``: the
     reconstruction likelihood of :func:`common.guidance.reconstruction_likelihood`, which flattens at
     high noise as log p_t(y | z_t) does). ``admissible(x, mask) -> (B,) bool`` restricts the target to
     the samples it accepts; from t ≤ ``admissible_from``·T on, a state whose x̂₀ it rejects already
     costs ``inadmissible_cost`` (in reward units), so that resampling keeps particles that can still end
-    admissible (any potential leaves the target exact: only the final one counts)."""
+    admissible (any potential leaves the target exact: only the final one counts). ``final_reward``
+    (default ``reward``) judges the finished samples, admissible ones only: a costlier judge (physics, no
+    gradient) then defines the target p_pre·exp(r_final/τ) while ``reward`` only steers the path."""
     widen = widened and isinstance(reward, GaussianLogLikelihood)
     likelihood = reconstruction_likelihood(reward, diffusion, y, y_mask) if widen else None
 
@@ -113,9 +116,16 @@ def reward_potential(reward: Reward, diffusion: GaussianDiffusion, y: Tensor | N
             value = value - inadmissible_cost * (~admissible(x0, mask)).to(value)
         return value
 
+    judge = final_reward or reward
+
     def final(x: Tensor, mask: Tensor) -> Tensor:
-        r = reward(x, mask, y, y_mask)
-        return r if admissible is None else torch.where(admissible(x, mask).to(r.device), r, -torch.inf)
+        if admissible is None:
+            return judge(x, mask, y, y_mask)
+        ok = admissible(x, mask).to(x.device)
+        r = torch.full(ok.shape, -torch.inf, dtype=x.dtype, device=x.device)
+        if ok.any():
+            r[ok] = judge(x[ok], mask[ok], *(None if v is None else v[ok] for v in (y, y_mask))).to(r)
+        return r
 
     return Potential(estimate, final)
 

@@ -62,12 +62,15 @@ class MetricsReport:
     summary: dict[str, float | int | str | None]
     rows: list[MoleculeMetrics]
 
-    def write_csv(self, path: str | os.PathLike) -> None:
-        """Write the per-molecule rows as CSV (columns :data:`ROW_FIELDS`), atomically."""
+    def write_csv(self, path: str | os.PathLike, extra: dict[str, Sequence] | None = None) -> None:
+        """Write the per-molecule rows as CSV (columns :data:`ROW_FIELDS`, then ``extra``'s, one value per
+        molecule each), atomically."""
+        extra = extra or {}
         with atomic_open(path) as handle:
-            writer = csv.DictWriter(handle, fieldnames=ROW_FIELDS, lineterminator="\n")
+            writer = csv.DictWriter(handle, fieldnames=ROW_FIELDS + tuple(extra), lineterminator="\n")
             writer.writeheader()
-            writer.writerows(asdict(row) for row in self.rows)
+            writer.writerows(asdict(row) | {name: column[k] for name, column in extra.items()}
+                             for k, row in enumerate(self.rows))
 
 
 def stability_definition(molecules: Sequence[Molecule]) -> str:

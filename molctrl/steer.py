@@ -94,10 +94,12 @@ def _proposal(steering: Steering, prior: MoleculeDiffusion, reward: Reward, y: t
 def steer(prior: MoleculeDiffusion, reward: Reward, y: torch.Tensor, y_mask: torch.Tensor, n_atoms: torch.Tensor,
           steering: Steering, conditions: PropertyConditions, n_sampling_steps: int | None = 100,
           generator: torch.Generator | None = None, conditioned: MoleculeDiffusion | None = None,
-          batch_particles: int = 512, on_batch=None) -> tuple[list[Molecule], SteeredBatch]:
+          batch_particles: int = 512, on_batch=None, final_reward: Reward | None = None) -> tuple[list[Molecule], SteeredBatch]:
     """One molecule per row of targets ``y (M, 6)`` / ``y_mask (M, 6)`` with ``n_atoms (M,)`` atoms,
     each from its own SMC system of ``steering.particles`` particles; systems run ``batch_particles``
-    particles at a time. ``on_batch(k)`` after each batch of k molecules."""
+    particles at a time. ``on_batch(k)`` after each batch of k molecules. ``final_reward`` (e.g. the
+    GFN2-xTB likelihood) judges the finished particles in ``reward``'s place: the target becomes
+    p_pre·exp(r_final/τ)·1[valid], with ``reward`` steering the path."""
     device = prior.n_atoms_hist.device
     k = steering.particles
     per_batch = max(1, batch_particles // k)
@@ -109,7 +111,8 @@ def steer(prior: MoleculeDiffusion, reward: Reward, y: torch.Tensor, y_mask: tor
         yb, mb = (particles(v[rows].to(device), k) for v in (y, y_mask))
         counts = n_atoms[rows].to(device)
         mask = torch.arange(int(counts.max()), device=device).unsqueeze(0) < counts.unsqueeze(1)
-        potential = reward_potential(reward, prior.diffusion, yb, mb, admissible(prior), steering.widened)
+        potential = reward_potential(reward, prior.diffusion, yb, mb, admissible(prior), steering.widened,
+                                     final_reward=final_reward)
         proposal = _proposal(steering, prior, reward, yb, mb, conditioned, conditions)
         result = smc_sample(prior.diffusion, prior.denoiser, potential, mask, prior.n_channels, k,
                             n_sampling_steps, proposal, steering.temperature, steering.potential_from,

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import click
+import numpy as np
 
 from molctrl.io import MoleculeFileError, read_molecules
 from molctrl.metrics import (
@@ -60,7 +61,13 @@ def _summary_text(path: Path, summary: dict, reference: str | None) -> str:
 @click.option("--details", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write one CSV row per molecule to this file.")
 @click.option("--no-novelty", is_flag=True, help="Skip novelty (needs no QM9 training data).")
-def evaluate(path: Path, as_json: bool, details: Path | None, no_novelty: bool) -> None:
+@click.option("--physics", is_flag=True,
+              help="Also recompute HOMO, LUMO, gap, dipole and polarizability by GFN2-xTB (tblite), mapped onto QM9's "
+                   "DFT scale by the recorded calibration; the MAE to any target_<property> field of an SDF "
+                   "(as 'molctrl generate' writes them). Heavy-atom molecules get hydrogens first.")
+@click.option("--workers", type=click.IntRange(1), default=None, help="--physics: worker processes [default: one per core].")
+def evaluate(path: Path, as_json: bool, details: Path | None, no_novelty: bool, physics: bool,
+             workers: int | None) -> None:
     """Stability, validity, uniqueness and novelty (EDM's definitions) of the molecules in PATH.
 
     PATH is an .xyz, .sdf or .mol file. Novelty is measured against the QM9 training molecules,
@@ -72,12 +79,48 @@ def evaluate(path: Path, as_json: bool, details: Path | None, no_novelty: bool) 
         raise InputFileError(str(err)) from None
     reference, smiles = _reference(molecules, no_novelty)
     report = evaluate_molecules(molecules, smiles)
+    columns, physics_summary = _physics(molecules, workers) if physics else ({}, {})
     if details is not None:
         try:
-            report.write_csv(details)
+            report.write_csv(details, columns)
         except OSError as err:
             raise click.ClickException(f"{details}: cannot write the details ({err.strerror})") from None
     if as_json:
-        click.echo(json.dumps(report.summary | {"path": str(path), "novelty_reference": reference}))
+        click.echo(json.dumps(report.summary | physics_summary | {"path": str(path), "novelty_reference": reference}))
     else:
         click.echo(_summary_text(path, report.summary, reference))
+        if physics:
+            click.echo(physics_text(physics_summary))
+
+
+def _physics(molecules: list[Molecule], workers: int | None) -> tuple[dict, dict]:
+    """The GFN2-xTB columns and summary of ``molecules``, with MAEs to their ``target_<p>`` fields."""
+    from molctrl.physics import PHYSICS_PROPERTIES, PhysicsUnavailable, require_tblite
+    from molctrl.xtb_reward import physics_check
+
+    try:
+        require_tblite()
+    except PhysicsUnavailable as err:
+        raise click.ClickException(str(err)) from None
+    targets = {p: np.array([_number(m.properties.get(f"target_{p}")) for m in molecules]) for p in PHYSICS_PROPERTIES
+               if any(f"target_{p}" in m.properties for m in molecules)}
+    return physics_check(molecules, targets, workers=workers)
+
+
+def _number(value) -> float:
+    return value if isinstance(value, float) else float("nan")
+
+
+def physics_text(summary: dict) -> str:
+    """The summary lines of a GFN2-xTB check (:func:`molctrl.xtb_reward.physics_check`)."""
+    from molctrl.data.qm9 import PROPERTY_UNITS
+    from molctrl.physics import PHYSICS_PROPERTIES
+
+    lines = [f"  GFN2-xTB            {summary['physics_judged']} molecules judged in {summary['physics_seconds']:.1f} s "
+             "(values on the DFT scale by the recorded calibration)"]
+    for p in PHYSICS_PROPERTIES:
+        if f"physics_mean_{p}" in summary:
+            mae = summary.get(f"physics_mae_{p}")
+            lines.append(f"    {p:6s} mean {summary[f'physics_mean_{p}']:9.4g} {PROPERTY_UNITS[p]:7s}"
+                         + ("" if mae is None else f"   MAE to targets {mae:.4g}"))
+    return "\n".join(lines)

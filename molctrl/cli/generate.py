@@ -43,6 +43,12 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
 @click.option("--reward-model", default="qm9-noh-e3nn-Db", show_default=True,
               help="Predictor for --method guidance (reconstruction guidance through x̂₀), or a noise-aware "
                    "predictor ('molctrl train predictor --noise-aware') for classifier guidance.")
+@click.option("--reward", "judge", type=click.Choice(["model", "xtb"]), default="model", show_default=True,
+              help="With --particles and --target: what the final weights judge. model: the --reward-model "
+                   "predictor; xtb: GFN2-xTB recomputed for every finished valid particle and mapped onto the DFT "
+                   "scale (gap, homo, lumo, mu, alpha; the predictor still steers the path). Slower (README).")
+@click.option("--verify", is_flag=True, help="Recompute the targeted properties by GFN2-xTB (tblite) on the DFT scale: "
+              "SDF fields xtb_*, and the physics MAE printed beside the evaluator's.")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Guidance scale of --method guidance.")
 @click.option("--guidance-window", "window", default=None, metavar="LO:HI",
               help="--method guidance: guide only the diffusion steps LO < t ≤ HI of the prior's 1,000 "
@@ -59,7 +65,7 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
 @click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None, help="Grid image (default: OUT.png).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def generate(targets, maximize, n_molecules, out, particles, proposal, temperature, method, model_path, prior_path,
-             reward_model, scale, window, guidance_scale, evaluator, steps, seed, png_path, as_json) -> None:
+             reward_model, judge, verify, scale, window, guidance_scale, evaluator, steps, seed, png_path, as_json) -> None:
     """Generate molecules for property targets (or a maximised score) and report validity, uniqueness,
     novelty, stability and the evaluator's MAE to the targets."""
     from common.runtime import seed_everything
@@ -102,8 +108,13 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
         steps_window = None if window is None else parse_window(window)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--guidance-window") from None
+    if judge == "xtb" and not (particles and wanted):
+        raise click.UsageError("--reward xtb judges the particles of property targets: use it with --target and --particles")
+    if (judge == "xtb" or verify) and not _physics_available():
+        raise click.UsageError(f"{'--verify' if verify else '--reward xtb'}: {_physics_available.reason}")
     if particles:
         model, conditioned, reward = _steering_models(proposal, prior_path, model_path, maximize, reward_model)
+        final_reward = _xtb_reward(model, wanted) if judge == "xtb" else None
         guidance = None
     else:
         model, guidance = _model(method, model_path, maximize, reward_model, scale, steps_window)
@@ -121,7 +132,8 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
                             guidance_window=steps_window or DEFAULT_WINDOW)
         with tqdm(total=n_molecules, desc=f"steering {particles} particles", unit="mol", disable=None) as bar:
             molecules, report = steer(model.eval(), reward, y, y_mask, atom_counts(conditions, y, y_mask, generator=generator),
-                                      steering, conditions, steps, generator, conditioned, on_batch=bar.update)
+                                      steering, conditions, steps, generator, conditioned, on_batch=bar.update,
+                                      final_reward=final_reward)
         for m, r, w in zip(molecules, report.reward.tolist(), report.log_weight.tolist()):
             m.properties |= {"reward": round(r, 4), "log_weight": round(w, 4)}
     else:
@@ -147,6 +159,13 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
         for k, (m, value) in enumerate(zip(molecules, scores)):
             m.properties[maximize] = "invalid" if np.isnan(value) else round(float(value), 4)
             legends[k].append(f"{maximize} {value:.3f}" if np.isfinite(value) else "invalid")
+    if verify:
+        from molctrl.cli.evaluate import physics_text
+        from molctrl.physics import PHYSICS_PROPERTIES
+        from molctrl.xtb_reward import physics_check
+
+        judged = [p for p in wanted if p in PHYSICS_PROPERTIES] or list(PHYSICS_PROPERTIES)
+        summary |= physics_check(molecules, {p: np.float64(wanted[p]) for p in judged if p in wanted}, judged)[1]
     how = f"smc {particles} particles, {proposal} proposal" if particles else f"method {method}"
     for k, m in enumerate(molecules):
         m.title = f"molctrl generate {k} seed {seed} {how}"
@@ -171,9 +190,36 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
     for key in ("validity", "uniqueness", "novelty", "mol_stability"):
         click.echo(f"  {key:15s} {summary[key]:.3f}")
     for name in wanted:
-        click.echo(f"  MAE {name:10s} {summary[f'mae_{name}']:.4g} {PROPERTY_UNITS[name]} (evaluator {evaluator})")
+        physics = summary.get(f"physics_mae_{name}")
+        click.echo(f"  MAE {name:10s} {summary[f'mae_{name}']:.4g} {PROPERTY_UNITS[name]} (evaluator {evaluator})"
+                   + ("" if physics is None else f"; {physics:.4g} by GFN2-xTB on the DFT scale "
+                      f"({summary['physics_judged']} of {len(molecules)} judged)"))
+    if verify:
+        click.echo(physics_text(summary))
     if maximize:
         click.echo(f"  mean {maximize:9s} {summary[f'mean_{maximize}']:.3f}")
+
+
+def _physics_available() -> bool:
+    """Whether tblite imports; the reason why not in ``_physics_available.reason``."""
+    from molctrl.physics import PhysicsUnavailable, require_tblite
+
+    try:
+        require_tblite()
+    except PhysicsUnavailable as err:
+        _physics_available.reason = str(err)
+        return False
+    return True
+
+
+def _xtb_reward(prior, wanted: dict[str, float]):
+    """The GFN2-xTB likelihood of the targets (all of them must be properties xTB gives)."""
+    from molctrl.xtb_reward import XTBLikelihood
+
+    try:
+        return XTBLikelihood(prior.decode, list(wanted))
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--reward") from None
 
 
 def _steering_models(proposal: str, prior_path: str | None, model_path: str | None, maximize: str | None,
