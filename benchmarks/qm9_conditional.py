@@ -30,9 +30,10 @@ seconds of the row's samples.
 from __future__ import annotations
 
 import json
+import re
 import sys
-from functools import partial
 import time
+from functools import partial
 from pathlib import Path
 
 import click
@@ -44,6 +45,7 @@ from common.weights import read_tree
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
 from molctrl.generate import Guidance, generate, parse_window
+from molctrl.io import write_sdf
 from molctrl.metrics import evaluate_molecules, train_smiles
 from molctrl.noisy_predictor import NoisyPropertyPredictor
 from molctrl.physics import PHYSICS_PROPERTIES
@@ -62,9 +64,10 @@ def protocol_targets(conditions: PropertyConditions, prop: str, n: int,
 
 
 def _row(name: str, sample, conditions: PropertyConditions, evaluator, properties, n: int, seed: int,
-         physics: bool = False) -> dict:
+         physics: bool = False, samples: str | None = None) -> dict:
     """MAE per property, and validity / stability over all of the row's samples; with ``physics`` also
-    the GFN2-xTB MAE on the DFT scale (over the molecules xTB could judge) of the properties it gives."""
+    the GFN2-xTB MAE on the DFT scale (over the molecules xTB could judge) of the properties it gives;
+    with ``samples`` (a folder) each property's molecules, targets and predictions as one SDF."""
     row, molecules_all, seconds = {"row": name, "mae": {}}, [], 0.0
     for prop in properties:
         n_atoms, y, y_mask, g = protocol_targets(conditions, prop, n, seed)
@@ -76,12 +79,17 @@ def _row(name: str, sample, conditions: PropertyConditions, evaluator, propertie
         row["mae"][prop] = round(float(np.abs(predicted - target).mean()), 5)
         molecules_all += molecules
         print(f"{name} {prop}: MAE {row['mae'][prop]}", file=sys.stderr)
+        for m, t, p in zip(molecules, target.tolist(), predicted.tolist()):
+            m.properties |= {f"target_{prop}": t, f"predicted_{prop}": round(p, 4)}
         if physics and prop in PHYSICS_PROPERTIES:
             checked = physics_check(molecules, {prop: target}, [prop])[1]
             row.setdefault("physics_mae", {})[prop] = round(checked[f"physics_mae_{prop}"], 5)
             row.setdefault("physics_judged", {})[prop] = checked["physics_judged"]
             print(f"{name} {prop}: physics MAE {row['physics_mae'][prop]} ({checked['physics_judged']} judged)",
                   file=sys.stderr)
+        if samples:
+            Path(samples).mkdir(parents=True, exist_ok=True)
+            write_sdf(Path(samples) / f"{re.sub(r'[^A-Za-z0-9.=-]+', '_', name).strip('_')}_{prop}.sdf", molecules)
     summary = evaluate_molecules(molecules_all, train_smiles(evaluator.config.setting)).summary
     return row | {k: summary[k] for k in ("validity", "atom_stability", "mol_stability", "uniqueness", "novelty")} | {
         "samples_per_property": n, "sampling_seconds": round(seconds, 1)}
@@ -229,13 +237,15 @@ def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--physics", is_flag=True, help="Also judge every row's samples by GFN2-xTB on the DFT scale (alpha, gap, "
               "homo, lumo, mu): physics_mae beside the evaluator's mae.")
+@click.option("--samples", "samples_dir", type=click.Path(file_okay=False), default=None,
+              help="Write each row's molecules per property as SAMPLES/ROW_PROPERTY.sdf (targets, predictions, xtb_* fields).")
 @click.option("--threads", type=int, default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
 def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_path, pool_reward, smc_specs, best_of,
          smc_reward, judge, unconditional, prior_path, evaluator, references, properties, n_samples, steps, seed, physics,
-         threads, out) -> None:
+         samples_dir, threads, out) -> None:
     """Score conditioned generators by the EDM protocol and print one JSON record."""
-    row = partial(_row, physics=physics)
+    row = partial(_row, physics=physics, samples=samples_dir)
     if threads:
         torch.set_num_threads(threads)
     conditions = PropertyConditions.from_split(load_split(setting, "Db"))

@@ -310,12 +310,17 @@ def start_from(model: MoleculeDiffusion, path: str | Path, conditions: PropertyC
 
 
 def spec_reward(spec: dict, prior: MoleculeDiffusion) -> Reward:
-    """The reward a finetune spec names: an RDKit score to maximise, or the reward model's likelihood."""
+    """The reward a finetune spec names: an RDKit score to maximise, the reward model's likelihood, or
+    (reward model ``xtb``) the calibrated GFN2-xTB likelihood of the conditioned properties."""
     from molctrl.chemistry import ChemistryReward
     from molctrl.predictor import likelihood_reward
     from molctrl.weights import load_predictor
 
     if spec["maximize"]:
         return ChemistryReward(spec["maximize"], prior.decode)
+    if spec["reward_model"] == "xtb":
+        from molctrl.xtb_reward import XTBLikelihood
+
+        return XTBLikelihood(prior.decode, GuidanceConfig(**spec["guidance"]).properties)
     predictor = load_predictor(spec["reward_model"])
     return likelihood_reward(predictor, predictor.properties, prior.config.type_scale)

@@ -250,7 +250,7 @@ class XTBWorkers:
             deadline = min(start for _, start in busy.values()) + self.time_limit
             ready = wait([self._workers[s][1] for s in busy], timeout=max(0.0, deadline - time.perf_counter()))
             for slot in list(busy):
-                process, connection = self._workers[slot]
+                connection = self._workers[slot][1]
                 index, start = busy[slot]
                 if connection in ready:
                     try:

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.stats import pearsonr, spearmanr
-from torch import Tensor
+from torch import Tensor, nn
 
-from common.rewards import Reward, gaussian_log_density
+from common.rewards import GaussianLogLikelihood, gaussian_log_density
 from molctrl.molecule import Molecule
 from molctrl.physics import PHYSICS_PROPERTIES, PhysicsReport, XTBWorkers
 from molctrl.predictor import PROPERTIES, TAIL
@@ -106,56 +106,70 @@ class XTBCalibration:
                 for name in PHYSICS_PROPERTIES}
 
 
-    def residual_std(self, molecules: Sequence[Molecule], properties: Sequence[str]) -> np.ndarray:
-        """``(M, P)``: the residual standard deviation of each molecule's route, per property."""
-        with_h = np.array(["H" in m.symbols for m in molecules], dtype=bool)[:, None]
-        return np.where(with_h, [[self.maps["with_hydrogens"][p].residual_std for p in properties]],
-                        [[self.maps["heavy_atoms"][p].residual_std for p in properties]])
+class XTBRegressor(nn.Module):
+    """States → GFN2-xTB values on the DFT scale, ``(B, P)`` for the given properties (NaN where xTB failed);
+    one pool of worker processes for the regressor's lifetime."""
+
+    def __init__(self, decode: Callable[[Tensor, Tensor], list[Molecule]], properties: Sequence[str],
+                 calibration: XTBCalibration, workers: int | None = None, time_limit: float = 60.0):
+        super().__init__()
+        self.decode, self.properties, self.calibration = decode, list(properties), calibration
+        self.workers = XTBWorkers(workers, time_limit)
+        self.last_report: PhysicsReport | None = None
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        molecules = self.decode(x, mask)
+        self.last_report = self.workers.run(molecules, polarizability="alpha" in self.properties)
+        dft = self.calibration.to_dft(self.last_report, molecules)
+        return torch.as_tensor(np.stack([dft[p] for p in self.properties], 1), dtype=x.dtype, device=x.device)
 
 
-class XTBLikelihood(Reward):
-    """The calibrated GFN2-xTB likelihood of property targets (module docstring), without gradients.
+class XTBLikelihood(GaussianLogLikelihood):
+    """The calibrated GFN2-xTB likelihood of property targets (module docstring), without gradients: a
+    :class:`common.rewards.GaussianLogLikelihood` whose regressor is xTB, so it scores pools
+    (``predict`` once, ``log_likelihood`` per target) as a predictor's likelihood does.
 
     Args:
         decode: states to molecules, ``decode(x (B, N, C), mask (B, N)) -> B molecules``.
         properties: the properties it judges (any of :data:`molctrl.physics.PHYSICS_PROPERTIES`); targets
-            ``y (B, 6)`` hold one column per property of :data:`molctrl.predictor.PROPERTIES`.
-        calibration: the DFT-scale maps (default: the shipped record).
+            ``y (B, 6)`` hold one column per property of :data:`molctrl.predictor.PROPERTIES`. α costs six
+            more single points per molecule: leave it out unless it is a target.
+        calibration: the DFT-scale maps (default: the shipped record); s is the residual of the
+            ``route`` the decoded molecules take (``heavy_atoms`` for the package's qm9-noh models).
         workers, time_limit: of the :class:`molctrl.physics.XTBWorkers` kept for the reward's lifetime.
+
+    A molecule xTB cannot judge scores :data:`FAILED_LOG_LIKELIHOOD` per judged target.
     """
 
     differentiable = False
 
     def __init__(self, decode: Callable[[Tensor, Tensor], list[Molecule]], properties: Sequence[str],
-                 calibration: XTBCalibration | None = None, workers: int | None = None, time_limit: float = 60.0):
-        super().__init__()
+                 calibration: XTBCalibration | None = None, route: str = "heavy_atoms", workers: int | None = None,
+                 time_limit: float = 60.0):
         unknown = [p for p in properties if p not in PHYSICS_PROPERTIES]
-        if unknown:
-            raise ValueError(f"GFN2-xTB cannot judge {', '.join(unknown)} (it judges {', '.join(PHYSICS_PROPERTIES)})")
-        self.decode = decode
-        self.properties = list(properties)
-        self.calibration = calibration or XTBCalibration.load()
-        self.workers = XTBWorkers(workers, time_limit)
-        self.last_report: PhysicsReport | None = None
+        if unknown or not properties:
+            raise ValueError(f"GFN2-xTB cannot judge {', '.join(unknown) or 'no property'} "
+                             f"(it judges {', '.join(PHYSICS_PROPERTIES)})")
+        calibration = calibration or XTBCalibration.load()
+        super().__init__(XTBRegressor(decode, properties, calibration, workers, time_limit),
+                         [calibration.maps[route][p].residual_std for p in properties],
+                         target_columns=[PROPERTIES.index(p) for p in properties], tail=TAIL)
 
-    @torch.no_grad()
-    def forward(self, x: Tensor, mask: Tensor, y: Tensor | None = None, y_mask: Tensor | None = None) -> Tensor:
-        """``(B,)`` log-likelihoods of the targets of :attr:`properties` that ``y_mask`` selects."""
-        columns = [PROPERTIES.index(p) for p in self.properties]
-        molecules = self.decode(x, mask)
-        alpha = "alpha" in self.properties and bool(y_mask[:, PROPERTIES.index("alpha")].any())
-        self.last_report = self.workers.run(molecules, polarizability=alpha)
-        dft = self.calibration.to_dft(self.last_report, molecules)
-        mean = torch.as_tensor(np.stack([dft[p] for p in self.properties], 1), dtype=torch.float64)
-        scale = torch.as_tensor(self.calibration.residual_std(molecules, self.properties), dtype=torch.float64)
-        keep = y_mask[:, columns].cpu()
+    def log_likelihood(self, mean: Tensor, y: Tensor | None, y_mask: Tensor | None = None,
+                       scale: Tensor | None = None) -> Tensor:
+        """As the Gaussian's, with a failed molecule's (NaN) columns scored :data:`FAILED_LOG_LIKELIHOOD`."""
+        if y is None:
+            raise ValueError("the xTB likelihood needs targets y of shape (B, 6); got None")
+        y = self._target_view(y)
+        wanted = torch.ones_like(y, dtype=torch.bool) if y_mask is None else self._target_view(y_mask).bool()
         failed = ~torch.isfinite(mean)
-        r = gaussian_log_density(y[:, columns].cpu(), mean.nan_to_num(), scale, keep & ~failed, TAIL)
-        r = r + FAILED_LOG_LIKELIHOOD * (keep & failed).sum(1)
-        return r.to(device=x.device, dtype=x.dtype)
+        scale = (self.scale if scale is None else scale).to(mean.dtype)
+        judged = gaussian_log_density(y, mean.nan_to_num(), scale, wanted & ~failed, self.tail)
+        return judged + FAILED_LOG_LIKELIHOOD * (wanted & failed).sum(-1)
 
     def close(self) -> None:
-        self.workers.close()
+        self.regressor.workers.close()
 
 
 def physics_check(molecules: Sequence[Molecule], targets: dict[str, np.ndarray] | None = None,

@@ -105,6 +105,11 @@ def test_xtb_likelihood_prefers_the_target_a_molecule_has(test_molecules):
         judged = np.isfinite(own)
         assert judged.sum() >= 3 and bool((r[:4][judged] > r[4:][judged]).all())
         assert not reward.differentiable
+        scores = reward.predict(x[:4], torch.ones(4, 2, dtype=torch.bool))  # a pool scored once, (M, 1)
+        pairs = reward.log_likelihood(scores.unsqueeze(0), y[:4].unsqueeze(1), y_mask[:4].unsqueeze(1))  # (B, M)
+        torch.testing.assert_close(pairs.diagonal(), r[:4])
+        failed = torch.as_tensor(~judged)
+        assert bool((pairs[:, failed] == -50.0).all())  # FAILED_LOG_LIKELIHOOD, one judged target
     finally:
         reward.close()
 

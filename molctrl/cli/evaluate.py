@@ -116,8 +116,8 @@ def physics_text(summary: dict) -> str:
     from molctrl.data.qm9 import PROPERTY_UNITS
     from molctrl.physics import PHYSICS_PROPERTIES
 
-    lines = [f"  GFN2-xTB            {summary['physics_judged']} molecules judged in {summary['physics_seconds']:.1f} s "
-             "(values on the DFT scale by the recorded calibration)"]
+    lines = [(f"  GFN2-xTB            {summary['physics_judged']} molecules judged in {summary['physics_seconds']:.1f} s "
+              "(values on the DFT scale by the recorded calibration)")]
     for p in PHYSICS_PROPERTIES:
         if f"physics_mean_{p}" in summary:
             mae = summary.get(f"physics_mae_{p}")

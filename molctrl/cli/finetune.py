@@ -29,7 +29,9 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
 @click.option("--run-dir", type=click.Path(file_okay=False), required=True)
 @click.option("--prior", "prior_path", default=None, help="Prior model.safetensors (default: the shipped qm9-noh prior).")
 @click.option("--reward-model", default="qm9-noh-egnn-Db", show_default=True,
-              help="Reward predictor (shipped name or model.safetensors), trained on Db like the generator.")
+              help="Reward predictor (shipped name or model.safetensors), trained on Db like the generator; or xtb: "
+                   "the calibrated GFN2-xTB likelihood (no gradient: RGDM's candidate weights, CTRL's score-function "
+                   "estimator; alpha, gap, homo, lumo, mu).")
 @click.option("--steps", type=int, default=2000, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--lr", type=float, default=1e-5, show_default=True,
@@ -97,6 +99,12 @@ def finetune(method, properties, maximize, run_dir, prior_path, reward_model, st
         raise click.UsageError("give either --property (one or more) or --maximize")
     if not resume and maximize and method == "cond":
         raise click.UsageError("--method cond needs labels: use --property")
+    if reward_model == "xtb":
+        from molctrl.physics import PHYSICS_PROPERTIES
+
+        if maximize or not set(properties) <= set(PHYSICS_PROPERTIES):
+            raise click.BadParameter(f"GFN2-xTB judges property targets of {', '.join(PHYSICS_PROPERTIES)} only",
+                                     param_hint="--reward-model")
     fresh = {"model": {"setting": "qm9-noh", "prior": prior_path, "reward_model": reward_model, "maximize": maximize,
                        "init": init_path,
                        "guidance": asdict(GuidanceConfig(method="ctrl" if method == "cond" else method,
