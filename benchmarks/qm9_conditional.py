@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from benchmarks.record import emit, guided_row, machine_info
+from common.rewards import reward_where
 from common.weights import read_tree
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
@@ -95,7 +96,7 @@ def _row(name: str, sample, conditions: PropertyConditions, evaluator, propertie
         "samples_per_property": n, "sampling_seconds": round(seconds, 1)}
 
 
-def _steered(spec: str, prior, reward, conditions: PropertyConditions, steps: int, judge=None):
+def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, steps: int, judge=None):
     """The row name and sampler of ``--smc K:PROPOSAL[:TAU[:plain]]``, and a box that receives the network
     calls per molecule; ``plain`` reads the reward on x̂₀ unwidened in the potential; ``judge`` (the
     GFN2-xTB likelihood) gives the final weights in the reward's place."""
@@ -120,7 +121,7 @@ def _steered(spec: str, prior, reward, conditions: PropertyConditions, steps: in
     return name, sample, calls
 
 
-def _best_of(k: int, prior, reward, steps: int):
+def best_of_sampler(k: int, prior, reward, steps: int):
     """Best-of-K fresh prior samples per target, by ``reward`` among the valid ones (as SMC's target;
     only the valid ones are scored, so that a costly reward such as xTB judges no broken molecule)."""
     from common.selection import best_of_n
@@ -129,11 +130,7 @@ def _best_of(k: int, prior, reward, steps: int):
     valid = admissible(prior)
 
     def ranked(x, mask, y, y_mask):
-        ok = valid(x, mask)
-        r = torch.full(ok.shape, -torch.inf, dtype=x.dtype)
-        if ok.any():
-            r[ok] = reward(x[ok], mask[ok], y[ok], y_mask[ok]).to(r)
-        return r
+        return reward_where(reward, valid(x, mask), x, mask, y, y_mask)
 
     def sample(y, y_mask, n_atoms, g):
         mask = torch.arange(int(n_atoms.max())).unsqueeze(0) < n_atoms.unsqueeze(1)
@@ -295,12 +292,12 @@ def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_
         reward = likelihood_reward(predictor, predictor.properties, prior.config.type_scale)
         xtb = XTBLikelihood(prior.decode, [p for p in properties if p in PHYSICS_PROPERTIES]) if judge == "xtb" else None
         for spec in smc_specs:
-            name, sample, calls = _steered(spec, prior, reward, conditions, steps, xtb)
+            name, sample, calls = steered_sampler(spec, prior, reward, conditions, steps, xtb)
             rows.append(row(name, sample, conditions, scorer, properties, n_samples, seed) | calls
                         | {"reward_model": smc_reward, "judge": judge})
         for k in best_of:
             rows.append(row(f"best of {k} prior samples" + (", by xTB" if xtb else ""),
-                            _best_of(k, prior, xtb or reward, steps), conditions, scorer, properties, n_samples, seed)
+                            best_of_sampler(k, prior, xtb or reward, steps), conditions, scorer, properties, n_samples, seed)
                         | {"reward_model": smc_reward, "judge": judge, "network_calls_per_molecule": k * (steps + 1)})
     record = {"setting": setting, "evaluator": evaluator, "seed": seed, "sampling_steps": steps, "rows": rows,
               "threads": torch.get_num_threads(),

@@ -5,6 +5,11 @@
 
 Each row samples ``-n`` molecules (atom counts drawn from Db's, the same generator seed for every row) and reports the mean and quartiles of the score over the valid ones (invalid molecules have
 no score), with validity and uniqueness of all of them. The first row is the shipped prior.
+
+Steered rows (``--smc K:PROPOSAL:TAU``, e.g. ``16:prior:0.05``, the CLI's default for ``--maximize``):
+sequential Monte Carlo towards p_prior(x)·exp(score(x)/τ)·1[valid], one molecule per system of K
+particles; best-of-K rows (``--best-of K``): K fresh prior samples per molecule, the valid one with the
+highest score. Both record their denoiser evaluations per molecule.
 """
 from __future__ import annotations
 
@@ -15,11 +20,12 @@ import click
 import numpy as np
 import torch
 
+from benchmarks.qm9_conditional import best_of_sampler, steered_sampler
 from benchmarks.record import emit, machine_info
-from molctrl.chemistry import chemistry_scores
+from molctrl.chemistry import ChemistryReward, chemistry_scores
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
-from molctrl.generate import generate, target_tensors
+from molctrl.generate import atom_counts, generate, target_tensors
 from molctrl.metrics import evaluate_molecules, train_smiles
 from molctrl.weights import load_prior
 
@@ -27,31 +33,52 @@ from molctrl.weights import load_prior
 @click.command()
 @click.option("--score", type=click.Choice(["qed", "logp", "sa"]), default="qed", show_default=True)
 @click.option("--model", "models", multiple=True, metavar="NAME=MODEL", help="A fine-tuned model.safetensors to score.")
+@click.option("--smc", "smc_specs", multiple=True, metavar="K:PROPOSAL:TAU",
+              help="A sequential Monte Carlo row towards exp(score/TAU), e.g. 16:prior:0.05.")
+@click.option("--best-of", "best_of", multiple=True, type=click.IntRange(1), metavar="K",
+              help="A best-of-K row: K fresh prior samples per molecule, the valid one with the highest score.")
 @click.option("-n", "n_samples", type=int, default=500, show_default=True)
 @click.option("--steps", type=int, default=100, show_default=True, help="Sampling steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(score, models, n_samples, steps, seed, threads, out) -> None:
+def main(score, models, smc_specs, best_of, n_samples, steps, seed, threads, out) -> None:
     """Mean score and validity of samples, prior first."""
     if threads:
         torch.set_num_threads(threads)
     conditions = PropertyConditions.from_split(load_split("qm9-noh", "Db"))
+    y, y_mask = target_tensors({}, n_samples)  # no property targets: a conditioned model sees c = 0
     rows = []
-    for name, path in [("prior", None), *(spec.partition("=")[::2] for spec in models)]:
-        model = load_prior(path).eval()
+
+    def scored(name: str, sample, **extra) -> None:
+        g = torch.Generator().manual_seed(seed)
         t0 = time.perf_counter()
-        y, y_mask = target_tensors({}, n_samples)  # no property targets: a conditioned model sees c = 0
-        molecules = generate(model, conditions, y, y_mask, steps, torch.Generator().manual_seed(seed))
+        molecules = sample(g)
         seconds = time.perf_counter() - t0
         values = chemistry_scores(molecules, [score])[score]
         valid = values[np.isfinite(values)]
-        summary = evaluate_molecules(molecules, train_smiles(model.config.setting)).summary
-        rows.append({"row": name, "model": path, f"mean_{score}": round(float(valid.mean()), 4),
+        summary = evaluate_molecules(molecules, train_smiles("qm9-noh")).summary
+        rows.append({"row": name, f"mean_{score}": round(float(valid.mean()), 4),
                      "quartiles": [round(float(q), 4) for q in np.percentile(valid, [25, 50, 75])],
                      "validity": summary["validity"], "uniqueness": summary["uniqueness"],
-                     "sampling_seconds": round(seconds, 1)})
+                     "novelty": summary["novelty"], "sampling_seconds": round(seconds, 1)} | extra)
         print(f"{name}: mean {score} {rows[-1][f'mean_{score}']} validity {summary['validity']:.3f}", file=sys.stderr)
+
+    for name, path in [("prior", None), *(spec.partition("=")[::2] for spec in models)]:
+        model = load_prior(path).eval()
+        scored(name, lambda g, model=model: generate(model, conditions, y, y_mask, steps, g), model=path,
+               network_calls_per_molecule=steps + 1)
+    prior = load_prior(None).eval()
+    reward = ChemistryReward(score, prior.decode)
+    for spec in smc_specs:
+        name, sample, calls = steered_sampler(spec, prior, reward, conditions, steps)
+        scored(name, lambda g, sample=sample: sample(y, y_mask, atom_counts(conditions, y, y_mask, generator=g), g))
+        rows[-1] |= calls
+    for k in best_of:
+        sample = best_of_sampler(k, prior, reward, steps)
+        scored(f"best of {k} prior samples",
+               lambda g, sample=sample: sample(y, y_mask, atom_counts(conditions, y, y_mask, generator=g), g),
+               network_calls_per_molecule=k * (steps + 1))
     emit({"score": score, "samples": n_samples, "sampling_steps": steps, "seed": seed, "rows": rows,
           "threads": torch.get_num_threads(), "machine": machine_info(),
           "command": "python -m benchmarks.qm9_maximize " + " ".join(sys.argv[1:])}, out)

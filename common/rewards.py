@@ -123,6 +123,17 @@ class GaussianLogLikelihood(Reward):
         return self.log_likelihood(mean, y, y_mask, scale)
 
 
+def reward_where(reward: Reward, keep: Tensor, x: Tensor, mask: Tensor, y: Tensor | None = None,
+                 y_mask: Tensor | None = None) -> Tensor:
+    """``(B,)``: the reward of the rows ``keep (B,)`` selects, −inf elsewhere; only those rows are scored
+    (a costly judge, e.g. physics, never sees a rejected sample)."""
+    keep = keep.to(x.device)
+    r = torch.full(keep.shape, -torch.inf, dtype=x.dtype, device=x.device)
+    if keep.any():
+        r[keep] = reward(x[keep], mask[keep], *(None if v is None else v[keep] for v in (y, y_mask))).to(r)
+    return r
+
+
 class WeightedSum(Reward):
     """Σ_i w_i · r_i(x, mask, y, y_mask); differentiable iff every term is."""
 

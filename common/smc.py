@@ -39,7 +39,7 @@ from torch import Tensor
 
 from common.diffusion import Denoiser, GaussianDiffusion
 from common.guidance import GuidedDenoiser, reconstruction_likelihood
-from common.rewards import GaussianLogLikelihood, Reward
+from common.rewards import GaussianLogLikelihood, Reward, reward_where
 
 FLOOR = -1e30  # the potential of a state whose reward estimate is NaN or −inf: kept finite so that weights stay defined
 
@@ -121,11 +121,7 @@ def reward_potential(reward: Reward, diffusion: GaussianDiffusion, y: Tensor | N
     def final(x: Tensor, mask: Tensor) -> Tensor:
         if admissible is None:
             return judge(x, mask, y, y_mask)
-        ok = admissible(x, mask).to(x.device)
-        r = torch.full(ok.shape, -torch.inf, dtype=x.dtype, device=x.device)
-        if ok.any():
-            r[ok] = judge(x[ok], mask[ok], *(None if v is None else v[ok] for v in (y, y_mask))).to(r)
-        return r
+        return reward_where(judge, admissible(x, mask), x, mask, y, y_mask)
 
     return Potential(estimate, final)
 

@@ -252,7 +252,7 @@ def test_generate_reports_bad_requests_in_one_line(weight_files, tmp_path):
     assert not (tmp_path / "m.sdf").exists()
 
 
-def test_conditional_benchmark_scores_methods_by_the_edm_protocol(weight_files, conditioned_model):
+def test_conditional_benchmark_scores_methods_by_the_edm_protocol(weight_files, conditioned_model, tmp_path):
     from benchmarks.qm9_conditional import main as benchmark
 
     predictor = str(weight_files / "predictor.safetensors")
@@ -271,6 +271,14 @@ def test_conditional_benchmark_scores_methods_by_the_edm_protocol(weight_files, 
                                           "--property", "mu", "-n", "2", "--steps", "2"])
     assert late.exit_code == 0, late.output
     assert json.loads(late.stdout)["rows"][0]["window"] == [25, 50]
+    judged = CliRunner().invoke(benchmark, ["--method", f"ctrl={conditioned_model}", "--references", "", "--physics",
+                                            "--evaluator", predictor, "--property", "mu", "-n", "2", "--steps", "2",
+                                            "--samples", str(tmp_path)])
+    assert judged.exit_code == 0, judged.output
+    floor, ctrl = json.loads(judged.stdout)["rows"]
+    assert floor["row"] == "GFN2-xTB L-bound" and 0.2 < floor["physics_mae"]["mu"] < 1.0  # the calibration record
+    assert set(ctrl["physics_mae"]) == {"mu"} and ctrl["physics_judged"]["mu"] <= 2
+    assert len(read_molecules(tmp_path / "ctrl_mu.sdf")) == 2
     bad = CliRunner().invoke(benchmark, ["--guidance", predictor, "--guidance-window", "150:0"])
     assert bad.exit_code == 2 and "expected LO:HI" in bad.output, bad.output
 
