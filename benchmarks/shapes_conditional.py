@@ -31,6 +31,12 @@ target, for both (``mae_composed``, ``mae_class_only``), and the class accuracy 
 units on the first ``n_train_points`` points of each cloud (a random subset: points are exchangeable),
 as in training.
 
+**Steered rows** (``--smc K:PROPOSAL``): sequential Monte Carlo (:func:`shapectrl.steer.steer_shapes`)
+from the prior (``--prior``, default the shipped one) towards p_prior(x)·exp(r(x; y)), r the reward
+classifier's log-probability of the class plus the attribute tolerance likelihoods (``--reward``, the
+PointNet; the evaluator stays the EdgeConv), K particles per cloud moved by the prior or by a --method's
+model; class rows and attribute rows as above, with the denoiser evaluations per cloud.
+
 Compute per row: the model's training steps and seconds (from its weights file) and sampling seconds.
 """
 from __future__ import annotations
@@ -116,10 +122,10 @@ def _class_rows(name: str, draw, evaluator, test: ProceduralShapes, references: 
     return row | {"sampling_seconds": round(seconds, 1)}
 
 
-def _attribute_rows(model: ControlledShapes, evaluator, test: ProceduralShapes, specs, n: int, points: int,
-                    steps: int, seed: int, guidance_scale: float) -> list[dict]:
-    rows, conditions = [], model.conditions
-    n_measure = model.model.config.n_train_points
+def _attribute_rows(sample, conditions, frame: Normalisation, n_measure: int, evaluator, test: ProceduralShapes,
+                    specs, n: int, seed: int) -> list[dict]:
+    """Attribute-control rows of one sampler ``sample(y, mask, g) -> (B, N, 3)`` (normalised clouds)."""
+    rows = []
     for j, spec in enumerate(specs):
         cls, _, attribute = spec.partition(":")
         if attribute not in conditions.attributes:
@@ -138,17 +144,43 @@ def _attribute_rows(model: ControlledShapes, evaluator, test: ProceduralShapes, 
                 y[:, column], mask[:, column] = targets, True
             if not mask.any():
                 continue
-            g = torch.Generator().manual_seed(seed * 1000 + 100 + j)
-            clouds = model.sample(y, mask, points, steps, g, guidance_scale=guidance_scale)
-            measured = conditions.measure(model.model.denormalise(clouds[:, :n_measure]))[:, column - 1]
+            clouds = sample(y, mask, torch.Generator().manual_seed(seed * 1000 + 100 + j))
+            measured = conditions.measure(frame.denormalise(clouds[:, :n_measure]))[:, column - 1]
             row[f"mae_{label}"] = round(float((measured - targets).abs().mean()), 5)
             if cls != "any":
-                row[f"accuracy_{label}"] = _accuracy(evaluator, clouds, cls, model.model.normalisation)
+                row[f"accuracy_{label}"] = _accuracy(evaluator, clouds, cls, frame)
             if cls == "any":
                 break
         print(f"attribute {spec}: {row}", file=sys.stderr)
         rows.append(row)
     return rows
+
+
+def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, points: int, steps: int,
+             guidance_scale: float):
+    """The row name and sampler ``sample(y, mask, g)`` of ``--smc K:PROPOSAL`` (the prior, or a --method's model),
+    steered by the reward classifier and the attribute tolerances of the first --method's conditions."""
+    from shapectrl.reward import ShapeReward
+    from shapectrl.steer import steer_shapes
+    from shapectrl.weights import PRIOR, weight_path
+
+    k, _, proposal = spec.partition(":")
+    proposal = proposal or "prior"
+    if proposal != "prior" and proposal not in models:
+        raise click.BadParameter(f"{spec}: the proposal is 'prior' or a --method name", param_hint="--smc")
+    reference = next(iter(models.values()))[1]
+    prior = ShapeDiffusion.load(weight_path(prior_path or PRIOR)).eval()
+    reward = ShapeReward(ShapeClassifier.load(weight_path(reward_path)), reference.conditions,
+                         reference.control.get("tolerance", 0.1))
+    kernel = None if proposal == "prior" else models[proposal][1]
+    calls = {}
+
+    def sample(y: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        steered = steer_shapes(prior, reward, y, mask, points, int(k), steps, kernel, guidance_scale, generator=g)
+        calls.update(network_calls_per_cloud=steered.network_calls, mean_ess=round(float(steered.ess.mean()), 2))
+        return steered.clouds
+
+    return f"SMC, K = {k}, {proposal} proposal", sample, calls
 
 
 @click.command()
@@ -159,6 +191,11 @@ def _attribute_rows(model: ControlledShapes, evaluator, test: ProceduralShapes, 
                    "class's test clouds (its accuracy is the share of the class among the prior's samples).")
 @click.option("--best-of-pool", "pool_path", type=click.Path(exists=True, dir_okay=False), default=None, metavar="POOL",
               help="Also score best-of-N selection from this scored pool of prior clouds (an RGDM run's pool.safetensors).")
+@click.option("--smc", "smc_specs", multiple=True, metavar="K:PROPOSAL",
+              help="A sequential Monte Carlo row: K particles per cloud from the --prior (default: shipped), moved by "
+                   "the prior or by a --method's model (its NAME), steered by --reward; class and attribute rows.")
+@click.option("--reward", "reward_path", default="shapectrl/weights/shapes-classifier-pointnet.safetensors",
+              show_default=True, help="The reward classifier of the --smc rows.")
 @click.option("--evaluator", default="shapectrl/weights/shapes-classifier-dgcnn.safetensors", show_default=True,
               help="The classifier that scores the samples (not the reward classifier).")
 @click.option("--attribute", "attributes", multiple=True, default=DEFAULT_ATTRIBUTES, show_default=True,
@@ -177,7 +214,7 @@ def _attribute_rows(model: ControlledShapes, evaluator, test: ProceduralShapes, 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(methods, prior_path, pool_path, evaluator, attributes, no_attributes, n_samples, points, emd_points, steps, guidance_scale, data_dir, seed, threads, out) -> None:
+def main(methods, prior_path, pool_path, smc_specs, reward_path, evaluator, attributes, no_attributes, n_samples, points, emd_points, steps, guidance_scale, data_dir, seed, threads, out) -> None:
     """Class accuracy, 1-NNA, COV and MMD per class, and attribute errors, of controlled shape models."""
     if threads:
         torch.set_num_threads(threads)
@@ -232,8 +269,24 @@ def main(methods, prior_path, pool_path, evaluator, attributes, no_attributes, n
                     | {"model": path, "train_steps": trained.get("step"), "train_seconds": trained.get("train_seconds"),
                        "pool_seconds": trained.get("control", {}).get("pool_seconds")})
         if attributes:
-            attribute_rows[name] = _attribute_rows(model, scorer, test, attributes, n_samples, points, steps, seed,
-                                                   guidance_scale)
+            def sample(y, mask, g, model=model):
+                return model.sample(y, mask, points, steps, g, guidance_scale=guidance_scale)
+
+            attribute_rows[name] = _attribute_rows(sample, model.conditions, frame, model.model.config.n_train_points,
+                                                   scorer, test, attributes, n_samples, seed)
+    for spec in smc_specs:
+        name, sample, calls = _steered(spec, models, prior_path, reward_path, points, steps, guidance_scale)
+        conditions = next(iter(models.values()))[1].conditions
+
+        def draw(cls: str, k: int, sample=sample, conditions=conditions) -> torch.Tensor:
+            y, mask = conditions.target(cls)
+            return sample(y.expand(n_samples, -1), mask.expand(n_samples, -1), torch.Generator().manual_seed(seed * 1000 + k))
+
+        rows.append(_class_rows(name, draw, scorer, test, references) | calls)
+        if attributes:
+            n_measure = next(iter(models.values()))[1].model.config.n_train_points
+            attribute_rows[name] = _attribute_rows(sample, conditions, frame, n_measure, scorer, test, attributes,
+                                                   n_samples, seed)
     record = {"evaluator": evaluator, "samples_per_class": n_samples, "points": points, "guidance_scale": guidance_scale,
               "emd_points": emd_points, "sampling_steps": steps,
               "seed": seed, "rows": rows, "attributes": attribute_rows, "threads": torch.get_num_threads(),
