@@ -146,10 +146,13 @@ def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
                                             "--prior", str(prior_path), "--best-of-pool", str(pool_path),
                                             "-n", "3", "--points", "32", "--steps", "2", "--data-dir", str(tmp_path),
                                             "--attribute", "chair:chair_back_height", "--threads", "1",
-                                            "--out", str(out)])
+                                            "--smc", "2:rgdm", "--reward", str(evaluator_path), "--out", str(out)])
     assert result.exit_code == 0, result.output
     record = json.loads(out.read_text())
-    data, blind, best, rgdm = record["rows"]
+    data, blind, best, rgdm, steered = record["rows"]
+    assert steered["row"] == "SMC, K = 2, rgdm proposal" and steered["network_calls_per_cloud"] > 0
+    assert set(steered["classes"]) == {"airplane", "chair", "car"}
+    assert record["attributes"]["SMC, K = 2, rgdm proposal"][0]["mae_composed"] >= 0
     assert blind["row"] == "prior (no control)" and best["row"] == "best-of-2 (prior pool)"
     assert data["row"] == "data (valid split)" and rgdm["row"] == "rgdm"
     for row in (data, blind, best, rgdm):
