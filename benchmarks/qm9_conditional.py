@@ -52,7 +52,7 @@ from molctrl.noisy_predictor import NoisyPropertyPredictor
 from molctrl.physics import PHYSICS_PROPERTIES
 from molctrl.predictor import PROPERTIES, likelihood_reward
 from molctrl.weights import load_predictor, load_prior
-from molctrl.xtb_reward import XTBLikelihood, physics_check
+from molctrl.xtb_reward import JUDGES, final_judge, physics_check
 
 
 def protocol_targets(conditions: PropertyConditions, prop: str, n: int,
@@ -96,7 +96,8 @@ def _row(name: str, sample, conditions: PropertyConditions, evaluator, propertie
         "samples_per_property": n, "sampling_seconds": round(seconds, 1)}
 
 
-def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, steps: int, judge=None):
+def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, steps: int, judge=None,
+                    judge_name: str = "xtb"):
     """The row name and sampler of ``--smc K:PROPOSAL[:TAU[:plain]]``, and a box that receives the network
     calls per molecule; ``plain`` reads the reward on x̂₀ unwidened in the potential; ``judge`` (the
     GFN2-xTB likelihood) gives the final weights in the reward's place."""
@@ -117,7 +118,7 @@ def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, st
         return molecules
 
     name = (f"SMC, K = {steering.particles}, {steering.proposal} proposal" + (f", τ = {tau}" if float(tau) != 1 else "")
-            + (", plain potential" if potential == "plain" else "") + (", xTB final weights" if judge else ""))
+            + (", plain potential" if potential == "plain" else "") + (f", final weights: {judge_name}" if judge else ""))
     return name, sample, calls
 
 
@@ -220,9 +221,9 @@ def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
               help="A best-of-K row: K fresh prior samples per target, the valid one --smc-reward likes best.")
 @click.option("--smc-reward", default="qm9-noh-e3nn-Db", show_default=True,
               help="The reward predictor of the --smc and --best-of rows.")
-@click.option("--judge", type=click.Choice(["model", "xtb"]), default="model", show_default=True,
+@click.option("--judge", type=click.Choice(JUDGES), default="model", show_default=True,
               help="What the --smc rows' final weights and the --best-of rows' ranking read: the --smc-reward "
-                   "predictor, or the calibrated GFN2-xTB likelihood (the predictor still steers SMC's path).")
+                   "predictor, the calibrated GFN2-xTB likelihood, or both (the predictor still steers SMC's path).")
 @click.option("--unconditional", is_flag=True, help="Also score the prior itself, blind to the targets.")
 @click.option("--prior", "prior_path", default=None, help="Prior for guidance rows (default: shipped).")
 @click.option("--evaluator", default="qm9-noh-egnn-Da", show_default=True)
@@ -290,13 +291,16 @@ def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_
         prior = load_prior(prior_path).eval()
         predictor = load_predictor(smc_reward).eval()
         reward = likelihood_reward(predictor, predictor.properties, prior.config.type_scale)
-        xtb = XTBLikelihood(prior.decode, [p for p in properties if p in PHYSICS_PROPERTIES]) if judge == "xtb" else None
+        if judge == "xtb" and not set(properties) <= set(PHYSICS_PROPERTIES):
+            raise click.BadParameter(f"GFN2-xTB judges {', '.join(PHYSICS_PROPERTIES)} only: pass --property for "
+                                     "those", param_hint="--judge")
+        xtb = final_judge(judge, reward, prior.decode, properties)
         for spec in smc_specs:
-            name, sample, calls = steered_sampler(spec, prior, reward, conditions, steps, xtb)
+            name, sample, calls = steered_sampler(spec, prior, reward, conditions, steps, xtb, judge)
             rows.append(row(name, sample, conditions, scorer, properties, n_samples, seed) | calls
                         | {"reward_model": smc_reward, "judge": judge})
         for k in best_of:
-            rows.append(row(f"best of {k} prior samples" + (", by xTB" if xtb else ""),
+            rows.append(row(f"best of {k} prior samples" + (f", by {judge}" if xtb else ""),
                             best_of_sampler(k, prior, xtb or reward, steps), conditions, scorer, properties, n_samples, seed)
                         | {"reward_model": smc_reward, "judge": judge, "network_calls_per_molecule": k * (steps + 1)})
     record = {"setting": setting, "evaluator": evaluator, "seed": seed, "sampling_steps": steps, "rows": rows,

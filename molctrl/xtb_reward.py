@@ -23,7 +23,12 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from torch import Tensor, nn
 
-from common.rewards import GaussianLogLikelihood, gaussian_log_density
+from common.rewards import (
+    GaussianLogLikelihood,
+    Reward,
+    WeightedSum,
+    gaussian_log_density,
+)
 from molctrl.molecule import Molecule
 from molctrl.physics import PHYSICS_PROPERTIES, PhysicsReport, XTBWorkers
 from molctrl.predictor import PROPERTIES, TAIL
@@ -203,3 +208,26 @@ def physics_check(molecules: Sequence[Molecule], targets: dict[str, np.ndarray] 
         else:
             m.properties |= {name: round(float(c[k]), 4) for name, c in columns.items() if name != "xtb_failure"}
     return columns, summary
+
+
+#: What a steered sampler's final weights (or a best-of ranking) read: the reward predictor alone, the
+#: GFN2-xTB likelihood alone, or both (the product of the two likelihoods, xTB on gap/HOMO/LUMO/μ).
+JUDGES = ("model", "xtb", "both")
+BOTH_JUDGED = ("gap", "homo", "lumo", "mu")  # α's xTB ranks DFT's poorly (Spearman 0.76) and costs 6 more points
+
+
+def final_judge(judge: str, reward: Reward, decode: Callable[[Tensor, Tensor], list[Molecule]],
+                properties: Sequence[str]) -> Reward | None:
+    """The final reward of ``judge`` for targets of ``properties`` (None: ``reward`` itself).
+
+    ``xtb`` judges every targeted property (all must be ones xTB gives); ``both`` adds the xTB likelihood of
+    the targets among :data:`BOTH_JUDGED` to ``reward`` — two independent measurements of the same
+    property, so the target p_pre·exp((r_model + r_xtb)/τ) asks both to agree."""
+    if judge not in JUDGES:
+        raise ValueError(f"unknown judge {judge!r} (expected one of {', '.join(JUDGES)})")
+    if judge == "model":
+        return None
+    if judge == "xtb":
+        return XTBLikelihood(decode, list(properties))
+    judged = [p for p in properties if p in BOTH_JUDGED]
+    return WeightedSum([(1.0, reward), (1.0, XTBLikelihood(decode, judged))]) if judged else None

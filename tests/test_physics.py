@@ -168,3 +168,20 @@ def test_generate_verifies_by_physics_and_judges_final_weights_by_xtb(tmp_path):
     once = CliRunner().invoke(main, ["generate", "--target", "gap=6500", "--reward", "xtb", "--particles", "0",
                                      "--out", str(tmp_path / "o.sdf")])
     assert once.exit_code == 2 and "--reward xtb judges the particles" in once.output
+
+
+def test_final_judges_compose_the_predictor_and_physics():
+    from common.rewards import Reward, WeightedSum
+    from molctrl.xtb_reward import XTBLikelihood, final_judge
+
+    model = Reward()
+    assert final_judge("model", model, None, ["gap"]) is None
+    assert final_judge("both", model, None, ["alpha", "Cv"]) is None  # nothing xTB judges well: the predictor alone
+    both = final_judge("both", model, None, ["alpha", "gap", "mu"])
+    assert isinstance(both, WeightedSum) and both.terms[0] is model
+    assert both.terms[1].regressor.properties == ["gap", "mu"] and not both.differentiable
+    assert isinstance(final_judge("xtb", model, None, ["alpha"]), XTBLikelihood)
+    with pytest.raises(ValueError, match="cannot judge Cv"):
+        final_judge("xtb", model, None, ["gap", "Cv"])
+    with pytest.raises(ValueError, match="unknown judge 'dft'"):
+        final_judge("dft", model, None, ["gap"])

@@ -43,10 +43,11 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
 @click.option("--reward-model", default="qm9-noh-e3nn-Db", show_default=True,
               help="Predictor for --method guidance (reconstruction guidance through x̂₀), or a noise-aware "
                    "predictor ('molctrl train predictor --noise-aware') for classifier guidance.")
-@click.option("--reward", "judge", type=click.Choice(["model", "xtb"]), default="model", show_default=True,
+@click.option("--reward", "judge", type=click.Choice(["model", "xtb", "both"]), default="model", show_default=True,
               help="With --particles and --target: what the final weights judge. model: the --reward-model "
                    "predictor; xtb: GFN2-xTB recomputed for every finished valid particle and mapped onto the DFT "
-                   "scale (gap, homo, lumo, mu, alpha; the predictor still steers the path). Slower (README).")
+                   "scale (gap, homo, lumo, mu, alpha); both: the predictor's and xTB's likelihoods together (xTB on "
+                   "gap, homo, lumo, mu). The predictor always steers the path (README: Physics in the loop).")
 @click.option("--verify", is_flag=True, help="Recompute the targeted properties by GFN2-xTB (tblite) on the DFT scale: "
               "SDF fields xtb_*, and the physics MAE printed beside the evaluator's.")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Guidance scale of --method guidance.")
@@ -108,13 +109,14 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
         steps_window = None if window is None else parse_window(window)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--guidance-window") from None
-    if judge == "xtb" and not (particles and wanted):
-        raise click.UsageError("--reward xtb judges the particles of property targets: use it with --target and --particles")
-    if (judge == "xtb" or verify) and not _physics_available():
-        raise click.UsageError(f"{'--verify' if verify else '--reward xtb'}: {_physics_available.reason}")
+    if judge != "model" and not (particles and wanted):
+        raise click.UsageError(f"--reward {judge} judges the particles of property targets: use it with --target "
+                               "and --particles")
+    if (judge != "model" or verify) and not _physics_available():
+        raise click.UsageError(f"{'--verify' if verify else '--reward ' + judge}: {_physics_available.reason}")
     if particles:
         model, conditioned, reward = _steering_models(proposal, prior_path, model_path, maximize, reward_model)
-        final_reward = _xtb_reward(model, wanted) if judge == "xtb" else None
+        final_reward = _final_judge(judge, reward, model, wanted)
         guidance = None
     else:
         model, guidance = _model(method, model_path, maximize, reward_model, scale, steps_window)
@@ -212,12 +214,12 @@ def _physics_available() -> bool:
     return True
 
 
-def _xtb_reward(prior, wanted: dict[str, float]):
-    """The GFN2-xTB likelihood of the targets (all of them must be properties xTB gives)."""
-    from molctrl.xtb_reward import XTBLikelihood
+def _final_judge(judge: str, reward, prior, wanted: dict[str, float]):
+    """The final weights' reward of ``--reward`` (None: the steering reward itself)."""
+    from molctrl.xtb_reward import final_judge
 
     try:
-        return XTBLikelihood(prior.decode, list(wanted))
+        return final_judge(judge, reward, prior.decode, list(wanted))
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--reward") from None
 
