@@ -199,9 +199,12 @@ def _serve(connection) -> None:
     """Worker loop: receive ``(index, symbols, positions, polarizability)``, send back ``(index, values, reason)``."""
     os.environ["OMP_NUM_THREADS"] = "1"  # before tblite's OpenMP runtime starts
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
-    while (task := connection.recv()) is not None:
-        index, symbols, positions, polarizability = task
-        connection.send((index, *judge(Molecule(symbols, positions), polarizability)))
+    try:
+        while (task := connection.recv()) is not None:
+            index, symbols, positions, polarizability = task
+            connection.send((index, *judge(Molecule(symbols, positions), polarizability)))
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):  # the parent is gone (or stopped): nothing to report to
+        return
 
 
 class XTBWorkers:

@@ -43,11 +43,13 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
 @click.option("--reward-model", default="qm9-noh-e3nn-Db", show_default=True,
               help="Predictor for --method guidance (reconstruction guidance through x̂₀), or a noise-aware "
                    "predictor ('molctrl train predictor --noise-aware') for classifier guidance.")
-@click.option("--reward", "judge", type=click.Choice(["model", "xtb", "both"]), default="model", show_default=True,
+@click.option("--reward", "judge", type=click.Choice(["model", "xtb", "both"]), default=None,
               help="With --particles and --target: what the final weights judge. model: the --reward-model "
                    "predictor; xtb: GFN2-xTB recomputed for every finished valid particle and mapped onto the DFT "
                    "scale (gap, homo, lumo, mu, alpha); both: the predictor's and xTB's likelihoods together (xTB on "
-                   "gap, homo, lumo, mu). The predictor always steers the path (README: Physics in the loop).")
+                   "gap, homo, lumo, mu). The predictor always steers the path (README: Physics in the loop). "
+                   "[default: both where tblite is installed (the same evaluator MAE, half the physics MAE, ~10 %% "
+                   "more time); else model]")
 @click.option("--verify", is_flag=True, help="Recompute the targeted properties by GFN2-xTB (tblite) on the DFT scale: "
               "SDF fields xtb_*, and the physics MAE printed beside the evaluator's.")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Guidance scale of --method guidance.")
@@ -109,17 +111,20 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
         steps_window = None if window is None else parse_window(window)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--guidance-window") from None
-    if judge != "model" and not (particles and wanted):
+    if judge not in (None, "model") and not (particles and wanted):
         raise click.UsageError(f"--reward {judge} judges the particles of property targets: use it with --target "
                                "and --particles")
-    if (judge != "model" or verify) and not _physics_available():
+    if (judge not in (None, "model") or verify) and not _physics_available():
         raise click.UsageError(f"{'--verify' if verify else '--reward ' + judge}: {_physics_available.reason}")
+    if judge is None:
+        judge = "both" if particles and wanted and _physics_available() else "model"
     if particles:
         model, conditioned, reward = _steering_models(proposal, prior_path, model_path, maximize, reward_model)
         final_reward = _final_judge(judge, reward, model, wanted)
         guidance = None
     else:
         model, guidance = _model(method, model_path, maximize, reward_model, scale, steps_window)
+        final_reward = None
     scorer = load_predictor(evaluator).eval() if wanted else None
     conditions = PropertyConditions.from_split(load_split(model.config.setting, "Db"))
     try:
@@ -169,6 +174,8 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
         judged = [p for p in wanted if p in PHYSICS_PROPERTIES] or list(PHYSICS_PROPERTIES)
         summary |= physics_check(molecules, {p: np.float64(wanted[p]) for p in judged if p in wanted}, judged)[1]
     how = f"smc {particles} particles, {proposal} proposal" if particles else f"method {method}"
+    if final_reward is not None:
+        how += f", final weights by {'GFN2-xTB' if judge == 'xtb' else 'the predictor and GFN2-xTB'}"
     for k, m in enumerate(molecules):
         m.title = f"molctrl generate {k} seed {seed} {how}"
     png = png_path or str(Path(out).with_suffix(".png"))
@@ -176,6 +183,7 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
     grid_png(molecules, ["; ".join(parts) for parts in legends], png)
     if particles:
         summary |= {"particles": particles, "proposal": proposal, "temperature": steering.temperature,
+                    "final_weights": "model" if final_reward is None else judge,
                     "mean_ess": round(float(report.ess.mean()), 2), "network_calls_per_molecule": report.network_calls,
                     "systems_without_a_valid_particle": report.no_valid}
     summary |= {"method": "smc" if particles else method, "guidance_scale": guidance_scale,
