@@ -48,8 +48,8 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
                    "predictor; xtb: GFN2-xTB recomputed for every finished valid particle and mapped onto the DFT "
                    "scale (gap, homo, lumo, mu, alpha); both: the predictor's and xTB's likelihoods together (xTB on "
                    "gap, homo, lumo, mu). The predictor always steers the path (README: Physics in the loop). "
-                   "[default: both where tblite is installed (the same evaluator MAE, half the physics MAE, ~10 %% "
-                   "more time); else model]")
+                   "[default: both where tblite is installed (lower MAE by the evaluator and by xTB in the README's "
+                   "benchmark, at ~1.25x the time); else model]")
 @click.option("--verify", is_flag=True, help="Recompute the targeted properties by GFN2-xTB (tblite) on the DFT scale: "
               "SDF fields xtb_*, and the physics MAE printed beside the evaluator's.")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Guidance scale of --method guidance.")
