@@ -191,3 +191,20 @@ def test_final_judges_compose_the_predictor_and_physics():
         final_judge("xtb", model, None, ["gap", "Cv"])
     with pytest.raises(ValueError, match="unknown judge 'dft'"):
         final_judge("dft", model, None, ["gap"])
+
+
+def test_rgdm_scores_its_candidate_pool_by_xtb(tmp_path):
+    from common.weights import read_tree
+    from molctrl.cli import main
+
+    run = tmp_path / "rgdm-xtb"
+    result = CliRunner().invoke(main, ["finetune", "--method", "rgdm", "--proposal", "prior", "--reward-model", "xtb",
+                                       "--property", "gap", "--pool-size", "12", "--pool-steps", "5", "--candidates", "6",
+                                       "--steps", "1", "--batch-size", "2", "--run-dir", str(run), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    pool = read_tree(run / "pool.safetensors")
+    # one xTB gap (DFT scale) per pool molecule (at least 32 of each atom count); NaN where xTB could not judge
+    assert pool["scores"].shape == (len(pool["types"]), 1)
+    bad = CliRunner().invoke(main, ["finetune", "--method", "rgdm", "--reward-model", "xtb", "--property", "Cv",
+                                    "--run-dir", str(tmp_path / "cv")])
+    assert bad.exit_code == 2 and "GFN2-xTB judges property targets of" in bad.output
