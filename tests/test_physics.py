@@ -164,11 +164,11 @@ def test_generate_verifies_by_physics_and_judges_final_weights_by_xtb(tmp_path):
     assert summary["final_weights"] == "xtb"
     for molecule in read_molecules(out):
         assert "xtb_gap_dft" in molecule.properties or "xtb_failure" in molecule.properties
-    for target, judge in (("gap=6500", "both"), ("alpha=70", "model")):  # the default: xTB where it judges well
+    for target, weights in (("gap=6500", "both"), ("alpha=70", "model")):  # the default: xTB where it judges well
         result = CliRunner().invoke(main, ["generate", "--target", target, "-n", "1", "--particles", "2", "--steps", "5",
                                            "--out", str(tmp_path / "default.sdf"), "--json"])
         assert result.exit_code == 0, result.output
-        assert json.loads(result.output.strip().splitlines()[-1])["final_weights"] == judge
+        assert json.loads(result.output.strip().splitlines()[-1])["final_weights"] == weights
     bad = CliRunner().invoke(main, ["generate", "--target", "Cv=30", "--reward", "xtb", "--out", str(tmp_path / "c.sdf")])
     assert bad.exit_code == 2 and "GFN2-xTB cannot judge Cv" in bad.output
     once = CliRunner().invoke(main, ["generate", "--target", "gap=6500", "--reward", "xtb", "--particles", "0",
