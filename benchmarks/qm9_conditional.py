@@ -17,8 +17,8 @@ rows (``--best-of K``): K fresh prior samples per target, the valid one the same
 Both record their denoiser evaluations per molecule.
 
 ``--physics`` judges every row's samples of alpha, gap, HOMO, LUMO and μ again by GFN2-xTB
-(:func:`molctrl.xtb_reward.physics_check`: hydrogens added, one single point, the recorded linear map onto
-QM9's DFT scale) and adds ``physics_mae`` (over the molecules xTB could judge; ``physics_judged`` counts
+(:func:`molctrl.xtb_reward.physics_check`: hydrogens added, one single point, the recorded quadratic map
+onto QM9's DFT scale) and adds ``physics_mae`` (over the molecules xTB could judge; ``physics_judged`` counts
 them) beside the evaluator's ``mae``; the reference row ``GFN2-xTB L-bound`` is xTB's own MAE on real
 test molecules by the same route (``benchmarks.xtb_calibration``), the floor a perfect generator meets.
 
@@ -96,11 +96,11 @@ def _row(name: str, sample, conditions: PropertyConditions, evaluator, propertie
         "samples_per_property": n, "sampling_seconds": round(seconds, 1)}
 
 
-def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, steps: int, judge=None,
-                    judge_name: str = "xtb"):
+def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, steps: int, final_reward=None,
+                    judge: str = "model"):
     """The row name and sampler of ``--smc K:PROPOSAL[:TAU[:plain]]``, and a box that receives the network
-    calls per molecule; ``plain`` reads the reward on x̂₀ unwidened in the potential; ``judge`` (the
-    GFN2-xTB likelihood) gives the final weights in the reward's place."""
+    calls per molecule; ``plain`` reads the reward on x̂₀ unwidened in the potential; ``final_reward`` (of
+    the ``--judge`` named ``judge``) gives the final weights in the reward's place."""
     from molctrl.steer import Steering, steer
     from molctrl.weights import WEIGHTS_DIR
 
@@ -112,13 +112,13 @@ def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, st
 
     def sample(y, y_mask, n_atoms, g):
         molecules, report = steer(prior, reward, y, y_mask, n_atoms, steering, conditions, steps, g, conditioned,
-                                  final_reward=judge)
+                                  final_reward=final_reward)
         calls["network_calls_per_molecule"] = report.network_calls
         calls["mean_ess"] = round(float(report.ess.mean()), 2)
         return molecules
 
     name = (f"SMC, K = {steering.particles}, {steering.proposal} proposal" + (f", τ = {tau}" if float(tau) != 1 else "")
-            + (", plain potential" if potential == "plain" else "") + (f", final weights: {judge_name}" if judge else ""))
+            + (", plain potential" if potential == "plain" else "") + (f", final weights: {judge}" if final_reward else ""))
     return name, sample, calls
 
 
@@ -294,14 +294,14 @@ def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_
         if judge == "xtb" and not set(properties) <= set(PHYSICS_PROPERTIES):
             raise click.BadParameter(f"GFN2-xTB judges {', '.join(PHYSICS_PROPERTIES)} only: pass --property for "
                                      "those", param_hint="--judge")
-        xtb = final_judge(judge, reward, prior.decode, properties)
+        final = final_judge(judge, reward, prior.decode, properties)
         for spec in smc_specs:
-            name, sample, calls = steered_sampler(spec, prior, reward, conditions, steps, xtb, judge)
+            name, sample, calls = steered_sampler(spec, prior, reward, conditions, steps, final, judge)
             rows.append(row(name, sample, conditions, scorer, properties, n_samples, seed) | calls
                         | {"reward_model": smc_reward, "judge": judge})
         for k in best_of:
-            rows.append(row(f"best of {k} prior samples" + (f", by {judge}" if xtb else ""),
-                            best_of_sampler(k, prior, xtb or reward, steps), conditions, scorer, properties, n_samples, seed)
+            rows.append(row(f"best of {k} prior samples" + (f", by {judge}" if final else ""),
+                            best_of_sampler(k, prior, final or reward, steps), conditions, scorer, properties, n_samples, seed)
                         | {"reward_model": smc_reward, "judge": judge, "network_calls_per_molecule": k * (steps + 1)})
     record = {"setting": setting, "evaluator": evaluator, "seed": seed, "sampling_steps": steps, "rows": rows,
               "threads": torch.get_num_threads(),

@@ -6,7 +6,7 @@
 Each row samples ``-n`` molecules (atom counts drawn from Db's, the same generator seed for every row) and reports the mean and quartiles of the score over the valid ones (invalid molecules have
 no score), with validity and uniqueness of all of them. The first row is the shipped prior.
 
-Steered rows (``--smc K:PROPOSAL:TAU``, e.g. ``16:prior:0.05``, the CLI's default for ``--maximize``):
+Steered rows (``--smc K:PROPOSAL:TAU``, e.g. ``16:prior:0.005``, the CLI's default for ``--maximize``):
 sequential Monte Carlo towards p_prior(x)·exp(score(x)/τ)·1[valid], one molecule per system of K
 particles; best-of-K rows (``--best-of K``): K fresh prior samples per molecule, the valid one with the
 highest score. Both record their denoiser evaluations per molecule.
@@ -70,14 +70,16 @@ def main(score, models, smc_specs, best_of, n_samples, steps, seed, threads, out
                network_calls_per_molecule=steps + 1)
     prior = load_prior(None).eval()
     reward = ChemistryReward(score, prior.decode)
+    def at_db_sizes(sample):
+        """A protocol sampler ``sample(y, y_mask, n_atoms, g)`` as ``g -> molecules``, atom counts from Db."""
+        return lambda g: sample(y, y_mask, atom_counts(conditions, y, y_mask, generator=g), g)
+
     for spec in smc_specs:
         name, sample, calls = steered_sampler(spec, prior, reward, conditions, steps)
-        scored(name, lambda g, sample=sample: sample(y, y_mask, atom_counts(conditions, y, y_mask, generator=g), g))
+        scored(name, at_db_sizes(sample))
         rows[-1] |= calls
     for k in best_of:
-        sample = best_of_sampler(k, prior, reward, steps)
-        scored(f"best of {k} prior samples",
-               lambda g, sample=sample: sample(y, y_mask, atom_counts(conditions, y, y_mask, generator=g), g),
+        scored(f"best of {k} prior samples", at_db_sizes(best_of_sampler(k, prior, reward, steps)),
                network_calls_per_molecule=k * (steps + 1))
     emit({"score": score, "samples": n_samples, "sampling_steps": steps, "seed": seed, "rows": rows,
           "threads": torch.get_num_threads(), "machine": machine_info(),

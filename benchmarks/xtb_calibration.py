@@ -42,15 +42,15 @@ SETTINGS = {"with_hydrogens": "qm9", "heavy_atoms": "qm9-noh"}
 def main(n_molecules: int, seed: int, workers: int | None, out: str | None, map_path: str | None) -> None:
     """Calibrate GFN2-xTB against QM9's DFT labels on random test molecules; print one JSON record."""
     record = {"split": "test", "n": n_molecules, "seed": seed, "routes": {}}
+    heavy_atoms = load_split("qm9-noh", "test").n_atoms
+    rows = np.sort(np.random.default_rng(seed).choice(len(heavy_atoms), n_molecules, replace=False))
     for route in ROUTES:
-        split = load_split(SETTINGS[route], "test")
-        rows = np.sort(np.random.default_rng(seed).choice(len(split), n_molecules, replace=False))
-        sample = split.subset(rows)
+        sample = load_split(SETTINGS[route], "test").subset(rows)
         with tqdm(total=n_molecules, desc=f"xtb {route}", unit="mol", disable=None) as bar:
             report = xtb_properties(sample.molecules(), workers, on_done=bar.update)
         record["routes"][route] = {
             "setting": SETTINGS[route], "seconds": round(report.seconds, 1),
-            "mean_heavy_atoms": round(float(load_split("qm9-noh", "test").n_atoms[rows].mean()), 2),
+            "mean_heavy_atoms": round(float(heavy_atoms[rows].mean()), 2),
             "failure_reasons": dict(Counter(r for r in report.reasons if r).most_common(5)),
             "properties": {p: agreement(report.values[p], sample.properties[p]) for p in PHYSICS_PROPERTIES}}
         print(f"{route}: {report.seconds:.1f} s, {report.failures} failures", file=sys.stderr)

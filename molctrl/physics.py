@@ -28,7 +28,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.util import find_spec
 from multiprocessing.connection import wait
 
@@ -53,11 +53,17 @@ class PhysicsUnavailable(RuntimeError):
     """tblite (GFN2-xTB) is not installed on this machine."""
 
 
-def require_tblite() -> None:
-    """Raise :class:`PhysicsUnavailable` with a one-line explanation when tblite cannot be imported."""
+def tblite_missing() -> str | None:
+    """Why GFN2-xTB cannot run here, in one line, or ``None`` when tblite can be imported."""
     if find_spec("tblite") is None:
-        raise PhysicsUnavailable("GFN2-xTB needs the tblite package, which is not installed here "
-                                 "(pip install tblite; wheels exist for Linux x86-64)")
+        return "GFN2-xTB needs the tblite package, which is not installed here (pip install tblite; wheels exist for Linux x86-64)"
+    return None
+
+
+def require_tblite() -> None:
+    """Raise :class:`PhysicsUnavailable` with :func:`tblite_missing`'s reason when tblite cannot be imported."""
+    if reason := tblite_missing():
+        raise PhysicsUnavailable(reason)
 
 
 def with_hydrogens(molecule: Molecule) -> tuple[list[str], np.ndarray]:
@@ -189,10 +195,11 @@ class PhysicsReport:
     values: dict[str, np.ndarray]
     reasons: list[str]
     seconds: float = 0.0
-    failures: int = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.failures = sum(bool(r) for r in self.reasons)
+    @property
+    def failures(self) -> int:
+        """How many molecules xTB could not judge."""
+        return sum(bool(r) for r in self.reasons)
 
 
 def _serve(connection) -> None:

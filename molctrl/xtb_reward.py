@@ -30,7 +30,12 @@ from common.rewards import (
     gaussian_log_density,
 )
 from molctrl.molecule import Molecule
-from molctrl.physics import PHYSICS_PROPERTIES, PhysicsReport, XTBWorkers
+from molctrl.physics import (
+    PHYSICS_PROPERTIES,
+    PhysicsReport,
+    XTBWorkers,
+    xtb_properties,
+)
 from molctrl.predictor import PROPERTIES, TAIL
 
 CALIBRATION_FILE = Path(__file__).parent / "weights" / "xtb-calibration.json"
@@ -86,10 +91,9 @@ def agreement(xtb: np.ndarray, dft: np.ndarray) -> dict:
 
 @dataclass
 class XTBCalibration:
-    """The recorded maps, ``maps[route][property]``, and where they came from."""
+    """The recorded maps, ``maps[route][property]``."""
 
     maps: dict[str, dict[str, CalibrationMap]]
-    source: str
 
     @classmethod
     def load(cls, path: str | Path = CALIBRATION_FILE) -> XTBCalibration:
@@ -101,7 +105,7 @@ class XTBCalibration:
                     for route in ROUTES}
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path}: not an xTB calibration record ({type(err).__name__}: {err})") from None
-        return cls(maps, str(record.get("command", path)))
+        return cls(maps)
 
     def to_dft(self, report: PhysicsReport, molecules: Sequence[Molecule]) -> dict[str, np.ndarray]:
         """Each molecule's xTB values on the DFT scale, by the map of its route; NaN where xTB failed."""
@@ -120,13 +124,12 @@ class XTBRegressor(nn.Module):
         super().__init__()
         self.decode, self.properties, self.calibration = decode, list(properties), calibration
         self.workers = XTBWorkers(workers, time_limit)
-        self.last_report: PhysicsReport | None = None
 
     @torch.no_grad()
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         molecules = self.decode(x, mask)
-        self.last_report = self.workers.run(molecules, polarizability="alpha" in self.properties)
-        dft = self.calibration.to_dft(self.last_report, molecules)
+        report = self.workers.run(molecules, polarizability="alpha" in self.properties)
+        dft = self.calibration.to_dft(report, molecules)
         return torch.as_tensor(np.stack([dft[p] for p in self.properties], 1), dtype=x.dtype, device=x.device)
 
 
@@ -190,8 +193,7 @@ def physics_check(molecules: Sequence[Molecule], targets: dict[str, np.ndarray] 
     the judged molecules (``physics_mae_<p>``).
     """
     calibration = calibration or XTBCalibration.load()
-    with XTBWorkers(workers) as pool:
-        report = pool.run(molecules, "alpha" in properties, on_done)
+    report = xtb_properties(molecules, workers, polarizability="alpha" in properties, on_done=on_done)
     dft = calibration.to_dft(report, molecules)
     columns: dict[str, np.ndarray] = {"xtb_failure": np.array(report.reasons, dtype=object)}
     judged = np.array([not r for r in report.reasons])

@@ -95,13 +95,11 @@ def evaluate(path: Path, as_json: bool, details: Path | None, no_novelty: bool, 
 
 def _physics(molecules: list[Molecule], workers: int | None) -> tuple[dict, dict]:
     """The GFN2-xTB columns and summary of ``molecules``, with MAEs to their ``target_<p>`` fields."""
-    from molctrl.physics import PHYSICS_PROPERTIES, PhysicsUnavailable, require_tblite
+    from molctrl.physics import PHYSICS_PROPERTIES, tblite_missing
     from molctrl.xtb_reward import physics_check
 
-    try:
-        require_tblite()
-    except PhysicsUnavailable as err:
-        raise click.ClickException(str(err)) from None
+    if missing := tblite_missing():
+        raise click.ClickException(missing)
     targets = {p: np.array([_number(m.properties.get(f"target_{p}")) for m in molecules]) for p in PHYSICS_PROPERTIES
                if any(f"target_{p}" in m.properties for m in molecules)}
     return physics_check(molecules, targets, workers=workers)

@@ -86,6 +86,7 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
     from molctrl.generate import generate as run
     from molctrl.io import write_molecules
     from molctrl.metrics import evaluate_molecules, train_smiles
+    from molctrl.physics import tblite_missing
     from molctrl.steer import Steering, steer
     from molctrl.weights import load_predictor
 
@@ -115,10 +116,11 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
     if judge not in (None, "model") and not (particles and wanted):
         raise click.UsageError(f"--reward {judge} judges the particles of property targets: use it with --target "
                                "and --particles")
-    if (judge not in (None, "model") or verify) and not _physics_available():
-        raise click.UsageError(f"{'--verify' if verify else '--reward ' + judge}: {_physics_available.reason}")
+    missing = tblite_missing()
+    if (judge not in (None, "model") or verify) and missing:
+        raise click.UsageError(f"{'--verify' if verify else '--reward ' + judge}: {missing}")
     if judge is None:
-        judge = "both" if particles and wanted and _physics_available() else "model"
+        judge = "both" if particles and wanted and not missing else "model"
     if particles:
         model, conditioned, reward = _steering_models(proposal, prior_path, model_path, maximize, reward_model)
         final_reward = _final_judge(judge, reward, model, wanted)
@@ -209,18 +211,6 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
         click.echo(physics_text(summary))
     if maximize:
         click.echo(f"  mean {maximize:9s} {summary[f'mean_{maximize}']:.3f}")
-
-
-def _physics_available() -> bool:
-    """Whether tblite imports; the reason why not in ``_physics_available.reason``."""
-    from molctrl.physics import PhysicsUnavailable, require_tblite
-
-    try:
-        require_tblite()
-    except PhysicsUnavailable as err:
-        _physics_available.reason = str(err)
-        return False
-    return True
 
 
 def _final_judge(judge: str, reward, prior, wanted: dict[str, float]):
