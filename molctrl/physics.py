@@ -116,8 +116,8 @@ def _relax_hydrogens(mol: Chem.Mol, max_iterations: int = 500) -> Chem.Mol:
 
     A hydroxyl hydrogen has three staggered minima whose dipoles differ by up to several debye; each
     combination of 0°, 120°, 240° turns of the first three O–H/S–H groups is minimised and the lowest
-    energy kept (on QM9 test molecules this lifts the Spearman correlation of the xTB dipole with DFT's
-    from 0.87 to 0.91, see ``benchmarks.xtb_calibration``)."""
+    energy kept (the heavy-atom route's dipole correlation with DFT is recorded by
+    ``benchmarks.xtb_calibration``)."""
     torsions = _hydroxyl_torsions(mol)[:3]
     best, lowest = mol, float("inf")
     with BlockLogs():
