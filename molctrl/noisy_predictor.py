@@ -46,7 +46,7 @@ class NoisyPropertyPredictor(PropertyPredictor):
         m = mask.unsqueeze(-1).to(z.dtype)
         features = torch.cat([z[..., 3:] / self.prior_config.type_scale, t.view(-1, 1, 1).expand(-1, z.shape[1], 1)],
                              dim=-1) * m
-        return self.net(features, z[..., :3], mask) * self.label_scale + self.label_mean
+        return self.normalised(features, z[..., :3], mask) * self.label_scale + self.label_mean
 
     def noised(self, types: torch.Tensor, positions: torch.Tensor, t: torch.Tensor,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,7 @@ from common.exports import Exportable, tensor_shape, typed, typed_field
 from common.rewards import GaussianLogLikelihood
 from molctrl.data.qm9 import Setting, get_setting
 from molctrl.molecule import Molecule
-from molctrl.regressors import E3Regressor, EGNNRegressor
+from molctrl.regressors import E3Regressor, EGNNRegressor, with_column
 
 PROPERTIES = ("alpha", "gap", "homo", "lumo", "mu", "Cv")
 ARCHITECTURES = ("egnn", "e3nn")
@@ -30,7 +30,8 @@ ONE_SIGMA = 0.6826894921370859  # P(|z| < 1) for a standard normal
 
 @dataclass
 class PredictorConfig:
-    """Architecture: ``egnn`` (EDM's evaluator, 7 × 128) or ``e3nn`` (4 blocks, 32 scalar channels)."""
+    """Architecture: ``egnn`` (EDM's evaluator, 7 × 128) or ``e3nn`` (4 blocks, 32 scalar channels);
+    ``dipole_head``: μ as the length of a dipole vector (:mod:`molctrl.regressors`)."""
 
     setting: str = "qm9-noh"
     arch: str = "egnn"
@@ -38,6 +39,7 @@ class PredictorConfig:
     hidden: int = 0  # 0: the architecture's default
     n_layers: int = 0
     extra: dict = field(default_factory=dict)
+    dipole_head: bool = False
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -46,6 +48,8 @@ class PredictorConfig:
         if unknown or not self.properties:
             raise ValueError(f"unknown properties {unknown} (expected some of {', '.join(PROPERTIES)})")
         self.properties = tuple(self.properties)
+        if self.dipole_head and "mu" not in self.properties:
+            raise ValueError("dipole_head: the predictor does not predict mu")
         default_hidden, default_layers = (128, 7) if self.arch == "egnn" else (32, 4)
         self.hidden = self.hidden or default_hidden
         self.n_layers = self.n_layers or default_layers
@@ -73,10 +77,10 @@ class PropertyPredictor(Exportable, nn.Module):
         self.config = config
         self.setting: Setting = get_setting(config.setting)
         n_in, n_out = len(self.setting.atom_decoder) + extra_features, len(config.properties)
-        if config.arch == "egnn":
-            self.net = EGNNRegressor(n_in, n_out, config.hidden, config.n_layers, **config.extra)
-        else:
-            self.net = E3Regressor(n_in, n_out, config.hidden, config.n_layers, **config.extra)
+        self.dipole_column = config.properties.index("mu") if config.dipole_head else None
+        regressor = EGNNRegressor if config.arch == "egnn" else E3Regressor
+        self.net = regressor(n_in, n_out, config.hidden, config.n_layers, dipole_column=self.dipole_column,
+                             **config.extra)
         self.register_buffer("label_mean", torch.as_tensor(label_mean, dtype=torch.float32))
         self.register_buffer("label_scale", torch.as_tensor(label_scale, dtype=torch.float32))
         self.calibration: torch.Tensor | None = None  # (P,) likelihood scale s; set by fit_calibration
@@ -85,9 +89,18 @@ class PropertyPredictor(Exportable, nn.Module):
     def properties(self) -> tuple[str, ...]:
         return self.config.properties
 
+    def normalised(self, features: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The network's output ``(B, P)`` in normalised label units ``(y − mean)/MAD``; the dipole head's
+        column, which comes in debye, is normalised here."""
+        out = self.net(features, positions, mask)
+        k = self.dipole_column
+        if k is None:
+            return out
+        return with_column(out, k, (out[:, k] - self.label_mean[k]) / self.label_scale[k])
+
     def regress(self, one_hot: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``one_hot (B, N, F)`` (soft one-hot allowed), ``positions (B, N, 3)``, ``mask (B, N)`` -> ``(B, P)``."""
-        return self.net(one_hot, positions, mask) * self.label_scale + self.label_mean
+        return self.normalised(one_hot, positions, mask) * self.label_scale + self.label_mean
 
     def encode(self, types: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``types (B, N)`` with −1 for padding -> one-hot ``(B, N, F)``, mask ``(B, N)``."""
@@ -99,7 +112,7 @@ class PropertyPredictor(Exportable, nn.Module):
         """Training loss: mean L1 error of normalised labels, ``labels (B, P)``."""
         one_hot, mask = self.encode(types)
         normalised = (labels - self.label_mean) / self.label_scale
-        return (self.net(one_hot, positions, mask) - normalised).abs().mean()
+        return (self.normalised(one_hot, positions, mask) - normalised).abs().mean()
 
     def padded_batches(self, types: np.ndarray, positions: np.ndarray,
                        batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -17,6 +17,15 @@ so that the model giving a reward is never the one that scores the result:
 
 Types enter as (possibly soft) one-hot vectors, so rewards built on these networks are differentiable
 in both the positions and the type channels of a diffusion state.
+
+**Dipole head** (``dipole_column``): |μ| is a vector's length, which a sum of invariant atom
+contributions approximates poorly. With the head, that output column is
+
+    |μ| = ‖ Σ_i (q_i − q̄)(x_i − x̄) + Σ_i μ_i ‖      (debye; q in e, x in Å)
+
+with learned partial charges q_i (invariant, made neutral by subtracting their mean q̄) and, for the
+e3nn network, learned atomic dipoles μ_i from its 1o channels (which also stand in for the hydrogens a
+heavy-atom model does not see). It is invariant, and translation-free because Σ(q_i − q̄) = 0.
 """
 from __future__ import annotations
 
@@ -36,6 +45,34 @@ def gaussian_rbf(distance: torch.Tensor, n_rbf: int, r_max: float) -> torch.Tens
     return soft_one_hot_linspace(distance, 0.0, r_max, n_rbf, basis="gaussian", cutoff=False)
 
 
+E_ANGSTROM_IN_DEBYE = 4.80320  # 1 e·Å in debye
+
+
+def dipole_magnitude(charges: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                     atomic_dipoles: torch.Tensor | None = None) -> torch.Tensor:
+    """``charges (B, N)``, ``positions (B, N, 3)``, ``mask (B, N)``, ``atomic_dipoles (B, N, 3)`` in e·Å
+    -> ``|μ| (B,)`` in debye (the equation of the module docstring)."""
+    m = mask.to(positions.dtype)
+    count = m.sum(1, keepdim=True).clamp(min=1)
+    q = (charges - (charges * m).sum(1, keepdim=True) / count) * m
+    centre = (positions * m.unsqueeze(-1)).sum(1, keepdim=True) / count.unsqueeze(-1)
+    mu = (q.unsqueeze(-1) * (positions - centre)).sum(1)
+    if atomic_dipoles is not None:
+        mu = mu + (atomic_dipoles * m.unsqueeze(-1)).sum(1)
+    return torch.sqrt((mu**2).sum(-1) + 1e-8) * E_ANGSTROM_IN_DEBYE
+
+
+def with_column(out: torch.Tensor, k: int | None, values: torch.Tensor) -> torch.Tensor:
+    """``out (B, P)`` with column ``k`` replaced by ``values (B,)`` (``out`` itself for ``k=None``)."""
+    if k is None:
+        return out
+    return torch.cat([out[:, :k], values.unsqueeze(1), out[:, k + 1 :]], dim=1)
+
+
+def _scalar_head(hidden: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+
+
 def _readout(hidden: int, n_outputs: int) -> tuple[nn.Module, nn.Module]:
     act = nn.SiLU()
     node = nn.Sequential(nn.Linear(hidden, hidden), act, nn.Linear(hidden, hidden))
@@ -44,15 +81,17 @@ def _readout(hidden: int, n_outputs: int) -> tuple[nn.Module, nn.Module]:
 
 
 class EGNNRegressor(nn.Module):
-    """EDM's evaluator: embedding, ``n_layers`` invariant attention blocks, sum read-out."""
+    """EDM's evaluator: embedding, ``n_layers`` invariant attention blocks, sum read-out; with
+    ``dipole_column``, that column is |μ| in debye from partial charges."""
 
     def __init__(self, n_types: int, n_outputs: int, hidden: int = 128, n_layers: int = 7,
-                 n_rbf: int = 20, r_max: float = 10.0):
+                 n_rbf: int = 20, r_max: float = 10.0, dipole_column: int | None = None):
         super().__init__()
-        self.n_rbf, self.r_max = n_rbf, r_max
+        self.n_rbf, self.r_max, self.dipole_column = n_rbf, r_max, dipole_column
         self.embed = nn.Linear(n_types, hidden)
         self.layers = nn.ModuleList(MessageLayer(hidden, edge_dim=n_rbf) for _ in range(n_layers))
         self.node_out, self.graph_out = _readout(hidden, n_outputs)
+        self.charge = _scalar_head(hidden) if dipole_column is not None else None
 
     def forward(self, one_hot: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``one_hot (B, N, F)``, ``positions (B, N, 3)``, ``mask (B, N)`` -> ``(B, P)``."""
@@ -66,7 +105,10 @@ class EGNNRegressor(nn.Module):
         h = self.embed(one_hot) * node_mask
         for layer in self.layers:
             h = layer(h, edges, node_mask, edge_mask)
-        return self.graph_out((self.node_out(h) * node_mask).sum(1))
+        out = self.graph_out((self.node_out(h) * node_mask).sum(1))
+        if self.charge is None:
+            return out
+        return with_column(out, self.dipole_column, dipole_magnitude(self.charge(h).squeeze(-1), positions, mask))
 
 
 def graph_edges(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,12 +158,15 @@ class Interaction(nn.Module):
 
 
 class E3Regressor(nn.Module):
-    """e3nn regressor: one-hot embedding to ``C×0e``, ``n_layers`` :class:`Interaction` blocks, sum read-out."""
+    """e3nn regressor: one-hot embedding to ``C×0e``, ``n_layers`` :class:`Interaction` blocks, sum
+    read-out; with ``dipole_column``, that column is |μ| in debye from partial charges (0e channels) and
+    atomic dipoles (1o channels)."""
 
     def __init__(self, n_types: int, n_outputs: int, channels: int = 32, n_layers: int = 4, lmax: int = 2,
-                 n_rbf: int = 20, r_max: float = 10.0, avg_neighbours: float = 8.0):
+                 n_rbf: int = 20, r_max: float = 10.0, avg_neighbours: float = 8.0,
+                 dipole_column: int | None = None):
         super().__init__()
-        self.n_rbf, self.r_max, self.channels = n_rbf, r_max, channels
+        self.n_rbf, self.r_max, self.channels, self.dipole_column = n_rbf, r_max, channels, dipole_column
         self.irreps_sh = o3.Irreps.spherical_harmonics(lmax)
         parts = [(channels, (0, 1))] + [(max(1, channels // 2**l), (l, (-1) ** l)) for l in range(1, lmax + 1)]
         irreps_hidden = o3.Irreps(parts)
@@ -133,6 +178,10 @@ class E3Regressor(nn.Module):
             irreps = layers[-1].gate.irreps_out
         self.layers = nn.ModuleList(layers)
         self.node_out, self.graph_out = _readout(channels, n_outputs)
+        self.charge = self.atomic_dipole = None
+        if dipole_column is not None:
+            self.charge = _scalar_head(channels)
+            self.atomic_dipole = o3.Linear(irreps, o3.Irreps("1x1o"))
 
     def forward(self, one_hot: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``one_hot (B, N, F)``, ``positions (B, N, 3)``, ``mask (B, N)`` -> ``(B, P)``."""
@@ -148,4 +197,11 @@ class E3Regressor(nn.Module):
         node = self.node_out(h[:, : self.channels])  # the 0e channels come first
         pooled = torch.zeros(mask.shape[0], node.shape[1], dtype=node.dtype, device=node.device)
         pooled.index_add_(0, mask.nonzero()[:, 0], node)
-        return self.graph_out(pooled)
+        out = self.graph_out(pooled)
+        if self.charge is None:
+            return out
+        charges = torch.zeros(mask.shape, dtype=h.dtype, device=h.device)
+        charges[mask] = self.charge(h[:, : self.channels]).squeeze(-1)
+        dipoles = torch.zeros(*mask.shape, 3, dtype=h.dtype, device=h.device)
+        dipoles[mask] = self.atomic_dipole(h)
+        return with_column(out, self.dipole_column, dipole_magnitude(charges, positions, mask, dipoles))

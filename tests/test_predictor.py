@@ -18,14 +18,17 @@ from molctrl.predictor import (
     fit_calibration,
     likelihood_reward,
 )
+from molctrl.regressors import dipole_magnitude
 from tests.geometry import random_orthogonal
 
-ARCHS = ["egnn", "e3nn"]
+ARCHS = ["egnn", "e3nn", "egnn+dipole", "e3nn+dipole"]
 
 
 def _predictor(arch, setting="qm9-noh", seed=0):
     torch.manual_seed(seed)
-    config = PredictorConfig(setting=setting, arch=arch, hidden=16 if arch == "egnn" else 8, n_layers=2)
+    arch, _, head = arch.partition("+")
+    config = PredictorConfig(setting=setting, arch=arch, hidden=16 if arch == "egnn" else 8, n_layers=2,
+                             dipole_head=head == "dipole")
     model = PropertyPredictor(config, label_mean=np.arange(6.0), label_scale=np.full(6, 2.0)).double()
     model.calibration = torch.full((6,), 0.5)
     return model
@@ -128,11 +131,36 @@ def test_export_round_trip_keeps_weights_and_calibration(predictor):
         PropertyPredictor.from_export({"kind": "molctrl.prior"})
 
 
+def test_dipole_head_gives_the_dipole_of_point_charges_in_debye():
+    # +0.5 e and −0.5 e 2 Å apart: |μ| = 1 e·Å = 4.8032 D, wherever the pair sits, whatever the
+    # charges' common offset (they are made neutral), and the padded atom does not count
+    positions = torch.tensor([[[0.0, 0, 0], [2.0, 0, 0], [9.0, 9, 9]]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, False]])
+    for offset in (0.0, 3.0):
+        charges = torch.tensor([[0.5 + offset, -0.5 + offset, 7.0]], dtype=torch.float64)
+        mu = dipole_magnitude(charges, positions + 5.0, mask)
+        assert mu.item() == pytest.approx(4.8032, abs=1e-3)
+    atomic = torch.zeros(1, 3, 3, dtype=torch.float64)
+    atomic[0, 0] = torch.tensor([1.0, 0, 0])  # cancels the charges' dipole, −1 e·Å along x
+    assert dipole_magnitude(torch.tensor([[0.5, -0.5, 0.0]], dtype=torch.float64), positions, mask,
+                            atomic).item() == pytest.approx(0.0, abs=1e-3)
+
+
+def test_dipole_head_column_is_the_dipole_in_label_units(predictor):
+    if predictor.dipole_column is None:
+        pytest.skip("no dipole head")
+    types, pos = _molecules()
+    y = _regress(predictor, types, pos)
+    assert (y[:, predictor.dipole_column] >= 0).all()  # a length, in debye, whatever the label statistics
+
+
 def test_config_rejects_unknown_architecture_and_property():
     with pytest.raises(ValueError, match="unknown architecture 'mlp'"):
         PredictorConfig(arch="mlp")
     with pytest.raises(ValueError, match=r"unknown properties \['r3'\]"):
         PredictorConfig(properties=("alpha", "r3"))
+    with pytest.raises(ValueError, match="mu"):
+        PredictorConfig(properties=("alpha",), dipole_head=True)
 
 
 @pytest.fixture(scope="module")

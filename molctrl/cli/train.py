@@ -170,6 +170,9 @@ def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, rec
 @click.option("--ema", "ema_decay", type=float, default=0.999, show_default=True)
 @click.option("--hidden", type=int, default=0, help="Width (default: egnn 128, e3nn 32 scalar channels).")
 @click.option("--layers", type=int, default=0, help="Blocks (default: egnn 7, e3nn 4).")
+@click.option("--dipole-head", is_flag=True,
+              help="Predict mu as the length of Σ q_i (x_i − x̄) + Σ μ_i from learned partial charges (and, for "
+                   "e3nn, atomic dipoles) instead of a sum of atom contributions.")
 @click.option("--checkpoint-every", type=int, default=1000, show_default=True,
               help="Steps between checkpoints; each also scores the validation split (eval.jsonl) and refits "
                    "the likelihood calibration s.")
@@ -184,14 +187,14 @@ def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, rec
 @click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoint.safetensors with its run.json settings "
               "(only --epochs may change, to train longer; the cosine schedule stretches with it).")
 def predictor(setting, split, arch, properties, run_dir, epochs, batch_size, lr, warmup, ema_decay, hidden, layers,
-              checkpoint_every, limit, valid_limit, seed, device, threads, noise_prior, resume) -> None:
+              dipole_head, checkpoint_every, limit, valid_limit, seed, device, threads, noise_prior, resume) -> None:
     """Train a property predictor (all six QM9 properties in one head by default)."""
     if threads:
         torch.set_num_threads(threads)
     run = Path(run_dir)
     properties = PROPERTIES if "all" in properties else tuple(dict.fromkeys(properties))
     fresh = {"model": asdict(PredictorConfig(setting=setting, arch=arch, properties=properties, hidden=hidden,
-                                             n_layers=layers)),
+                                             n_layers=layers, dipole_head=dipole_head)),
              "data": {"split": split, "limit": limit, "valid_limit": valid_limit}}
     if noise_prior:
         from molctrl.weights import load_prior
