@@ -1,5 +1,5 @@
-"""What both command lines share: one error line for an unusable weights file, and ``weights show`` /
-``weights convert``, the model card and the converter from the older pickle format."""
+"""What both command lines share: the ``--device`` value, one error line for an unusable weights file,
+and ``weights show`` / ``weights convert``, the model card and the converter from the older pickle format."""
 from __future__ import annotations
 
 import re
@@ -10,6 +10,7 @@ import click
 import torch
 
 from common.exports import class_of, errors_naming, from_tree
+from common.runtime import resolve_device
 from common.weights import (
     FORMAT,
     SUFFIX,
@@ -22,8 +23,16 @@ from common.weights import (
     sha256,
 )
 
-RECORD_SECTIONS = re.compile(r"^## (Command|Metrics).*?(?=^## |\Z)", re.S | re.M)
+RECORD_SECTIONS = re.compile(r"^## (Command|Metrics).*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
 TRAINING_FIELDS = ("step", "train_seconds", "world_size", "command")
+
+
+def device_option(name: str) -> torch.device:
+    """The torch device of a ``--device`` value (auto, cpu, cuda, cuda:K), or a usage error naming it."""
+    try:
+        return resolve_device(name)
+    except (ValueError, RuntimeError) as err:
+        raise click.BadParameter(str(err), param_hint="--device") from None
 
 
 class WeightsFileError(click.ClickException):

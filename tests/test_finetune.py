@@ -109,6 +109,9 @@ def test_finetune_cli_trains_resumes_and_writes_a_conditioned_model(weight_files
     assert result.exit_code == 0 and "resumed" in result.output, result.output
     payload = read_tree(run / "model.safetensors")
     assert payload["step"] == 2 and MoleculeDiffusion.from_export(payload).config.cond_dim == 12
+    result = CliRunner().invoke(main, [*common, "--resume"])  # without --steps: the recorded 2, not the default
+    assert result.exit_code == 0 and "nothing to do" in result.output, result.output
+    assert json.loads((run / "run.json").read_text())["train"]["steps"] == 2
 
 
 def test_payoff_batches_resample_pool_molecules_of_the_target_size_by_their_likelihood(parts):

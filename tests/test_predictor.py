@@ -192,6 +192,10 @@ def test_train_predictor_cli_writes_calibrated_model_and_resumes(trained):
     resumed = CliRunner().invoke(main, ["train", "predictor", "--run-dir", str(run), "--epochs", "2", "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert "resumed" in resumed.output and read_tree(run / "model.safetensors")["step"] == 12
+    assert json.loads((run / "run.json").read_text())["train"]["steps"] == 12  # the record follows --epochs
+    again = CliRunner().invoke(main, ["train", "predictor", "--run-dir", str(run), "--resume"])  # no --epochs: the
+    assert again.exit_code == 0 and "nothing to do" in again.output, again.output  # run's own length, not 20 epochs
+    assert json.loads((run / "run.json").read_text())["train"]["steps"] == 12
 
 
 def test_predict_cli_prints_one_number_per_molecule(trained):

@@ -232,6 +232,7 @@ def test_train_prior_cli_trains_and_resumes(tmp_path) -> None:
     assert resumed.exit_code == 0, resumed.output
     assert "resumed" in resumed.output and "at step 2" in resumed.output
     assert read_tree(run / "checkpoint.safetensors")["step"] == 3
+    assert json.loads((run / "run.json").read_text())["train"]["steps"] == 3  # the record follows --steps
     model = ShapeDiffusion.load(str(run / "model.safetensors"))
     assert model.config.n_train_points == 32 and model.normalisation.std > 0
     missing = runner.invoke(main, ["train", "prior", "--run-dir", str(tmp_path / "none"), "--resume"])

@@ -8,9 +8,10 @@ import click
 import torch
 
 from common.rollout import KL_FORMS
+from common.runs import run_record, train_config
 from common.training import TrainConfig, checkpoint_in
 from common.weights import SUFFIX
-from molctrl.cli.train import _fit, _run_record, _training_data
+from molctrl.cli.train import _fit, _training_data
 from molctrl.finetune import PROPOSALS
 from molctrl.predictor import PROPERTIES
 
@@ -32,7 +33,8 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
               help="Reward predictor (shipped name or model.safetensors), trained on Db like the generator; or xtb: "
                    "the calibrated GFN2-xTB likelihood (no gradient: RGDM's candidate weights, CTRL's score-function "
                    "estimator; alpha, gap, homo, lumo, mu).")
-@click.option("--steps", type=int, default=2000, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=None,
+              help="Optimisation steps  [default: 2000; on --resume: the run's own]")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--lr", type=float, default=1e-5, show_default=True,
               help="Adam learning rate (1e-4 made CTRL diverge on its first step with the shipped models).")
@@ -119,11 +121,10 @@ def finetune(method, properties, maximize, run_dir, prior_path, reward_model, st
                                                          train_backbone=not freeze_backbone)),
                        "method": method},
              "data": {"split": "Db", "limit": None},
-             "train": asdict(TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=0.99,
+             "train": asdict(TrainConfig(steps=steps or 2000, batch_size=batch_size, lr=lr, ema_decay=0.99,
                                          checkpoint_every=checkpoint_every, log_every=10, seed=seed))}
-    record = _run_record(run, resume, fresh)
-    record["train"]["steps"] = steps
-    spec, train_cfg = record["model"], TrainConfig(**record["train"])
+    record = run_record(run, resume, fresh)
+    spec, train_cfg = record["model"], train_config(record, steps)
     torch.manual_seed(train_cfg.seed)
     prior = load_prior(spec["prior"])
     data = _training_data(prior.config.setting, record)

@@ -11,8 +11,10 @@ import click
 import numpy as np
 import torch
 
-from common.runtime import atomic_path, resolve_device, seed_everything
-from common.training import MODEL, TrainConfig, Trainer, checkpoint_in
+from common.cli import device_option
+from common.runs import run_record, train_config, train_in_run
+from common.runtime import seed_everything
+from common.training import TrainConfig
 from molctrl.batches import MoleculeBatches
 from molctrl.data.qm9 import SETTINGS, SPLITS, QM9Split, load_split
 from molctrl.predictor import (
@@ -43,7 +45,8 @@ def _sample_metrics(model: MoleculeDiffusion, n: int, steps: int, seed: int) -> 
               help="Training molecules (labels are never used).")
 @click.option("--run-dir", type=click.Path(file_okay=False), required=True,
               help="Folder for checkpoint.safetensors, model.safetensors (EMA weights), run.json and eval.jsonl.")
-@click.option("--steps", type=int, default=20_000, show_default=True, help="Total optimisation steps.")
+@click.option("--steps", type=click.IntRange(1), default=None,
+              help="Total optimisation steps  [default: 20000; on --resume: the run's own]")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Molecules per step and process.")
 @click.option("--lr", type=float, default=1e-4, show_default=True)
 @click.option("--warmup", type=int, default=0, show_default=True, help="Linear learning-rate warm-up steps.")
@@ -73,14 +76,13 @@ def prior(setting, split, run_dir, steps, batch_size, lr, warmup, ema_decay, hid
     run = Path(run_dir)
     fresh = {"model": asdict(PriorConfig(setting=setting, hidden=hidden, n_layers=layers, n_steps=diffusion_steps,
                                          schedule=schedule)),
-             "train": asdict(TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup,
+             "train": asdict(TrainConfig(steps=steps or 20_000, batch_size=batch_size, lr=lr, warmup_steps=warmup,
                                          ema_decay=ema_decay, checkpoint_every=checkpoint_every, seed=seed,
                                          compile=compile_)),
              "data": {"split": split, "limit": limit},
              "eval": {"every": eval_every, "samples": eval_samples, "steps": eval_steps}}
-    record = _run_record(run, resume, fresh)
-    record["train"]["steps"] = steps
-    model_cfg, train_cfg = PriorConfig(**record["model"]), TrainConfig(**record["train"])
+    record = run_record(run, resume, fresh)
+    model_cfg, train_cfg = PriorConfig(**record["model"]), train_config(record, steps)
     eval_every, eval_samples, eval_steps = (record["eval"][k] for k in ("every", "samples", "steps"))
     seed_everything(train_cfg.seed)
     data = _training_data(model_cfg.setting, record)
@@ -94,7 +96,7 @@ def prior(setting, split, run_dir, steps, batch_size, lr, warmup, ema_decay, hid
             t0 = time.perf_counter()
             try:
                 metrics = _sample_metrics(ema_model, eval_samples, eval_steps, seed=step)
-            except Exception as err:  # an evaluation must never kill a long training run
+            except Exception as err:  # noqa: BLE001 -- an evaluation must never kill a long training run
                 click.echo(f"eval at step {step} failed: {err!r}", err=True)
                 return
             _log_eval(eval_log, {"step": step, "samples": eval_samples, "sampling_steps": eval_steps, **metrics,
@@ -103,18 +105,6 @@ def prior(setting, split, run_dir, steps, batch_size, lr, warmup, ema_decay, hid
 
     _fit(model, MoleculeBatches(data, train_cfg.batch_size, train_cfg.seed), train_cfg, run, record, device,
          resume, evaluate)
-
-
-def _run_record(run: Path, resume: bool, fresh: dict) -> dict:
-    """The settings of a run: ``fresh`` for a new run, those of ``run.json`` on resume."""
-    path = run / "run.json"
-    if resume:
-        if not path.exists():
-            raise click.UsageError(f"--resume: {path} does not exist (nothing to resume)")
-        return json.loads(path.read_text())
-    if checkpoint_in(run):
-        raise click.UsageError(f"{run} already holds a checkpoint: pass --resume or choose another --run-dir")
-    return fresh
 
 
 def _training_data(setting: str, record: dict) -> QM9Split:
@@ -129,28 +119,13 @@ def _log_eval(path: Path, entry: dict) -> None:
     click.echo(f"eval {json.dumps(entry)}", err=True)
 
 
-def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, record: dict, device: str,
-         resume: bool, on_checkpoint) -> None:
-    """Train with checkpoints (resuming when asked), writing ``run.json`` once for a new run."""
-    trainer = Trainer(model, batches, train_cfg, run, resolve_device(device), on_checkpoint=on_checkpoint)
-    if resume and trainer.resume():
-        click.echo(f"resumed {run} at step {trainer.step}", err=True)
-    elif trainer.group.is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        record["train"] = asdict(train_cfg)
-        record["data"]["molecules"] = len(batches.n_atoms)
-        record["world_size"] = trainer.group.world_size
-        with atomic_path(run / "run.json") as tmp:
-            tmp.write_text(json.dumps(record, indent=1))
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if trainer.group.is_main:
-        click.echo(f"training {n_params:,} parameters on {len(batches.n_atoms)} molecules of "
-                   f"{record['model']['setting']}/{record['data']['split']}, {trainer.group.world_size} "
-                   f"process(es) on {trainer.device}", err=True)
-    trainer.fit()
-    if trainer.group.is_main:
-        click.echo(f"done: {run / MODEL} (EMA weights) at step {trainer.step}", err=True)
-    trainer.group.close()
+def _fit(model: torch.nn.Module, batches: MoleculeBatches, train_cfg: TrainConfig, run: Path, record: dict,
+         device: str, resume: bool, on_checkpoint) -> None:
+    """:func:`common.runs.train_in_run` on molecules (their count recorded in ``run.json``)."""
+    record["data"]["molecules"] = len(batches.n_atoms)
+    train_in_run(model, batches, train_cfg, run, record, device_option(device), resume,
+                 f"{len(batches.n_atoms)} molecules of {record['model']['setting']}/{record['data']['split']}",
+                 on_checkpoint)
 
 
 @train.command()
@@ -163,7 +138,8 @@ def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, rec
               type=click.Choice([*PROPERTIES, "all"]), help="Property to learn (repeat for several; all: the six).")
 @click.option("--run-dir", type=click.Path(file_okay=False), required=True,
               help="Folder for checkpoint.safetensors, model.safetensors (EMA weights + calibration), run.json and eval.jsonl.")
-@click.option("--epochs", type=float, default=20, show_default=True, help="Passes over the training split.")
+@click.option("--epochs", type=click.FloatRange(0, min_open=True), default=None,
+              help="Passes over the training split  [default: 20; on --resume: the run's own]")
 @click.option("--batch-size", type=int, default=96, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (cosine decay to 0).")
 @click.option("--warmup", type=int, default=200, show_default=True, help="Linear learning-rate warm-up steps.")
@@ -203,10 +179,12 @@ def predictor(setting, split, arch, properties, run_dir, epochs, batch_size, lr,
     fresh["train"] = asdict(TrainConfig(steps=0, batch_size=batch_size, lr=lr, warmup_steps=warmup,
                                         lr_schedule="cosine", ema_decay=ema_decay,
                                         checkpoint_every=checkpoint_every, seed=seed))
-    record = _run_record(run, resume, fresh)
+    record = run_record(run, resume, fresh)
     data = _training_data(record["model"]["setting"], record)
-    record["train"]["steps"] = math.ceil(epochs * len(data) / record["train"]["batch_size"])
-    model_cfg, train_cfg = PredictorConfig(**record["model"]), TrainConfig(**record["train"])
+    if epochs is None and not resume:
+        epochs = 20
+    steps = None if epochs is None else math.ceil(epochs * len(data) / record["train"]["batch_size"])
+    model_cfg, train_cfg = PredictorConfig(**record["model"]), train_config(record, steps)
     seed_everything(train_cfg.seed)
     labels = data.labels(model_cfg.properties)
     mean, mad = labels.mean(0), np.abs(labels - labels.mean(0)).mean(0)

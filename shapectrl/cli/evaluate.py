@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import torch
 
-from shapectrl.cli.options import device_option
+from common.cli import device_option
 from shapectrl.io import ShapeFileError, read_point_sets
 from shapectrl.metrics.generation import DISTANCES, compute_all_metrics
 

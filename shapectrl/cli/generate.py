@@ -11,16 +11,22 @@ import click
 import torch
 from tqdm import tqdm
 
+from common.cli import device_option
 from common.runtime import atomic_open, seed_everything
 from shapectrl.classifier import ShapeClassifier
-from shapectrl.cli.options import device_option
 from shapectrl.control import METHODS, ControlledShapes
 from shapectrl.io import write_ply
 from shapectrl.prior import ShapeDiffusion
 from shapectrl.render import contact_sheet
 from shapectrl.reward import ShapeReward
 from shapectrl.steer import steer_shapes
-from shapectrl.weights import DEFAULT_MODELS, EVALUATOR, PRIOR, REWARD_CLASSIFIER, weight_path
+from shapectrl.weights import (
+    DEFAULT_MODELS,
+    EVALUATOR,
+    PRIOR,
+    REWARD_CLASSIFIER,
+    weight_path,
+)
 
 SHEET = "contact_sheet.png"
 SUMMARY = "summary.json"

@@ -9,8 +9,8 @@ import click
 import torch
 from tqdm import tqdm
 
+from common.cli import device_option
 from common.runtime import seed_everything
-from shapectrl.cli.options import device_option
 from shapectrl.io import write_ply
 from shapectrl.prior import ShapeDiffusion
 

@@ -11,16 +11,17 @@ from pathlib import Path
 import click
 import torch
 
-from common.runtime import atomic_path, seed_everything
+from common.cli import device_option
+from common.runs import run_record, train_config, train_in_run
+from common.runtime import seed_everything
 from common.schedules import SCHEDULES
-from common.training import MODEL, TrainConfig, Trainer, checkpoint_in
+from common.training import TrainConfig, Trainer
 from common.weights import SUFFIX
 from shapectrl.classifier import (
     CLASSIFIER_ARCHITECTURES,
     ShapeClassifier,
     ShapeClassifierConfig,
 )
-from shapectrl.cli.options import device_option
 from shapectrl.conditions import DEFAULT_ATTRIBUTES, ShapeConditions, measure_attributes
 from shapectrl.control import (
     METHODS,
@@ -102,21 +103,6 @@ def train() -> None:
     """Train a shape model on the procedural data set (single process, or several under torchrun)."""
 
 
-def _run_record(run: Path, resume: bool, fresh: dict) -> dict:
-    """The settings of a run: ``fresh`` for a new run, those of ``run.json`` on resume."""
-    path = run / "run.json"
-    if resume:
-        if not path.exists():
-            raise click.UsageError(f"--resume: {path} does not exist (nothing to resume)")
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise click.UsageError(f"--resume: {path} is not readable ({' '.join(str(err).split())})") from None
-    if checkpoint_in(run):
-        raise click.UsageError(f"{run} already holds a checkpoint: pass --resume or choose another --run-dir")
-    return fresh
-
-
 def _data_record(data_dir: Path | None, per_class: int, data_points: int, class_text: str, data_seed: int,
                  n_points: int) -> dict:
     if n_points > data_points:
@@ -140,37 +126,11 @@ def _load(data: dict, split: str = "train", per_class: int | None = None,
     return shapes
 
 
-def _train_config(record: dict, steps: int | None) -> TrainConfig:
-    if steps is not None:
-        record["train"]["steps"] = steps
-    return TrainConfig(**record["train"])
-
-
 def _fit(model: torch.nn.Module, batches: ShapeBatches, train_cfg: TrainConfig, run: Path, record: dict,
          device: str, resume: bool, on_checkpoint=None) -> Trainer:
-    """Train with checkpoints (resuming when asked), writing ``run.json`` once for a new run."""
-    dev = device_option(device)
-    trainer = Trainer(model, batches, train_cfg, run, dev, on_checkpoint=on_checkpoint)
-    if resume and trainer.resume():
-        click.echo(f"resumed {run} at step {trainer.step}", err=True)
-    elif trainer.group.is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        record["train"] = asdict(train_cfg)
-        record["world_size"] = trainer.group.world_size
-        with atomic_path(run / "run.json") as tmp:
-            tmp.write_text(json.dumps(record, indent=1))
-    if trainer.group.is_main:
-        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        click.echo(f"training {n_params:,} parameters on {len(batches)} shapes x {batches.n_points} points, "
-                   f"{trainer.group.world_size} process(es) on {trainer.device}, {torch.get_num_threads()} thread(s)",
-                   err=True)
-    if trainer.step >= train_cfg.steps:
-        click.echo(f"nothing to do: the run is at step {trainer.step} of {train_cfg.steps} (raise --steps)", err=True)
-    trainer.fit()
-    if trainer.group.is_main:
-        click.echo(f"done: {run / MODEL} (EMA weights) at step {trainer.step}", err=True)
-    trainer.group.close()
-    return trainer
+    """:func:`common.runs.train_in_run` on shapes."""
+    return train_in_run(model, batches, train_cfg, run, record, device_option(device), resume,
+                        f"{len(batches)} shapes x {batches.n_points} points", on_checkpoint)
 
 
 def _log(path: Path, entry: dict) -> None:
@@ -225,8 +185,8 @@ def prior(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, l
         "data": _data_record(data_dir, per_class, data_points, class_text, data_seed, points),
         "preview": {"every": preview_every, "samples": preview_samples, "steps": preview_steps},
     }
-    record = _run_record(run_dir, resume, fresh)
-    train_cfg = _train_config(record, steps)
+    record = run_record(run_dir, resume, fresh)
+    train_cfg = train_config(record, steps)
     seed_everything(train_cfg.seed)
     shapes = _load(record["data"])
     model = ShapeDiffusion(ShapePriorConfig(**record["model"]), shapes.normalisation, shapes.classes)
@@ -284,8 +244,8 @@ def classifier(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_eve
                                          warmup_steps=warmup, lr_schedule="cosine", ema_decay=ema_decay,
                                          checkpoint_every=checkpoint_every, log_every=log_every, seed=seed)),
              "data": data | {"valid_per_class": valid_per_class}}
-    record = _run_record(run_dir, resume, fresh)
-    train_cfg = _train_config(record, steps)
+    record = run_record(run_dir, resume, fresh)
+    train_cfg = train_config(record, steps)
     seed_everything(train_cfg.seed)
     shapes = _load(record["data"])
     valid = _load(record["data"], "valid", record["data"]["valid_per_class"], shapes)
@@ -367,8 +327,8 @@ def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every,
                                          ema_decay=ema_decay, checkpoint_every=checkpoint_every, log_every=log_every,
                                          seed=seed)),
              "data": _data_record(data_dir, per_class, data_points, class_text, data_seed, points)}
-    record = _run_record(run_dir, resume, fresh)
-    train_cfg = _train_config(record, steps)
+    record = run_record(run_dir, resume, fresh)
+    train_cfg = train_config(record, steps)
     seed_everything(train_cfg.seed)
     config = ControlConfig(**record["control"])
     prior_model = ShapeDiffusion.load(record["prior"])
