@@ -27,14 +27,14 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
               "as SDF properties); a PNG grid is written beside it.")
 @click.option("--particles", type=click.IntRange(min=0), default=16, show_default=True,
               help="Sequential Monte Carlo: K particles per molecule steered towards p_prior(x)*exp(reward/T), each "
-                   "molecule from its own K (the README's benchmark: the lowest MAE); 0: sample --method once.")
+                   "molecule from its own K (docs/steered.md: the lowest MAE); 0: sample --method once.")
 @click.option("--proposal", type=click.Choice(["prior", "guidance", "rgdm", "ctrl"]), default="prior", show_default=True,
               help="With --particles: the kernel particles move by (the prior, the guided prior, or a conditioned model).")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
               help="With --particles: T of exp(reward/T)  [default: 0.25 for --target, i.e. p_prior(x)*p(y|x)^4, "
-                   "sharper than the conditional (T = 1): the lowest MAE of T = 1, 0.5, 0.25 in the README's "
-                   "benchmark; 0.005 for --maximize: mean QED above best-of-16's with 99 %% unique molecules; 0.002 "
-                   "scores higher still but repeats molecules (README)]")
+                   "sharper than the conditional (T = 1): the lowest MAE of T = 1, 0.5, 0.25 in "
+                   "docs/steered.md; 0.005 for --maximize: mean QED above best-of-16's with 99 %% unique molecules; 0.002 "
+                   "scores higher still but repeats molecules]")
 @click.option("--method", type=click.Choice(["rgdm", "ctrl", "guidance"]), default="rgdm", show_default=True,
               help="With --particles 0: rgdm / ctrl, a shipped (or --model) conditioned model; guidance, the prior "
                    "steered by the reward predictor's gradient (reconstruction guidance).")
@@ -48,16 +48,16 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
               help="With --particles and --target: what the final weights judge. model: the --reward-model "
                    "predictor; xtb: GFN2-xTB recomputed for every finished valid particle and mapped onto the DFT "
                    "scale (gap, homo, lumo, mu, alpha); both: the predictor's and xTB's likelihoods together (xTB on "
-                   "gap, homo, lumo, mu). The predictor always steers the path (README: Physics in the loop). "
-                   "[default: both where tblite is installed (lower MAE by the evaluator and by xTB in the README's "
-                   "benchmark, at ~1.25x the time); else model]")
+                   "gap, homo, lumo, mu). The predictor always steers the path (docs/physics.md). "
+                   "[default: both where tblite is installed (lower MAE by the evaluator and by xTB in "
+                   "docs/physics.md, at ~1.25x the time); else model]")
 @click.option("--verify", is_flag=True, help="Recompute the targeted properties by GFN2-xTB (tblite) on the DFT scale: "
               "SDF fields xtb_*, and the physics MAE printed beside the evaluator's.")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Guidance scale of --method guidance.")
 @click.option("--guidance-window", "window", default=None, metavar="LO:HI",
               help="--method guidance: guide only the diffusion steps LO < t ≤ HI of the prior's 1,000 "
                    f"[default: {DEFAULT_WINDOW[0]}:{DEFAULT_WINDOW[1]} for reconstruction guidance, whose effect lies in the last 15 % of "
-                   "the chain in the README's benchmark, at a third of the time of 0:1000; the whole chain for "
+                   "the chain in docs/conditioned.md, at a third of the time of 0:1000; the whole chain for "
                    "classifier guidance].")
 @click.option("--guidance-scale", type=click.FloatRange(0), default=1.0, show_default=True,
               help="rgdm / ctrl: classifier-free guidance w (1: the model itself; w > 1 sharpens the condition "
