@@ -3,7 +3,8 @@ and ``weights show`` / ``weights convert``, the model card and the converter fro
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -33,6 +34,18 @@ def device_option(name: str) -> torch.device:
         return resolve_device(name)
     except (ValueError, RuntimeError) as err:
         raise click.BadParameter(str(err), param_hint="--device") from None
+
+
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """A ``ValueError`` of the Python API inside becomes a usage error (one line, exit status 2); an
+    unusable weights file stays :class:`~common.weights.WeightsError` (``Error: PATH: ...``)."""
+    try:
+        yield
+    except WeightsError:
+        raise
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
 
 
 class WeightsFileError(click.ClickException):

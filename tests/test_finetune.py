@@ -245,7 +245,7 @@ def test_generate_reports_bad_requests_in_one_line(weight_files, tmp_path):
              (["--target", "mu=1", "--model", str(weight_files / "prior.safetensors")], "--model is the conditioned"),
              ([*once, "--target", "mu=1", "--method", "guidance", "--guidance-scale", "2"], "needs property targets and a"),
              (["--maximize", "qed", "--guidance-scale", "2"], "needs property targets and a"),
-             (["--target", "mu=1", "--guidance-window", "0:10"], "only --method guidance"),
+             (["--target", "mu=1", "--guidance-window", "0:10"], "only method guidance"),
              ([*once, "--target", "mu=1", "--method", "guidance", "--guidance-window", "10"], "expected LO:HI"),
              (["--target", "mu=1", "--method", "ctrl"], "--method samples each molecule once"),
              (["--target", "alpha=1e9"], "alpha=1e+09 is outside the labels the models were trained on")]

@@ -1,0 +1,297 @@
+"""The Python API for molecules: load once, generate for property targets (or a maximised score), score.
+
+    import molctrl
+
+    generator = molctrl.load()                                  # SMC over the shipped prior (docs/steered.md)
+    result = generator.sample({"alpha": 70}, n=16, seed=0)      # each molecule from its own 16 particles
+    report = molctrl.evaluate(result.molecules, {"alpha": 70})  # validity, uniqueness, novelty, stability, MAE
+    molctrl.write_molecules("alpha70.sdf", result.molecules)
+
+``molctrl generate`` is this module behind a command line: :class:`GenerationConfig` holds the defaults
+both use. Methods: ``smc`` (K particles steered by the reward towards p_pre·exp(r/τ), the default),
+``rgdm`` / ``ctrl`` (a conditioned model sampled once), ``guidance`` (the prior steered by the reward
+predictor's gradient, reconstruction guidance; classifier guidance with a noise-aware predictor).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.rewards import Reward
+from common.runtime import resolve_device, seed_everything
+from common.weights import SUFFIX, WeightsError
+from molctrl.conditions import PropertyConditions
+from molctrl.data.qm9 import load_split
+from molctrl.generate import (
+    Guidance,
+    atom_counts,
+    check_targets,
+    generate,
+    target_tensors,
+)
+from molctrl.molecule import Molecule
+from molctrl.predictor import PROPERTIES, PropertyPredictor
+from molctrl.prior import MoleculeDiffusion
+from molctrl.steer import PROPOSALS, SteeredBatch, Steering, steer
+from molctrl.weights import DEFAULT_EVALUATOR, WEIGHTS_DIR, load_predictor, load_prior
+
+METHODS = ("smc", "rgdm", "ctrl", "guidance")
+SCORES = ("qed", "logp", "sa")  # RDKit scores that can be maximised
+DEFAULT_REWARD_MODEL = "qm9-noh-e3nn-Db"
+DEFAULT_WINDOW = (0, 150)  # reconstruction guidance: benchmarks/results/qm9_conditional_reconstruction_window_*
+TARGET_TEMPERATURE, MAXIMIZE_TEMPERATURE = 0.25, 0.005  # docs/steered.md: the lowest MAE; QED above best-of-16
+
+
+@dataclass
+class GenerationConfig:
+    """How molecules are generated (the defaults of ``molctrl generate``).
+
+    ``particles``, ``proposal``, ``temperature`` (τ; None: 0.25 for targets, 0.005 to maximise) and
+    ``judge`` (what the final weights read: ``model``, ``xtb`` or ``both``; None: ``both`` for Δε,
+    HOMO, LUMO and μ targets where tblite is installed) steer ``smc``; ``scale`` and ``window`` (the
+    diffusion steps lo < t ≤ hi guided; None: 0:150 for reconstruction guidance) shape ``guidance``
+    and the guidance proposal; ``guidance_scale`` is classifier-free guidance w of ``rgdm`` / ``ctrl``.
+    """
+
+    method: str = "smc"
+    particles: int = 16
+    proposal: str = "prior"
+    temperature: float | None = None
+    judge: str | None = None
+    scale: float = 1.0
+    window: tuple[int, int] | None = None
+    guidance_scale: float = 1.0
+    steps: int = 100
+    reward_model: str = DEFAULT_REWARD_MODEL
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r} (expected one of {', '.join(METHODS)})")
+        if self.proposal not in PROPOSALS:
+            raise ValueError(f"unknown proposal {self.proposal!r} (expected one of {', '.join(PROPOSALS)})")
+        if self.method == "smc" and self.particles < 1:
+            raise ValueError("smc needs at least one particle per molecule")
+        if self.guidance_scale != 1.0 and self.method not in ("rgdm", "ctrl"):
+            raise ValueError("classifier-free guidance needs property targets and a conditioned model "
+                             "(method rgdm or ctrl, sampled once)")
+        guided = (self.proposal if self.method == "smc" else self.method) == "guidance"
+        if self.window is not None and not guided:
+            raise ValueError("only method guidance (or the guidance proposal) has a guidance window")
+        if self.judge is not None and self.method != "smc":
+            raise ValueError(f"judge {self.judge!r} weighs the particles of smc: use it with method smc")
+
+
+@dataclass
+class Generated:
+    """What :meth:`MoleculeGenerator.sample` returns: the molecules (SMC adds each one's ``reward`` and
+    ``log_weight`` to its properties), the targets, how they were made, the sampling time, and for SMC
+    its report (mean ESS, network evaluations), τ and what the final weights read."""
+
+    molecules: list[Molecule]
+    targets: dict[str, float]
+    description: str
+    seconds: float
+    steering: SteeredBatch | None = None
+    temperature: float | None = None
+    final_weights: str | None = None
+
+
+class MoleculeGenerator:
+    """A generator ready to sample: the model (the prior, or a conditioned model), the conditioning
+    labels (targets' range, p(N | c)), the reward of SMC or guidance, and the config. Build it with
+    :meth:`load`."""
+
+    def __init__(self, model: MoleculeDiffusion, conditions: PropertyConditions, config: GenerationConfig,
+                 reward: Reward | None = None, conditioned: MoleculeDiffusion | None = None,
+                 guidance: Guidance | None = None, maximize: str | None = None):
+        self.model, self.conditions, self.config = model.eval(), conditions, config
+        self.reward, self.conditioned, self.guidance, self.maximize = reward, conditioned, guidance, maximize
+
+    @classmethod
+    def load(cls, config: GenerationConfig | None = None, *, maximize: str | None = None, model: str | None = None,
+             prior: str | None = None, device: str = "auto") -> MoleculeGenerator:
+        """The shipped models (or the files given) for ``config``: ``model`` is the conditioned model of
+        ``rgdm`` / ``ctrl`` (as a method or an SMC proposal; default: the shipped one) or the prior of
+        ``guidance``; ``prior`` the prior SMC steers; ``maximize`` an RDKit score (qed, logp, sa) instead
+        of property targets. Raises ValueError (or :class:`~common.weights.WeightsError` for an unusable
+        file) in one line."""
+        config = config or GenerationConfig()
+        if maximize is not None and maximize not in SCORES:
+            raise ValueError(f"unknown score {maximize!r} to maximise (expected one of {', '.join(SCORES)})")
+        guided = (config.proposal if config.method == "smc" else config.method) == "guidance"
+        if maximize and guided:
+            raise ValueError("guidance needs a differentiable reward: use it with property targets")
+        if maximize and config.guidance_scale != 1.0:
+            raise ValueError("classifier-free guidance needs property targets and a conditioned model")
+        dev = resolve_device(device)
+        reward = conditioned = guidance = None
+        if config.method == "smc":
+            main = load_prior(prior).to(dev)
+            if config.proposal in ("rgdm", "ctrl"):
+                conditioned = _conditioned(model, config.proposal, maximize).to(dev)
+            elif model:
+                raise ValueError(f"model: the conditioned model of an rgdm or ctrl proposal, not of "
+                                 f"{config.proposal!r}")
+            reward = _reward(main, maximize, config.reward_model, dev)
+        elif config.method == "guidance":
+            main = load_prior(model).to(dev)
+            guidance = _guidance(main, config, dev)
+        else:
+            main = _conditioned(model, config.method, maximize).to(dev)
+        conditions = PropertyConditions.from_split(load_split(main.config.setting, "Db"))
+        return cls(main, conditions, config, reward, conditioned, guidance, maximize)
+
+    def sample(self, targets: dict[str, float] | None = None, n: int = 16, seed: int = 0,
+               on_batch: Callable[[int], None] | None = None) -> Generated:
+        """``n`` molecules for ``targets`` (property -> value, any subset of :data:`PROPERTIES`; none when
+        maximising). ``on_batch(k)`` after each batch of k molecules. Raises ValueError for a target
+        outside the labels the models saw, or a request the generator was not loaded for."""
+        from molctrl.physics import tblite_missing
+
+        targets = dict(targets or {})
+        unknown = [p for p in targets if p not in PROPERTIES]
+        if unknown:
+            raise ValueError(f"unknown properties {unknown} (expected some of {', '.join(PROPERTIES)})")
+        if bool(targets) == bool(self.maximize):
+            raise ValueError("give property targets, or load the generator with maximize= (not both)")
+        check_targets(targets, self.conditions)
+        config, model = self.config, self.model
+        y, y_mask = target_tensors(targets, n)
+        generator = seed_everything(seed)
+        t0 = time.perf_counter()
+        if config.method != "smc":
+            molecules = generate(model, self.conditions, y, y_mask, config.steps, generator, self.guidance,
+                                 guidance_scale=config.guidance_scale)
+            return self._finish(molecules, targets, f"method {config.method}", seed, t0)
+        judge = config.judge or ("both" if targets and not tblite_missing() else "model")
+        final_reward = self._final_reward(judge, targets)
+        steering = Steering(config.particles, config.proposal,
+                            config.temperature or (MAXIMIZE_TEMPERATURE if self.maximize else TARGET_TEMPERATURE),
+                            guidance_scale=config.scale, guidance_window=config.window or DEFAULT_WINDOW)
+        molecules, report = steer(model, self.reward, y, y_mask, atom_counts(self.conditions, y, y_mask, generator=generator),
+                                  steering, self.conditions, config.steps, generator, self.conditioned,
+                                  on_batch=on_batch, final_reward=final_reward)
+        for m, r, w in zip(molecules, report.reward.tolist(), report.log_weight.tolist()):
+            m.properties |= {"reward": round(r, 4), "log_weight": round(w, 4)}
+        how = f"smc {config.particles} particles, {config.proposal} proposal, temperature {steering.temperature:g}"
+        weights = "model" if final_reward is None else judge
+        if final_reward is not None:
+            how += f", final weights by {'GFN2-xTB' if judge == 'xtb' else 'the predictor and GFN2-xTB'}"
+        return self._finish(molecules, targets, how, seed, t0, report, steering.temperature, weights)
+
+    def _final_reward(self, judge: str, targets: dict[str, float]) -> Reward | None:
+        from molctrl.physics import tblite_missing
+        from molctrl.xtb_reward import final_judge
+
+        if judge != "model" and not targets:
+            raise ValueError(f"judge {judge!r} weighs property targets: maximising reads the score itself")
+        missing = tblite_missing()
+        if judge != "model" and missing:
+            raise ValueError(f"judge {judge!r}: {missing}")
+        return final_judge(judge, self.reward, self.model.decode, list(targets))
+
+    @staticmethod
+    def _finish(molecules: list[Molecule], targets: dict[str, float], how: str, seed: int, t0: float,
+                report: SteeredBatch | None = None, temperature: float | None = None,
+                weights: str | None = None) -> Generated:
+        for k, m in enumerate(molecules):
+            m.title = f"molctrl generate {k} seed {seed} {how}"
+        return Generated(molecules, targets, how, time.perf_counter() - t0, report, temperature, weights)
+
+
+def _conditioned(path: str | None, method: str, maximize: str | None) -> MoleculeDiffusion:
+    """A conditioned model: ``path``, or the shipped one of ``method`` (and of the maximised score)."""
+    path = Path(path) if path else WEIGHTS_DIR / f"qm9-noh-{method}{'-' + maximize if maximize else ''}{SUFFIX}"
+    if not path.exists():
+        raise ValueError(f"{path}: no such model; train one with 'molctrl finetune' and pass it as the model, "
+                         "or use guidance")
+    model = load_prior(path)
+    if not model.config.cond_dim:
+        raise WeightsError(f"{path}: not a conditioned model (train one with 'molctrl finetune')")
+    return model
+
+
+def _reward(prior: MoleculeDiffusion, maximize: str | None, reward_model: str, device: torch.device) -> Reward:
+    """SMC's reward: the RDKit score to maximise, or the reward predictor's likelihood of the targets."""
+    from molctrl.chemistry import ChemistryReward
+    from molctrl.predictor import likelihood_reward
+
+    if maximize:
+        return ChemistryReward(maximize, prior.decode)
+    predictor = load_predictor(reward_model).eval().to(device)
+    return likelihood_reward(predictor, predictor.properties, prior.config.type_scale)
+
+
+def _guidance(prior: MoleculeDiffusion, config: GenerationConfig, device: torch.device) -> Guidance:
+    """Reconstruction guidance by a clean-data predictor, classifier guidance by a noise-aware one."""
+    from molctrl.noisy_predictor import NoisyPropertyPredictor
+    from molctrl.predictor import likelihood_reward
+
+    predictor = load_predictor(config.reward_model).eval().to(device)
+    if isinstance(predictor, NoisyPropertyPredictor):
+        return Guidance(config.scale, noisy=predictor, window=config.window)
+    return Guidance(config.scale, reward=likelihood_reward(predictor, predictor.properties, prior.config.type_scale),
+                    window=config.window or DEFAULT_WINDOW)
+
+
+def load(method: str = "smc", *, maximize: str | None = None, model: str | None = None, prior: str | None = None,
+         device: str = "auto", **options) -> MoleculeGenerator:
+    """``molctrl.load(...)``: a :class:`MoleculeGenerator` for ``method`` with any :class:`GenerationConfig`
+    field as a keyword (``particles=64``, ``temperature=0.5``, ``judge="model"``, ...)."""
+    return MoleculeGenerator.load(GenerationConfig(method=method, **options), maximize=maximize, model=model,
+                                  prior=prior, device=device)
+
+
+def evaluate(molecules: Sequence[Molecule], targets: dict[str, float] | None = None,
+             evaluator: str | PropertyPredictor = DEFAULT_EVALUATOR, maximize: str | None = None,
+             physics: bool = False, setting: str = "qm9-noh") -> dict:
+    """EDM's metrics of ``molecules`` (validity, uniqueness, novelty against the ``setting``'s training
+    SMILES, atom and molecule stability) and, for ``targets``, the ``evaluator``'s MAE and mean per
+    property (``mae_<p>``, ``mean_predicted_<p>``); for ``maximize``, the mean score (``mean_<score>``);
+    with ``physics``, GFN2-xTB's values on the DFT scale and their MAE to the targets
+    (:func:`molctrl.xtb_reward.physics_check`). Each molecule's properties gain ``target_<p>`` and
+    ``predicted_<p>`` (or the score), so that a written SDF carries them."""
+    from molctrl.metrics import evaluate_molecules, train_smiles
+
+    targets = dict(targets or {})
+    summary = evaluate_molecules(molecules, train_smiles(setting)).summary
+    if targets:
+        predictor = load_predictor(evaluator).eval() if isinstance(evaluator, (str, Path)) else evaluator
+        predictions = predict(predictor, molecules, list(targets))
+        for name, column in zip(targets, predictions.T):
+            summary[f"mae_{name}"] = float(np.nanmean(np.abs(column - targets[name])))
+            summary[f"mean_predicted_{name}"] = float(np.nanmean(column))
+            for m, value in zip(molecules, column):
+                m.properties[f"target_{name}"] = targets[name]
+                m.properties[f"predicted_{name}"] = round(float(value), 4)
+    if maximize:
+        from molctrl.chemistry import chemistry_scores
+
+        scores = chemistry_scores(molecules, [maximize])[maximize]
+        summary[f"mean_{maximize}"] = float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
+        for m, value in zip(molecules, scores):
+            m.properties[maximize] = "invalid" if np.isnan(value) else round(float(value), 4)
+    if physics:
+        from molctrl.physics import PHYSICS_PROPERTIES, require_tblite
+        from molctrl.xtb_reward import physics_check
+
+        require_tblite()
+        judged = [p for p in targets if p in PHYSICS_PROPERTIES] or list(PHYSICS_PROPERTIES)
+        summary |= physics_check(molecules, {p: np.float64(targets[p]) for p in judged if p in targets}, judged)[1]
+    return summary
+
+
+def predict(predictor: PropertyPredictor, molecules: Sequence[Molecule], names: Sequence[str]) -> np.ndarray:
+    """Predictions ``(M, len(names))``, NaN for molecules without atoms."""
+    columns = [predictor.properties.index(p) for p in names]
+    out = np.full((len(molecules), len(names)), np.nan)
+    ok = [k for k, m in enumerate(molecules) if m.n_atoms]
+    if ok:
+        with torch.no_grad():
+            out[ok] = predictor.predict_molecules([molecules[k] for k in ok])[:, columns]
+    return out
