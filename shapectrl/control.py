@@ -31,7 +31,13 @@ import torch
 from torch import nn
 
 from common.ctrl import ctrl_loss
-from common.exports import errors_naming, load_fields, load_module, save_fields, typed_field
+from common.exports import (
+    errors_naming,
+    load_fields,
+    load_module,
+    save_fields,
+    typed_field,
+)
 from common.guidance import classifier_free
 from common.rgdm import payoff_resample
 from common.training import EpochSampler

@@ -19,7 +19,8 @@ def test_readme_python_runs_as_written(block, tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     exec(compile(block, str(README), "exec"), {})
-    assert "validity" in capsys.readouterr().out or "class_accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "validity" in printed or "class_accuracy" in printed
     files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
     assert files, "the example writes what it generates"
     for path in files:

@@ -4,29 +4,28 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import click
 import torch
 from tqdm import tqdm
 
-from common.cli import device_option
-from common.runtime import atomic_open, seed_everything
+from common.cli import device_option, usage_errors
+from common.runtime import atomic_open
 from shapectrl.classifier import ShapeClassifier
-from shapectrl.control import METHODS, ControlledShapes
+from shapectrl.control import METHODS
 from shapectrl.io import write_ply
-from shapectrl.prior import ShapeDiffusion
-from shapectrl.render import contact_sheet
-from shapectrl.reward import ShapeReward
-from shapectrl.steer import steer_shapes
-from shapectrl.weights import (
-    DEFAULT_MODELS,
-    EVALUATOR,
-    PRIOR,
-    REWARD_CLASSIFIER,
-    weight_path,
+from shapectrl.pipeline import (
+    PROPOSALS,
+    ShapeGenerationConfig,
+    ShapeGenerator,
+    evaluate,
+    score,
 )
+from shapectrl.render import contact_sheet
+from shapectrl.weights import EVALUATOR, REWARD_CLASSIFIER, weight_path
+
+DEFAULTS = ShapeGenerationConfig()  # one source of defaults: the Python API's
 
 SHEET = "contact_sheet.png"
 SUMMARY = "summary.json"
@@ -49,27 +48,10 @@ def _parse_attrs(ctx: click.Context, param: click.Parameter, texts: tuple[str, .
     return values
 
 
-def _load_model(model_path: Path | None, method: str, device: torch.device) -> tuple[ControlledShapes, Path]:
-    """The controlled model of ``--model`` (default: the method's shipped file), on ``device``."""
-    path = weight_path(model_path or DEFAULT_MODELS[method])
-    controlled = ControlledShapes.load(path)
-    controlled.model.to(device).eval()
-    return controlled, path
 
 
-def _load_evaluator(evaluator_path: Path | None, device: torch.device) -> tuple[ShapeClassifier, Path]:
-    path = weight_path(evaluator_path or EVALUATOR)
-    return ShapeClassifier.load(path).to(device).eval(), path
 
 
-def _target(controlled: ControlledShapes, class_name: str | None, attrs: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(y (1 + A,), y_mask (1 + A,))`` of the names, or a one-line error naming the option at fault."""
-    conditions = controlled.conditions
-    try:
-        return conditions.target(class_name, attrs)
-    except ValueError as err:
-        hint = "--class" if class_name is not None and class_name not in conditions.classes else "--attr"
-        raise click.BadParameter(str(err), param_hint=hint) from None
 
 
 def _outputs(out: Path, prefix: str, n_samples: int, overwrite: bool) -> list[Path]:
@@ -83,15 +65,6 @@ def _outputs(out: Path, prefix: str, n_samples: int, overwrite: bool) -> list[Pa
     return paths
 
 
-def _evaluate(clouds: torch.Tensor, evaluator: ShapeClassifier, controlled: ControlledShapes,
-              attrs: dict[str, float], n_measure: int) -> tuple[list[str], torch.Tensor, dict[str, torch.Tensor]]:
-    """Clouds ``(B, N, 3)`` in model units -> the evaluator's classes, their probabilities ``(B,)`` and
-    each conditioned attribute measured on the first ``n_measure`` points ``{name: (B,)}``."""
-    logits = evaluator.predict_logits_model_units(clouds)
-    probs, labels = torch.softmax(logits / evaluator.temperature, dim=1).max(dim=1)
-    measured = controlled.conditions.measure(clouds[:, :n_measure])
-    columns = {name: measured[:, controlled.conditions.attributes.index(name)] for name in attrs}
-    return [evaluator.classes[k] for k in labels.tolist()], probs, columns
 
 
 def _caption(predicted: str, prob: float, values: dict[str, float]) -> str:
@@ -109,18 +82,18 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @click.option("-n", "n_samples", type=click.IntRange(1), default=16, show_default=True, help="Clouds to draw.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the PLY files, the contact sheet and summary.json (created if missing).")
-@click.option("--method", type=click.Choice(METHODS), default="rgdm", show_default=True,
+@click.option("--method", type=click.Choice(METHODS), default=DEFAULTS.method, show_default=True,
               help="Which shipped controlled model to use: rgdm (shapes-rgdm-data.safetensors, RGDM over the unlabelled training "
                    "clouds), ctrl (shapes-ctrl.safetensors) or cond (shapes-cond.safetensors, the label-as-input baseline).")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A controlled model.safetensors from 'shapectrl train control' (overrides --method's shipped file).")
 @click.option("--evaluator", "evaluator_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help=f"Classifier that scores the class (default: the shipped {EVALUATOR}).")
-@click.option("--particles", type=click.IntRange(0), default=0, show_default=True,
+@click.option("--particles", type=click.IntRange(0), default=DEFAULTS.particles, show_default=True,
               help="Sequential Monte Carlo: K particles per cloud steered from the prior towards "
                    "p_prior(x)*exp(reward) (--reward's classifier and the attribute tolerances), one cloud per K; "
                    "0: sample the controlled model once.")
-@click.option("--proposal", type=click.Choice(["prior", "model"]), default="prior", show_default=True,
+@click.option("--proposal", type=click.Choice(PROPOSALS), default=DEFAULTS.proposal, show_default=True,
               help="With --particles: move the particles by the prior, or by the controlled model (--method/--model, "
                    "at --guidance-scale).")
 @click.option("--reward", "reward_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -128,9 +101,9 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @click.option("--points", type=click.IntRange(1), default=None,
               help="Points per cloud  [default: the model's training size, 512 for the shipped models; the denoiser "
                    "runs on any N, but the shipped prior's samples lose their shape well above its training size]")
-@click.option("--steps", type=click.IntRange(1), default=50, show_default=True,
+@click.option("--steps", type=click.IntRange(1), default=DEFAULTS.steps, show_default=True,
               help="Reverse steps; below the model's T a respaced sampler is used.")
-@click.option("--guidance-scale", type=click.FloatRange(0), default=2.0, show_default=True,
+@click.option("--guidance-scale", type=click.FloatRange(0), default=DEFAULTS.guidance_scale, show_default=True,
               help="Classifier-free guidance w: ε(z, 0) + w·(ε(z, c) − ε(z, 0)), the empty condition being the model's "
                    "unconditional branch; 1 samples the model itself (two network calls per step otherwise).")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
@@ -154,63 +127,50 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
     if threads:
         torch.set_num_threads(threads)
     dev = device_option(device)
-    controlled, path = _load_model(model_path, method, dev)
-    y, y_mask = _target(controlled, class_name, attrs)
-    evaluator, evaluator_file = _load_evaluator(evaluator_path, dev)
+    with usage_errors():
+        config = ShapeGenerationConfig(method, particles, proposal, points, steps, guidance_scale)
+    generator = ShapeGenerator.load(config, model=model_path, reward=reward_path, device=str(dev))
+    try:
+        generator.target(class_name, attrs)
+    except ValueError as err:
+        known = generator.controlled.conditions.classes
+        raise click.BadParameter(str(err), param_hint="--class" if class_name is not None and class_name not in known
+                                 else "--attr") from None
+    evaluator_file = weight_path(evaluator_path or EVALUATOR)
+    evaluator = ShapeClassifier.load(evaluator_file).to(dev).eval()
     if class_name is not None and class_name not in evaluator.classes:
         raise click.BadParameter(f"{evaluator_file}: does not know class {class_name!r} "
                                  f"(it knows {', '.join(evaluator.classes)})", param_hint="--evaluator")
     paths = _outputs(out, prefix, n_samples, overwrite)
 
-    points = points or controlled.model.config.n_train_points
-    generator = seed_everything(seed)
-    t0 = time.perf_counter()
-    targets = y.expand(n_samples, -1), y_mask.expand(n_samples, -1)
     with tqdm(total=n_samples, desc=f"steering {particles} particles" if particles else "sampling", unit="cloud",
               disable=None) as bar:
-        if particles:
-            prior = ShapeDiffusion.load(weight_path(PRIOR)).to(dev).eval()
-            reward = ShapeReward(ShapeClassifier.load(weight_path(reward_path or REWARD_CLASSIFIER)).to(dev),
-                                 controlled.conditions, controlled.control.get("tolerance", 0.1)).to(dev)
-            steered = steer_shapes(prior, reward, *targets, points, particles, steps,
-                                   controlled if proposal == "model" else None, guidance_scale, generator=generator,
-                                   on_batch=bar.update)
-            clouds = steered.clouds
-        else:
-            clouds = controlled.sample(*targets, points, steps, generator, batch_size, on_batch=bar.update,
-                                       guidance_scale=guidance_scale)
-    seconds = time.perf_counter() - t0
-    clouds = controlled.model.denormalise(clouds)
-    n_measure = min(points, controlled.model.config.n_train_points)
-    predicted, probs, measured = _evaluate(clouds, evaluator, controlled, attrs, n_measure)
-
-    how = (f"smc, {particles} particles, {proposal if proposal == 'prior' else controlled.control.get('method', method)} "
-           "proposal") if particles else controlled.control.get("method", method)
+        result = generator.sample(class_name, attrs, n_samples, seed, batch_size, on_batch=bar.update)
+    scores = score(result, evaluator)
     out.mkdir(parents=True, exist_ok=True)
-    for file, cloud in zip(paths, clouds):
+    for file, cloud in zip(paths, result.clouds):
         write_ply(file, cloud)
-    per_cloud = [{name: round(float(values[k]), 5) for name, values in measured.items()} for k in range(n_samples)]
-    contact_sheet(clouds, [_caption(c, float(p), v) for c, p, v in zip(predicted, probs, per_cloud)], out / SHEET,
-                  title=f"{_target_text(class_name, attrs)} ({how})")
+    per_cloud = [{name: round(float(values[k]), 5) for name, values in scores.measured.items()}
+                 for k in range(n_samples)]
+    contact_sheet(result.clouds, [_caption(c, float(p), v) for c, p, v in
+                                  zip(scores.classes, scores.probabilities, per_cloud)], out / SHEET,
+                  title=f"{_target_text(class_name, attrs)} ({result.description})")
     summary = {
         "target": {"class": class_name, "attributes": attrs},
-        "method": how, "model": str(path), "evaluator": str(evaluator_file),
-        "out": str(out), "clouds": n_samples, "points": points, "attribute_points": n_measure,
-        "sampling_steps": min(steps, controlled.model.config.n_steps),
+        "method": result.description, "model": str(generator.path), "evaluator": str(evaluator_file),
+        "out": str(out), "clouds": n_samples, "points": generator.points, "attribute_points": result.attribute_points,
+        "sampling_steps": min(steps, generator.controlled.model.config.n_steps),
         "guidance_scale": None if particles and proposal == "prior" else guidance_scale,
-        "seconds": round(seconds, 2),
+        "seconds": round(result.seconds, 2),
         "device": str(dev),
-        "class_accuracy": (round(sum(c == class_name for c in predicted) / n_samples, 5)
-                           if class_name is not None else None),
-        "attribute_mae": {name: round(float((values - attrs[name]).abs().mean()), 5)
-                          for name, values in measured.items()},
-    }
-    if particles:
+    } | evaluate(result, scores=scores)
+    steered = result.steering
+    if steered is not None:
         summary |= {"particles": particles, "mean_ess": round(float(steered.ess.mean()), 2),
                     "network_calls_per_cloud": steered.network_calls,
                     "mean_reward": round(float(steered.reward.mean()), 4)}
     samples = [{"file": file.name, "class": c, "probability": round(float(p), 5), "attributes": v}
-               for file, c, p, v in zip(paths, predicted, probs, per_cloud)]
+               for file, c, p, v in zip(paths, scores.classes, scores.probabilities, per_cloud)]
     with atomic_open(out / SUMMARY) as handle:
         json.dump(summary | {"samples": samples}, handle, indent=2)
     click.echo(json.dumps(summary) if as_json else _report(summary))

@@ -1,0 +1,199 @@
+"""The Python API for shapes: load once, generate clouds for a class and attributes, score them.
+
+    import shapectrl
+
+    generator = shapectrl.load()                                    # the shipped RGDM model, w = 2
+    result = generator.sample("chair", {"chair_back_height": 0.6}, n=4, seed=0)
+    print(shapectrl.evaluate(result))                               # class accuracy, attribute MAE
+    shapectrl.write_clouds("chairs", result.clouds)
+
+``shapectrl generate`` is this module behind a command line; :class:`ShapeGenerationConfig` holds the
+defaults both use. ``particles=K`` steers K particles per cloud from the prior (or, with
+``proposal="model"``, from the controlled model) towards p_pre·exp(r) by sequential Monte Carlo.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from common.runtime import resolve_device, seed_everything
+from shapectrl.classifier import ShapeClassifier
+from shapectrl.conditions import ShapeConditions
+from shapectrl.control import METHODS, ControlledShapes
+from shapectrl.io import write_ply
+from shapectrl.prior import ShapeDiffusion
+from shapectrl.reward import ShapeReward
+from shapectrl.steer import SteeredShapes, steer_shapes
+from shapectrl.weights import (
+    DEFAULT_MODELS,
+    EVALUATOR,
+    PRIOR,
+    REWARD_CLASSIFIER,
+    weight_path,
+)
+
+PROPOSALS = ("prior", "model")
+
+
+@dataclass
+class ShapeGenerationConfig:
+    """How clouds are generated (the defaults of ``shapectrl generate``): the shipped model of
+    ``method``; ``particles`` > 0 steers by SMC with ``proposal``; ``points`` per cloud (None: the
+    model's training size); ``steps`` reverse steps; ``guidance_scale`` w of classifier-free guidance."""
+
+    method: str = "rgdm"
+    particles: int = 0
+    proposal: str = "prior"
+    points: int | None = None
+    steps: int = 50
+    guidance_scale: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r} (expected one of {', '.join(METHODS)})")
+        if self.proposal not in PROPOSALS:
+            raise ValueError(f"unknown proposal {self.proposal!r} (expected one of {', '.join(PROPOSALS)})")
+        if self.particles < 0 or self.steps < 1 or (self.points is not None and self.points < 1):
+            raise ValueError("particles must be ≥ 0, steps and points ≥ 1")
+
+
+@dataclass
+class GeneratedShapes:
+    """What :meth:`ShapeGenerator.sample` returns: clouds ``(B, N, 3)`` in model units (CPU), the target,
+    how they were made, the sampling time, SMC's report (None without particles), and what measuring
+    the attributes needs: the model's conditions and its training size (attributes are measured on
+    that many first points of each cloud)."""
+
+    clouds: torch.Tensor
+    class_name: str | None
+    attributes: dict[str, float]
+    description: str
+    seconds: float
+    steering: SteeredShapes | None
+    conditions: ShapeConditions
+    attribute_points: int
+
+
+class ShapeGenerator:
+    """A controlled shape model with what SMC needs (the prior, the reward), ready to sample. Build it
+    with :meth:`load`."""
+
+    def __init__(self, controlled: ControlledShapes, config: ShapeGenerationConfig, path: Path,
+                 prior: ShapeDiffusion | None = None, reward: ShapeReward | None = None):
+        self.controlled, self.config, self.path, self.prior, self.reward = controlled, config, path, prior, reward
+
+    @classmethod
+    def load(cls, config: ShapeGenerationConfig | None = None, *, model: str | Path | None = None,
+             reward: str | Path | None = None, device: str = "auto") -> ShapeGenerator:
+        """The shipped model of ``config.method`` (or ``model``, a file of ``shapectrl train control``) and,
+        for SMC, the shipped prior and reward classifier (or ``reward``). One-line
+        :class:`~common.weights.WeightsError` for an unusable file."""
+        config = config or ShapeGenerationConfig()
+        dev = resolve_device(device)
+        path = weight_path(model or DEFAULT_MODELS[config.method])
+        controlled = ControlledShapes.load(path)
+        controlled.model.to(dev).eval()
+        prior = shape_reward = None
+        if config.particles:
+            prior = ShapeDiffusion.load(weight_path(PRIOR)).to(dev).eval()
+            shape_reward = ShapeReward(ShapeClassifier.load(weight_path(reward or REWARD_CLASSIFIER)).to(dev),
+                                       controlled.conditions, controlled.control.get("tolerance", 0.1)).to(dev)
+        return cls(controlled, config, path, prior, shape_reward)
+
+    @property
+    def points(self) -> int:
+        return self.config.points or self.controlled.model.config.n_train_points
+
+    def target(self, class_name: str | None = None, attributes: Mapping[str, float] | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y (1 + A,), y_mask (1 + A,))`` of a class and attribute values (ValueError naming what the
+        model does not know)."""
+        if class_name is None and not attributes:
+            raise ValueError("give a target: a class, at least one attribute, or both")
+        return self.controlled.conditions.target(class_name, dict(attributes or {}))
+
+    def sample(self, class_name: str | None = None, attributes: Mapping[str, float] | None = None, n: int = 16,
+               seed: int = 0, batch_size: int = 16, on_batch: Callable[[int], None] | None = None) -> GeneratedShapes:
+        """``n`` clouds for one target (a class, attribute values, or both)."""
+        y, y_mask = self.target(class_name, attributes)
+        config, controlled = self.config, self.controlled
+        targets = y.expand(n, -1), y_mask.expand(n, -1)
+        generator = seed_everything(seed)
+        t0 = time.perf_counter()
+        steered = None
+        if config.particles:
+            proposal = controlled if config.proposal == "model" else None
+            steered = steer_shapes(self.prior, self.reward, *targets, self.points, config.particles, config.steps,
+                                   proposal, config.guidance_scale, generator=generator, on_batch=on_batch)
+            clouds = steered.clouds
+            kernel = controlled.control.get("method", config.method) if proposal else "prior"
+            how = f"smc, {config.particles} particles, {kernel} proposal"
+        else:
+            clouds = controlled.sample(*targets, self.points, config.steps, generator, batch_size, on_batch=on_batch,
+                                       guidance_scale=config.guidance_scale)
+            how = controlled.control.get("method", config.method)
+        return GeneratedShapes(controlled.model.denormalise(clouds), class_name, dict(attributes or {}), how,
+                               time.perf_counter() - t0, steered, controlled.conditions,
+                               min(self.points, controlled.model.config.n_train_points))
+
+
+def load(method: str = "rgdm", *, model: str | Path | None = None, reward: str | Path | None = None,
+         device: str = "auto", **options) -> ShapeGenerator:
+    """``shapectrl.load(...)``: a :class:`ShapeGenerator` with any :class:`ShapeGenerationConfig` field as
+    a keyword (``particles=16``, ``guidance_scale=1.5``, ``points=1024``, ...)."""
+    return ShapeGenerator.load(ShapeGenerationConfig(method=method, **options), model=model, reward=reward,
+                               device=device)
+
+
+@dataclass
+class ShapeScores:
+    """Per cloud: the evaluator's class and its probability ``(B,)``, and each targeted attribute
+    measured ``{name: (B,)}``."""
+
+    classes: list[str]
+    probabilities: torch.Tensor
+    measured: dict[str, torch.Tensor]
+
+
+def score(result: GeneratedShapes, evaluator: str | Path | ShapeClassifier = EVALUATOR) -> ShapeScores:
+    """Each cloud's class by the ``evaluator`` (a classifier other than the reward's) and each targeted
+    attribute measured on the first ``result.attribute_points`` points."""
+    classifier = evaluator if isinstance(evaluator, ShapeClassifier) else ShapeClassifier.load(weight_path(evaluator))
+    if result.class_name is not None and result.class_name not in classifier.classes:
+        raise ValueError(f"the evaluator does not know class {result.class_name!r} "
+                         f"(it knows {', '.join(classifier.classes)})")
+    clouds = result.clouds.to(next(classifier.parameters()).device)
+    logits = classifier.eval().predict_logits_model_units(clouds)
+    probs, labels = torch.softmax(logits / classifier.temperature, dim=1).max(dim=1)
+    conditions = result.conditions
+    measured = conditions.measure(clouds[:, : result.attribute_points])
+    columns = {name: measured[:, conditions.attributes.index(name)].cpu() for name in result.attributes}
+    return ShapeScores([classifier.classes[k] for k in labels.tolist()], probs.cpu(), columns)
+
+
+def evaluate(result: GeneratedShapes, evaluator: str | Path | ShapeClassifier = EVALUATOR,
+             scores: ShapeScores | None = None) -> dict:
+    """Class accuracy by the ``evaluator`` (None without a class target) and each targeted attribute's
+    mean absolute error, from ``scores`` when given (:func:`score` otherwise)."""
+    scores = scores or score(result, evaluator)
+    accuracy = None
+    if result.class_name is not None:
+        accuracy = round(sum(c == result.class_name for c in scores.classes) / len(scores.classes), 5)
+    return {"class_accuracy": accuracy,
+            "attribute_mae": {name: round(float((values - result.attributes[name]).abs().mean()), 5)
+                              for name, values in scores.measured.items()}}
+
+
+def write_clouds(folder: str | Path, clouds: torch.Tensor, prefix: str = "sample") -> list[Path]:
+    """``clouds (B, N, 3)`` as ``FOLDER/PREFIX_0000.ply``, ... (the folder is created); returns the paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    width = max(4, len(str(len(clouds) - 1)))
+    paths = [folder / f"{prefix}_{k:0{width}d}.ply" for k in range(len(clouds))]
+    for path, cloud in zip(paths, clouds):
+        write_ply(path, cloud)
+    return paths
