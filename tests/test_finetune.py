@@ -8,10 +8,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from common.weights import read_tree, save_tree
+from common.weights import read_tree
 from molctrl.batches import MoleculeBatches
 from molctrl.cli import main
-from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
 from molctrl.finetune import (
     METHODS,
@@ -27,24 +26,9 @@ from molctrl.noisy_predictor import N_BINS, NoisyPropertyPredictor
 from molctrl.payoff import PayoffBatches, PriorPool
 from molctrl.predictor import (
     PROPERTIES,
-    PredictorConfig,
-    PropertyPredictor,
-    likelihood_reward,
 )
-from molctrl.prior import MoleculeDiffusion, PriorConfig
+from molctrl.prior import MoleculeDiffusion
 from molctrl.weights import load_predictor
-
-
-@pytest.fixture(scope="module")
-def parts():
-    torch.manual_seed(0)
-    split = load_split("qm9-noh", "Db").subset(slice(300))
-    prior = MoleculeDiffusion(PriorConfig(hidden=16, n_layers=2, n_steps=50), split.n_atoms_histogram())
-    labels = split.labels(PROPERTIES)
-    predictor = PropertyPredictor(PredictorConfig(hidden=16, n_layers=1), labels.mean(0), labels.std(0))
-    predictor.calibration = torch.tensor(labels.std(0) / 3, dtype=torch.float32)
-    reward = likelihood_reward(predictor, PROPERTIES, prior.config.type_scale)
-    return split, prior, reward, PropertyConditions.from_split(split)
 
 
 def test_target_batches_are_deterministic_and_condition_a_non_empty_subset(parts):
@@ -82,15 +66,6 @@ def test_conditional_denoising_uses_the_labels(parts):
     loss = objective(*MoleculeBatches(split, 8, properties=PROPERTIES)(0))
     loss.backward()
     assert objective.model.denoiser.cond_embed.weight.grad.abs().max() > 0
-
-
-@pytest.fixture(scope="module")
-def weight_files(parts, tmp_path_factory):
-    _, prior, reward, _ = parts
-    root = tmp_path_factory.mktemp("weights")
-    save_tree(prior.export(), root / "prior.safetensors")
-    save_tree(reward.regressor.predictor.export(), root / "predictor.safetensors")
-    return root
 
 
 @pytest.mark.parametrize("args", [["--method", "ctrl", "--property", "alpha", "--property", "gap"],
@@ -184,16 +159,6 @@ def test_finetune_cli_rejects_contradictory_requests(weight_files, tmp_path):
         assert result.exit_code == 2 and message in result.output
 
 
-@pytest.fixture(scope="module")
-def conditioned_model(weight_files, tmp_path_factory):
-    run = tmp_path_factory.mktemp("ctrl") / "run"
-    result = CliRunner().invoke(main, ["finetune", "--run-dir", str(run), "--prior", str(weight_files / "prior.safetensors"),
-                                       "--reward-model", str(weight_files / "predictor.safetensors"), "--property", "all",
-                                       "--batch-size", "4", "--sampling-steps", "3", "--steps", "1"])
-    assert result.exit_code == 0, result.output
-    return run / "model.safetensors"
-
-
 @pytest.mark.parametrize("method, guidance_scale", [("ctrl", "1"), ("ctrl", "2.5"), ("guidance", "1")])
 def test_generate_writes_sdf_with_targets_and_predictions_and_a_png(weight_files, conditioned_model, tmp_path, method,
                                                                      guidance_scale):
@@ -255,37 +220,6 @@ def test_generate_reports_bad_requests_in_one_line(weight_files, tmp_path):
     assert not (tmp_path / "m.sdf").exists()
 
 
-def test_conditional_benchmark_scores_methods_by_the_edm_protocol(weight_files, conditioned_model, tmp_path):
-    from benchmarks.qm9_conditional import main as benchmark
-
-    predictor = str(weight_files / "predictor.safetensors")
-    result = CliRunner().invoke(benchmark, ["--method", f"ctrl={conditioned_model}", "--guidance", predictor,
-                                            "--prior", str(weight_files / "prior.safetensors"), "--evaluator", predictor,
-                                            "--property", "alpha", "--property", "mu", "-n", "4", "--steps", "2"])
-    assert result.exit_code == 0, result.output
-    record = json.loads(result.stdout)
-    rows = {r["row"]: r for r in record["rows"]}
-    assert list(rows) == ["#Atoms", "U-bound (egnn)", "L-bound (egnn)", "ctrl", "reconstruction guidance (egnn)"]
-    assert set(rows["ctrl"]["mae"]) == {"alpha", "mu"} and 0 <= rows["ctrl"]["validity"] <= 1
-    assert rows["ctrl"]["train_steps"] == 1 and rows["ctrl"]["train_seconds"] >= 0  # from the model file
-    assert rows["#Atoms"]["mae"]["alpha"] == pytest.approx(5.38, abs=0.01)  # from the qm9_predictors record
-    late = CliRunner().invoke(benchmark, ["--guidance", predictor, "--guidance-window", "25:50", "--references", "",
-                                          "--prior", str(weight_files / "prior.safetensors"), "--evaluator", predictor,
-                                          "--property", "mu", "-n", "2", "--steps", "2"])
-    assert late.exit_code == 0, late.output
-    assert json.loads(late.stdout)["rows"][0]["window"] == [25, 50]
-    judged = CliRunner().invoke(benchmark, ["--method", f"ctrl={conditioned_model}", "--references", "", "--physics",
-                                            "--evaluator", predictor, "--property", "mu", "-n", "2", "--steps", "2",
-                                            "--samples", str(tmp_path)])
-    assert judged.exit_code == 0, judged.output
-    floor, ctrl = json.loads(judged.stdout)["rows"]
-    assert floor["row"] == "GFN2-xTB L-bound" and 0.2 < floor["physics_mae"]["mu"] < 1.0  # the calibration record
-    assert set(ctrl["physics_mae"]) == {"mu"} and ctrl["physics_judged"]["mu"] <= 2
-    assert len(read_molecules(tmp_path / "ctrl_mu.sdf")) == 2
-    bad = CliRunner().invoke(benchmark, ["--guidance", predictor, "--guidance-window", "150:0"])
-    assert bad.exit_code == 2 and "expected LO:HI" in bad.output, bad.output
-
-
 def test_noise_aware_predictor_trains_calibrates_per_noise_level_and_guides(weight_files, tmp_path):
     run = tmp_path / "noisy"
     result = CliRunner().invoke(main, ["train", "predictor", "--run-dir", str(run), "--noise-aware",
@@ -340,42 +274,6 @@ def test_a_resumed_run_does_not_need_its_init_file(weight_files, conditioned_mod
     init.unlink()  # the checkpoint holds everything a resumed run needs
     result = CliRunner().invoke(main, [*common, "--steps", "2", "--resume"])
     assert result.exit_code == 0, result.output
-
-
-def test_ctrl_objective_benchmark_scores_the_prior_at_zero_kl_and_orders_the_two_kl_forms(parts):
-    from benchmarks.ctrl_objective import score
-
-    _, prior, reward, conditions = parts
-    n_atoms, y, y_mask = TargetBatches(conditions, 6, PROPERTIES)(0)
-    itself = score(None, prior, reward, conditions, n_atoms, y, y_mask, steps=4, seed=0)
-    assert itself["kl_chain"]["mean"] == itself["kl_continuous"]["mean"] == 0.0
-    model = prior.with_condition(conditions.cond_dim)
-    with torch.no_grad():
-        model.denoiser.cond_embed.weight.normal_(0, 0.1)
-    moved = score(model, prior, reward, conditions, n_atoms, y, y_mask, steps=4, seed=0)
-    assert moved["kl_chain"]["mean"] > moved["kl_continuous"]["mean"] > 0  # Δλ/(e^Δλ − 1) < 1 on every step
-    assert len(moved["kl_chain"]["per_step_median"]) == 5 and moved["reward"]["mean"] < 0
-    guided = score("guidance", prior, reward, conditions, n_atoms, y, y_mask, steps=4, seed=0)
-    assert guided["kl_chain"]["mean"] > guided["kl_continuous"]["mean"] > 0  # guidance moves ε off the prior's
-
-
-def test_payoff_capacity_benchmark_starts_at_the_prior_and_fits_its_fixed_states(parts):
-    from benchmarks.payoff_capacity import fit
-    from benchmarks.payoff_fit import payoff_states, shares
-
-    split, prior, reward, conditions = parts
-    batches = MoleculeBatches(split, 6, seed=1)
-    torch.manual_seed(0)
-    fitted = payoff_states(prior, reward, conditions, *batches(0), step=30, per_state=3)
-    held_out = payoff_states(prior, reward, conditions, *batches(1), step=30, per_state=3)
-    assert torch.equal(fitted.z[0], fitted.z[2]) and not torch.equal(fitted.cond[0], fitted.cond[1])
-    model = prior.with_condition(conditions.cond_dim, gate="none")
-    start = shares(fitted.sums(model))
-    assert start["explained"] == start["explained_target_dependent"] == 0.0  # the zero-initialised copy is the prior
-    assert 0 < start["c_blind"] < 1  # each state's targets differ, and so does its shift
-    curve = fit(model, fitted, held_out, iterations=40, lr=1e-4, cond_lr_scale=10, report_every=20)
-    assert [c["iteration"] for c in curve] == [0, 20, 40] and curve[-1]["fitted"] > 0.4
-    assert curve[-1]["fitted_target_dependent"] > 0.05  # it reads c
 
 
 def test_payoff_candidates_are_drawn_from_the_target_size_and_tend_to_the_full_pool(parts):

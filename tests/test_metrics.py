@@ -284,24 +284,3 @@ def test_cli_malformed_file_is_one_line_and_exit_code_2(tmp_path):
     assert result.exit_code == 2
     assert result.stderr == f"Error: {path}:4: unknown element symbol 'Xx' (expected an element symbol such as C, N, O)\n"
     assert result.stdout == ""
-
-
-def test_guidance_edit_pairs_a_graph_change_apart_from_a_geometry_change():
-    from dataclasses import replace
-
-    from benchmarks.guidance_edit import paired_edit
-    from molctrl.data.qm9 import load_split
-
-    class AtomCount:  # an "evaluator" that reads the number of heavy atoms
-        def predict_molecules(self, molecules):
-            return np.array([[float(len(m.symbols))] for m in molecules])
-
-    plain = load_split("qm9-noh", "Db").subset(slice(4)).molecules()
-    shifted = replace(plain[0], positions=plain[0].positions + 0.01)  # the same graph, moved 0.017 Å per atom
-    swapped = replace(plain[1], symbols=["N" if s == "C" else s for s in plain[1].symbols])  # the graph changed
-    guided = [shifted, swapped, plain[2], plain[3]]
-    targets = np.array([len(m.symbols) + 1.0 for m in plain])
-    edit = paired_edit(plain, guided, targets, AtomCount(), 0)
-    assert edit["pairs"] == 4 and edit["same_graph"] == 0.75
-    assert edit["same_graph_displacement_angstrom"] == pytest.approx(0.01 * 3**0.5 / 3, abs=1e-3)
-    assert edit["mae_same_graph"] == {"prior": 1.0, "guided": 1.0} and edit["mae_changed_graph"]["guided"] == 1.0

@@ -9,7 +9,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
 
 
 @pytest.mark.parametrize("block", _python_blocks(), ids=lambda code: code.split("\n")[0])
@@ -18,7 +18,7 @@ def test_readme_python_runs_as_written(block, tmp_path, monkeypatch, capsys):
     from shapectrl.io import read_ply
 
     monkeypatch.chdir(tmp_path)
-    exec(compile(block, str(README), "exec"), {})
+    exec(compile(block, str(README), "exec"), {})  # noqa: S102 -- the README's own code, run as a user would
     printed = capsys.readouterr().out
     assert "validity" in printed or "class_accuracy" in printed
     files = sorted(p for p in tmp_path.rglob("*") if p.is_file())

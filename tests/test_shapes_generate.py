@@ -13,7 +13,7 @@ from common.weights import save_tree
 from shapectrl.classifier import ShapeClassifier, ShapeClassifierConfig
 from shapectrl.cli import main
 from shapectrl.conditions import ShapeConditions
-from shapectrl.control import ControlConfig, ShapePool, controlled_export
+from shapectrl.control import ControlConfig, controlled_export
 from shapectrl.data.normalisation import Normalisation
 from shapectrl.io import read_ply
 from shapectrl.prior import ShapeDiffusion, ShapePriorConfig
@@ -123,87 +123,6 @@ def test_weight_path_maps_shipped_names(tmp_path):
     else:
         with pytest.raises(FileNotFoundError, match=str(shipped)):
             weight_path(DEFAULT_MODELS["rgdm"])
-
-
-def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
-    from benchmarks.shapes_conditional import main as benchmark
-    from shapectrl.data.families import CLASSES as ALL
-
-    torch.manual_seed(0)
-    normalisation = Normalisation((0.0, 0.1, 0.0), 0.4)
-    prior = ShapeDiffusion(ShapePriorConfig(width=16, depth=1, resolution=4, voxel_channels=4, n_steps=20),
-                           normalisation=normalisation, classes=ALL)
-    conditions = ShapeConditions(ALL, ("height", "chair_back_height"), torch.tensor([0.6, 0.4]), torch.tensor([0.3, 0.2]))
-    model_path, evaluator_path = tmp_path / "model.safetensors", tmp_path / "evaluator.safetensors"
-    save_tree(controlled_export(prior.with_condition(conditions.cond_dim), conditions, ControlConfig(), {}), model_path)
-    evaluator = ShapeClassifier(ShapeClassifierConfig(arch="dgcnn", widths=(8, 8), embed=16, head_hidden=8), normalisation)
-    save_tree(evaluator.export(), evaluator_path)
-    out = tmp_path / "record.json"
-    prior_path, pool_path = tmp_path / "prior.safetensors", tmp_path / "pool.safetensors"
-    save_tree(prior.export(), prior_path)
-    ShapePool(torch.randn(7, 32, 3), torch.randn(7, len(ALL) + 2), 2, 1.0).save(pool_path)
-    result = CliRunner().invoke(benchmark, ["--method", f"rgdm={model_path}", "--evaluator", str(evaluator_path),
-                                            "--prior", str(prior_path), "--best-of-pool", str(pool_path),
-                                            "-n", "3", "--points", "32", "--steps", "2", "--data-dir", str(tmp_path),
-                                            "--attribute", "chair:chair_back_height", "--threads", "1",
-                                            "--smc", "2:rgdm", "--reward", str(evaluator_path), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    record = json.loads(out.read_text())
-    data, blind, best, rgdm, steered = record["rows"]
-    assert steered["row"] == "SMC, K = 2, rgdm proposal" and steered["network_calls_per_cloud"] > 0
-    assert set(steered["classes"]) == {"airplane", "chair", "car"}
-    assert record["attributes"]["SMC, K = 2, rgdm proposal"][0]["mae_composed"] >= 0
-    assert blind["row"] == "prior (no control)" and best["row"] == "best-of-2 (prior pool)"
-    assert data["row"] == "data (valid split)" and rgdm["row"] == "rgdm"
-    for row in (data, blind, best, rgdm):
-        assert set(row["classes"]) == {"airplane", "chair", "car"}
-        assert 0.0 <= row["mean"]["1nna-cd"] <= 1.0 and 0.0 <= row["mean"]["accuracy"] <= 1.0
-    (attribute,) = record["attributes"]["rgdm"]
-    assert attribute["attribute"] == "chair_back_height" and attribute["mae_composed"] >= 0
-    classes_only = CliRunner().invoke(benchmark, ["--method", f"rgdm={model_path}", "--evaluator", str(evaluator_path),
-                                                  "-n", "2", "--points", "32", "--steps", "1", "--data-dir",
-                                                  str(tmp_path), "--no-attributes", "--threads", "1"])
-    assert classes_only.exit_code == 0, classes_only.output
-    assert json.loads(classes_only.stdout)["attributes"] == {}
-
-
-def test_best_of_pool_keeps_the_highest_reward_cloud_of_disjoint_groups() -> None:
-    from benchmarks.shapes_conditional import _best_of_pool
-
-    k = torch.arange(7.0)
-    scores = torch.stack([k, -k], dim=1)  # class "a" prefers high indices, "b" low ones
-    pool = ShapePool(k.view(7, 1, 1).expand(7, 4, 3).clone(), scores, 2, 0.0)
-    draw, group = _best_of_pool(pool, ("a", "b"), n=3, seed=0)
-    assert group == 2
-    for cls, k_seed in (("a", 0), ("b", 1)):
-        picks = draw(cls, k_seed)[:, 0, 0].long()
-        order = torch.randperm(7, generator=torch.Generator().manual_seed(k_seed))[:6].view(3, 2)
-        expected = order.max(1).values if cls == "a" else order.min(1).values
-        assert torch.equal(picks, expected)
-
-
-def test_seed_aggregation_gives_means_spreads_and_paired_differences(tmp_path) -> None:
-    from benchmarks.shapes_seeds import KEYS
-    from benchmarks.shapes_seeds import main as aggregate
-
-    paths = []
-    for seed, (a, b) in enumerate([(0.80, 0.70), (0.90, 0.76), (0.70, 0.64)]):
-        rows = [{"row": name, "mean": {k: v for k in KEYS}} for name, v in (("cond", a), ("rgdm", b))]
-        record = {"seed": seed, "samples_per_class": 32, "points": 512, "sampling_steps": 50, "guidance_scale": 1.0,
-                  "rows": rows}
-        paths.append(tmp_path / f"r{seed}.json")
-        paths[-1].write_text(json.dumps(record))
-    result = CliRunner().invoke(aggregate, [*map(str, paths), "--baseline", "cond"])
-    assert result.exit_code == 0, result.output
-    cond, rgdm = json.loads(result.stdout)["rows"]
-    assert cond["over_seeds"]["1nna-cd"] == {"mean": 0.8, "sd": 0.1} and "minus_baseline" not in cond
-    diff = rgdm["minus_baseline"]["1nna-cd"]  # paired: -0.10, -0.14, -0.06
-    assert diff["mean"] == pytest.approx(-0.1) and diff["se"] == pytest.approx(0.04 / np.sqrt(3), abs=1e-5)
-    record = json.loads(paths[2].read_text())
-    record["points"] = 2048
-    paths[2].write_text(json.dumps(record))
-    mixed = CliRunner().invoke(aggregate, list(map(str, paths)))
-    assert mixed.exit_code == 2 and "differ in samples, points, steps or guidance" in mixed.output
 
 
 def test_generate_steers_particles_from_the_shipped_prior(tmp_path):

@@ -130,7 +130,7 @@ def test_weights_show_prints_the_model_card(program, name):
 def _tiny_trainer(run_dir, steps):
     torch.manual_seed(0)
     model = MoleculeDiffusion(PriorConfig(hidden=8, n_layers=1, n_steps=20), np.ones(10))
-    batches = lambda step, rank=0, world=1: (torch.randint(0, 4, (4, 5), generator=torch.Generator().manual_seed(step)),  # noqa: E731
+    batches = lambda step, rank=0, world=1: (torch.randint(0, 4, (4, 5), generator=torch.Generator().manual_seed(step)),
                                              torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(step)))
     config = TrainConfig(steps=steps, batch_size=4, lr=1e-3, checkpoint_every=3, log_every=1)
     return Trainer(model, batches, config, run_dir, torch.device("cpu"))

@@ -10,7 +10,7 @@ KL (EDM-cond, RGDM), and reconstruction guidance of the prior by the reward mode
 the same footing. Medians are given beside the means: a few rollouts that leave the data manifold
 carry KLs of 10⁴ and more.
 
-    python -m benchmarks.ctrl_objective --model NAME=MODEL ... [--targets 256] [--steps 10] [--out FILE]
+    python -m benchmarks.studies.ctrl_objective --model NAME=MODEL ... [--targets 256] [--steps 10] [--out FILE]
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def main(models, reward_model, n_targets, steps, seed, threads, out) -> None:
                     | score(model, prior, reward, conditions, n_atoms, y, y_mask, steps, seed))
     emit({"reward_model": reward_model, "targets": n_targets, "sampling_steps": steps,
           "seed": seed, "rows": rows, "threads": torch.get_num_threads(),
-          "command": "python -m benchmarks.ctrl_objective " + " ".join(sys.argv[1:]), "machine": machine_info()},
+          "command": "python -m benchmarks.studies.ctrl_objective " + " ".join(sys.argv[1:]), "machine": machine_info()},
          out, indent=1)
 
 

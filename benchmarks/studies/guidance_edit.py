@@ -11,7 +11,7 @@ graph did not change was moved by geometry alone: the reward model and the evalu
 architecture agree that the property moved, and for a property fixed by the graph (α, Cv) that is
 the predictors' reading of the geometry, not chemistry.
 
-    python -m benchmarks.guidance_edit -n 200 --guidance-window 0:150 [--property alpha ...] [--out FILE]
+    python -m benchmarks.studies.guidance_edit -n 200 --guidance-window 0:150 [--property alpha ...] [--out FILE]
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def main(n_samples, window, reward_model, evaluator, properties, steps, seed, th
         print(prop, rows[prop], file=sys.stderr, flush=True)
     emit({"window": window, "reward_model": reward_model, "evaluator": evaluator, "samples_per_property": n_samples,
           "sampling_steps": steps, "seed": seed, "properties": rows, "threads": torch.get_num_threads(),
-          "command": "python -m benchmarks.guidance_edit " + " ".join(sys.argv[1:]), "machine": machine_info()},
+          "command": "python -m benchmarks.studies.guidance_edit " + " ".join(sys.argv[1:]), "machine": machine_info()},
          out, indent=1)
 
 

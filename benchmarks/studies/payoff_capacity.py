@@ -1,13 +1,13 @@
 """Can the conditioned molecule denoiser represent the pay-off shift? A fit to one fixed set of states.
 
-``benchmarks.payoff_fit`` showed that models trained on the pay-off score reproduce little of the shift
+``benchmarks.studies.payoff_fit`` showed that models trained on the pay-off score reproduce little of the shift
 ε_q − ε_pre = −σ_t·∇ log p̂_t(y | z_t) near the data (t ≤ 150), where it is largest. This separates the
 two possible reasons: the network (the prior plus a condition embedding) cannot express the
 shift, or it can and the training budget was too small to learn it from fresh states.
 
 At one noise step t it fixes ``--molecules`` Db molecules, noises each once, and pairs each state with
 ``--targets-per-state`` targets y ~ p̂(y | x) (random condition subsets;
-:func:`benchmarks.payoff_fit.payoff_states`). A fresh conditioned copy of the prior (condition
+:func:`benchmarks.studies.payoff_fit.payoff_states`). A fresh conditioned copy of the prior (condition
 embedding zero, no time gate) is trained by Adam, full batch, on ‖ε_θ(z_t, t, y) − ε_q(z_t, y)‖² over
 this set alone — the loss of ``molctrl finetune --method rgdm-step --proposal data`` — and every
 ``--report-every`` steps the share of the shift it explains, 1 − ‖ε_θ − ε_q‖² / ‖ε_q − ε_pre‖², is
@@ -16,7 +16,7 @@ generalise?), in total and for the target-dependent part of the shift (each stat
 targets removed: the part only a model that reads c can produce). ``c_blind`` is the share of the
 shift that is not target-dependent.
 
-    python -m benchmarks.payoff_capacity --step 50 [--molecules 64] [--targets-per-state 4] [--iterations 400] [--out FILE]
+    python -m benchmarks.studies.payoff_capacity --step 50 [--molecules 64] [--targets-per-state 4] [--iterations 400] [--out FILE]
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import time as clock
 import click
 import torch
 
-from benchmarks.payoff_fit import PayoffStates, payoff_states, shares, shipped_parts
+from benchmarks.studies.payoff_fit import PayoffStates, payoff_states, shares, shipped_parts
 from benchmarks.record import emit, machine_info
 from common.training import condition_parameter_groups
 
@@ -91,7 +91,7 @@ def main(steps, molecules, targets_per_state, iterations, lr, cond_lr_scale, rep
     emit({"reward_model": reward_model, "molecules": molecules, "targets_per_state": targets_per_state,
           "iterations": iterations, "lr": lr, "cond_lr_scale": cond_lr_scale, "seed": seed, "rows": rows,
           "threads": torch.get_num_threads(),
-          "command": "python -m benchmarks.payoff_capacity " + " ".join(sys.argv[1:]), "machine": machine_info()},
+          "command": "python -m benchmarks.studies.payoff_capacity " + " ".join(sys.argv[1:]), "machine": machine_info()},
          out, indent=1)
 
 

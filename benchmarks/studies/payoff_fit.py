@@ -14,7 +14,7 @@ sides, the part a model must read c to produce. ``c_blind`` is the share of the 
 target-dependent: what a model blind to c explains at best. Any conditioned model can be scored,
 however it was trained.
 
-    python -m benchmarks.payoff_fit --model NAME=MODEL ... [--batches 4] [--batch-size 32] [--targets-per-state 4] [--out FILE]
+    python -m benchmarks.studies.payoff_fit --model NAME=MODEL ... [--batches 4] [--batch-size 32] [--targets-per-state 4] [--out FILE]
 """
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def main(models, reward_model, n_batches, batch_size, per_state, seed, threads, 
     rows = [{"row": name, "model": path, "cond_gate": loaded[name].config.cond_gate, "by_step": by_step[name]}
             for name, path in specs]
     emit({"reward_model": reward_model, "batches": n_batches, "batch_size": batch_size, "targets_per_state": per_state, "seed": seed, "rows": rows,
-          "threads": torch.get_num_threads(), "command": "python -m benchmarks.payoff_fit " + " ".join(sys.argv[1:]),
+          "threads": torch.get_num_threads(), "command": "python -m benchmarks.studies.payoff_fit " + " ".join(sys.argv[1:]),
           "machine": machine_info()}, out, indent=1)
 
 

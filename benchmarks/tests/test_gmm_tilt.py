@@ -213,7 +213,7 @@ def _ess_fraction(ess, k):
 
 def test_smc_with_the_prior_as_proposal_lands_on_the_tilt(references):
     chain, exact = references[1.0]
-    x, ess = steered(16, "prior")
+    x, _ = steered(16, "prior")
     _assert_close(stats(x), chain, weight_tol=0.03, mean_tol=0.06, cov_rel_tol=0.1)
     _assert_close(stats(x), exact, weight_tol=0.04, mean_tol=0.08, cov_rel_tol=0.25)  # the 20-step chain is narrower
 
