@@ -7,7 +7,7 @@ plus a small network whose output starts at zero (:class:`CorrectedPrior`), trai
 respaced rollouts (what CTRL and trajectory-level RGDM can reach is the tilt of that 20-step chain).
 Each row gives the mass on the right-hand component (prior 0.40, tilt ≈ 0.75) and the largest errors
 of the component means and covariances against the exact tilt, from 20,000 samples, by soft assignment
-to the prior's components. The tests in ``tests/test_guidance_gmm.py`` assert these rows' bounds.
+to the prior's components. The tests in ``benchmarks/tests/test_gmm_tilt.py`` assert these rows' bounds.
 
     python -m benchmarks.gmm_tilt [--out FILE]
 """
