@@ -36,6 +36,22 @@ def device_option(name: str) -> torch.device:
         raise click.BadParameter(str(err), param_hint="--device") from None
 
 
+def compute_options(command):
+    """``--device`` and ``--threads``, the same on every command that computes."""
+    command = click.option("--threads", type=click.IntRange(1), default=None,
+                           help="CPU threads for torch (default: torch's choice; give each of two jobs on two "
+                                "cores one).")(command)
+    return click.option("--device", default="auto", show_default=True,
+                        help="auto (CUDA when present), cpu, cuda or cuda:K.")(command)
+
+
+def compute_device(device: str, threads: int | None) -> torch.device:
+    """Set torch's CPU threads (when given) and return the ``--device``'s torch device."""
+    if threads:
+        torch.set_num_threads(threads)
+    return device_option(device)
+
+
 @contextmanager
 def usage_errors() -> Iterator[None]:
     """A ``ValueError`` of the Python API inside becomes a usage error (one line, exit status 2); an

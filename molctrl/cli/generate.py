@@ -8,6 +8,7 @@ import click
 from click.core import ParameterSource
 from tqdm import tqdm
 
+from common.cli import compute_options
 from molctrl.data.qm9 import PROPERTY_UNITS
 from molctrl.pipeline import DEFAULT_WINDOW, GenerationConfig
 from molctrl.steer import PROPOSALS
@@ -67,12 +68,14 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
 @click.option("--steps", type=click.IntRange(min=1), default=DEFAULTS.steps, show_default=True, help="Sampling steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None, help="Grid image (default: OUT.png).")
+@compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def generate(targets, maximize, n_molecules, out, particles, proposal, temperature, method, model_path, prior_path,
-             reward_model, judge, verify, scale, window, guidance_scale, evaluator, steps, seed, png_path, as_json) -> None:
+             reward_model, judge, verify, scale, window, guidance_scale, evaluator, steps, seed, png_path, device, threads,
+             as_json) -> None:
     """Generate molecules for property targets (or a maximised score) and report validity, uniqueness,
     novelty, stability and the evaluator's MAE to the targets."""
-    from common.cli import usage_errors
+    from common.cli import compute_device, usage_errors
     from molctrl.depict import grid_png
     from molctrl.generate import parse_targets, parse_window
     from molctrl.io import write_molecules
@@ -103,10 +106,12 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
     missing = tblite_missing()
     if (judge not in (None, "model") or verify) and missing:
         raise click.UsageError(f"{'--verify' if verify else '--reward ' + judge}: {missing}")
+    dev = compute_device(device, threads)
     with usage_errors():
         config = GenerationConfig("smc" if particles else method, particles, proposal, temperature, judge, scale,
                                   steps_window, guidance_scale, steps, reward_model)
-        generator = MoleculeGenerator.load(config, maximize=maximize, model=model_path, prior=prior_path)
+        generator = MoleculeGenerator.load(config, maximize=maximize, model=model_path, prior=prior_path,
+                                           device=str(dev))
         scorer = load_predictor(evaluator).eval() if wanted else None
         with tqdm(total=n_molecules, desc=f"steering {particles} particles" if particles else f"sampling ({method})",
                   unit="mol", disable=None) as bar:

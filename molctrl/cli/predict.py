@@ -5,6 +5,7 @@ import json
 
 import click
 
+from common.cli import compute_device, compute_options
 from molctrl.data.qm9 import PROPERTY_UNITS
 from molctrl.predictor import PROPERTIES
 
@@ -15,9 +16,10 @@ from molctrl.predictor import PROPERTIES
               help="Property to predict; all: the six, one column each.")
 @click.option("--model", default="qm9-noh-egnn-Da", show_default=True,
               help="A shipped predictor (qm9-noh-{egnn,e3nn}-{Da,Db}) or a model.safetensors of 'molctrl train predictor'.")
+@compute_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print a JSON list with one number per molecule (one object per molecule with --property all).")
-def predict(path, prop, model, as_json) -> None:
+def predict(path, prop, model, device, threads, as_json) -> None:
     """Predict a QM9 property for every molecule in PATH (.xyz, .sdf or .mol).
 
     Units: alpha Bohr^3; gap, homo, lumo meV; mu D; Cv cal/(mol K). A heavy-atom (qm9-noh) model
@@ -26,7 +28,7 @@ def predict(path, prop, model, as_json) -> None:
     from molctrl.io import MoleculeFileError, read_molecules
     from molctrl.weights import load_predictor
 
-    predictor = load_predictor(model).eval()
+    predictor = load_predictor(model).eval().to(compute_device(device, threads))
     names = predictor.properties if prop == "all" else (prop,)
     missing = [p for p in names if p not in predictor.properties]
     if missing:

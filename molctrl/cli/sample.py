@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from common.runtime import resolve_device, seed_everything
+from common.cli import compute_device, compute_options
+from common.runtime import seed_everything
 from molctrl.weights import load_prior
 
 
@@ -21,16 +22,16 @@ from molctrl.weights import load_prior
               help="Reverse steps; below the model's T a respaced sampler is used (default: all T).")
 @click.option("--batch-size", type=int, default=500, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
-def sample(n_molecules, out, model_path, steps, batch_size, seed, device, as_json) -> None:
+def sample(n_molecules, out, model_path, steps, batch_size, seed, device, threads, as_json) -> None:
     """Sample molecules, write them to OUT and print validity, uniqueness, novelty and stability."""
     from molctrl.io import write_molecules
     from molctrl.metrics import evaluate_molecules, train_smiles
 
     if Path(out).suffix.lower() not in (".sdf", ".xyz"):
         raise click.BadParameter(f"{out}: expected a .sdf or .xyz file name", param_hint="--out")
-    dev = resolve_device(device)
+    dev = compute_device(device, threads)
     model = load_prior(model_path).to(dev).eval()
     generator = seed_everything(seed)
     t0 = time.perf_counter()

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import torch
 
-from common.cli import device_option
+from common.cli import compute_device, compute_options
 from shapectrl.io import ShapeFileError, read_point_sets
 from shapectrl.metrics.generation import DISTANCES, compute_all_metrics
 
@@ -45,9 +45,10 @@ def _metrics(text: str) -> tuple[str, ...]:
               help="Cloud distances: cd, emd (PointFlow's approximate EMD, comparable with published numbers), "
                    "emd-auction (within 0.1 % of exact), emd-exact (POT).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first LIMIT clouds of each set.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
-def evaluate(samples: Path, reference: Path, metric_text: str, limit: int | None, device: str, as_json: bool) -> None:
+def evaluate(samples: Path, reference: Path, metric_text: str, limit: int | None, device: str, threads: int | None,
+             as_json: bool) -> None:
     """MMD, COV and 1-NNA (PointFlow's definitions) of SAMPLES against REFERENCE.
 
     Each is an .npz with clouds under the key 'points' (M, N, 3) or a folder of .ply files; both
@@ -55,7 +56,7 @@ def evaluate(samples: Path, reference: Path, metric_text: str, limit: int | None
     distances; EMD the mean matched Euclidean distance. COV and 1-NNA are printed in %.
     """
     metrics = _metrics(metric_text)
-    dev = device_option(device)
+    dev = compute_device(device, threads)
     s, r = _read(samples, limit), _read(reference, limit)
     if s.shape[1] != r.shape[1]:
         raise click.ClickException(f"{samples} has {s.shape[1]} points per cloud but {reference} has {r.shape[1]} "

@@ -7,10 +7,9 @@ import math
 from pathlib import Path
 
 import click
-import torch
 from tqdm import tqdm
 
-from common.cli import device_option, usage_errors
+from common.cli import compute_device, compute_options, usage_errors
 from common.runtime import atomic_open
 from shapectrl.classifier import ShapeClassifier
 from shapectrl.control import METHODS
@@ -110,8 +109,7 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @click.option("--prefix", default="sample", show_default=True, help="File names are PREFIX_0000.ply, ...")
 @click.option("--overwrite", is_flag=True, help="Replace outputs of the same names already in OUT.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch (default: torch's choice).")
+@compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_path, particles, proposal, reward_path,
              points, steps, guidance_scale, batch_size, prefix, overwrite, seed, device, threads, as_json) -> None:
@@ -124,9 +122,7 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
     """
     if class_name is None and not attrs:
         raise click.UsageError("give a target: --class, at least one --attr NAME=VALUE, or both")
-    if threads:
-        torch.set_num_threads(threads)
-    dev = device_option(device)
+    dev = compute_device(device, threads)
     with usage_errors():
         config = ShapeGenerationConfig(method, particles, proposal, points, steps, guidance_scale)
     generator = ShapeGenerator.load(config, model=model_path, reward=reward_path, device=str(dev))

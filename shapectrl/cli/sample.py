@@ -6,10 +6,9 @@ import time
 from pathlib import Path
 
 import click
-import torch
 from tqdm import tqdm
 
-from common.cli import device_option
+from common.cli import compute_device, compute_options
 from common.runtime import seed_everything
 from shapectrl.io import write_ply
 from shapectrl.prior import ShapeDiffusion
@@ -30,15 +29,12 @@ from shapectrl.prior import ShapeDiffusion
 @click.option("--normalised", is_flag=True, help="Write the model's normalised frame instead of model units.")
 @click.option("--overwrite", is_flag=True, help="Replace PLY files of the same names already in OUT.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for torch (default: torch's choice).")
+@compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def sample(n_samples, model_path, out, points, steps, batch_size, prefix, normalised, overwrite, seed, device, threads,
            as_json) -> None:
     """Sample N clouds from a shape prior into OUT/PREFIX_0000.ply, ... (in model units unless --normalised)."""
-    if threads:
-        torch.set_num_threads(threads)
-    dev = device_option(device)
+    dev = compute_device(device, threads)
     model = ShapeDiffusion.load(model_path).to(dev).eval()
     width = max(4, len(str(n_samples - 1)))
     paths = [out / f"{prefix}_{k:0{width}d}.ply" for k in range(n_samples)]
