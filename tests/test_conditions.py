@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from molctrl.conditions import PropertyConditions
+from molctrl.generate import atom_counts, target_tensors
 from molctrl.predictor import PROPERTIES
 
 
@@ -33,3 +34,20 @@ def test_encoding_normalises_conditioned_entries_and_ignores_the_rest(conditions
     with pytest.raises(ValueError, match="unknown properties"):
         conditions.mask_from_names(["alpha", "r3"], 1)
     assert len(PROPERTIES) * 2 == conditions.cond_dim
+
+
+def test_atom_counts_follow_the_molecules_whose_labels_are_nearest_the_target():
+    # α grows with the size: 5-atom molecules have α ≈ 40, 9-atom ones α ≈ 80; the other labels are noise
+    rng = np.random.default_rng(0)
+    n_atoms = np.repeat([5, 9], 300)
+    labels = rng.normal(0, 1, (600, len(PROPERTIES)))
+    labels[:, PROPERTIES.index("alpha")] = np.where(n_atoms == 5, 40.0, 80.0) + rng.normal(0, 2, 600)
+    conditions = PropertyConditions(n_atoms, labels)
+    y, y_mask = target_tensors({"alpha": 41.0}, 50)
+    small = atom_counts(conditions, y, y_mask, k=50, generator=torch.Generator().manual_seed(0))
+    assert small.shape == (50,) and set(small.tolist()) == {5}  # the 50 nearest are all 5-atom molecules
+    y, y_mask = target_tensors({"alpha": 79.0}, 50)
+    assert set(atom_counts(conditions, y, y_mask, k=50).tolist()) == {9}
+    y, y_mask = target_tensors({}, 400)  # no target: the sizes of the split, in their proportions
+    blind = atom_counts(conditions, y, y_mask, generator=torch.Generator().manual_seed(1))
+    assert set(blind.tolist()) == {5, 9} and 0.4 < (blind == 5).float().mean() < 0.6

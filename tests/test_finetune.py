@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from common.weights import read_tree
+from common.weights import read_tree, save_tree
 from molctrl.batches import MoleculeBatches
 from molctrl.cli import main
 from molctrl.data.qm9 import load_split
@@ -24,9 +24,7 @@ from molctrl.finetune import (
 from molctrl.io import read_molecules
 from molctrl.noisy_predictor import N_BINS, NoisyPropertyPredictor
 from molctrl.payoff import PayoffBatches, PriorPool
-from molctrl.predictor import (
-    PROPERTIES,
-)
+from molctrl.predictor import PROPERTIES, PredictorConfig, PropertyPredictor
 from molctrl.prior import MoleculeDiffusion
 from molctrl.weights import load_predictor
 
@@ -288,3 +286,24 @@ def test_payoff_candidates_are_drawn_from_the_target_size_and_tend_to_the_full_p
     exact = PayoffBatches(pool, reward, targets, temperature=1e-6)(5)
     enough = PayoffBatches(pool, reward, targets, temperature=1e-6, candidates=len(split))(5)
     assert all(torch.equal(a, b) for a, b in zip(exact, enough))  # K ≥ every group: the whole group, as before
+
+
+def test_a_run_reuses_another_run_s_pool_rescored_by_its_own_reward(parts, weight_files, tmp_path):
+    split, _, _, _ = parts
+    common = ["finetune", "--method", "rgdm", "--property", "alpha", "--prior", str(weight_files / "prior.safetensors"),
+              "--batch-size", "4", "--steps", "1"]
+    first = CliRunner().invoke(main, [*common, "--run-dir", str(tmp_path / "a"), "--pool-size", "12", "--pool-steps", "3",
+                                      "--reward-model", str(weight_files / "predictor.safetensors")])
+    assert first.exit_code == 0, first.output
+    labels = split.labels(PROPERTIES)
+    torch.manual_seed(1)
+    other = PropertyPredictor(PredictorConfig(hidden=16, n_layers=1), labels.mean(0), labels.std(0))
+    other.calibration = torch.ones(6)
+    save_tree(other.export(), tmp_path / "other.safetensors")
+    second = CliRunner().invoke(main, [*common, "--run-dir", str(tmp_path / "b"), "--pool",
+                                       str(tmp_path / "a" / "pool.safetensors"),
+                                       "--reward-model", str(tmp_path / "other.safetensors")])
+    assert second.exit_code == 0, second.output
+    a, b = (PriorPool.load(tmp_path / run / "pool.safetensors") for run in ("a", "b"))
+    assert torch.equal(a.types, b.types) and torch.equal(a.positions, b.positions)  # the same molecules,
+    assert b.sampling_steps == 3 and not torch.allclose(a.scores, b.scores)  # scored by the run's own reward
