@@ -1,6 +1,6 @@
 """How well GFN2-xTB (tblite) reproduces QM9's DFT properties, by the route generated molecules take.
 
-    python -m benchmarks.xtb_calibration -n 1000 --seed 0 --workers 2 \\
+    python -m benchmarks.xtb_calibration -n 1000 --seed 0 --workers 1 \\
         --out benchmarks/results/xtb_calibration.json --write-map molctrl/weights/xtb-calibration.json
 
 ``n`` molecules drawn at random (``numpy.random.default_rng(seed)``, without replacement) from EDM's test
@@ -9,7 +9,8 @@ hydrogens (``with_hydrogens``), and from their heavy atoms alone, hydrogens adde
 generated ``qm9-noh`` molecule (``heavy_atoms``). Per property and route: Pearson and Spearman
 correlation with the DFT label, the least-squares map DFT ≈ q(xTB) (a quadratic,
 :func:`molctrl.xtb_reward.fit_map`), its residual standard deviation, the MAE after the map (in sample, and
-held out: fitted on every other molecule and scored on the rest, both ways), the failures (NaN, with
+held out: fitted on every other molecule and scored on the rest, both ways), the held-out MAE of a
+least-squares line for comparison, the failures (NaN, with
 their reasons counted), and the wall time. ``--write-map`` stores the maps where
 :class:`molctrl.xtb_reward.XTBCalibration` reads them.
 """
