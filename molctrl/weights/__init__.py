@@ -14,7 +14,8 @@ from molctrl.prior import MoleculeDiffusion
 
 WEIGHTS_DIR = Path(__file__).parent
 DEFAULT_PRIOR = WEIGHTS_DIR / f"qm9-noh-prior{SUFFIX}"
-PREDICTOR_NAMES = tuple(f"qm9-noh-{arch}-{split}" for split in ("Da", "Db") for arch in ("egnn", "e3nn"))
+PREDICTOR_NAMES = (*(f"qm9-noh-{arch}-{split}" for split in ("Da", "Db") for arch in ("egnn", "e3nn")),
+                   "qm9-noh-e3nn-Db-dipole")  # the e3nn reward with a dipole head for μ, trained twice as long
 DEFAULT_EVALUATOR = "qm9-noh-egnn-Da"
 
 
