@@ -26,8 +26,13 @@ import time as clock
 import click
 import torch
 
-from benchmarks.studies.payoff_fit import PayoffStates, payoff_states, shares, shipped_parts
 from benchmarks.record import emit, machine_info
+from benchmarks.studies.payoff_fit import (
+    PayoffStates,
+    payoff_states,
+    shares,
+    shipped_parts,
+)
 from common.training import condition_parameter_groups
 
 
