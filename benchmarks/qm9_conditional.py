@@ -50,6 +50,7 @@ from molctrl.io import write_sdf
 from molctrl.metrics import evaluate_molecules, train_smiles
 from molctrl.noisy_predictor import NoisyPropertyPredictor
 from molctrl.physics import PHYSICS_PROPERTIES
+from molctrl.pipeline import DEFAULT_WINDOW
 from molctrl.predictor import PROPERTIES, likelihood_reward
 from molctrl.weights import load_predictor, load_prior
 from molctrl.xtb_reward import JUDGES, final_judge, physics_check
@@ -106,7 +107,7 @@ def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, st
 
     parts = spec.split(":")
     k, proposal, tau, potential = (parts + ["prior", "1", "widened"][len(parts) - 1:])[:4]
-    steering = Steering(int(k), proposal, float(tau), guidance_window=(0, 150), widened=potential != "plain")
+    steering = Steering(int(k), proposal, float(tau), guidance_window=DEFAULT_WINDOW, widened=potential != "plain")
     conditioned = load_prior(WEIGHTS_DIR / f"qm9-noh-{proposal}.safetensors").eval() if proposal in ("rgdm", "ctrl") else None
     calls = {}
 

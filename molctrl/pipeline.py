@@ -151,8 +151,6 @@ class MoleculeGenerator:
         """``n`` molecules for ``targets`` (property -> value, any subset of :data:`PROPERTIES`; none when
         maximising). ``on_batch(k)`` after each batch of k molecules. Raises ValueError for a target
         outside the labels the models saw, or a request the generator was not loaded for."""
-        from molctrl.physics import tblite_missing
-
         targets = dict(targets or {})
         unknown = [p for p in targets if p not in PROPERTIES]
         if unknown:
@@ -168,8 +166,7 @@ class MoleculeGenerator:
             molecules = generate(model, self.conditions, y, y_mask, config.steps, generator, self.guidance,
                                  guidance_scale=config.guidance_scale)
             return self._finish(molecules, targets, f"method {config.method}", seed, t0)
-        judge = config.judge or ("both" if targets and not tblite_missing() else "model")
-        final_reward = self._final_reward(judge, targets)
+        judge, final_reward = self._final_reward(targets)
         steering = Steering(config.particles, config.proposal,
                             config.temperature or (MAXIMIZE_TEMPERATURE if self.maximize else TARGET_TEMPERATURE),
                             guidance_scale=config.scale, guidance_window=config.window or DEFAULT_WINDOW)
@@ -184,16 +181,19 @@ class MoleculeGenerator:
             how += f", final weights by {'GFN2-xTB' if judge == 'xtb' else 'the predictor and GFN2-xTB'}"
         return self._finish(molecules, targets, how, seed, t0, report, steering.temperature, weights)
 
-    def _final_reward(self, judge: str, targets: dict[str, float]) -> Reward | None:
+    def _final_reward(self, targets: dict[str, float]) -> tuple[str, Reward | None]:
+        """The judge of the final weights (the config's, or ``both`` for targets where tblite is installed)
+        and its reward (None: the steering reward itself)."""
         from molctrl.physics import tblite_missing
         from molctrl.xtb_reward import final_judge
 
+        missing = tblite_missing()
+        judge = self.config.judge or ("both" if targets and not missing else "model")
         if judge != "model" and not targets:
             raise ValueError(f"judge {judge!r} weighs property targets: maximising reads the score itself")
-        missing = tblite_missing()
         if judge != "model" and missing:
             raise ValueError(f"judge {judge!r}: {missing}")
-        return final_judge(judge, self.reward, self.model.decode, list(targets))
+        return judge, final_judge(judge, self.reward, self.model.decode, list(targets))
 
     @staticmethod
     def _finish(molecules: list[Molecule], targets: dict[str, float], how: str, seed: int, t0: float,

@@ -168,7 +168,7 @@ def test_every_sampler_walks_the_same_chain_step_for_step():
 
     mask = torch.ones(3, 4, dtype=torch.bool)
     mask[0, 3] = False
-    seed = lambda: torch.Generator().manual_seed(7)
+    seed = lambda: torch.Generator().manual_seed(7)  # noqa: E731
     x = diffusion.sample(denoiser, mask, 5, 10, generator=seed())
     with torch.no_grad():
         rolled = rollout(diffusion, denoiser, denoiser, mask, 5, 10, checkpoint=False, generator=seed())
