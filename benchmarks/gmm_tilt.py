@@ -1,8 +1,8 @@
 """Every estimator on the 2-D Gaussian-mixture tilt, against closed form.
 
-The prior p(x) = Σ_k π_k N(x; m_k, C_k) is represented by its exact ε* (:class:`common.gmm.MixtureDenoiser`);
+The prior p(x) = Σ_k π_k N(x; m_k, C_k) is represented by its exact ε* (:class:`benchmarks.gmm.MixtureDenoiser`);
 the reward is the likelihood N(y; x₁, s²) of the first coordinate at y = 1, and the tilt p(x)·N(y; x₁, s²)^(1/α)
-is again a known mixture (:meth:`common.gmm.GaussianMixture.tilt`). The conditioned model is the prior
+is again a known mixture (:meth:`benchmarks.gmm.GaussianMixture.tilt`). The conditioned model is the prior
 plus a small network whose output starts at zero (:class:`CorrectedPrior`), trained with 20-step
 respaced rollouts (what CTRL and trajectory-level RGDM can reach is the tilt of that 20-step chain).
 Each row gives the mass on the right-hand component (prior 0.40, tilt ≈ 0.75) and the largest errors
@@ -22,7 +22,7 @@ from torch import nn
 from benchmarks.record import emit, machine_info
 from common.ctrl import ctrl_loss
 from common.diffusion import GaussianDiffusion
-from common.gmm import GaussianMixture, MixtureDenoiser
+from benchmarks.gmm import GaussianMixture, MixtureDenoiser
 from common.guidance import GuidedDenoiser, reconstruction_likelihood
 from common.rewards import GaussianLogLikelihood
 from common.rgdm import payoff_resample, payoff_score_loss, rgdm_trajectory_loss

@@ -4,8 +4,9 @@ checkpoints, exact resume, progress, and PyTorch DDP under ``torchrun``.
 The model is any ``nn.Module`` whose ``forward(*batch)`` returns a scalar loss and which has
 ``export() -> dict`` (what a shipped weights file holds); a ``parameter_groups()`` method, if it has one,
 gives optimiser groups whose ``lr_scale`` multiplies the scheduled learning rate; a ``stats`` dict
-attribute, if it has one, is shown with the progress (e.g. reward, KL, effective sample size). Batches come from a :class:`BatchSource`,
-a deterministic function of the step number, so a resumed run sees exactly the data it would have seen.
+attribute, if it has one, is shown with the progress (e.g. reward, KL), and so is the batch source's
+(e.g. the effective sample size of pay-off resampling). Batches come from a :class:`BatchSource`, a
+deterministic function of the step number, so a resumed run sees exactly the data it would have seen.
 """
 from __future__ import annotations
 
@@ -54,6 +55,17 @@ def condition_parameter_groups(model: nn.Module, cond: nn.Parameter | None, cond
 class BatchSource(Protocol):
     def __call__(self, step: int, rank: int, world_size: int) -> Sequence[torch.Tensor]:
         """The batch (a tuple of tensors) that process ``rank`` trains on at ``step``."""
+
+
+_STREAMS = {"targets": (1_000_003, 17, 0), "payoff": (7_919, 31, 1)}
+
+
+def step_generator(seed: int, step: int, rank: int = 0, stream: str = "targets") -> torch.Generator:
+    """A CPU generator that depends on ``(seed, step, rank)`` only, for the random draws of a batch (a
+    resumed run repeats them); ``stream`` keeps independent draws of one step apart: "targets" (which
+    targets and which of their columns are conditioned) or "payoff" (which pool samples are picked)."""
+    a, b, c = _STREAMS[stream]
+    return torch.Generator().manual_seed(seed * a + step * b + rank + c)
 
 
 class EpochSampler:
@@ -255,7 +267,8 @@ class Trainer:
                 self.optimizer.step()
                 self.ema.update_parameters(self.model)
                 self.step += 1
-                progress.update(self.step, loss.item(), getattr(self.model, "stats", None))
+                stats = getattr(self.batches, "stats", {}) | getattr(self.model, "stats", {})
+                progress.update(self.step, loss.item(), stats or None)
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     if self.on_checkpoint and self.group.is_main:
                         self.on_checkpoint(self.step, self.ema.module)

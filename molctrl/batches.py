@@ -25,6 +25,9 @@ class MoleculeBatches:
             torch.from_numpy(split.labels(properties)).float() if properties else None)
         self.sampler = EpochSampler(len(split), batch_size, seed)
 
+    def __len__(self) -> int:
+        return len(self.n_atoms)
+
     def __call__(self, step: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, ...]:
         idx = torch.from_numpy(self.sampler.indices(step, rank, world_size))
         n = int(self.n_atoms[idx].max())

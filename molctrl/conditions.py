@@ -3,9 +3,8 @@
 Targets live in one vector per molecule, ``y (B, 6)`` over :data:`molctrl.predictor.PROPERTIES`, with a
 mask ``y_mask (B, 6)`` saying which are conditioned (any subset). A model sees the condition vector
     c = [ clip((y − mean)/MAD, ±5) · y_mask,  y_mask ]   ``(B, 12)``,
-with the label statistics of the conditioning split (Db); the clip keeps outlying targets (μ reaches
-19 MADs in Db, α −10; 0.2 % of labels lie beyond 5) from driving the condition embedding far from
-what training saw. Targets are drawn as EDM's protocol draws them: an atom count N, then c ~ p(c | N) — here the labels of a random Db molecule with N atoms,
+with the label statistics of the conditioning split (Db) (:func:`common.conditioning.standard_scores`;
+μ reaches 19 MADs in Db, α −10; 0.2 % of labels lie beyond 5). Targets are drawn as EDM's protocol draws them: an atom count N, then c ~ p(c | N) — here the labels of a random Db molecule with N atoms,
 which is the empirical p(c | N) jointly over the six properties.
 """
 from __future__ import annotations
@@ -15,10 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from common.conditioning import standard_scores
 from molctrl.data.qm9 import QM9Split
 from molctrl.predictor import PROPERTIES
-
-CLIP = 5.0  # normalised targets are clipped to ±CLIP
 
 
 class PropertyConditions:
@@ -43,8 +41,11 @@ class PropertyConditions:
     def encode(self, y: torch.Tensor, y_mask: torch.Tensor) -> torch.Tensor:
         """``y (B, 6)``, ``y_mask (B, 6)`` -> condition ``(B, 12)``; unconditioned entries of y are ignored."""
         m = y_mask.to(y.dtype)
-        normalised = torch.nan_to_num((y - self.mean.to(y)) / self.scale.to(y)).clamp(-CLIP, CLIP) * m
-        return torch.cat([normalised, m], dim=-1)
+        return torch.cat([standard_scores(y, self.mean, self.scale) * m, m], dim=-1)
+
+    def to_dict(self) -> dict:
+        """What a conditioned model's weights file keeps of them: the label statistics."""
+        return {"mean": self.mean.tolist(), "scale": self.scale.tolist()}
 
     def sample(self, n_atoms: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Targets ``(B, 6)`` from p(c | N) for atom counts ``n_atoms (B,)``."""

@@ -5,9 +5,10 @@ Proposals drawn from p itself need no importance ratio, so self-normalised impor
 over a pool of M samples of p,
     j ~ softmax_j( r(x_j; y)/τ ),   over the pool molecules with y's atom count,
 gives (approximate) samples of q(x | y), which the conditioned model fits by the denoising loss with y
-as its condition (:class:`molctrl.finetune.ConditionalDenoising`). The fixed point is p_θ(x | y) = q.
+as its condition (:class:`common.control.ConditionedDenoising`). The fixed point is p_θ(x | y) = q.
 The pool is either the prior's own samples (p = p_pre) or the unlabelled molecules the prior was
 trained on (p = p_data, :meth:`PriorPool.from_split`; the reward reads them, their labels are not used).
+The resampling itself is :class:`common.control.PayoffBatches`; this module holds the molecules' pool.
 
 Why not proposals from the model (:func:`common.rgdm.rgdm_trajectory_loss`): on QM9 the calibrated
 likelihood is sharp, and the path ratio p_pre(τ)/p_θ(τ) degenerates as soon as θ moves (measured: ESS
@@ -20,21 +21,18 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import click
 import torch
 
-from common.exports import load_fields, save_fields
+from common.control import ScoredPool
 from common.rewards import GaussianLogLikelihood, Reward
-from common.rgdm import payoff_resample
 from molctrl.data.qm9 import QM9Split
-from molctrl.finetune import TargetBatches
 from molctrl.prior import MoleculeDiffusion
 
 
 @dataclass
-class PriorPool:
+class PriorPool(ScoredPool):
     """M molecules (prior samples, or a data split's) as padded arrays and what the reward needs of them.
 
     ``types (M, N)`` (−1 = padding), ``positions (M, N, 3)``, ``scores``: for a likelihood reward the
@@ -59,6 +57,9 @@ class PriorPool:
                              f"got {tuple(self.positions.shape)}")
         if self.scores.numel() and len(self.scores) != m:
             raise ValueError(f"scores: expected one row per molecule ({m}), got {len(self.scores)}")
+
+    def __len__(self) -> int:
+        return len(self.types)
 
     @property
     def n_atoms(self) -> torch.Tensor:
@@ -90,27 +91,28 @@ class PriorPool:
         pool = cls(types, positions, torch.empty(0), sampling_steps, time.perf_counter() - t0)
         return pool.scored(prior, reward, batch_size)
 
-    @torch.no_grad()
     def scored(self, prior: MoleculeDiffusion, reward: Reward, batch_size: int = 250) -> PriorPool:
-        """The same molecules with ``reward``'s scores (a pool serves any reward); the scoring time is
-        added to ``seconds``."""
-        t0 = time.perf_counter()
-        scores = []
-        for start in range(0, len(self.types), batch_size):
-            types = self.types[start : start + batch_size]
+        """The same molecules with ``reward``'s scores: a likelihood reward's predicted means, another's values."""
+        def score(rows: slice) -> torch.Tensor:
+            types = self.types[rows]
             n = int((types >= 0).sum(1).max())
-            clean, mask = prior.encode(types[:, :n], self.positions[start : start + batch_size, :n])
-            likelihood = isinstance(reward, GaussianLogLikelihood)
-            scores.append((reward.predict(clean, mask) if likelihood else reward(clean, mask)).cpu())
-        return PriorPool(self.types, self.positions, torch.cat(scores), self.sampling_steps,
-                         self.seconds + time.perf_counter() - t0)
+            clean, mask = prior.encode(types[:, :n], self.positions[rows, :n])
+            return reward.predict(clean, mask) if isinstance(reward, GaussianLogLikelihood) else reward(clean, mask)
 
-    def save(self, path: str | Path) -> None:
-        save_fields(self, path)
+        return self.rescored(score, batch_size)
 
-    @classmethod
-    def load(cls, path: str | Path) -> PriorPool:
-        return load_fields(cls, path)
+    def groups(self, sizes: list[int]) -> dict[int, torch.Tensor]:
+        """The molecules with each atom count."""
+        n_atoms = self.n_atoms
+        missing = sorted(set(sizes) - set(n_atoms.unique().tolist()))
+        if missing:
+            raise ValueError(f"the pool has no molecule with {missing} atoms; sample a larger pool")
+        return {n: torch.nonzero(n_atoms == n).view(-1) for n in sizes}
+
+    def take(self, rows: torch.Tensor, sizes: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """``(types (B, n), positions (B, n, 3))`` of the rows, trimmed to the largest."""
+        n = int(sizes.max())
+        return self.types[rows, :n], self.positions[rows, :n]
 
 
 def pool_atom_counts(target_n_atoms: torch.Tensor, size: int, floor: int = 32,
@@ -121,52 +123,3 @@ def pool_atom_counts(target_n_atoms: torch.Tensor, size: int, floor: int = 32,
     rest = max(size - floor * len(sizes), 0)
     drawn = target_n_atoms[torch.randint(len(target_n_atoms), (rest,), generator=generator)]
     return torch.cat([sizes.repeat_interleave(floor), drawn])
-
-
-class PayoffBatches:
-    """Step -> ``(types (B, n), positions (B, n, 3), y (B, 6), y_mask (B, 6), ess (B,))``: targets as
-    :class:`molctrl.finetune.TargetBatches` draws them, and for each a pool molecule with its atom count
-    resampled by the pay-off weights softmax(r/τ); ``ess`` is 1/Σ w² of those weights.
-
-    ``candidates`` K: the weights of each target are computed on K molecules drawn uniformly (with
-    replacement) from the pool's molecules of its size, not on all of them — importance resampling from
-    K proposals, which tends to the full-pool pick as K grows and costs K instead of M per target (64 ×
-    50,000 weights per step halved the training rate of a data-pool run). None: the whole pool."""
-
-    def __init__(self, pool: PriorPool, reward: Reward, targets: TargetBatches,
-                 temperature: float = 1.0, candidates: int | None = None):
-        self.pool, self.reward, self.targets = pool, reward, targets
-        self.temperature, self.candidates = temperature, candidates
-        pool_n_atoms = pool.n_atoms
-        missing = sorted(set(targets.n_atoms.unique().tolist()) - set(pool_n_atoms.unique().tolist()))
-        if missing:
-            raise ValueError(f"the pool has no molecule with {missing} atoms; sample a larger pool")
-        self.groups = {int(n): torch.nonzero(pool_n_atoms == n).view(-1) for n in pool_n_atoms.unique()}
-        self.n_atoms = targets.n_atoms
-
-    def _candidates(self, n_atoms: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """``(B, K)`` pool rows of each target's size, −1 where a group is smaller than K."""
-        groups = [self.groups[int(n)] for n in n_atoms]
-        width = max(len(rows) for rows in groups) if self.candidates is None else self.candidates
-        out = torch.full((len(groups), width), -1, dtype=torch.long)
-        for k, rows in enumerate(groups):
-            if len(rows) <= width:
-                out[k, : len(rows)] = rows
-            else:
-                out[k] = rows[torch.randint(len(rows), (width,), generator=g)]
-        return out
-
-    @torch.no_grad()
-    def __call__(self, step: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, ...]:
-        n_atoms, y, y_mask = self.targets(step, rank, world_size)
-        g = torch.Generator().manual_seed(self.targets.seed * 7_919 + step * 31 + rank + 1)
-        candidates = self._candidates(n_atoms, g)
-        scores = self.pool.scores[candidates.clamp(min=0)]  # (B, K, P) or (B, K)
-        if isinstance(self.reward, GaussianLogLikelihood):
-            r = self.reward.log_likelihood(scores, y.unsqueeze(1), y_mask.unsqueeze(1))
-        else:
-            r = scores
-        picks, ess = payoff_resample(r.masked_fill(candidates < 0, float("-inf")), self.temperature, g)
-        rows = candidates.gather(1, picks.unsqueeze(1)).squeeze(1)
-        n = int(n_atoms.max())
-        return self.pool.types[rows, :n], self.pool.positions[rows, :n], y, y_mask, ess

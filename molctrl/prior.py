@@ -6,17 +6,17 @@ factor 4, and decoded by argmax. The number of atoms is drawn from the training 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from common.conditioning import Conditionable
 from common.diffusion import GaussianDiffusion
 from common.exports import Exportable, tensor_shape, typed, typed_field
 from common.schedules import NoiseSchedule
 from common.spaces import PointSetSpace
-from common.training import condition_parameter_groups
 from molctrl.data.qm9 import Setting, get_setting
 from molctrl.egnn import EGNN
 from molctrl.molecule import Molecule
@@ -76,7 +76,7 @@ class MoleculeDenoiser(nn.Module):
         return torch.cat([eps_x, h_out], dim=-1)
 
 
-class MoleculeDiffusion(Exportable, nn.Module):
+class MoleculeDiffusion(Conditionable, Exportable, nn.Module):
     """A trainable, sampleable molecule prior. ``forward(types, positions)`` returns the training loss.
 
     Args:
@@ -161,21 +161,10 @@ class MoleculeDiffusion(Exportable, nn.Module):
                 on_batch(len(batch))
         return molecules
 
-    def with_condition(self, cond_dim: int, gate: str = "time") -> MoleculeDiffusion:
-        """A conditioned copy that starts as this model: its condition embedding is zero, so
-        ε_θ(z, t, c) = ε_pre(z, t) for every c until training moves it. ``gate``: see :class:`MoleculeDenoiser`."""
-        if self.config.cond_dim:
-            raise ValueError("the model is already conditioned")
-        model = MoleculeDiffusion(replace(self.config, cond_dim=cond_dim, cond_gate=gate), self.n_atoms_hist)
-        nn.init.zeros_(model.denoiser.cond_embed.weight)
-        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
-        assert missing == ["denoiser.cond_embed.weight"] and not unexpected, (missing, unexpected)
-        return model.to(self.n_atoms_hist.device)
-
-    def parameter_groups(self, cond_lr_scale: float = 1.0, backbone: bool = True) -> list[dict]:
-        """See :func:`common.training.condition_parameter_groups`."""
-        embed = self.denoiser.cond_embed
-        return condition_parameter_groups(self, None if embed is None else embed.weight, cond_lr_scale, backbone)
+    def reconfigured(self, config: PriorConfig) -> MoleculeDiffusion:
+        """This model's untrained network under ``config`` (:class:`common.conditioning.Conditionable`;
+        ``with_condition(cond_dim, cond_gate=…)``, the gate as in :class:`MoleculeDenoiser`)."""
+        return MoleculeDiffusion(config, self.n_atoms_hist)
 
     # -- shipping --------------------------------------------------------------------------------
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
+from common.conditioning import standard_scores
 from common.exports import typed_field
 from shapectrl.data.attributes import ATTRIBUTE_CLASS, ATTRIBUTES, measure
 
-CLIP = 5.0
 #: The attributes a controlled model is conditioned on unless told otherwise: the three extents and
 #: one class-specific attribute per class.
 DEFAULT_ATTRIBUTES = ("width", "height", "depth", "chair_back_height", "table_top_height", "airplane_wing_span",
@@ -95,8 +95,7 @@ class ShapeConditions:
         label = torch.where(y_mask[:, 0], y[:, 0], torch.zeros_like(y[:, 0])).long()
         onehot = torch.nn.functional.one_hot(label, self.n_classes).float() * m[:, :1]
         values = torch.where(y_mask[:, 1:], y[:, 1:].float(), self.mean.to(y.device))
-        z = ((values - self.mean.to(y.device)) / self.scale.to(y.device)).clamp(-CLIP, CLIP)
-        return torch.cat([onehot, z * m[:, 1:], m[:, 1:]], dim=1)
+        return torch.cat([onehot, standard_scores(values, self.mean, self.scale) * m[:, 1:], m[:, 1:]], dim=1)
 
     def random_mask(self, labels: torch.Tensor, p_class: float, p_attribute: float,
                     generator: torch.Generator | None = None) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 from common.runtime import resolve_device, seed_everything
 from shapectrl.classifier import ShapeClassifier
 from shapectrl.conditions import ShapeConditions
-from shapectrl.control import METHODS, ControlledShapes
+from shapectrl.control import ControlledShapes, ShapeControlConfig
 from shapectrl.io import write_ply
 from shapectrl.prior import ShapeDiffusion
 from shapectrl.reward import ShapeReward
@@ -53,8 +53,8 @@ class ShapeGenerationConfig:
     guidance_scale: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r} (expected one of {', '.join(METHODS)})")
+        if self.method not in ShapeControlConfig.methods:
+            raise ValueError(f"unknown method {self.method!r} (expected one of {', '.join(ShapeControlConfig.methods)})")
         if self.proposal not in PROPOSALS:
             raise ValueError(f"unknown proposal {self.proposal!r} (expected one of {', '.join(PROPOSALS)})")
         if self.particles < 0 or self.steps < 1 or (self.points is not None and self.points < 1):

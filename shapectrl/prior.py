@@ -10,17 +10,18 @@ subset of each shape's points at every step, :class:`ShapeBatches`) samples 2,04
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from common.conditioning import Conditionable
 from common.diffusion import GaussianDiffusion
 from common.exports import Exportable, typed, typed_field
 from common.schedules import NoiseSchedule
 from common.spaces import PointSetSpace
-from common.training import EpochSampler, condition_parameter_groups
+from common.training import EpochSampler
 from shapectrl.data.normalisation import Normalisation
 from shapectrl.denoisers import ARCHITECTURES, PointDenoiser, build_denoiser
 
@@ -61,7 +62,7 @@ class ShapePriorConfig:
                               self.voxel_channels, self.extent, self.n_inducing, self.heads)
 
 
-class ShapeDiffusion(Exportable, nn.Module):
+class ShapeDiffusion(Conditionable, Exportable, nn.Module):
     """A trainable, sampleable point-cloud prior. ``forward(points (B, N, 3))`` returns the training loss.
 
     Args:
@@ -89,6 +90,12 @@ class ShapeDiffusion(Exportable, nn.Module):
     def full_mask(points: torch.Tensor) -> torch.Tensor:
         """The all-true mask ``(B, N)`` of clouds ``(B, N, 3)`` (clouds are never padded)."""
         return torch.ones(points.shape[:2], dtype=torch.bool, device=points.device)
+
+    n_channels = 3
+
+    def encode(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clouds ``(B, N, 3)`` as the diffusion's states and their (all-true) mask ``(B, N)``."""
+        return points, self.full_mask(points)
 
     def forward(self, points: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Mean ε-prediction loss of normalised clouds ``points (B, N, 3)`` (the trainer's objective)."""
@@ -136,23 +143,9 @@ class ShapeDiffusion(Exportable, nn.Module):
         """Normalised clouds ``(..., 3)`` to model units."""
         return self.normalisation.denormalise(points)
 
-    def with_condition(self, cond_dim: int) -> ShapeDiffusion:
-        """A conditioned copy that starts as this model: its condition embedding is zero, so
-        ε_θ(z, t, c) = ε_pre(z, t) for every c until training moves it."""
-        if self.config.cond_dim:
-            raise ValueError("the model is already conditioned")
-        if cond_dim < 1:
-            raise ValueError(f"cond_dim must be positive, got {cond_dim}")
-        model = ShapeDiffusion(replace(self.config, cond_dim=cond_dim), self.normalisation, self.classes)
-        nn.init.zeros_(model.denoiser.cond_embed.weight)
-        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
-        assert missing == ["denoiser.context.cond_embed.weight"] and not unexpected, (missing, unexpected)
-        return model.to(self._anchor.device)
-
-    def parameter_groups(self, cond_lr_scale: float = 1.0, backbone: bool = True) -> list[dict]:
-        """See :func:`common.training.condition_parameter_groups`."""
-        embed = self.denoiser.cond_embed
-        return condition_parameter_groups(self, None if embed is None else embed.weight, cond_lr_scale, backbone)
+    def reconfigured(self, config: ShapePriorConfig) -> ShapeDiffusion:
+        """This model's untrained network under ``config`` (:class:`common.conditioning.Conditionable`)."""
+        return ShapeDiffusion(config, self.normalisation, self.classes)
 
     # -- shipping --------------------------------------------------------------------------------
 

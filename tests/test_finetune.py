@@ -8,22 +8,20 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from common.control import REWARD_METHODS, PayoffBatches, RewardObjective
 from common.weights import read_tree, save_tree
 from molctrl.batches import MoleculeBatches
 from molctrl.cli import main
 from molctrl.data.qm9 import load_split
 from molctrl.finetune import (
-    METHODS,
-    ConditionalDenoising,
     GuidanceConfig,
     PayoffScoreObjective,
-    RewardObjective,
-    TargetBatches,
     make_objective,
+    target_batches,
 )
 from molctrl.io import read_molecules
 from molctrl.noisy_predictor import N_BINS, NoisyPropertyPredictor
-from molctrl.payoff import PayoffBatches, PriorPool
+from molctrl.payoff import PriorPool
 from molctrl.predictor import PROPERTIES, PredictorConfig, PropertyPredictor
 from molctrl.prior import MoleculeDiffusion
 from molctrl.weights import load_predictor
@@ -31,7 +29,7 @@ from molctrl.weights import load_predictor
 
 def test_target_batches_are_deterministic_and_condition_a_non_empty_subset(parts):
     split, _, _, conditions = parts
-    batches = TargetBatches(conditions, 16, ("alpha", "gap"), seed=1)
+    batches = target_batches(conditions, 16, ("alpha", "gap"), seed=1)
     n_atoms, y, y_mask = batches(3)
     assert all(torch.equal(a, b) for a, b in zip(batches(3), (n_atoms, y, y_mask)))
     assert y_mask.any(1).all() and not y_mask[:, 2:].any()
@@ -42,12 +40,12 @@ def test_target_batches_are_deterministic_and_condition_a_non_empty_subset(parts
         assert values <= set(split.properties["alpha"][split.n_atoms == n].astype(np.float32).tolist())
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", REWARD_METHODS)
 def test_each_method_trains_only_the_conditioned_model(parts, method):
     _, prior, reward, conditions = parts
-    objective = RewardObjective(prior, reward, conditions, GuidanceConfig(method=method, sampling_steps=5,
-                                                                           grad_steps=2, train_steps=2, clip=0.2))
-    loss = objective(*TargetBatches(conditions, 8, PROPERTIES)(0))
+    objective = RewardObjective(prior.with_condition(conditions.cond_dim), prior, reward, conditions,
+                                GuidanceConfig(method=method, sampling_steps=5, grad_steps=2, train_steps=2, clip=0.2))
+    loss = objective(*target_batches(conditions, 8, PROPERTIES)(0))
     assert torch.isfinite(loss)
     loss.backward()
     embed = objective.model.denoiser.cond_embed.weight.grad
@@ -60,8 +58,11 @@ def test_each_method_trains_only_the_conditioned_model(parts, method):
 
 def test_conditional_denoising_uses_the_labels(parts):
     split, prior, _, conditions = parts
-    objective = ConditionalDenoising(prior, conditions, PROPERTIES)
-    loss = objective(*MoleculeBatches(split, 8, properties=PROPERTIES)(0))
+    objective, batches = make_objective({"method": "cond", "guidance": {"method": "cond"}}, prior, split, 8)
+    types, positions, labels, y_mask = batches(0)
+    assert all(torch.equal(a, b) for a, b in zip(batches(0), (types, positions, labels, y_mask)))  # seeded by the step
+    assert torch.equal(labels, MoleculeBatches(split, 8, properties=PROPERTIES)(0)[-1]) and y_mask.any(1).all()
+    loss = objective(types, positions, labels, y_mask)
     loss.backward()
     assert objective.model.denoiser.cond_embed.weight.grad.abs().max() > 0
 
@@ -91,18 +92,20 @@ def test_payoff_batches_resample_pool_molecules_of_the_target_size_by_their_like
     split, prior, reward, conditions = parts
     pool = PriorPool.from_split(split).scored(prior, reward)
     assert pool.scores.shape == (len(split), 6) and pool.seconds > 0
-    targets = TargetBatches(conditions, 8, PROPERTIES, seed=2)
+    targets = target_batches(conditions, 8, PROPERTIES, seed=2)
     sharp = PayoffBatches(pool, reward, targets, temperature=1e-6)
-    types_b, positions_b, y, y_mask, ess = sharp(5)
-    assert all(torch.equal(a, b) for a, b in zip(sharp(5), (types_b, positions_b, y, y_mask, ess)))
+    types_b, positions_b, y, y_mask = sharp(5)
+    assert all(torch.equal(a, b) for a, b in zip(sharp(5), (types_b, positions_b, y, y_mask)))
     n_atoms = targets(5)[0]
-    assert torch.equal((types_b >= 0).sum(1), n_atoms) and torch.allclose(ess, torch.ones(8))
+    assert torch.equal((types_b >= 0).sum(1), n_atoms) and sharp.stats["ess"] == pytest.approx(1.0)
     for k in range(8):  # at τ → 0 the pick is the most likely pool molecule of the target's size
         same = torch.nonzero(pool.n_atoms == n_atoms[k]).view(-1)
         r = reward.log_likelihood(pool.scores[same], y[k].expand(len(same), -1), y_mask[k].expand(len(same), -1))
         assert torch.equal(types_b[k], pool.types[same[r.argmax()], : types_b.shape[1]])
-    mild = PayoffBatches(pool, reward, targets, temperature=1e6)(5)[-1]
-    assert torch.all(mild > 0.9 * torch.stack([(pool.n_atoms == n).sum() for n in n_atoms]))  # ~uniform
+    mild = PayoffBatches(pool, reward, targets, temperature=1e6)
+    mild(5)
+    group_sizes = torch.stack([(pool.n_atoms == n).sum() for n in n_atoms]).float()
+    assert mild.stats["ess"] > 0.9 * group_sizes.mean()  # ~uniform
 
 
 def test_data_proposal_rgdm_resamples_the_training_molecules_without_a_pool_file(parts, weight_files, tmp_path):
@@ -112,7 +115,7 @@ def test_data_proposal_rgdm_resamples_the_training_molecules_without_a_pool_file
     objective, batches = make_objective(spec, prior, split, 8, seed=0, pool_path=tmp_path / "pool.safetensors")
     assert batches.pool.sampling_steps == 0 and len(batches.pool.types) == len(split)
     assert not (tmp_path / "pool.safetensors").exists()  # the split itself is the pool: nothing to keep
-    types, positions, y, y_mask, _ = batches(0)
+    types, positions, y, y_mask = batches(0)
     rows = [int(np.flatnonzero((split.positions[:, : positions.shape[1]] == p.numpy()).all((1, 2)))[0])
             for p in positions]  # each picked molecule is a training molecule
     assert all(torch.equal(types[k], torch.from_numpy(split.types[r, : types.shape[1]]).long())
@@ -277,12 +280,13 @@ def test_a_resumed_run_does_not_need_its_init_file(weight_files, conditioned_mod
 def test_payoff_candidates_are_drawn_from_the_target_size_and_tend_to_the_full_pool(parts):
     split, prior, reward, conditions = parts
     pool = PriorPool.from_split(split).scored(prior, reward)
-    targets = TargetBatches(conditions, 8, PROPERTIES, seed=2)
+    targets = target_batches(conditions, 8, PROPERTIES, seed=2)
     n_atoms = targets(5)[0]
     few = PayoffBatches(pool, reward, targets, temperature=1e-6, candidates=3)
     rows = few._candidates(n_atoms, torch.Generator().manual_seed(0))
     assert rows.shape == (8, 3) and torch.equal(pool.n_atoms[rows], n_atoms.unsqueeze(1).expand(-1, 3))
-    assert torch.all(few(5)[-1] <= 3)  # the ESS of 3 candidates
+    few(5)
+    assert few.stats["ess"] <= 3  # the ESS of 3 candidates
     exact = PayoffBatches(pool, reward, targets, temperature=1e-6)(5)
     enough = PayoffBatches(pool, reward, targets, temperature=1e-6, candidates=len(split))(5)
     assert all(torch.equal(a, b) for a, b in zip(exact, enough))  # K ≥ every group: the whole group, as before

@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
+from common.control import controlled_export
 from common.weights import save_tree
 from molctrl.cli import main as molctrl
 from molctrl.payoff import PriorPool
@@ -17,7 +18,7 @@ from molctrl.prior import MoleculeDiffusion, PriorConfig
 from shapectrl.classifier import ShapeClassifier, ShapeClassifierConfig
 from shapectrl.cli import main as shapectrl
 from shapectrl.conditions import ShapeConditions
-from shapectrl.control import ControlConfig, controlled_export
+from shapectrl.control import ShapeControlConfig
 from shapectrl.data.normalisation import Normalisation
 from shapectrl.prior import ShapeDiffusion, ShapePriorConfig
 from tests.hostile import Hostile
@@ -52,7 +53,7 @@ def _shape_models(folder):
     classifier = ShapeClassifier(ShapeClassifierConfig(classes=classes, widths=(8, 8), embed=16, head_hidden=8),
                                  normalisation)
     trees = {"shape-prior": prior.export(), "classifier": classifier.export(),
-             "controlled": controlled_export(prior.with_condition(conditions.cond_dim), conditions, ControlConfig(), {})}
+             "controlled": controlled_export(prior.with_condition(conditions.cond_dim), conditions, ShapeControlConfig(), {})}
     for name, tree in trees.items():
         save_tree(tree, folder / f"{name}.safetensors")
     return trees

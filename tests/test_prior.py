@@ -124,7 +124,7 @@ def test_a_conditioned_copy_starts_as_the_prior_and_can_learn_the_condition(mode
 
 @pytest.mark.parametrize("gate", ["time", "none"])
 def test_the_time_gate_mutes_the_condition_at_the_data_and_the_open_gate_does_not(model, gate):
-    conditioned = model.with_condition(4, gate).double()
+    conditioned = model.with_condition(4, cond_gate=gate).double()
     torch.nn.init.normal_(conditioned.denoiser.cond_embed.weight, std=0.5)
     x, mask, _ = _inputs(model)
     zero = torch.zeros(x.shape[0], dtype=torch.float64)
@@ -132,4 +132,4 @@ def test_the_time_gate_mutes_the_condition_at_the_data_and_the_open_gate_does_no
     assert torch.equal(*eps) == (gate == "time")
     assert MoleculeDiffusion.from_export(conditioned.export()).config.cond_gate == gate
     with pytest.raises(ValueError, match="unknown condition gate 'sometimes'"):
-        model.with_condition(4, "sometimes")
+        model.with_condition(4, cond_gate="sometimes")

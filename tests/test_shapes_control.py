@@ -9,18 +9,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from common.conditioning import CLIP
+from common.control import ConditionedDenoising, PayoffBatches
 from common.weights import save_tree
 from shapectrl.classifier import ShapeClassifier, ShapeClassifierConfig
 from shapectrl.cli import main
-from shapectrl.conditions import CLIP, ShapeConditions
+from shapectrl.conditions import ShapeConditions
 from shapectrl.control import (
-    ConditionedDenoising,
-    ControlConfig,
     ControlledShapes,
-    PayoffBatches,
+    ShapeControlConfig,
     ShapePool,
     ShapeTargets,
-    TargetBatches,
 )
 from shapectrl.data.families import CLASSES
 from shapectrl.data.normalisation import Normalisation
@@ -153,14 +152,14 @@ def _pool(n: int = 50) -> ShapePool:
 def test_payoff_resampling_picks_the_target_class_and_the_nearest_attribute() -> None:
     pool = _pool()
     reward = _FixedScores(pool.scores)
-    config = ControlConfig(p_class=1.0, p_attribute=0.0)
+    config = ShapeControlConfig(p_class=1.0, p_attribute=0.0)
     labels = torch.arange(40) % 5
     values = torch.stack([torch.full((40,), 0.5), torch.full((40,), 0.4)], dim=1)
     targets = ShapeTargets(_conditions(), labels, values, config)
-    batches = PayoffBatches(pool, reward, TargetBatches(targets, 16, 8, seed=0))
-    points, y, y_mask, ess = batches(0)
+    batches = PayoffBatches(pool, reward, targets.batches(16, 8, seed=0))
+    points, y, y_mask = batches(0)
     picked = points[:, 0, 0].long()
-    assert (picked % 5 == y[:, 0].long()).all() and y_mask[:, 0].all() and (ess > 9).all()  # 10 clouds per class
+    assert (picked % 5 == y[:, 0].long()).all() and y_mask[:, 0].all() and batches.stats["ess"] > 9  # 10 per class
     # a height target: the pool's tolerance-weighted nearest heights win
     y_h, mask_h = torch.tensor([[0.0, 0.5, 0.0]]), torch.tensor([[False, True, False]])
     r = reward.log_likelihood(pool.scores.unsqueeze(0), y_h.unsqueeze(1), mask_h.unsqueeze(1))
@@ -182,15 +181,16 @@ def test_data_proposal_scores_training_clouds_at_the_training_size_and_subsample
     pool = ShapePool.from_data(clouds, reward, n_points=8, batch_size=16)
     assert set(seen) == {8} and torch.equal(pool.scores, reference.scores) and pool.sampling_steps == 0
     labels = torch.arange(40) % 5
-    targets = ShapeTargets(_conditions(), labels, torch.full((40, 2), 0.4), ControlConfig(p_class=1.0, p_attribute=0.0))
-    points, y, _, _ = PayoffBatches(pool, reward, TargetBatches(targets, 16, 8, seed=0))(0)
+    targets = ShapeTargets(_conditions(), labels, torch.full((40, 2), 0.4), ShapeControlConfig(p_class=1.0, p_attribute=0.0))
+    points, y, _ = PayoffBatches(pool, reward, targets.batches(16, 8, seed=0))(0)
     assert points.shape == (16, 8, 3) and (points[:, 0, 0].long() % 5 == y[:, 0].long()).all()
 
 
 def test_conditioned_denoising_starts_at_the_prior_and_exports_its_conditions(tmp_path) -> None:
     torch.manual_seed(0)
     prior = ShapeDiffusion(ShapePriorConfig(width=16, depth=1, voxel_channels=4), Normalisation((0, 0, 0), 1.0), CLASSES)
-    objective = ConditionedDenoising(prior, _conditions(), ControlConfig(method="cond"))
+    objective = ConditionedDenoising(prior.with_condition(_conditions().cond_dim), _conditions(),
+                                     ShapeControlConfig(method="cond"))
     points = torch.randn(3, 16, 3)
     y, mask = torch.tensor([[1.0, 0.5, 0.3]]).expand(3, 3), torch.ones(3, 3, dtype=torch.bool)
     t = torch.tensor([10, 500, 900])
@@ -208,7 +208,7 @@ def test_conditioned_denoising_starts_at_the_prior_and_exports_its_conditions(tm
         save_tree(prior.export(), tmp_path / "prior.safetensors")
         ControlledShapes.load(tmp_path / "prior.safetensors")
     with pytest.raises(ValueError, match="unknown method 'ppo'"):
-        ControlConfig(method="ppo")
+        ShapeControlConfig(method="ppo")
 
 
 # ----------------------------------------------------------------------------------------------

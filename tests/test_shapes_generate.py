@@ -9,11 +9,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from common.control import controlled_export
 from common.weights import save_tree
 from shapectrl.classifier import ShapeClassifier, ShapeClassifierConfig
 from shapectrl.cli import main
 from shapectrl.conditions import ShapeConditions
-from shapectrl.control import ControlConfig, controlled_export
+from shapectrl.control import ShapeControlConfig
 from shapectrl.data.normalisation import Normalisation
 from shapectrl.io import read_ply
 from shapectrl.prior import ShapeDiffusion, ShapePriorConfig
@@ -36,7 +37,7 @@ def weights(tmp_path_factory) -> tuple[str, str]:
                            normalisation=normalisation, classes=CLASSES)
     conditions = ShapeConditions(CLASSES, ("height", "chair_back_height"), torch.tensor([0.6, 0.4]),
                                  torch.tensor([0.3, 0.2]))
-    save_tree(controlled_export(prior.with_condition(conditions.cond_dim), conditions, ControlConfig(), {}),
+    save_tree(controlled_export(prior.with_condition(conditions.cond_dim), conditions, ShapeControlConfig(), {}),
                folder / "model.safetensors")
     evaluator = ShapeClassifier(ShapeClassifierConfig(arch="dgcnn", classes=CLASSES, widths=(8, 8), embed=16,
                                                       head_hidden=8), normalisation)

@@ -87,7 +87,7 @@ def main(steps, molecules, targets_per_state, iterations, lr, cond_lr_scale, rep
         torch.manual_seed(seed)
         fitted = payoff_states(prior, reward, conditions, *batches(0), step, targets_per_state)
         held_out = payoff_states(prior, reward, conditions, *batches(1), step, targets_per_state)
-        model = prior.with_condition(conditions.cond_dim, gate="none")
+        model = prior.with_condition(conditions.cond_dim, cond_gate="none")
         start = clock.perf_counter()
         curve = fit(model, fitted, held_out, iterations, lr, cond_lr_scale, report_every, label=f"t={step}")
         rows.append({"step": step, "shift_square_per_state": round(float(fitted.shift.square().sum() / len(fitted.z)), 3),

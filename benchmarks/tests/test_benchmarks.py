@@ -8,11 +8,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from common.control import controlled_export
 from common.weights import save_tree
 from molctrl.io import read_molecules
 from shapectrl.classifier import ShapeClassifier, ShapeClassifierConfig
 from shapectrl.conditions import ShapeConditions
-from shapectrl.control import ControlConfig, ShapePool, controlled_export
+from shapectrl.control import ShapeControlConfig, ShapePool
 from shapectrl.data.normalisation import Normalisation
 from shapectrl.prior import ShapeDiffusion, ShapePriorConfig
 
@@ -58,7 +59,7 @@ def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
                            normalisation=normalisation, classes=ALL)
     conditions = ShapeConditions(ALL, ("height", "chair_back_height"), torch.tensor([0.6, 0.4]), torch.tensor([0.3, 0.2]))
     model_path, evaluator_path = tmp_path / "model.safetensors", tmp_path / "evaluator.safetensors"
-    save_tree(controlled_export(prior.with_condition(conditions.cond_dim), conditions, ControlConfig(), {}), model_path)
+    save_tree(controlled_export(prior.with_condition(conditions.cond_dim), conditions, ShapeControlConfig(), {}), model_path)
     evaluator = ShapeClassifier(ShapeClassifierConfig(arch="dgcnn", widths=(8, 8), embed=16, head_hidden=8), normalisation)
     save_tree(evaluator.export(), evaluator_path)
     out = tmp_path / "record.json"

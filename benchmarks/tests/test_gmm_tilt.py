@@ -38,7 +38,7 @@ from benchmarks.gmm_tilt import (
 )
 from common.ctrl import ctrl_loss
 from common.ddpo import ddpo_loss, sample_trajectories
-from common.gmm import MixtureDenoiser
+from benchmarks.gmm import MixtureDenoiser
 from common.guidance import GuidedDenoiser
 from common.rgdm import rgdm_step_loss
 from common.selection import best_of_n

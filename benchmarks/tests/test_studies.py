@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from molctrl.batches import MoleculeBatches
-from molctrl.finetune import TargetBatches
+from molctrl.finetune import target_batches
 from molctrl.predictor import PROPERTIES
 
 
@@ -14,7 +14,7 @@ def test_ctrl_objective_benchmark_scores_the_prior_at_zero_kl_and_orders_the_two
     from benchmarks.studies.ctrl_objective import score
 
     _, prior, reward, conditions = parts
-    n_atoms, y, y_mask = TargetBatches(conditions, 6, PROPERTIES)(0)
+    n_atoms, y, y_mask = target_batches(conditions, 6, PROPERTIES)(0)
     itself = score(None, prior, reward, conditions, n_atoms, y, y_mask, steps=4, seed=0)
     assert itself["kl_chain"]["mean"] == itself["kl_continuous"]["mean"] == 0.0
     model = prior.with_condition(conditions.cond_dim)
@@ -37,7 +37,7 @@ def test_payoff_capacity_benchmark_starts_at_the_prior_and_fits_its_fixed_states
     fitted = payoff_states(prior, reward, conditions, *batches(0), step=30, per_state=3)
     held_out = payoff_states(prior, reward, conditions, *batches(1), step=30, per_state=3)
     assert torch.equal(fitted.z[0], fitted.z[2]) and not torch.equal(fitted.cond[0], fitted.cond[1])
-    model = prior.with_condition(conditions.cond_dim, gate="none")
+    model = prior.with_condition(conditions.cond_dim, cond_gate="none")
     start = shares(fitted.sums(model))
     assert start["explained"] == start["explained_target_dependent"] == 0.0  # the zero-initialised copy is the prior
     assert 0 < start["c_blind"] < 1  # each state's targets differ, and so does its shift

@@ -12,14 +12,14 @@ from common.runs import run_record, train_config
 from common.training import TrainConfig, checkpoint_in
 from common.weights import SUFFIX
 from molctrl.cli.train import _fit, _training_data
-from molctrl.finetune import PROPOSALS
+from molctrl.finetune import GuidanceConfig
 from molctrl.predictor import PROPERTIES
 
-METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
+CONFIG = GuidanceConfig  # the defaults of the options
 
 
 @click.command()
-@click.option("--method", type=click.Choice(METHOD_CHOICES), default="ctrl", show_default=True,
+@click.option("--method", type=click.Choice(CONFIG.methods), default=CONFIG.method, show_default=True,
               help="ctrl: KL-regularised, pathwise; rgdm: pay-off weights (prior pool or rollouts); rgdm-step: "
                    "pay-off steps (along rollouts, or at noised data with --proposal data); ddpo: clipped policy "
                    "gradient; cond: EDM-cond (labels as input, denoising loss).")
@@ -38,9 +38,9 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--lr", type=float, default=1e-5, show_default=True,
               help="Adam learning rate (1e-4 made CTRL diverge on its first step with the shipped models).")
-@click.option("--sampling-steps", type=int, default=25, show_default=True, help="Respaced steps of training rollouts.")
-@click.option("--alpha", type=float, default=1.0, show_default=True, help="CTRL's KL weight (1: the conditional).")
-@click.option("--kl", type=click.Choice(KL_FORMS), default="chain", show_default=True,
+@click.option("--sampling-steps", type=int, default=CONFIG.sampling_steps, show_default=True, help="Respaced steps of training rollouts.")
+@click.option("--alpha", type=float, default=CONFIG.alpha, show_default=True, help="CTRL's KL weight (1: the conditional).")
+@click.option("--kl", type=click.Choice(KL_FORMS), default=CONFIG.kl, show_default=True,
               help="CTRL's KL: the sampler chain's own steps (whose optimum at alpha 1 is the conditional), or the "
                    "continuous-time KL on the same grid, which charges a coarse chain's last step ~10³ times less "
                    "(so the model tilts further than alpha says; --kl-cap, not this, is what keeps training stable).")
@@ -48,34 +48,34 @@ METHOD_CHOICES = ("ctrl", "rgdm", "rgdm-step", "ddpo", "cond")
               help="CTRL: leave out of each batch's loss the trajectories whose KL exceeds this many nats.")
 @click.option("--init", "init_path", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Start from this conditioned model.safetensors (e.g. CTRL from an RGDM run) instead of the prior.")
-@click.option("--grad-steps", type=int, default=8, show_default=True,
+@click.option("--grad-steps", type=int, default=CONFIG.grad_steps, show_default=True,
               help="CTRL: gradients through the last K transitions, K uniform in [1, grad-steps].")
-@click.option("--temperature", type=float, default=1.0, show_default=True, help="RGDM's τ (1: the conditional).")
-@click.option("--proposal", type=click.Choice(PROPOSALS), default="prior", show_default=True,
+@click.option("--temperature", type=float, default=CONFIG.temperature, show_default=True, help="RGDM's τ (1: the conditional).")
+@click.option("--proposal", type=click.Choice(CONFIG.proposals), default=CONFIG.proposal, show_default=True,
               help="RGDM: resample a pool by the pay-off weights, of prior molecules (prior) or of the unlabelled "
                    "Db molecules (data; the reward reads them, their labels are not used), or weight the model's "
                    "own rollouts with the importance ratio to the prior (model). Step-level RGDM: with data, fit "
                    "the model's ε at noised Db molecules to the prior's ε shifted by the reward's reconstruction "
                    "likelihood (no rollouts); otherwise shift the prior's steps along the model's rollouts.")
-@click.option("--pool-size", type=int, default=10_000, show_default=True, help="RGDM, prior proposals: pool size.")
-@click.option("--pool-steps", type=int, default=50, show_default=True,
+@click.option("--pool-size", type=int, default=CONFIG.pool_size, show_default=True, help="RGDM, prior proposals: pool size.")
+@click.option("--pool-steps", type=int, default=CONFIG.pool_steps, show_default=True,
               help="RGDM, prior proposals: sampling steps of the pool (sampled once, kept in RUN_DIR/pool.safetensors).")
 @click.option("--pool", "pool_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="RGDM, prior proposals: reuse the molecules of another run's pool.safetensors, scored by this run's reward.")
-@click.option("--candidates", type=click.IntRange(1), default=4096, show_default=True,
+@click.option("--candidates", type=click.IntRange(1), default=CONFIG.candidates, show_default=True,
               help="RGDM, prior or data proposals: pool molecules of the target's size drawn per target to resample "
                    "from (the full pool of 50,000 halved the training rate).")
-@click.option("--samples-per-target", type=int, default=4, show_default=True,
+@click.option("--samples-per-target", type=int, default=CONFIG.samples_per_target, show_default=True,
               help="RGDM, model proposals: rollouts per target; their pay-off weights are normalised together.")
-@click.option("--radius", type=float, default=0.5, show_default=True, help="Step-level RGDM's ball radius ρ.")
+@click.option("--radius", type=float, default=CONFIG.radius, show_default=True, help="Step-level RGDM's ball radius ρ.")
 @click.option("--score-max-step", type=click.IntRange(0), default=None,
               help="Step-level RGDM at data states: train on noise steps t ≤ this only (default: all T).")
-@click.option("--train-steps", type=int, default=4, show_default=True,
+@click.option("--train-steps", type=int, default=CONFIG.train_steps, show_default=True,
               help="Step-level RGDM and DDPO: transitions trained per trajectory.")
-@click.option("--clip", type=float, default=1e-4, show_default=True, help="DDPO's ratio clip.")
-@click.option("--cond-lr-scale", type=float, default=10.0, show_default=True,
+@click.option("--clip", type=float, default=CONFIG.clip, show_default=True, help="DDPO's ratio clip.")
+@click.option("--cond-lr-scale", type=float, default=CONFIG.cond_lr_scale, show_default=True,
               help="Learning rate of the zero-initialised condition embedding, as a multiple of --lr.")
-@click.option("--cond-gate", type=click.Choice(["time", "none"]), default="time", show_default=True,
+@click.option("--cond-gate", type=click.Choice(["time", "none"]), default=CONFIG.cond_gate, show_default=True,
               help="How the condition enters the network: t·W_c c (time; mutes it near the data, which kept "
                    "CTRL's KL in check) or W_c c at every t (none).")
 @click.option("--freeze-backbone", is_flag=True,
@@ -90,7 +90,7 @@ def finetune(method, properties, maximize, run_dir, prior_path, reward_model, st
              alpha, kl, kl_cap, init_path, grad_steps, temperature, proposal, pool_size, pool_steps, pool_file, candidates, samples_per_target, radius, score_max_step, train_steps, clip, cond_lr_scale, cond_gate, freeze_backbone, checkpoint_every, seed, device, threads,
              resume) -> None:
     """Fine-tune the prior into a conditioned generator; RUN_DIR/model.safetensors is the EMA model."""
-    from molctrl.finetune import GuidanceConfig, make_objective
+    from molctrl.finetune import make_objective
     from molctrl.weights import load_prior
 
     if threads:
@@ -109,7 +109,7 @@ def finetune(method, properties, maximize, run_dir, prior_path, reward_model, st
                                      param_hint="--reward-model")
     fresh = {"model": {"setting": "qm9-noh", "prior": prior_path, "reward_model": reward_model, "maximize": maximize,
                        "init": init_path,
-                       "guidance": asdict(GuidanceConfig(method="ctrl" if method == "cond" else method,
+                       "guidance": asdict(GuidanceConfig(method=method,
                                                          properties=properties, sampling_steps=sampling_steps,
                                                          alpha=alpha, kl=kl, kl_cap=kl_cap, grad_steps=grad_steps, temperature=temperature,
                                                          proposal=proposal, pool_size=pool_size,

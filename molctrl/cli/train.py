@@ -119,12 +119,12 @@ def _log_eval(path: Path, entry: dict) -> None:
     click.echo(f"eval {json.dumps(entry)}", err=True)
 
 
-def _fit(model: torch.nn.Module, batches: MoleculeBatches, train_cfg: TrainConfig, run: Path, record: dict,
+def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, record: dict,
          device: str, resume: bool, on_checkpoint) -> None:
     """:func:`common.runs.train_in_run` on molecules (their count recorded in ``run.json``)."""
-    record["data"]["molecules"] = len(batches.n_atoms)
+    record["data"]["molecules"] = len(batches)
     train_in_run(model, batches, train_cfg, run, record, device_option(device), resume,
-                 f"{len(batches.n_atoms)} molecules of {record['model']['setting']}/{record['data']['split']}",
+                 f"{len(batches)} molecules of {record['model']['setting']}/{record['data']['split']}",
                  on_checkpoint)
 
 

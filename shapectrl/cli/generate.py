@@ -12,7 +12,7 @@ from tqdm import tqdm
 from common.cli import compute_device, compute_options, usage_errors
 from common.runtime import atomic_open
 from shapectrl.classifier import ShapeClassifier
-from shapectrl.control import METHODS
+from shapectrl.control import ShapeControlConfig
 from shapectrl.io import write_ply
 from shapectrl.pipeline import (
     PROPOSALS,
@@ -81,7 +81,7 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @click.option("-n", "n_samples", type=click.IntRange(1), default=16, show_default=True, help="Clouds to draw.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the PLY files, the contact sheet and summary.json (created if missing).")
-@click.option("--method", type=click.Choice(METHODS), default=DEFAULTS.method, show_default=True,
+@click.option("--method", type=click.Choice(ShapeControlConfig.methods), default=DEFAULTS.method, show_default=True,
               help="Which shipped controlled model to use: rgdm (shapes-rgdm-data.safetensors, RGDM over the unlabelled training "
                    "clouds), ctrl (shapes-ctrl.safetensors) or cond (shapes-cond.safetensors, the label-as-input baseline).")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,

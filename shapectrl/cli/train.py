@@ -22,11 +22,9 @@ from shapectrl.classifier import (
     ShapeClassifier,
     ShapeClassifierConfig,
 )
-from shapectrl.conditions import DEFAULT_ATTRIBUTES, ShapeConditions, measure_attributes
+from shapectrl.conditions import ShapeConditions, measure_attributes
 from shapectrl.control import (
-    METHODS,
-    PROPOSALS,
-    ControlConfig,
+    ShapeControlConfig,
     ShapeTargets,
     make_objective,
 )
@@ -126,11 +124,11 @@ def _load(data: dict, split: str = "train", per_class: int | None = None,
     return shapes
 
 
-def _fit(model: torch.nn.Module, batches: ShapeBatches, train_cfg: TrainConfig, run: Path, record: dict,
+def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, record: dict,
          device: str, resume: bool, on_checkpoint=None) -> Trainer:
     """:func:`common.runs.train_in_run` on shapes."""
     return train_in_run(model, batches, train_cfg, run, record, device_option(device), resume,
-                        f"{len(batches)} shapes x {batches.n_points} points", on_checkpoint)
+                        f"{len(batches)} shapes x {record['data']['points']} points", on_checkpoint)
 
 
 def _log(path: Path, entry: dict) -> None:
@@ -265,10 +263,13 @@ def classifier(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_eve
     _fit(model, batches, train_cfg, run_dir, record, device, resume, evaluate)
 
 
+CONTROL = ShapeControlConfig  # the defaults of 'train control'
+
+
 @train.command()
 @train_options
 @data_options
-@click.option("--method", type=click.Choice(METHODS), default="rgdm", show_default=True,
+@click.option("--method", type=click.Choice(CONTROL.methods), default=CONTROL.method, show_default=True,
               help="rgdm: RGDM (a pool resampled by the reward, see --proposal); ctrl: KL-regularised fine-tuning through "
                    "the sampler; cond: the baseline, labels of the training clouds as input.")
 @click.option("--prior", "prior_path", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -278,26 +279,26 @@ def classifier(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_eve
                    "required unless --resume).")
 @click.option("--points", type=click.IntRange(1), default=512, show_default=True,
               help="Points per cloud while training (the pool and CTRL's rollouts use this size too).")
-@click.option("--attributes", "attribute_text", default=",".join(DEFAULT_ATTRIBUTES), show_default=True,
+@click.option("--attributes", "attribute_text", default=",".join(CONTROL.attributes), show_default=True,
               help=f"Comma-separated attributes to condition on (some of {', '.join(ATTRIBUTES)}); empty: class only.")
-@click.option("--p-class", type=click.FloatRange(0, 1), default=0.8, show_default=True,
+@click.option("--p-class", type=click.FloatRange(0, 1), default=CONTROL.p_class, show_default=True,
               help="Probability that a training target conditions on the class.")
-@click.option("--p-attribute", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+@click.option("--p-attribute", type=click.FloatRange(0, 1), default=CONTROL.p_attribute, show_default=True,
               help="Probability that a training target conditions on each attribute that applies to its class.")
-@click.option("--tolerance", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True,
+@click.option("--tolerance", type=click.FloatRange(0, min_open=True), default=CONTROL.tolerance, show_default=True,
               help="Width of an attribute's likelihood, in training standard deviations.")
-@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=CONTROL.temperature, show_default=True,
               help="rgdm: τ of the pay-off distribution p(x)·exp(r/τ).")
-@click.option("--proposal", type=click.Choice(PROPOSALS), default="prior", show_default=True,
+@click.option("--proposal", type=click.Choice(CONTROL.proposals), default=CONTROL.proposal, show_default=True,
               help="rgdm: the pool of the pay-off distribution p(x)·exp(r/τ). prior: --pool-size samples of the "
                    "prior; data: the unlabelled training clouds (the reward reads them, their labels are not used).")
-@click.option("--pool-size", type=click.IntRange(1), default=4000, show_default=True, help="rgdm: prior clouds in the pool.")
-@click.option("--pool-steps", type=click.IntRange(1), default=50, show_default=True, help="rgdm: sampling steps of the pool.")
-@click.option("--sampling-steps", type=click.IntRange(1), default=20, show_default=True, help="ctrl: steps of a rollout.")
-@click.option("--alpha", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True, help="ctrl: KL weight α.")
-@click.option("--grad-steps", type=click.IntRange(1), default=4, show_default=True,
+@click.option("--pool-size", type=click.IntRange(1), default=CONTROL.pool_size, show_default=True, help="rgdm: prior clouds in the pool.")
+@click.option("--pool-steps", type=click.IntRange(1), default=CONTROL.pool_steps, show_default=True, help="rgdm: sampling steps of the pool.")
+@click.option("--sampling-steps", type=click.IntRange(1), default=CONTROL.sampling_steps, show_default=True, help="ctrl: steps of a rollout.")
+@click.option("--alpha", type=click.FloatRange(0, min_open=True), default=CONTROL.alpha, show_default=True, help="ctrl: KL weight α.")
+@click.option("--grad-steps", type=click.IntRange(1), default=CONTROL.grad_steps, show_default=True,
               help="ctrl: gradients through the last k transitions, k uniform in [1, grad-steps].")
-@click.option("--cond-lr-scale", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
+@click.option("--cond-lr-scale", type=click.FloatRange(0, min_open=True), default=CONTROL.cond_lr_scale, show_default=True,
               help="Learning rate of the condition embedding relative to the rest.")
 @click.option("--freeze-backbone", is_flag=True, help="Train the condition embedding only.")
 def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, log_every, seed, device, threads,
@@ -320,8 +321,10 @@ def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every,
     for value, hint in ((prior_path, "--prior"), (reward_path, "--reward")):
         if value is None and not resume:
             raise click.BadParameter("required for a new run", param_hint=hint)
-    config = ControlConfig(method, attributes, p_class, p_attribute, tolerance, temperature, proposal, pool_size,
-                           pool_steps, sampling_steps, alpha, grad_steps, cond_lr_scale, not freeze_backbone)
+    config = ShapeControlConfig(method=method, attributes=attributes, p_class=p_class, p_attribute=p_attribute,
+                                tolerance=tolerance, temperature=temperature, proposal=proposal, pool_size=pool_size,
+                                pool_steps=pool_steps, sampling_steps=sampling_steps, alpha=alpha, grad_steps=grad_steps,
+                                cond_lr_scale=cond_lr_scale, train_backbone=not freeze_backbone)
     fresh = {"control": asdict(config), "prior": str(prior_path), "reward": str(reward_path),
              "train": asdict(TrainConfig(steps=steps or 3000, batch_size=batch_size, lr=lr or 1e-4, warmup_steps=warmup,
                                          ema_decay=ema_decay, checkpoint_every=checkpoint_every, log_every=log_every,
@@ -330,7 +333,7 @@ def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every,
     record = run_record(run_dir, resume, fresh)
     train_cfg = train_config(record, steps)
     seed_everything(train_cfg.seed)
-    config = ControlConfig(**record["control"])
+    config = ShapeControlConfig(**record["control"])
     prior_model = ShapeDiffusion.load(record["prior"])
     classifier_model = ShapeClassifier.load(record["reward"])
     shapes = _load(record["data"])
