@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import ClassVar, Self
 
@@ -70,6 +70,11 @@ class ControlConfig:
                                      ("KL form", self.kl, KL_FORMS)):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r} (expected one of {', '.join(allowed)})")
+
+    @classmethod
+    def from_options(cls, options: Mapping, **values) -> Self:
+        """The config of a command's parsed options (every field named as an option), then ``values``."""
+        return cls(**{f.name: options[f.name] for f in fields(cls) if f.name in options} | values)
 
     def record(self, **extra) -> dict:
         """What a weights file keeps under :attr:`record_key`: the fields, and ``extra`` (e.g. pool seconds)."""

@@ -208,7 +208,7 @@ def test_generate_reports_bad_requests_in_one_line(weight_files, tmp_path):
              ([*once, "--maximize", "qed", "--method", "guidance"], "needs a differentiable reward"),
              (["--maximize", "qed", "--proposal", "guidance"], "needs a differentiable reward"),
              ([*once, "--target", "mu=1", "--model", str(weight_files / "prior.safetensors")], "not a conditioned model"),
-             (["--target", "mu=1", "--model", str(weight_files / "prior.safetensors")], "--model is the conditioned"),
+             (["--target", "mu=1", "--model", str(weight_files / "prior.safetensors")], "model: the conditioned model of an rgdm or ctrl proposal"),
              ([*once, "--target", "mu=1", "--method", "guidance", "--guidance-scale", "2"], "needs property targets and a"),
              (["--maximize", "qed", "--guidance-scale", "2"], "needs property targets and a"),
              (["--target", "mu=1", "--guidance-window", "0:10"], "only method guidance"),

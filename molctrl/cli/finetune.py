@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 import torch
 
+from common.cli import compute_device, compute_options
 from common.rollout import KL_FORMS
 from common.runs import run_record, train_config
 from common.training import TrainConfig, checkpoint_in
@@ -60,7 +61,7 @@ CONFIG = GuidanceConfig  # the defaults of the options
 @click.option("--pool-size", type=int, default=CONFIG.pool_size, show_default=True, help="RGDM, prior proposals: pool size.")
 @click.option("--pool-steps", type=int, default=CONFIG.pool_steps, show_default=True,
               help="RGDM, prior proposals: sampling steps of the pool (sampled once, kept in RUN_DIR/pool.safetensors).")
-@click.option("--pool", "pool_file", type=click.Path(dir_okay=False, exists=True), default=None,
+@click.option("--pool", type=click.Path(dir_okay=False, exists=True), default=None,
               help="RGDM, prior proposals: reuse the molecules of another run's pool.safetensors, scored by this run's reward.")
 @click.option("--candidates", type=click.IntRange(1), default=CONFIG.candidates, show_default=True,
               help="RGDM, prior or data proposals: pool molecules of the target's size drawn per target to resample "
@@ -83,46 +84,34 @@ CONFIG = GuidanceConfig  # the defaults of the options
                    "KL weight is ~1/σ², and made the first Adam steps spike the KL to 10⁴–10⁵).")
 @click.option("--checkpoint-every", type=int, default=100, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--threads", type=int, default=None)
+@compute_options
 @click.option("--resume", is_flag=True, help="Continue RUN_DIR with its run.json settings (only --steps may change).")
-def finetune(method, properties, maximize, run_dir, prior_path, reward_model, steps, batch_size, lr, sampling_steps,
-             alpha, kl, kl_cap, init_path, grad_steps, temperature, proposal, pool_size, pool_steps, pool_file, candidates, samples_per_target, radius, score_max_step, train_steps, clip, cond_lr_scale, cond_gate, freeze_backbone, checkpoint_every, seed, device, threads,
-             resume) -> None:
+def finetune(**options) -> None:
     """Fine-tune the prior into a conditioned generator; RUN_DIR/model.safetensors is the EMA model."""
     from molctrl.finetune import make_objective
     from molctrl.weights import load_prior
 
-    if threads:
-        torch.set_num_threads(threads)
-    run = Path(run_dir)
-    properties = PROPERTIES if "all" in properties else tuple(dict.fromkeys(properties))
+    dev = compute_device(options["device"], options["threads"])
+    run, resume, maximize, steps = Path(options["run_dir"]), options["resume"], options["maximize"], options["steps"]
+    properties = PROPERTIES if "all" in options["properties"] else tuple(dict.fromkeys(options["properties"]))
     if not resume and bool(properties) == bool(maximize):
         raise click.UsageError("give either --property (one or more) or --maximize")
-    if not resume and maximize and method == "cond":
+    if not resume and maximize and options["method"] == "cond":
         raise click.UsageError("--method cond needs labels: use --property")
-    if reward_model == "xtb":
+    if options["reward_model"] == "xtb":
         from molctrl.physics import PHYSICS_PROPERTIES
 
         if maximize or not set(properties) <= set(PHYSICS_PROPERTIES):
             raise click.BadParameter(f"GFN2-xTB judges property targets of {', '.join(PHYSICS_PROPERTIES)} only",
                                      param_hint="--reward-model")
-    fresh = {"model": {"setting": "qm9-noh", "prior": prior_path, "reward_model": reward_model, "maximize": maximize,
-                       "init": init_path,
-                       "guidance": asdict(GuidanceConfig(method=method,
-                                                         properties=properties, sampling_steps=sampling_steps,
-                                                         alpha=alpha, kl=kl, kl_cap=kl_cap, grad_steps=grad_steps, temperature=temperature,
-                                                         proposal=proposal, pool_size=pool_size,
-                                                         pool_steps=pool_steps, pool=pool_file, candidates=candidates,
-                                                         samples_per_target=samples_per_target,
-                                                         radius=radius, score_max_step=score_max_step,
-                                                         train_steps=train_steps, clip=clip,
-                                                         cond_lr_scale=cond_lr_scale, cond_gate=cond_gate,
-                                                         train_backbone=not freeze_backbone)),
-                       "method": method},
+    guidance = GuidanceConfig.from_options(options, properties=properties, train_backbone=not options["freeze_backbone"])
+    fresh = {"model": {"setting": "qm9-noh", "prior": options["prior_path"], "reward_model": options["reward_model"],
+                       "maximize": maximize, "init": options["init_path"], "guidance": asdict(guidance),
+                       "method": options["method"]},
              "data": {"split": "Db", "limit": None},
-             "train": asdict(TrainConfig(steps=steps or 2000, batch_size=batch_size, lr=lr, ema_decay=0.99,
-                                         checkpoint_every=checkpoint_every, log_every=10, seed=seed))}
+             "train": asdict(TrainConfig(steps=steps or 2000, batch_size=options["batch_size"], lr=options["lr"],
+                                         ema_decay=0.99, checkpoint_every=options["checkpoint_every"], log_every=10,
+                                         seed=options["seed"]))}
     record = run_record(run, resume, fresh)
     spec, train_cfg = record["model"], train_config(record, steps)
     torch.manual_seed(train_cfg.seed)
@@ -130,5 +119,5 @@ def finetune(method, properties, maximize, run_dir, prior_path, reward_model, st
     data = _training_data(prior.config.setting, record)
     objective, batches = make_objective(spec, prior, data, train_cfg.batch_size, train_cfg.seed, run / f"pool{SUFFIX}",
                                         load_init=not (resume and checkpoint_in(run)))
-    _fit(objective, batches, train_cfg, run, record, device, resume, None)
+    _fit(objective, batches, train_cfg, run, record, dev, resume, None)
 

@@ -98,8 +98,6 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
     if particles and click.get_current_context().get_parameter_source("method") is not ParameterSource.DEFAULT:
         raise click.UsageError("--method samples each molecule once: pass --particles 0 with it "
                                "(or --proposal to steer with that kernel)")
-    if particles and model_path and proposal not in ("rgdm", "ctrl"):
-        raise click.UsageError(f"--model is the conditioned model of an rgdm or ctrl proposal, not of {proposal!r}")
     if judge not in (None, "model") and not (particles and wanted):
         raise click.UsageError(f"--reward {judge} judges the particles of property targets: use it with --target "
                                "and --particles")

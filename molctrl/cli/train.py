@@ -11,7 +11,7 @@ import click
 import numpy as np
 import torch
 
-from common.cli import device_option
+from common.cli import compute_device, compute_options
 from common.runs import run_record, train_config, train_in_run
 from common.runtime import seed_everything
 from common.training import TrainConfig
@@ -63,16 +63,14 @@ def _sample_metrics(model: MoleculeDiffusion, n: int, steps: int, seed: int) -> 
 @click.option("--eval-steps", type=int, default=100, show_default=True, help="Sampling steps for evaluation.")
 @click.option("--limit", type=int, default=None, help="Train on the first LIMIT molecules only (smoke tests).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K.")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
+@compute_options
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network (~1 min once, then ~1.3x faster).")
 @click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoint.safetensors with its run.json settings "
               "(only --steps may change, to train longer).")
 def prior(setting, split, run_dir, steps, batch_size, lr, warmup, ema_decay, hidden, layers, diffusion_steps,
           schedule, checkpoint_every, eval_every, eval_samples, eval_steps, limit, seed, device, threads, compile_, resume) -> None:
     """Train the unconditional molecule prior (EGNN + E(3)-invariant diffusion)."""
-    if threads:
-        torch.set_num_threads(threads)
+    dev = compute_device(device, threads)
     run = Path(run_dir)
     fresh = {"model": asdict(PriorConfig(setting=setting, hidden=hidden, n_layers=layers, n_steps=diffusion_steps,
                                          schedule=schedule)),
@@ -103,7 +101,7 @@ def prior(setting, split, run_dir, steps, batch_size, lr, warmup, ema_decay, hid
                                  "seconds": round(time.perf_counter() - t0, 1)})
             ema_model.train()
 
-    _fit(model, MoleculeBatches(data, train_cfg.batch_size, train_cfg.seed), train_cfg, run, record, device,
+    _fit(model, MoleculeBatches(data, train_cfg.batch_size, train_cfg.seed), train_cfg, run, record, dev,
          resume, evaluate)
 
 
@@ -120,10 +118,10 @@ def _log_eval(path: Path, entry: dict) -> None:
 
 
 def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, record: dict,
-         device: str, resume: bool, on_checkpoint) -> None:
+         device: torch.device, resume: bool, on_checkpoint) -> None:
     """:func:`common.runs.train_in_run` on molecules (their count recorded in ``run.json``)."""
     record["data"]["molecules"] = len(batches)
-    train_in_run(model, batches, train_cfg, run, record, device_option(device), resume,
+    train_in_run(model, batches, train_cfg, run, record, device, resume,
                  f"{len(batches)} molecules of {record['model']['setting']}/{record['data']['split']}",
                  on_checkpoint)
 
@@ -155,8 +153,7 @@ def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, rec
 @click.option("--limit", type=int, default=None, help="Train on the first LIMIT molecules only (smoke tests).")
 @click.option("--valid-limit", type=int, default=None, help="Score only the first molecules of the validation split (QM9 order: smoke tests only).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K.")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
+@compute_options
 @click.option("--noise-aware", "noise_prior", default=None, metavar="PRIOR",
               help="Train f(z_t, t) on states noised by this prior's diffusion (a model.safetensors, or 'shipped'), for "
                    "classifier guidance; its calibration s(t) is fitted per bin of t.")
@@ -165,8 +162,7 @@ def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, rec
 def predictor(setting, split, arch, properties, run_dir, epochs, batch_size, lr, warmup, ema_decay, hidden, layers,
               dipole_head, checkpoint_every, limit, valid_limit, seed, device, threads, noise_prior, resume) -> None:
     """Train a property predictor (all six QM9 properties in one head by default)."""
-    if threads:
-        torch.set_num_threads(threads)
+    dev = compute_device(device, threads)
     run = Path(run_dir)
     properties = PROPERTIES if "all" in properties else tuple(dict.fromkeys(properties))
     fresh = {"model": asdict(PredictorConfig(setting=setting, arch=arch, properties=properties, hidden=hidden,
@@ -208,4 +204,4 @@ def predictor(setting, split, arch, properties, run_dir, epochs, batch_size, lr,
         ema_model.train()
 
     batches = MoleculeBatches(data, train_cfg.batch_size, train_cfg.seed, model_cfg.properties)
-    _fit(model, batches, train_cfg, run, record, device, resume, evaluate)
+    _fit(model, batches, train_cfg, run, record, dev, resume, evaluate)

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import torch
 
-from common.cli import device_option
+from common.cli import compute_device, compute_options
 from common.runs import run_record, train_config, train_in_run
 from common.runtime import seed_everything
 from common.schedules import SCHEDULES
@@ -85,9 +85,7 @@ def train_options(fn: Callable) -> Callable:
         click.option("--log-every", type=click.IntRange(1), default=100, show_default=True,
                      help="Steps between progress lines (when stderr is not a terminal)."),
         click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K."),
-        click.option("--threads", type=click.IntRange(1), default=None,
-                     help="CPU threads for torch (default: torch's choice)."),
+        compute_options,
         click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoint.safetensors with its run.json settings "
                      "(only --steps may change, to train longer)."),
     ]
@@ -125,9 +123,9 @@ def _load(data: dict, split: str = "train", per_class: int | None = None,
 
 
 def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, record: dict,
-         device: str, resume: bool, on_checkpoint=None) -> Trainer:
+         device: torch.device, resume: bool, on_checkpoint=None) -> Trainer:
     """:func:`common.runs.train_in_run` on shapes."""
-    return train_in_run(model, batches, train_cfg, run, record, device_option(device), resume,
+    return train_in_run(model, batches, train_cfg, run, record, device, resume,
                         f"{len(batches)} shapes x {record['data']['points']} points", on_checkpoint)
 
 
@@ -168,8 +166,7 @@ def prior(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, l
     Clouds are in the training split's global normalisation (PointFlow's protocol), which model.safetensors
     keeps so that samples can be returned to model units (shapectrl sample).
     """
-    if threads:
-        torch.set_num_threads(threads)
+    dev = compute_device(device, threads)
     if preview_every % checkpoint_every:
         raise click.BadParameter(f"{preview_every} is not a multiple of --checkpoint-every {checkpoint_every}",
                                  param_hint="--preview-every")
@@ -210,7 +207,7 @@ def prior(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, l
             ema_model.train()
         click.echo(f"previews of step {step} -> {run_dir / 'previews'} ({time.perf_counter() - t0:.1f} s)", err=True)
 
-    _fit(model, batches, train_cfg, run_dir, record, device, resume, write_previews)
+    _fit(model, batches, train_cfg, run_dir, record, dev, resume, write_previews)
 
 
 @train.command()
@@ -230,8 +227,7 @@ def classifier(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_eve
                noise_prior) -> None:
     """Train a shape classifier p(class | points); each checkpoint fits its softmax temperature on
     the validation split and logs accuracy to RUN_DIR/eval.jsonl."""
-    if threads:
-        torch.set_num_threads(threads)
+    dev = compute_device(device, threads)
     data = _data_record(data_dir, per_class, data_points, class_text, data_seed, points)
     config = ShapeClassifierConfig(arch=arch, classes=tuple(data["classes"]))
     if noise_prior:
@@ -260,7 +256,7 @@ def classifier(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_eve
         _log(run_dir / "eval.jsonl", {"step": step, "split": "valid", "shapes": len(valid), "points": n_points,
                                       **scores, "seconds": round(time.perf_counter() - t0, 1)})
 
-    _fit(model, batches, train_cfg, run_dir, record, device, resume, evaluate)
+    _fit(model, batches, train_cfg, run_dir, record, dev, resume, evaluate)
 
 
 CONTROL = ShapeControlConfig  # the defaults of 'train control'
@@ -302,17 +298,15 @@ CONTROL = ShapeControlConfig  # the defaults of 'train control'
               help="Learning rate of the condition embedding relative to the rest.")
 @click.option("--freeze-backbone", is_flag=True, help="Train the condition embedding only.")
 def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, log_every, seed, device, threads,
-            resume, data_dir, per_class, data_points, class_text, data_seed, method, prior_path, reward_path, points,
-            attribute_text, p_class, p_attribute, tolerance, temperature, proposal, pool_size, pool_steps, sampling_steps,
-            alpha, grad_steps, cond_lr_scale, freeze_backbone) -> None:
+            resume, data_dir, per_class, data_points, class_text, data_seed, prior_path, reward_path, points,
+            attribute_text, freeze_backbone, **options) -> None:
     """Add class and attribute control to a shape prior (RGDM, CTRL or the label-as-input baseline).
 
     Targets are the classes and measured attributes of the training split, a random subset of them
     conditioned per target, so that one model serves a class, attributes, or both. The weights in
     RUN_DIR/model.safetensors are what 'shapectrl generate --model' reads.
     """
-    if threads:
-        torch.set_num_threads(threads)
+    dev = compute_device(device, threads)
     attributes = tuple(a.strip() for a in attribute_text.split(",") if a.strip())
     unknown = [a for a in attributes if a not in ATTRIBUTES]
     if unknown:
@@ -321,10 +315,7 @@ def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every,
     for value, hint in ((prior_path, "--prior"), (reward_path, "--reward")):
         if value is None and not resume:
             raise click.BadParameter("required for a new run", param_hint=hint)
-    config = ShapeControlConfig(method=method, attributes=attributes, p_class=p_class, p_attribute=p_attribute,
-                                tolerance=tolerance, temperature=temperature, proposal=proposal, pool_size=pool_size,
-                                pool_steps=pool_steps, sampling_steps=sampling_steps, alpha=alpha, grad_steps=grad_steps,
-                                cond_lr_scale=cond_lr_scale, train_backbone=not freeze_backbone)
+    config = ShapeControlConfig.from_options(options, attributes=attributes, train_backbone=not freeze_backbone)
     fresh = {"control": asdict(config), "prior": str(prior_path), "reward": str(reward_path),
              "train": asdict(TrainConfig(steps=steps or 3000, batch_size=batch_size, lr=lr or 1e-4, warmup_steps=warmup,
                                          ema_decay=ema_decay, checkpoint_every=checkpoint_every, log_every=log_every,
@@ -352,4 +343,4 @@ def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every,
     targets = ShapeTargets(conditions, labels, values, config)
     objective, batches = make_objective(config, prior_model, reward, shapes.normalised_points, targets,
                                         train_cfg.batch_size, n_points, train_cfg.seed, run_dir / f"pool{SUFFIX}")
-    _fit(objective, batches, train_cfg, run_dir, record, device, resume)
+    _fit(objective, batches, train_cfg, run_dir, record, dev, resume)
