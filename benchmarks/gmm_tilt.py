@@ -19,10 +19,10 @@ import click
 import torch
 from torch import nn
 
+from benchmarks.gmm import GaussianMixture, MixtureDenoiser
 from benchmarks.record import emit, machine_info
 from common.ctrl import ctrl_loss
 from common.diffusion import GaussianDiffusion
-from benchmarks.gmm import GaussianMixture, MixtureDenoiser
 from common.guidance import GuidedDenoiser, reconstruction_likelihood
 from common.rewards import GaussianLogLikelihood
 from common.rgdm import payoff_resample, payoff_score_loss, rgdm_trajectory_loss

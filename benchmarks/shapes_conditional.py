@@ -176,9 +176,9 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
     calls = {}
 
     def sample(y: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        steered = steer_shapes(prior, reward, y, mask, points, int(k), steps, kernel, guidance_scale, generator=g)
-        calls.update(network_calls_per_cloud=steered.network_calls, mean_ess=round(float(steered.ess.mean()), 2))
-        return steered.clouds
+        clouds, report = steer_shapes(prior, reward, y, mask, points, int(k), steps, kernel, guidance_scale, generator=g)
+        calls.update(network_calls_per_cloud=report.network_calls, mean_ess=round(float(report.ess.mean()), 2))
+        return clouds
 
     return f"SMC, K = {k}, {proposal} proposal", sample, calls
 

@@ -71,3 +71,10 @@ def train_in_run(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: P
         click.echo(f"done: {run / MODEL} (EMA weights) at step {trainer.step}", err=True)
     trainer.group.close()
     return trainer
+
+
+def log_eval(path: Path, entry: dict) -> None:
+    """Append one evaluation to the run's ``eval.jsonl`` and show it."""
+    with open(path, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    click.echo(f"eval {json.dumps(entry)}", err=True)

@@ -69,6 +69,18 @@ def atomic_open(path: str | Path) -> Iterator[IO[str]]:
         os.fsync(handle.fileno())
 
 
+def read_bytes(path: Path, error: type[Exception], expected: str) -> bytes:
+    """The bytes of the file ``path``, or ``error`` in one line saying why not (missing, a folder, unreadable)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory (expected {expected})") from None
+    except OSError as err:
+        raise error(f"{path}: cannot be read ({err.strerror})") from None
+
+
 def command_line() -> str:
     """This process's command line as a user would type it (``molctrl finetune ...``), for records."""
     program = Path(sys.argv[0])

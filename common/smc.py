@@ -157,6 +157,37 @@ class SMCResult:
         return self.ess.mean(0)
 
 
+@dataclass
+class SteeringReport:
+    """What steering many systems reports per output, ``(M,)`` each: its reward, the final log-weight of
+    its particle and its system's ESS averaged over the steps; the denoiser evaluations per output; how
+    many systems ended with no particle inside the target (their outputs are outside it)."""
+
+    reward: Tensor
+    log_weight: Tensor
+    ess: Tensor
+    network_calls: int
+    no_valid: int
+
+
+def smc_in_batches(run: Callable[[slice], SMCResult], n: int, per_batch: int,
+                   on_batch: Callable[[int], None] | None = None) -> tuple[list[SMCResult], SteeringReport]:
+    """``run(rows)`` over consecutive slices of ``n`` outputs, ``per_batch`` systems at a time, and the
+    report over all of them; ``on_batch(k)`` after each batch of k outputs."""
+    results = []
+    for start in range(0, n, per_batch):
+        results.append(run(slice(start, start + per_batch)))
+        if on_batch:
+            on_batch(len(results[-1].x))
+
+    def joined(values) -> Tensor:
+        return torch.cat([v.float().cpu() for v in values])
+
+    no_valid = sum(int((~torch.isfinite(r.log_weights).any(1)).sum()) for r in results)
+    return results, SteeringReport(joined(r.reward for r in results), joined(r.output_log_weight for r in results),
+                                   joined(r.mean_ess for r in results), results[0].network_calls, no_valid)
+
+
 def particles(tensor: Tensor | None, k: int) -> Tensor | None:
     """``(B, ...) -> (B·K, ...)``: each output's row repeated for its K particles (output-major)."""
     return None if tensor is None else tensor.repeat_interleave(k, dim=0)

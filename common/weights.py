@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from common.runtime import atomic_path
+from common.runtime import atomic_path, read_bytes
 
 FORMAT = "molctrl-tree/1"  # metadata["format"] of the files written here
 SUFFIX = ".safetensors"
@@ -160,9 +160,7 @@ def read_tree(path: str | Path, map_location: str | torch.device = "cpu") -> dic
             a pickle that would import code, or a file whose bytes differ from its record's SHA-256.
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such file")
-    data = path.read_bytes()  # read once: hashed, then parsed
+    data = read_bytes(path, WeightsError, f"a {SUFFIX} weights file")  # read once: hashed, then parsed
     if not data:
         raise WeightsError(f"{path}: empty file (expected a {SUFFIX} weights file)")
     expected = recorded_sha256(path)

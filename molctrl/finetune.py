@@ -136,7 +136,7 @@ def _objective(spec: dict, prior: MoleculeDiffusion, data: QM9Split, conditions:
     if spec["method"] == "cond":
         return (ConditionedDenoising(model, conditions, guidance, {"method": "cond"}),
                 labelled_batches(data, conditions, batch_size, guidance.properties, seed))
-    reward = spec_reward(spec, prior)
+    reward = load_reward(prior, spec["reward_model"], spec["maximize"], guidance.properties)
     if guidance.method == "rgdm" and guidance.proposal in ("prior", "data"):
         if guidance.proposal == "data":
             pool = PriorPool.from_split(data).scored(prior, reward)
@@ -187,18 +187,22 @@ def start_from(model: MoleculeDiffusion, path: str | Path, conditions: PropertyC
     model.load_state_dict(start.state_dict())
 
 
-def spec_reward(spec: dict, prior: MoleculeDiffusion) -> Reward:
-    """The reward a finetune spec names: an RDKit score to maximise, the reward model's likelihood, or
-    (reward model ``xtb``) the calibrated GFN2-xTB likelihood of the conditioned properties."""
+def load_reward(prior: MoleculeDiffusion, reward_model: str, maximize: str | None = None,
+                properties: tuple[str, ...] = PROPERTIES) -> Reward:
+    """The reward of fine-tuning or of steering, frozen: an RDKit score to ``maximize``, the likelihood of
+    the reward model (a shipped name or a file), or (``reward_model="xtb"``) the calibrated GFN2-xTB
+    likelihood of ``properties``."""
     from molctrl.chemistry import ChemistryReward
     from molctrl.predictor import likelihood_reward
     from molctrl.weights import load_predictor
 
-    if spec["maximize"]:
-        return ChemistryReward(spec["maximize"], prior.decode)
-    if spec["reward_model"] == "xtb":
+    if maximize:
+        reward = ChemistryReward(maximize, prior.decode)
+    elif reward_model == "xtb":
         from molctrl.xtb_reward import XTBLikelihood
 
-        return XTBLikelihood(prior.decode, GuidanceConfig(**spec["guidance"]).properties)
-    predictor = load_predictor(spec["reward_model"])
-    return likelihood_reward(predictor, predictor.properties, prior.config.type_scale)
+        reward = XTBLikelihood(prior.decode, properties)
+    else:
+        predictor = load_predictor(reward_model)
+        reward = likelihood_reward(predictor, predictor.properties, prior.config.type_scale)
+    return reward.requires_grad_(False).eval()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from rdkit import Chem
 
-from common.runtime import atomic_open
+from common.runtime import atomic_open, read_bytes
 from molctrl.bonds import bond_order_matrix, rdkit_molecule
 from molctrl.molecule import Molecule
 
@@ -71,14 +71,7 @@ def _parser_for(path: Path) -> Callable[[list[str]], list[Molecule]]:
 
 
 def _read_lines(path: Path) -> list[str]:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise MoleculeFileError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise MoleculeFileError(f"{path}: is a directory (expected a molecule file)") from None
-    except OSError as err:
-        raise MoleculeFileError(f"{path}: cannot be read ({err.strerror})") from None
+    data = read_bytes(path, MoleculeFileError, "a molecule file")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -24,9 +24,11 @@ import torch
 
 from common.rewards import Reward
 from common.runtime import resolve_device, seed_everything
+from common.smc import SteeringReport
 from common.weights import SUFFIX, WeightsError
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
+from molctrl.finetune import load_reward
 from molctrl.generate import (
     Guidance,
     atom_counts,
@@ -37,7 +39,7 @@ from molctrl.generate import (
 from molctrl.molecule import Molecule
 from molctrl.predictor import PROPERTIES, PropertyPredictor
 from molctrl.prior import MoleculeDiffusion
-from molctrl.steer import PROPOSALS, SteeredBatch, Steering, steer
+from molctrl.steer import PROPOSALS, Steering, steer
 from molctrl.weights import DEFAULT_EVALUATOR, WEIGHTS_DIR, load_predictor, load_prior
 
 METHODS = ("smc", "rgdm", "ctrl", "guidance")
@@ -96,7 +98,7 @@ class Generated:
     targets: dict[str, float]
     description: str
     seconds: float
-    steering: SteeredBatch | None = None
+    steering: SteeringReport | None = None
     temperature: float | None = None
     final_weights: str | None = None
 
@@ -137,7 +139,7 @@ class MoleculeGenerator:
             elif model:
                 raise ValueError(f"model: the conditioned model of an rgdm or ctrl proposal, not of "
                                  f"{config.proposal!r}")
-            reward = _reward(main, maximize, config.reward_model, dev)
+            reward = load_reward(main, config.reward_model, maximize).to(dev)
         elif config.method == "guidance":
             main = load_prior(model).to(dev)
             guidance = _guidance(main, config, dev)
@@ -197,7 +199,7 @@ class MoleculeGenerator:
 
     @staticmethod
     def _finish(molecules: list[Molecule], targets: dict[str, float], how: str, seed: int, t0: float,
-                report: SteeredBatch | None = None, temperature: float | None = None,
+                report: SteeringReport | None = None, temperature: float | None = None,
                 weights: str | None = None) -> Generated:
         for k, m in enumerate(molecules):
             m.title = f"molctrl generate {k} seed {seed} {how}"
@@ -214,17 +216,6 @@ def _conditioned(path: str | None, method: str, maximize: str | None) -> Molecul
     if not model.config.cond_dim:
         raise WeightsError(f"{path}: not a conditioned model (train one with 'molctrl finetune')")
     return model
-
-
-def _reward(prior: MoleculeDiffusion, maximize: str | None, reward_model: str, device: torch.device) -> Reward:
-    """SMC's reward: the RDKit score to maximise, or the reward predictor's likelihood of the targets."""
-    from molctrl.chemistry import ChemistryReward
-    from molctrl.predictor import likelihood_reward
-
-    if maximize:
-        return ChemistryReward(maximize, prior.decode)
-    predictor = load_predictor(reward_model).eval().to(device)
-    return likelihood_reward(predictor, predictor.properties, prior.config.type_scale)
 
 
 def _guidance(prior: MoleculeDiffusion, config: GenerationConfig, device: torch.device) -> Guidance:

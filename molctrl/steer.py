@@ -17,10 +17,13 @@ from common.guidance import GuidedDenoiser, reconstruction_likelihood
 from common.rewards import GaussianLogLikelihood, Reward
 from common.smc import (
     Proposal,
+    SMCResult,
+    SteeringReport,
     guided_proposal,
     model_proposal,
     particles,
     reward_potential,
+    smc_in_batches,
     smc_sample,
 )
 from molctrl.conditions import PropertyConditions
@@ -49,19 +52,6 @@ class Steering:
     def __post_init__(self) -> None:
         if self.proposal not in PROPOSALS:
             raise ValueError(f"unknown proposal {self.proposal!r} (expected one of {', '.join(PROPOSALS)})")
-
-
-@dataclass
-class SteeredBatch:
-    """What :func:`steer` returns beside the molecules: per molecule its reward ``(M,)``, the final
-    log-weight of its particle ``(M,)`` and its system's mean ESS over the steps ``(M,)``; the
-    denoiser evaluations per molecule; how many systems had no valid particle (their output is invalid)."""
-
-    reward: torch.Tensor
-    log_weight: torch.Tensor
-    ess: torch.Tensor
-    network_calls: int
-    no_valid: int
 
 
 def admissible(model: MoleculeDiffusion):
@@ -94,7 +84,8 @@ def _proposal(steering: Steering, prior: MoleculeDiffusion, reward: Reward, y: t
 def steer(prior: MoleculeDiffusion, reward: Reward, y: torch.Tensor, y_mask: torch.Tensor, n_atoms: torch.Tensor,
           steering: Steering, conditions: PropertyConditions, n_sampling_steps: int | None = 100,
           generator: torch.Generator | None = None, conditioned: MoleculeDiffusion | None = None,
-          batch_particles: int = 512, on_batch=None, final_reward: Reward | None = None) -> tuple[list[Molecule], SteeredBatch]:
+          batch_particles: int = 512, on_batch=None,
+          final_reward: Reward | None = None) -> tuple[list[Molecule], SteeringReport]:
     """One molecule per row of targets ``y (M, 6)`` / ``y_mask (M, 6)`` with ``n_atoms (M,)`` atoms,
     each from its own SMC system of ``steering.particles`` particles; systems run ``batch_particles``
     particles at a time. ``on_batch(k)`` after each batch of k molecules. ``final_reward`` (e.g. the
@@ -102,12 +93,9 @@ def steer(prior: MoleculeDiffusion, reward: Reward, y: torch.Tensor, y_mask: tor
     p_pre·exp(r_final/τ)·1[valid], with ``reward`` steering the path."""
     device = prior.n_atoms_hist.device
     k = steering.particles
-    per_batch = max(1, batch_particles // k)
     molecules: list[Molecule] = []
-    rewards, log_weights, ess = [], [], []
-    calls = no_valid = 0
-    for start in range(0, len(y), per_batch):
-        rows = slice(start, start + per_batch)
+
+    def run(rows: slice) -> SMCResult:
         yb, mb = (particles(v[rows].to(device), k) for v in (y, y_mask))
         counts = n_atoms[rows].to(device)
         mask = torch.arange(int(counts.max()), device=device).unsqueeze(0) < counts.unsqueeze(1)
@@ -117,12 +105,8 @@ def steer(prior: MoleculeDiffusion, reward: Reward, y: torch.Tensor, y_mask: tor
         result = smc_sample(prior.diffusion, prior.denoiser, potential, mask, prior.n_channels, k,
                             n_sampling_steps, proposal, steering.temperature, steering.potential_from,
                             steering.ess_threshold, generator=generator, dtype=prior.n_atoms_hist.dtype)
-        molecules += prior.decode(result.x, mask)
-        rewards.append(result.reward.float().cpu())
-        log_weights.append(result.output_log_weight.float().cpu())
-        ess.append(result.mean_ess.float().cpu())
-        calls = result.network_calls
-        no_valid += int((~torch.isfinite(result.log_weights).any(1)).sum())
-        if on_batch:
-            on_batch(len(result.x))
-    return molecules, SteeredBatch(torch.cat(rewards), torch.cat(log_weights), torch.cat(ess), calls, no_valid)
+        molecules.extend(prior.decode(result.x, mask))
+        return result
+
+    _, report = smc_in_batches(run, len(y), max(1, batch_particles // k), on_batch)
+    return molecules, report

@@ -6,6 +6,7 @@ temporary file next to the target and move it into place only when everything wa
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from plyfile import PlyData, PlyElement, PlyHeaderParseError, PlyParseError
 
-from common.runtime import atomic_path
+from common.runtime import atomic_path, read_bytes
 
 PLY_SUFFIX = ".ply"
 NPZ_SUFFIX = ".npz"
@@ -49,15 +50,9 @@ def read_ply(path: str | os.PathLike) -> np.ndarray:
         ShapeFileError: the file is missing, not a PLY file, truncated, or has no x/y/z vertices.
     """
     path = Path(path)
+    raw = read_bytes(path, ShapeFileError, "a .ply file")
     try:
-        with open(path, "rb") as handle:
-            data = PlyData.read(handle)
-    except FileNotFoundError:
-        raise ShapeFileError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ShapeFileError(f"{path}: is a directory (expected a .ply file)") from None
-    except OSError as err:
-        raise ShapeFileError(f"{path}: cannot be read ({err.strerror})") from None
+        data = PlyData.read(io.BytesIO(raw))
     except PlyHeaderParseError as err:
         where = f"{path}:{err.line}" if err.line else str(path)
         raise ShapeFileError(f"{where}: {err.message} (expected a PLY header: 'ply', 'format ...', 'end_header')") from None

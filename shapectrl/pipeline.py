@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 
 from common.runtime import resolve_device, seed_everything
+from common.smc import SteeringReport
 from shapectrl.classifier import ShapeClassifier
 from shapectrl.conditions import ShapeConditions
 from shapectrl.control import ControlledShapes, ShapeControlConfig
 from shapectrl.io import write_ply
 from shapectrl.prior import ShapeDiffusion
 from shapectrl.reward import ShapeReward
-from shapectrl.steer import SteeredShapes, steer_shapes
+from shapectrl.steer import steer_shapes
 from shapectrl.weights import (
     DEFAULT_MODELS,
     EVALUATOR,
@@ -73,7 +74,7 @@ class GeneratedShapes:
     attributes: dict[str, float]
     description: str
     seconds: float
-    steering: SteeredShapes | None
+    steering: SteeringReport | None
     conditions: ShapeConditions
     attribute_points: int
 
@@ -127,9 +128,9 @@ class ShapeGenerator:
         steered = None
         if config.particles:
             proposal = controlled if config.proposal == "model" else None
-            steered = steer_shapes(self.prior, self.reward, *targets, self.points, config.particles, config.steps,
-                                   proposal, config.guidance_scale, generator=generator, on_batch=on_batch)
-            clouds = steered.clouds
+            clouds, steered = steer_shapes(self.prior, self.reward, *targets, self.points, config.particles,
+                                           config.steps, proposal, config.guidance_scale, generator=generator,
+                                           on_batch=on_batch)
             kernel = controlled.control.get("method", config.method) if proposal else "prior"
             how = f"smc, {config.particles} particles, {kernel} proposal"
         else:

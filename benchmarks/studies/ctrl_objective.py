@@ -24,7 +24,7 @@ from common.guidance import GuidedDenoiser, reconstruction_likelihood
 from common.rollout import kl_factors, rollout
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
-from molctrl.finetune import spec_reward, target_batches
+from molctrl.finetune import load_reward, target_batches
 from molctrl.predictor import PROPERTIES
 from molctrl.weights import load_prior
 
@@ -73,7 +73,7 @@ def main(models, reward_model, n_targets, steps, seed, threads, out) -> None:
         torch.set_num_threads(threads)
     prior = load_prior().eval()
     conditions = PropertyConditions.from_split(load_split("qm9-noh", "Db"))
-    reward = spec_reward({"maximize": None, "reward_model": reward_model}, prior)
+    reward = load_reward(prior, reward_model)
     n_atoms, y, y_mask = target_batches(conditions, n_targets, PROPERTIES, seed)(0)
     rows = []
     for spec in models:

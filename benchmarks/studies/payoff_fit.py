@@ -29,7 +29,7 @@ from common.guidance import GuidedDenoiser, reconstruction_likelihood
 from molctrl.batches import MoleculeBatches
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
-from molctrl.finetune import predictive_targets, spec_reward
+from molctrl.finetune import load_reward, predictive_targets
 from molctrl.predictor import PROPERTIES
 from molctrl.weights import load_prior
 
@@ -119,7 +119,7 @@ def shipped_parts(reward_model: str, batch_size: int, seed: int):
     """The shipped qm9-noh prior, the reward model, the Db conditions and Db batches seeded ``seed + 1``."""
     prior = load_prior().eval()
     split = load_split("qm9-noh", "Db")
-    reward = spec_reward({"maximize": None, "reward_model": reward_model}, prior)
+    reward = load_reward(prior, reward_model)
     return prior, reward, PropertyConditions.from_split(split), MoleculeBatches(split, batch_size, seed + 1)
 
 

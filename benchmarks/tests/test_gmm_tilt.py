@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks.gmm import MixtureDenoiser
 from benchmarks.gmm_tilt import (
     DIFFUSION,
     PRIOR,
@@ -38,7 +39,6 @@ from benchmarks.gmm_tilt import (
 )
 from common.ctrl import ctrl_loss
 from common.ddpo import ddpo_loss, sample_trajectories
-from benchmarks.gmm import MixtureDenoiser
 from common.guidance import GuidedDenoiser
 from common.rgdm import rgdm_step_loss
 from common.selection import best_of_n

@@ -31,20 +31,18 @@ CONFIG = GuidanceConfig  # the defaults of the options
 @click.option("--run-dir", type=click.Path(file_okay=False), required=True)
 @click.option("--prior", "prior_path", default=None, help="Prior model.safetensors (default: the shipped qm9-noh prior).")
 @click.option("--reward-model", default="qm9-noh-egnn-Db", show_default=True,
-              help="Reward predictor (shipped name or model.safetensors), trained on Db like the generator; or xtb: "
-                   "the calibrated GFN2-xTB likelihood (no gradient: RGDM's candidate weights, CTRL's score-function "
-                   "estimator; alpha, gap, homo, lumo, mu).")
+              help="Reward predictor (shipped name or model.safetensors, trained on Db), or xtb: the calibrated "
+                   "GFN2-xTB likelihood of alpha, gap, homo, lumo or mu (no gradient).")
 @click.option("--steps", type=click.IntRange(1), default=None,
               help="Optimisation steps  [default: 2000; on --resume: the run's own]")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--lr", type=float, default=1e-5, show_default=True,
-              help="Adam learning rate (1e-4 made CTRL diverge on its first step with the shipped models).")
+              help="Adam learning rate.")
 @click.option("--sampling-steps", type=int, default=CONFIG.sampling_steps, show_default=True, help="Respaced steps of training rollouts.")
 @click.option("--alpha", type=float, default=CONFIG.alpha, show_default=True, help="CTRL's KL weight (1: the conditional).")
 @click.option("--kl", type=click.Choice(KL_FORMS), default=CONFIG.kl, show_default=True,
-              help="CTRL's KL: the sampler chain's own steps (whose optimum at alpha 1 is the conditional), or the "
-                   "continuous-time KL on the same grid, which charges a coarse chain's last step ~10³ times less "
-                   "(so the model tilts further than alpha says; --kl-cap, not this, is what keeps training stable).")
+              help="CTRL's KL: of the sampler chain's own steps (optimum at alpha 1: the conditional), or the "
+                   "continuous-time KL on the same grid (common.rollout).")
 @click.option("--kl-cap", type=float, default=None,
               help="CTRL: leave out of each batch's loss the trajectories whose KL exceeds this many nats.")
 @click.option("--init", "init_path", type=click.Path(dir_okay=False, exists=True), default=None,
@@ -53,19 +51,16 @@ CONFIG = GuidanceConfig  # the defaults of the options
               help="CTRL: gradients through the last K transitions, K uniform in [1, grad-steps].")
 @click.option("--temperature", type=float, default=CONFIG.temperature, show_default=True, help="RGDM's τ (1: the conditional).")
 @click.option("--proposal", type=click.Choice(CONFIG.proposals), default=CONFIG.proposal, show_default=True,
-              help="RGDM: resample a pool by the pay-off weights, of prior molecules (prior) or of the unlabelled "
-                   "Db molecules (data; the reward reads them, their labels are not used), or weight the model's "
-                   "own rollouts with the importance ratio to the prior (model). Step-level RGDM: with data, fit "
-                   "the model's ε at noised Db molecules to the prior's ε shifted by the reward's reconstruction "
-                   "likelihood (no rollouts); otherwise shift the prior's steps along the model's rollouts.")
+              help="RGDM: a pool resampled by the pay-off weights, of prior samples (prior) or unlabelled Db "
+                   "molecules (data), or the model's rollouts (model). Step-level RGDM: noised Db molecules (data) "
+                   "or the model's rollouts.")
 @click.option("--pool-size", type=int, default=CONFIG.pool_size, show_default=True, help="RGDM, prior proposals: pool size.")
 @click.option("--pool-steps", type=int, default=CONFIG.pool_steps, show_default=True,
               help="RGDM, prior proposals: sampling steps of the pool (sampled once, kept in RUN_DIR/pool.safetensors).")
 @click.option("--pool", type=click.Path(dir_okay=False, exists=True), default=None,
               help="RGDM, prior proposals: reuse the molecules of another run's pool.safetensors, scored by this run's reward.")
 @click.option("--candidates", type=click.IntRange(1), default=CONFIG.candidates, show_default=True,
-              help="RGDM, prior or data proposals: pool molecules of the target's size drawn per target to resample "
-                   "from (the full pool of 50,000 halved the training rate).")
+              help="RGDM, pool proposals: pool molecules of the target's size weighed per target.")
 @click.option("--samples-per-target", type=int, default=CONFIG.samples_per_target, show_default=True,
               help="RGDM, model proposals: rollouts per target; their pay-off weights are normalised together.")
 @click.option("--radius", type=float, default=CONFIG.radius, show_default=True, help="Step-level RGDM's ball radius ρ.")
@@ -77,11 +72,9 @@ CONFIG = GuidanceConfig  # the defaults of the options
 @click.option("--cond-lr-scale", type=float, default=CONFIG.cond_lr_scale, show_default=True,
               help="Learning rate of the zero-initialised condition embedding, as a multiple of --lr.")
 @click.option("--cond-gate", type=click.Choice(["time", "none"]), default=CONFIG.cond_gate, show_default=True,
-              help="How the condition enters the network: t·W_c c (time; mutes it near the data, which kept "
-                   "CTRL's KL in check) or W_c c at every t (none).")
+              help="How the condition enters the network: t·W_c c (time; muted at the data) or W_c c (none).")
 @click.option("--freeze-backbone", is_flag=True,
-              help="Train the condition embedding alone (CTRL: every backbone change moves the last steps, whose "
-                   "KL weight is ~1/σ², and made the first Adam steps spike the KL to 10⁴–10⁵).")
+              help="Train the condition embedding alone.")
 @click.option("--checkpoint-every", type=int, default=100, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @compute_options

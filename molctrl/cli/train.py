@@ -1,7 +1,6 @@
 """``molctrl train``: train models with checkpoints, resume, progress and DDP (``torchrun``)."""
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 
 from common.cli import compute_device, compute_options
-from common.runs import run_record, train_config, train_in_run
+from common.runs import log_eval, run_record, train_config, train_in_run
 from common.runtime import seed_everything
 from common.training import TrainConfig
 from molctrl.batches import MoleculeBatches
@@ -97,7 +96,7 @@ def prior(setting, split, run_dir, steps, batch_size, lr, warmup, ema_decay, hid
             except Exception as err:  # noqa: BLE001 -- an evaluation must never kill a long training run
                 click.echo(f"eval at step {step} failed: {err!r}", err=True)
                 return
-            _log_eval(eval_log, {"step": step, "samples": eval_samples, "sampling_steps": eval_steps, **metrics,
+            log_eval(eval_log, {"step": step, "samples": eval_samples, "sampling_steps": eval_steps, **metrics,
                                  "seconds": round(time.perf_counter() - t0, 1)})
             ema_model.train()
 
@@ -109,12 +108,6 @@ def _training_data(setting: str, record: dict) -> QM9Split:
     data = load_split(setting, record["data"]["split"])
     limit = record["data"]["limit"]
     return data.subset(slice(limit)) if limit else data
-
-
-def _log_eval(path: Path, entry: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(entry) + "\n")
-    click.echo(f"eval {json.dumps(entry)}", err=True)
 
 
 def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, record: dict,
@@ -199,7 +192,7 @@ def predictor(setting, split, arch, properties, run_dir, epochs, batch_size, lr,
         t0 = time.perf_counter()
         ema_model.eval()
         errors = ema_model.calibrate(valid.types, valid.positions, valid_labels, seed=step)
-        _log_eval(run / "eval.jsonl", {"step": step, "split": "valid", "molecules": len(valid), **errors,
+        log_eval(run / "eval.jsonl", {"step": step, "split": "valid", "molecules": len(valid), **errors,
                                        "seconds": round(time.perf_counter() - t0, 1)})
         ema_model.train()
 

@@ -1,7 +1,6 @@
 """``shapectrl train``: train the shape prior and the shape classifiers (checkpoints, resume, progress)."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -12,7 +11,7 @@ import click
 import torch
 
 from common.cli import compute_device, compute_options
-from common.runs import run_record, train_config, train_in_run
+from common.runs import log_eval, run_record, train_config, train_in_run
 from common.runtime import seed_everything
 from common.schedules import SCHEDULES
 from common.training import TrainConfig, Trainer
@@ -127,12 +126,6 @@ def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, rec
     """:func:`common.runs.train_in_run` on shapes."""
     return train_in_run(model, batches, train_cfg, run, record, device, resume,
                         f"{len(batches)} shapes x {record['data']['points']} points", on_checkpoint)
-
-
-def _log(path: Path, entry: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(entry) + "\n")
-    click.echo(f"eval {json.dumps(entry)}", err=True)
 
 
 @train.command()
@@ -253,7 +246,7 @@ def classifier(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_eve
     def evaluate(step: int, ema_model: ShapeClassifier) -> None:
         t0 = time.perf_counter()
         scores = ema_model.calibrate(valid_points, valid_labels)
-        _log(run_dir / "eval.jsonl", {"step": step, "split": "valid", "shapes": len(valid), "points": n_points,
+        log_eval(run_dir / "eval.jsonl", {"step": step, "split": "valid", "shapes": len(valid), "points": n_points,
                                       **scores, "seconds": round(time.perf_counter() - t0, 1)})
 
     _fit(model, batches, train_cfg, run_dir, record, dev, resume, evaluate)
