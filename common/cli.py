@@ -52,6 +52,17 @@ def compute_device(device: str, threads: int | None) -> torch.device:
     return device_option(device)
 
 
+def comma_names(text: str, allowed: Sequence[str], option: str, what: str, empty: bool = False) -> tuple[str, ...]:
+    """The comma-separated names an option gives, each one of ``allowed``, without repeats; a usage error
+    naming the first unknown one (or none given, unless ``empty``)."""
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in names if name not in allowed]
+    if unknown or not (names or empty):
+        raise click.BadParameter(f"unknown {what} {unknown[0]!r}" if unknown else f"no {what} given",
+                                 param_hint=f"{option} (expected some of {','.join(allowed)})")
+    return names
+
+
 @contextmanager
 def usage_errors() -> Iterator[None]:
     """A ``ValueError`` of the Python API inside becomes a usage error (one line, exit status 2); an

@@ -42,9 +42,3 @@ class PointSetSpace:
         n = mask.sum(1).to(torch.float32)
         k = self.centered_dims
         return (n - 1) * k + n * (n_channels - k) if k else n * n_channels
-
-    def is_centered(self, x: torch.Tensor, mask: torch.Tensor, atol: float = 1e-4) -> bool:
-        k = self.centered_dims
-        m = mask.unsqueeze(-1).to(x.dtype)
-        mean = (x[..., :k] * m).sum(1) / m.sum(1).clamp(min=1)
-        return bool(mean.abs().max() <= atol) if k else True

@@ -157,26 +157,18 @@ class ControlledShapes:
     control: dict
 
     @classmethod
-    def from_export(cls, payload: dict) -> ControlledShapes:
-        return cls._with_conditions(ShapeDiffusion.from_export(payload), payload)
-
-    @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> ControlledShapes:
         """A controlled model from a weights file of ``shapectrl train control`` (one-line
         :class:`~common.weights.WeightsError` otherwise)."""
         model, tree = load_module(path, [ShapeDiffusion], map_location)
         with errors_naming(path):
-            return cls._with_conditions(model, tree)
-
-    @classmethod
-    def _with_conditions(cls, model: ShapeDiffusion, tree: dict) -> ControlledShapes:
-        if "conditions" not in tree:
-            raise ValueError("not a controlled shape model (no conditions; train one with 'shapectrl train control')")
-        conditions = ShapeConditions.from_dict(typed_field(tree, "conditions", dict))
-        if conditions.cond_dim != model.config.cond_dim:
-            raise ValueError(f"conditions: they encode {conditions.cond_dim} numbers, the network reads "
-                             f"{model.config.cond_dim}")
-        return cls(model, conditions, typed_field(tree, "control", dict, {}))
+            if "conditions" not in tree:
+                raise ValueError("not a controlled shape model (no conditions; train one with 'shapectrl train control')")
+            conditions = ShapeConditions.from_dict(typed_field(tree, "conditions", dict))
+            if conditions.cond_dim != model.config.cond_dim:
+                raise ValueError(f"conditions: they encode {conditions.cond_dim} numbers, the network reads "
+                                 f"{model.config.cond_dim}")
+            return cls(model, conditions, typed_field(tree, "control", dict, {}))
 
     @torch.no_grad()
     def sample(self, y: torch.Tensor, y_mask: torch.Tensor, n_points: int | None = None,

@@ -8,3 +8,11 @@ def random_orthogonal(seed: int, reflect: bool) -> torch.Tensor:
     if (torch.det(q) < 0) != reflect:
         q[:, 0] = -q[:, 0]
     return q
+
+
+def is_centered(space, x: torch.Tensor, mask: torch.Tensor, atol: float = 1e-4) -> bool:
+    """Whether the masked mean of the space's centred dimensions of ``x (B, N, D)`` is zero."""
+    k = space.centered_dims
+    m = mask.unsqueeze(-1).to(x.dtype)
+    mean = (x[..., :k] * m).sum(1) / m.sum(1).clamp(min=1)
+    return bool(mean.abs().max() <= atol) if k else True

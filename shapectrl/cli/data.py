@@ -6,18 +6,10 @@ from pathlib import Path
 
 import click
 
+from common.cli import comma_names
 from common.runtime import atomic_open
 from shapectrl.data.families import CLASSES
 from shapectrl.data.procedural import SPLIT_SEED_RANGES, ProceduralShapes
-
-
-def _classes(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in CLASSES]
-    if unknown or not names:
-        raise click.BadParameter(f"unknown class {unknown[0]!r}" if unknown else "no class given",
-                                 param_hint=f"--classes (expected some of {','.join(CLASSES)})")
-    return names
 
 
 @click.group()
@@ -42,7 +34,7 @@ def build(out: Path, per_class: int, eval_per_class: int | None, points: int, se
     stored in model units; one global normalisation (PointFlow's: mean of all training points and
     one std of all their coordinates) is fitted on train and written to OUT/normalisation.json.
     """
-    names = _classes(classes)
+    names = comma_names(classes, CLASSES, "--classes", "class")
     eval_per_class = eval_per_class or max(1, per_class // 5)
     train = None
     for split, count in (("train", per_class), ("valid", eval_per_class), ("test", eval_per_class)):

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import torch
 
-from common.cli import compute_device, compute_options
+from common.cli import comma_names, compute_device, compute_options
 from shapectrl.io import ShapeFileError, read_point_sets
 from shapectrl.metrics.generation import DISTANCES, compute_all_metrics
 
@@ -29,15 +29,6 @@ def _read(path: Path, limit: int | None) -> torch.Tensor:
     return torch.from_numpy(points[:limit])
 
 
-def _metrics(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in DISTANCES]
-    if unknown or not names:
-        raise click.BadParameter(f"unknown metric {unknown[0]!r}" if unknown else "no metric given",
-                                 param_hint=f"--metrics (expected some of {','.join(DISTANCES)})")
-    return names
-
-
 @click.command("evaluate")
 @click.argument("samples", type=click.Path(path_type=Path))
 @click.argument("reference", type=click.Path(path_type=Path))
@@ -55,7 +46,7 @@ def evaluate(samples: Path, reference: Path, metric_text: str, limit: int | None
     sets need the same N and the same frame. CD is the sum of both mean squared nearest-neighbour
     distances; EMD the mean matched Euclidean distance. COV and 1-NNA are printed in %.
     """
-    metrics = _metrics(metric_text)
+    metrics = comma_names(metric_text, DISTANCES, "--metrics", "metric")
     dev = compute_device(device, threads)
     s, r = _read(samples, limit), _read(reference, limit)
     if s.shape[1] != r.shape[1]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import torch
 
-from common.cli import compute_device, compute_options
+from common.cli import comma_names, compute_device, compute_options
 from common.runs import log_eval, run_record, train_config, train_in_run
 from common.runtime import seed_everything
 from common.schedules import SCHEDULES
@@ -38,15 +38,6 @@ from shapectrl.reward import ShapeReward
 def default_data_dir() -> Path:
     """Where procedural data sets are cached: ``$SHAPECTRL_CACHE`` or ``~/.cache/shapectrl``."""
     return Path(os.environ.get("SHAPECTRL_CACHE", Path.home() / ".cache" / "shapectrl"))
-
-
-def _classes(text: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
-    unknown = [name for name in names if name not in CLASSES]
-    if unknown or not names:
-        raise click.BadParameter(f"unknown class {unknown[0]!r}" if unknown else "no class given",
-                                 param_hint=f"--classes (expected some of {','.join(CLASSES)})")
-    return names
 
 
 def data_options(fn: Callable) -> Callable:
@@ -104,7 +95,7 @@ def _data_record(data_dir: Path | None, per_class: int, data_points: int, class_
         raise click.BadParameter(f"cannot train on {n_points} points per cloud when shapes store {data_points} "
                                  "(raise --data-points)", param_hint="--points")
     return {"dir": str(data_dir or default_data_dir()), "per_class": per_class, "data_points": data_points,
-            "classes": list(_classes(class_text)), "seed": data_seed, "points": n_points}
+            "classes": list(comma_names(class_text, CLASSES, "--classes", "class")), "seed": data_seed, "points": n_points}
 
 
 def _load(data: dict, split: str = "train", per_class: int | None = None,
@@ -300,11 +291,7 @@ def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every,
     RUN_DIR/model.safetensors are what 'shapectrl generate --model' reads.
     """
     dev = compute_device(device, threads)
-    attributes = tuple(a.strip() for a in attribute_text.split(",") if a.strip())
-    unknown = [a for a in attributes if a not in ATTRIBUTES]
-    if unknown:
-        raise click.BadParameter(f"unknown attribute {unknown[0]!r} (expected some of {', '.join(ATTRIBUTES)})",
-                                 param_hint="--attributes")
+    attributes = comma_names(attribute_text, ATTRIBUTES, "--attributes", "attribute", empty=True)
     for value, hint in ((prior_path, "--prior"), (reward_path, "--reward")):
         if value is None and not resume:
             raise click.BadParameter("required for a new run", param_hint=hint)
