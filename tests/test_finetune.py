@@ -57,7 +57,7 @@ def test_each_method_trains_only_the_conditioned_model(parts, method):
 
 
 def test_conditional_denoising_uses_the_labels(parts):
-    split, prior, _, conditions = parts
+    split, prior, _, _ = parts
     objective, batches = make_objective({"method": "cond", "guidance": {"method": "cond"}}, prior, split, 8)
     types, positions, labels, y_mask = batches(0)
     assert all(torch.equal(a, b) for a, b in zip(batches(0), (types, positions, labels, y_mask)))  # seeded by the step
