@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common.conditioning import standard_scores
+from common.conditioning import CLIP, standard_scores
 from common.exports import typed_field
 from shapectrl.data.attributes import ATTRIBUTE_CLASS, ATTRIBUTES, measure
 
@@ -109,7 +109,8 @@ class ShapeConditions:
         return torch.cat([use_class.unsqueeze(1), use_attr], dim=1)
 
     def target(self, class_name: str | None = None, values: Mapping[str, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One target from names: ``(y (1 + A,), y_mask (1 + A,))``; a clear error for an unknown name."""
+        """One target from names: ``(y (1 + A,), y_mask (1 + A,))``; a clear error for an unknown name or an
+        attribute value beyond the encoding's clip."""
         values = dict(values or {})
         y, mask = torch.zeros(self.n_targets), torch.zeros(self.n_targets, dtype=torch.bool)
         if class_name is not None:
@@ -120,6 +121,10 @@ class ShapeConditions:
             if name not in self.attributes:
                 raise ValueError(f"unknown attribute {name!r} (this model knows {', '.join(self.attributes)})")
             k = 1 + self.attributes.index(name)
+            lo, hi = (float(self.mean[k - 1] + sign * CLIP * self.scale[k - 1]) for sign in (-1, 1))
+            if not lo <= value <= hi:  # the encoding clips there: any value beyond would ask the same
+                raise ValueError(f"{name}={value:g} is outside what the model can be asked ({lo:.3g} to {hi:.3g}: "
+                                 f"the training mean ± {CLIP:g} standard deviations)")
             y[k], mask[k] = float(value), True
         if not mask.any():
             raise ValueError("a target needs a class or at least one attribute")

@@ -100,6 +100,8 @@ def test_targets_by_name_and_their_errors() -> None:
         cond.target(None, {"wings": 1.0})
     with pytest.raises(ValueError, match="needs a class or at least one attribute"):
         cond.target()
+    with pytest.raises(ValueError, match=r"chair_back_height=1.5 is outside what the model can be asked \(-0.6 to 1.4"):
+        cond.target("chair", {"chair_back_height": 1.5})  # beyond mean ± 5 sd the encoding is clipped: 1.4 and 9 alike
     assert ShapeConditions.from_dict(cond.to_dict()).to_dict() == cond.to_dict()
 
 
