@@ -16,9 +16,11 @@ from tests.geometry import random_orthogonal
 #: Upper bounds on MAE / #Atoms-baseline MAE over 1,000 Db molecules. The goal is 0.2 everywhere; these
 #: are what the shipped evaluators reach on all 50,000 Db molecules (benchmarks/results/
 #: qm9_predictors_qm9-noh.json) with room for the smaller sample: EGNN misses the goal on μ only
-#: (0.24), the e3nn network on Δε, HOMO, LUMO and μ (0.26, 0.44, 0.22, 0.54).
+#: (0.24; with the dipole head 0.197, qm9_predictors_egnn_dipole_qm9-noh.json), the e3nn network on Δε,
+#: HOMO, LUMO and μ (0.26, 0.44, 0.22, 0.54).
 LIMITS = {
     "qm9-noh-egnn-Da": {"alpha": 0.2, "gap": 0.2, "homo": 0.2, "lumo": 0.2, "mu": 0.3, "Cv": 0.2},
+    "qm9-noh-egnn-Da-dipole": {"alpha": 0.2, "gap": 0.2, "homo": 0.2, "lumo": 0.2, "mu": 0.25, "Cv": 0.2},
     "qm9-noh-e3nn-Da": {"alpha": 0.2, "gap": 0.32, "homo": 0.52, "lumo": 0.27, "mu": 0.62, "Cv": 0.2},
 }
 
@@ -28,7 +30,7 @@ def db_sample():
     return load_split("qm9-noh", "Db").subset(slice(1000))
 
 
-@pytest.mark.parametrize("name", [n for n in PREDICTOR_NAMES if n.endswith("-Da")])
+@pytest.mark.parametrize("name", [n for n in PREDICTOR_NAMES if "-Da" in n])
 def test_evaluators_beat_a_fifth_of_the_atom_count_baseline(name, db_sample):
     da = load_split("qm9-noh", "Da")
     labels = db_sample.labels(PROPERTIES)
