@@ -86,15 +86,13 @@ def controlled_export(model: nn.Module, conditions, config: ControlConfig, recor
     return model.export() | {"conditions": conditions.to_dict(), config.record_key: config.record(**(record or {}))}
 
 
-Draw = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
-
-
 class TargetBatches:
     """Step -> ``(sizes (B,), y (B, P), y_mask (B, P))``: rows of a labelled set of ``sizes (M,)`` in shuffled
     epochs, each row's target drawn by ``draw(rows, sizes, generator) -> (y, y_mask)`` and repeated on
     ``repeats`` consecutive rows (samples per target)."""
 
-    def __init__(self, sizes: torch.Tensor, draw: Draw, batch_size: int, seed: int = 0, repeats: int = 1):
+    def __init__(self, sizes: torch.Tensor, draw: Callable[..., tuple[torch.Tensor, torch.Tensor]], batch_size: int,
+                 seed: int = 0, repeats: int = 1):
         if batch_size % repeats:
             raise ValueError(f"batch size {batch_size} is not a multiple of {repeats} samples per target")
         self.sizes, self.draw, self.seed, self.repeats = sizes, draw, seed, repeats
