@@ -26,7 +26,7 @@ from common.control import (
 )
 from common.exports import conform, errors_naming, load_module, typed_field
 from common.guidance import GuidedDenoiser, reconstruction_likelihood
-from common.rewards import GaussianLogLikelihood, Reward
+from common.rewards import GaussianLogLikelihood
 from common.rgdm import payoff_score_loss
 from common.weights import SUFFIX, WeightsError
 from molctrl.batches import MoleculeBatches
@@ -35,6 +35,7 @@ from molctrl.data.qm9 import QM9Split
 from molctrl.payoff import PriorPool, pool_atom_counts
 from molctrl.predictor import PROPERTIES
 from molctrl.prior import MoleculeDiffusion
+from molctrl.weights import load_reward
 
 
 @dataclass
@@ -185,24 +186,3 @@ def start_from(model: MoleculeDiffusion, path: str | Path, conditions: PropertyC
         raise ValueError(f"{path}: its condition gate is {gate!r}, this run's {model.config.cond_gate!r} "
                          f"(pass --cond-gate {gate})")
     model.load_state_dict(start.state_dict())
-
-
-def load_reward(prior: MoleculeDiffusion, reward_model: str, maximize: str | None = None,
-                properties: tuple[str, ...] = PROPERTIES) -> Reward:
-    """The reward of fine-tuning or of steering, frozen: an RDKit score to ``maximize``, the likelihood of
-    the reward model (a shipped name or a file), or (``reward_model="xtb"``) the calibrated GFN2-xTB
-    likelihood of ``properties``."""
-    from molctrl.chemistry import ChemistryReward
-    from molctrl.predictor import likelihood_reward
-    from molctrl.weights import load_predictor
-
-    if maximize:
-        reward = ChemistryReward(maximize, prior.decode)
-    elif reward_model == "xtb":
-        from molctrl.xtb_reward import XTBLikelihood
-
-        reward = XTBLikelihood(prior.decode, properties)
-    else:
-        predictor = load_predictor(reward_model)
-        reward = likelihood_reward(predictor, predictor.properties, prior.config.type_scale)
-    return reward.requires_grad_(False).eval()

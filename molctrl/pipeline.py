@@ -28,7 +28,6 @@ from common.smc import SteeringReport
 from common.weights import SUFFIX, WeightsError
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
-from molctrl.finetune import load_reward
 from molctrl.generate import (
     Guidance,
     atom_counts,
@@ -40,7 +39,13 @@ from molctrl.molecule import Molecule
 from molctrl.predictor import PROPERTIES, PropertyPredictor
 from molctrl.prior import MoleculeDiffusion
 from molctrl.steer import PROPOSALS, Steering, steer
-from molctrl.weights import DEFAULT_EVALUATOR, WEIGHTS_DIR, load_predictor, load_prior
+from molctrl.weights import (
+    DEFAULT_EVALUATOR,
+    WEIGHTS_DIR,
+    load_predictor,
+    load_prior,
+    load_reward,
+)
 
 METHODS = ("smc", "rgdm", "ctrl", "guidance")
 SCORES = ("qed", "logp", "sa")  # RDKit scores that can be maximised

@@ -24,9 +24,9 @@ from common.guidance import GuidedDenoiser, reconstruction_likelihood
 from common.rollout import kl_factors, rollout
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
-from molctrl.finetune import load_reward, target_batches
+from molctrl.finetune import target_batches
 from molctrl.predictor import PROPERTIES
-from molctrl.weights import load_prior
+from molctrl.weights import load_prior, load_reward
 
 
 @torch.no_grad()

@@ -29,9 +29,9 @@ from common.guidance import GuidedDenoiser, reconstruction_likelihood
 from molctrl.batches import MoleculeBatches
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
-from molctrl.finetune import load_reward, predictive_targets
+from molctrl.finetune import predictive_targets
 from molctrl.predictor import PROPERTIES
-from molctrl.weights import load_prior
+from molctrl.weights import load_prior, load_reward
 
 NOISE_STEPS = (50, 150, 300, 500, 700, 900)
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.exports import load_module
+from common.rewards import Reward
 from common.weights import SUFFIX
-from molctrl.predictor import PropertyPredictor
+from molctrl.predictor import PROPERTIES, PropertyPredictor, likelihood_reward
 from molctrl.prior import MoleculeDiffusion
 
 WEIGHTS_DIR = Path(__file__).parent
@@ -39,3 +40,22 @@ def load_predictor(name_or_path: str | Path = DEFAULT_EVALUATOR) -> PropertyPred
     from molctrl.noisy_predictor import NoisyPropertyPredictor
 
     return load_module(predictor_path(name_or_path), [PropertyPredictor, NoisyPropertyPredictor])[0]
+
+
+def load_reward(prior: MoleculeDiffusion, reward_model: str, maximize: str | None = None,
+                properties: tuple[str, ...] = PROPERTIES) -> Reward:
+    """The reward of fine-tuning or of steering, frozen: an RDKit score to ``maximize``, the likelihood of
+    the reward model (a shipped name or a file), or (``reward_model="xtb"``) the calibrated GFN2-xTB
+    likelihood of ``properties``."""
+    from molctrl.chemistry import ChemistryReward
+
+    if maximize:
+        reward = ChemistryReward(maximize, prior.decode)
+    elif reward_model == "xtb":
+        from molctrl.xtb_reward import XTBLikelihood
+
+        reward = XTBLikelihood(prior.decode, properties)
+    else:
+        predictor = load_predictor(reward_model)
+        reward = likelihood_reward(predictor, predictor.properties, prior.config.type_scale)
+    return reward.requires_grad_(False).eval()
