@@ -117,7 +117,7 @@ class ShapeDiffusion(Conditionable, Exportable, nn.Module):
             raise ValueError(f"cannot sample {n} clouds of {n_points} points (expected at least 1 of each)")
         anchor = self._anchor
         mask = torch.ones(n, n_points, dtype=torch.bool, device=anchor.device)
-        return self.diffusion.sample(denoiser or self.denoiser, mask, 3, n_sampling_steps, cond=cond,
+        return self.diffusion.sample(denoiser or self.denoiser, mask, self.n_channels, n_sampling_steps, cond=cond,
                                      generator=generator, callback=callback, dtype=anchor.dtype)
 
     def sample_many(self, n: int, n_points: int | None = None, n_sampling_steps: int | None = None,

@@ -42,8 +42,9 @@ def steer_shapes(prior: ShapeDiffusion, reward: ShapeReward, y: torch.Tensor, y_
         if proposal is not None:
             net = classifier_free(proposal.model.denoiser, guidance_scale) or proposal.model.denoiser
             kernel = model_proposal(net, proposal.conditions.encode(yb, mb), 1 if guidance_scale == 1.0 else 2)
-        return smc_sample(prior.diffusion, prior.denoiser, reward_potential(reward, prior.diffusion, yb, mb), mask, 3,
-                          n_particles, n_sampling_steps, kernel, potential_from=potential_from, generator=generator)
+        potential = reward_potential(reward, prior.diffusion, yb, mb)
+        return smc_sample(prior.diffusion, prior.denoiser, potential, mask, prior.n_channels, n_particles,
+                          n_sampling_steps, kernel, potential_from=potential_from, generator=generator)
 
     results, report = smc_in_batches(run, len(y), max(1, batch_particles // n_particles), on_batch)
     return torch.cat([r.x.cpu() for r in results]), report
