@@ -191,18 +191,24 @@ class PayoffBatches:
         return out
 
     @torch.no_grad()
-    def __call__(self, step: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, ...]:
-        sizes, y, y_mask = self.targets(step, rank, world_size)
-        g = step_generator(self.targets.seed, step, rank, "payoff")
-        candidates = self._candidates(sizes, g)
+    def pick(self, sizes: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor,
+             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each target of ``sizes (B,)``, ``y, y_mask (B, P)`` a pool row ``(B,)`` resampled by softmax(r/τ)
+        over its candidates, and the ESS 1/Σ w² of those weights ``(B,)``."""
+        candidates = self._candidates(sizes, generator)
         scores = self.pool.scores[candidates.clamp(min=0)]  # (B, K, …)
         if hasattr(self.reward, "log_likelihood"):
             r = self.reward.log_likelihood(scores, y.unsqueeze(1), y_mask.unsqueeze(1))
         else:
             r = scores
-        picks, ess = payoff_resample(r.masked_fill(candidates < 0, float("-inf")), self.temperature, g)
+        picks, ess = payoff_resample(r.masked_fill(candidates < 0, float("-inf")), self.temperature, generator)
+        return candidates.gather(1, picks.unsqueeze(1)).squeeze(1), ess
+
+    def __call__(self, step: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, ...]:
+        sizes, y, y_mask = self.targets(step, rank, world_size)
+        g = step_generator(self.targets.seed, step, rank, "payoff")
+        rows, ess = self.pick(sizes, y, y_mask, g)
         self.stats = {"ess": ess.mean().item()}
-        rows = candidates.gather(1, picks.unsqueeze(1)).squeeze(1)
         return (*self.pool.take(rows, sizes, g), y, y_mask)
 
 

@@ -161,7 +161,8 @@ def test_payoff_resampling_picks_the_target_class_and_the_nearest_attribute() ->
     batches = PayoffBatches(pool, reward, targets.batches(16, 8, seed=0))
     points, y, y_mask = batches(0)
     picked = points[:, 0, 0].long()
-    assert (picked % 5 == y[:, 0].long()).all() and y_mask[:, 0].all() and batches.stats["ess"] > 9  # 10 per class
+    _, ess = batches.pick(*batches.targets(0), torch.Generator().manual_seed(0))
+    assert (picked % 5 == y[:, 0].long()).all() and y_mask[:, 0].all() and (ess > 9).all()  # 10 clouds per class
     # a height target: the pool's tolerance-weighted nearest heights win
     y_h, mask_h = torch.tensor([[0.0, 0.5, 0.0]]), torch.tensor([[False, True, False]])
     r = reward.log_likelihood(pool.scores.unsqueeze(0), y_h.unsqueeze(1), mask_h.unsqueeze(1))
