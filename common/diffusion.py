@@ -12,11 +12,17 @@ step-level RGDM, sequential Monte Carlo — walks the chain with the same four p
 :meth:`~GaussianDiffusion.initial_state`, the transitions :meth:`~GaussianDiffusion.transitions`, a
 step's moments :meth:`~GaussianDiffusion.moments`, and a draw :meth:`~GaussianDiffusion.draw` (with its
 log-density :meth:`~GaussianDiffusion.step_log_prob`).
+
+Few-step sampling (:class:`Solver`): a grid uniform in log-SNR instead of in t, and a second-order
+step that extrapolates x̂₀ from the previous step (:meth:`~GaussianDiffusion.solver_eps`). Both keep
+every transition a Gaussian with the moments above, so the density of a step stays in closed form —
+given, for the second order, the previous step's x̂₀ (:class:`History`).
 """
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -39,6 +45,57 @@ def respaced_steps(n_steps: int, n_sampling_steps: int | None) -> list[int]:
         raise ValueError(f"the number of sampling steps must be positive, got {n_sampling_steps}")
     grid = torch.linspace(n_steps, 0, n_sampling_steps + 1).round().long().tolist()
     return sorted(set(grid), reverse=True)
+
+
+def logsnr_steps(gamma: torch.Tensor, n_sampling_steps: int) -> list[int]:
+    """Descending integer steps T > … > 0 whose log-SNR λ_t = −γ_t is as evenly spaced as the integer
+    grid allows: ``n_sampling_steps`` + 1 values of λ evenly spaced from λ_T to λ_0, each rounded to the
+    step of nearest λ. ``gamma (T+1,)`` must increase with t."""
+    if n_sampling_steps < 1:
+        raise ValueError(f"the number of sampling steps must be positive, got {n_sampling_steps}")
+    gamma = gamma.double().cpu()
+    targets = torch.linspace(float(gamma[-1]), float(gamma[0]), n_sampling_steps + 1, dtype=torch.float64)
+    right = torch.searchsorted(gamma, targets).clamp(1, len(gamma) - 1)
+    nearer_left = (targets - gamma[right - 1]) < (gamma[right] - targets)
+    return sorted(set((right - nearer_left.long()).tolist()), reverse=True)
+
+
+SPACINGS = ("uniform", "logsnr")
+
+
+@dataclass(frozen=True)
+class Solver:
+    """How a sampler walks the reverse chain: the grid of steps (``uniform`` in t, or ``logsnr``: even
+    in log-SNR, :func:`logsnr_steps`) and the order of the step (1: ancestral, the posterior at x̂₀;
+    2: x̂₀ extrapolated from the previous step, :meth:`GaussianDiffusion.solver_eps`)."""
+
+    spacing: str = "uniform"
+    order: int = 1
+
+    def __post_init__(self) -> None:
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"unknown step spacing {self.spacing!r} (expected one of {', '.join(SPACINGS)})")
+        if self.order not in (1, 2):
+            raise ValueError(f"the solver's order must be 1 or 2, got {self.order}")
+
+
+ANCESTRAL = Solver()
+
+#: Named solvers of the command lines: DDPM's ancestral sampler, and the second-order SDE solver on a
+#: log-SNR grid (benchmarks/results/prior_solvers_qm9-noh.json).
+SOLVERS = {"ancestral": ANCESTRAL, "dpm2": Solver("logsnr", 2)}
+
+
+@dataclass
+class History:
+    """What a second-order step keeps of the previous one: its x̂₀ ``(B, N, D)`` and step ``(B,)``.
+    Indexing selects particles (SMC's resampling carries the history with the state)."""
+
+    x0: torch.Tensor
+    t: torch.Tensor
+
+    def __getitem__(self, index: torch.Tensor) -> History:
+        return History(self.x0[index], self.t[index])
 
 
 class GaussianDiffusion(torch.nn.Module):
@@ -128,11 +185,16 @@ class GaussianDiffusion(torch.nn.Module):
         like = torch.empty(*mask.shape, n_channels, device=mask.device, dtype=dtype)
         return self.space.noise(like, mask, generator)
 
-    def transitions(self, n_sampling_steps: int | None, batch: int,
-                    device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    def transitions(self, n_sampling_steps: int | None, batch: int, device: torch.device,
+                    spacing: str = "uniform") -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """The reverse transitions t → s of a (respaced) sampler as ``(B,)`` integer steps; the last one,
-        s = None, is the final step z_0 → x."""
-        steps = respaced_steps(self.n_steps, n_sampling_steps)
+        s = None, is the final step z_0 → x. ``spacing``: the grid (:class:`Solver`)."""
+        if spacing not in SPACINGS:
+            raise ValueError(f"unknown step spacing {spacing!r} (expected one of {', '.join(SPACINGS)})")
+        if spacing == "logsnr" and n_sampling_steps is not None and n_sampling_steps < self.n_steps:
+            steps = logsnr_steps(self.schedule.gamma_table, n_sampling_steps)
+        else:
+            steps = respaced_steps(self.n_steps, n_sampling_steps)
         full = [torch.full((batch,), k, dtype=torch.long, device=device) for k in steps]
         return list(itertools.pairwise(full)) + [(full[-1], None)]
 
@@ -146,6 +208,28 @@ class GaussianDiffusion(torch.nn.Module):
         """Mean and std of the step t → s of the ε-network ``net`` (conditioned on ``cond``) from ``z``."""
         return self.moments_from(z, net(z, t.to(z.dtype) / self.n_steps, mask, cond), t, s)
 
+    def solver_eps(self, solver: Solver, z: torch.Tensor, eps_hat: torch.Tensor, t: torch.Tensor,
+                   s: torch.Tensor | None, history: History | None) -> tuple[torch.Tensor, History | None]:
+        """The ε̂ that the step t → s takes under ``solver``, and the history the next step reads.
+
+        Second order (the stochastic multistep DPM-Solver++(2M) of Lu et al. 2022): with λ = −γ/2 and
+        the previous step u → t, h = λ_s − λ_t and r = (λ_t − λ_u)/h, the data estimate is extrapolated
+        linearly in λ,
+            D = x̂₀(z_t) + (x̂₀(z_t) − x̂₀(z_u))/(2r),
+        and the step is the ancestral one at x̂₀ = D, i.e. at ε̂ = (z_t − α_t·D)/σ_t: a Gaussian with the
+        moments of :meth:`reverse_step`, exact in closed form given the history. The first step (no
+        history) and the final step z_0 → x stay first order.
+        """
+        if solver.order == 1 or s is None:
+            return eps_hat, None
+        x0 = self.predict_x0(z, eps_hat, t)
+        if history is not None:
+            lam_u, lam_t, lam_s = (-0.5 * self.schedule.gamma(k) for k in (history.t, t, s))
+            r = ((lam_t - lam_u) / (lam_s - lam_t)).to(z.dtype).view(-1, 1, 1)
+            _, alpha, sigma = self._coefficients(t, z)
+            eps_hat = (z - alpha * (x0 + (x0 - history.x0) / (2 * r))) / sigma
+        return eps_hat, History(x0, t)
+
     def draw(self, mean: torch.Tensor, std: torch.Tensor, mask: torch.Tensor,
              generator: torch.Generator | None = None) -> torch.Tensor:
         """z_s = μ + σ·ε on the space, ε ~ N(0, I): a sample of the step N(μ, σ²)."""
@@ -154,14 +238,18 @@ class GaussianDiffusion(torch.nn.Module):
     @torch.no_grad()
     def sample(self, denoiser: Denoiser, mask: torch.Tensor, n_channels: int, n_sampling_steps: int | None = None,
                cond: torch.Tensor | None = None, generator: torch.Generator | None = None,
-               callback: Callable[[int], None] | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Ancestral sampling from z_T ~ N(0, I) through the (possibly respaced) steps. ``-> (B, N, D)``.
+               callback: Callable[[int], None] | None = None, dtype: torch.dtype = torch.float32,
+               solver: Solver = ANCESTRAL) -> torch.Tensor:
+        """Sampling from z_T ~ N(0, I) through the (possibly respaced) steps of ``solver``. ``-> (B, N, D)``.
 
         ``callback(k)`` is called after the k-th network evaluation (for progress bars).
         """
         z = self.initial_state(mask, n_channels, generator, dtype)
-        for k, (t, s) in enumerate(self.transitions(n_sampling_steps, len(mask), mask.device)):
-            z = self.draw(*self.moments(denoiser, z, t, s, mask, cond), mask, generator)
+        history = None
+        for k, (t, s) in enumerate(self.transitions(n_sampling_steps, len(mask), mask.device, solver.spacing)):
+            eps_hat, history = self.solver_eps(solver, z, denoiser(z, t.to(z.dtype) / self.n_steps, mask, cond),
+                                               t, s, history)
+            z = self.draw(*self.moments_from(z, eps_hat, t, s), mask, generator)
             if callback:
                 callback(k + 1)
         return z

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from common.diffusion import Denoiser, GaussianDiffusion
+from common.diffusion import ANCESTRAL, Denoiser, GaussianDiffusion, Solver
 from common.guidance import GuidedDenoiser, reconstruction_likelihood
 from common.rewards import GaussianLogLikelihood, Reward, reward_where
 
@@ -214,7 +214,7 @@ def smc_sample(diffusion: GaussianDiffusion, prior: Denoiser, potential: Potenti
                n_particles: int = 16, n_sampling_steps: int | None = 100, proposal: Proposal | None = None,
                temperature: float = 1.0, potential_from: int = 400, ess_threshold: float = 0.5,
                resample_window: tuple[int, int] | None = None, generator: torch.Generator | None = None,
-               dtype: torch.dtype = torch.float32) -> SMCResult:
+               dtype: torch.dtype = torch.float32, solver: Solver = ANCESTRAL) -> SMCResult:
     """Steer ``n_particles`` particles per output towards p_pre(x)·exp(r(x)/τ) (see the module docstring).
 
     Args:
@@ -224,6 +224,8 @@ def smc_sample(diffusion: GaussianDiffusion, prior: Denoiser, potential: Potenti
         potential_from: t_on, the diffusion step below which the potential is switched on (ramping to 1 at 0).
         ess_threshold: resample a system when its ESS falls below this fraction of K.
         resample_window: ``(lo, hi)``: resample only at steps lo < t ≤ hi (``None``: anywhere).
+        solver: the grid and order of the steps; a second-order step's history (the prior's, and the
+            proposal's) is resampled with the particles, so p_pre and q stay closed-form Gaussians.
     """
     if n_particles < 1 or temperature <= 0 or not 0 <= ess_threshold <= 1:
         raise ValueError("SMC needs n_particles ≥ 1, temperature > 0 and 0 ≤ ess_threshold ≤ 1")
@@ -237,8 +239,8 @@ def smc_sample(diffusion: GaussianDiffusion, prior: Denoiser, potential: Potenti
     pending = torch.zeros_like(value)  # log p_pre − log q of the step just taken
     rows = torch.arange(b, device=mask.device).unsqueeze(1) * k
     ess_trace, resampled_trace = [], []
-    transitions = diffusion.transitions(n_sampling_steps, b * k, mask.device)
-    for t, s in transitions:
+    history_pre = history_q = None
+    for t, s in diffusion.transitions(n_sampling_steps, b * k, mask.device, solver.spacing):
         time = t.to(z.dtype) / steps
         eps_pre = prior(z, time, mask)
         weight = 1 - t[0].item() / potential_from if potential_from > 0 else 1.0
@@ -259,15 +261,18 @@ def smc_sample(diffusion: GaussianDiffusion, prior: Denoiser, potential: Potenti
             index[resample] = ancestors + rows[resample]
             index = index.flatten()
             z, eps_pre, value = z[index], eps_pre[index], value[index]
+            history_pre, history_q = (h if h is None else h[index] for h in (history_pre, history_q))
             log_w[resample] = 0.0
-        mean_pre, std = diffusion.moments_from(z, eps_pre, t, s)
+        eps_step, history_pre = diffusion.solver_eps(solver, z, eps_pre, t, s, history_pre)
+        mean_pre, std = diffusion.moments_from(z, eps_step, t, s)
         calls += 1
         if proposal is None or t[0].item() <= proposal.floor * steps:
             z = diffusion.draw(mean_pre, std, mask, generator)
             pending = torch.zeros_like(value)
         else:
             calls += proposal.network_calls
-            mean_q, _ = diffusion.moments_from(z, proposal.eps(z, time, mask, eps_pre), t, s)
+            eps_q, history_q = diffusion.solver_eps(solver, z, proposal.eps(z, time, mask, eps_pre), t, s, history_q)
+            mean_q, _ = diffusion.moments_from(z, eps_q, t, s)
             z = diffusion.draw(mean_q, std, mask, generator)
             pending = (diffusion.step_log_prob(z, mean_pre, std, mask)
                        - diffusion.step_log_prob(z, mean_q, std, mask)).double()
