@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 import torch
 
+from common.diffusion import SOLVERS
 from common.exports import class_of, errors_naming, from_tree
 from common.runtime import resolve_device
 from common.weights import (
@@ -43,6 +44,13 @@ def compute_options(command):
                                 "cores one).")(command)
     return click.option("--device", default="auto", show_default=True,
                         help="auto (CUDA when present), cpu, cuda or cuda:K.")(command)
+
+
+def solver_option(default: str):
+    """``--solver``: the reverse chain's grid and order (:data:`common.diffusion.SOLVERS`)."""
+    return click.option("--solver", type=click.Choice(list(SOLVERS)), default=default, show_default=True,
+                        help="How the reverse steps are taken: ancestral (DDPM's first-order steps, uniform in t) or "
+                             "dpm2 (second-order stochastic steps on a grid even in log-SNR; docs/sampling.md).")
 
 
 def compute_device(device: str, threads: int | None) -> torch.device:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common.diffusion import GaussianDiffusion
+from common.diffusion import ANCESTRAL, GaussianDiffusion, Solver
 from common.guidance import GuidedDenoiser, classifier_free, reconstruction_likelihood
 from common.rewards import GaussianLogLikelihood
 from molctrl.conditions import PropertyConditions
@@ -106,13 +106,14 @@ def atom_counts(conditions: PropertyConditions, y: torch.Tensor, y_mask: torch.T
 def generate(model: MoleculeDiffusion, conditions: PropertyConditions, y: torch.Tensor, y_mask: torch.Tensor,
              n_sampling_steps: int | None = None, generator: torch.Generator | None = None,
              guidance: Guidance | None = None, batch_size: int = 256,
-             n_atoms: torch.Tensor | None = None, guidance_scale: float = 1.0) -> list[Molecule]:
+             n_atoms: torch.Tensor | None = None, guidance_scale: float = 1.0,
+             solver: Solver = ANCESTRAL) -> list[Molecule]:
     """Molecules for targets ``y (n, 6)`` / ``y_mask (n, 6)``.
 
     A conditioned model (``config.cond_dim > 0``) sees the encoded targets, with classifier-free
     guidance when ``guidance_scale`` w ≠ 1 (:class:`common.guidance.ConditionScaled`); an
     unconditioned prior with ``guidance`` is steered by it. Atom counts ``n_atoms (n,)`` default to
-    :func:`atom_counts`.
+    :func:`atom_counts`. ``solver``: the steps' grid and order.
     """
     if guidance_scale != 1.0 and not model.config.cond_dim:
         raise ValueError("classifier-free guidance needs a conditioned model")
@@ -132,5 +133,5 @@ def generate(model: MoleculeDiffusion, conditions: PropertyConditions, y: torch.
         else:
             denoiser = classifier_free(model.denoiser, guidance_scale)
         molecules += model.sample(len(yb), n_sampling_steps, generator, n_atoms=n_atoms[rows], cond=cond,
-                                  denoiser=denoiser)
+                                  denoiser=denoiser, solver=solver)
     return molecules

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.diffusion import SOLVERS
 from common.rewards import Reward
 from common.runtime import resolve_device, seed_everything
 from common.smc import SteeringReport
@@ -62,7 +63,8 @@ class GenerationConfig:
     ``judge`` (what the final weights read: ``model``, ``xtb`` or ``both``; None: ``both`` for Δε,
     HOMO, LUMO and μ targets where tblite is installed) steer ``smc``; ``scale`` and ``window`` (the
     diffusion steps lo < t ≤ hi guided; None: 0:150 for reconstruction guidance) shape ``guidance``
-    and the guidance proposal; ``guidance_scale`` is classifier-free guidance w of ``rgdm`` / ``ctrl``.
+    and the guidance proposal; ``guidance_scale`` is classifier-free guidance w of ``rgdm`` / ``ctrl``;
+    ``steps`` reverse steps of ``solver`` (:data:`common.diffusion.SOLVERS`).
     """
 
     method: str = "smc"
@@ -74,6 +76,7 @@ class GenerationConfig:
     window: tuple[int, int] | None = None
     guidance_scale: float = 1.0
     steps: int = 100
+    solver: str = "ancestral"
     reward_model: str = DEFAULT_REWARD_MODEL
 
     def __post_init__(self) -> None:
@@ -81,6 +84,8 @@ class GenerationConfig:
             raise ValueError(f"unknown method {self.method!r} (expected one of {', '.join(METHODS)})")
         if self.proposal not in PROPOSALS:
             raise ValueError(f"unknown proposal {self.proposal!r} (expected one of {', '.join(PROPOSALS)})")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"unknown solver {self.solver!r} (expected one of {', '.join(SOLVERS)})")
         if self.method == "smc" and self.particles < 1:
             raise ValueError("smc needs at least one particle per molecule")
         if self.guidance_scale != 1.0 and self.method not in ("rgdm", "ctrl"):
@@ -171,7 +176,7 @@ class MoleculeGenerator:
         t0 = time.perf_counter()
         if config.method != "smc":
             molecules = generate(model, self.conditions, y, y_mask, config.steps, generator, self.guidance,
-                                 guidance_scale=config.guidance_scale)
+                                 guidance_scale=config.guidance_scale, solver=SOLVERS[config.solver])
             return self._finish(molecules, targets, f"method {config.method}", seed, t0)
         judge, final_reward = self._final_reward(targets)
         steering = Steering(config.particles, config.proposal,
@@ -179,7 +184,7 @@ class MoleculeGenerator:
                             guidance_scale=config.scale, guidance_window=config.window or DEFAULT_WINDOW)
         molecules, report = steer(model, self.reward, y, y_mask, atom_counts(self.conditions, y, y_mask, generator=generator),
                                   steering, self.conditions, config.steps, generator, self.conditioned,
-                                  on_batch=on_batch, final_reward=final_reward)
+                                  on_batch=on_batch, final_reward=final_reward, solver=SOLVERS[config.solver])
         for m, r, w in zip(molecules, report.reward.tolist(), report.log_weight.tolist()):
             m.properties |= {"reward": round(r, 4), "log_weight": round(w, 4)}
         how = f"smc {config.particles} particles, {config.proposal} proposal, temperature {steering.temperature:g}"

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from common.conditioning import Conditionable
-from common.diffusion import GaussianDiffusion
+from common.diffusion import ANCESTRAL, GaussianDiffusion, Solver
 from common.exports import Exportable, tensor_shape, typed, typed_field
 from common.schedules import NoiseSchedule
 from common.spaces import PointSetSpace
@@ -128,18 +128,19 @@ class MoleculeDiffusion(Conditionable, Exportable, nn.Module):
     @torch.no_grad()
     def sample(self, n: int, n_sampling_steps: int | None = None, generator: torch.Generator | None = None,
                n_atoms: torch.Tensor | None = None, callback=None, cond: torch.Tensor | None = None,
-               denoiser: nn.Module | None = None) -> list[Molecule]:
-        """Draw ``n`` molecules with ``n_sampling_steps`` reverse steps (``None``: all T).
+               denoiser: nn.Module | None = None, solver: Solver = ANCESTRAL) -> list[Molecule]:
+        """Draw ``n`` molecules with ``n_sampling_steps`` reverse steps (``None``: all T) of ``solver``.
 
         ``cond (n, cond_dim)`` conditions a conditioned model; ``denoiser`` replaces the model's own
         (e.g. a guided one wrapping it).
         """
-        return self.decode(*self.sample_states(n, n_sampling_steps, generator, n_atoms, callback, cond, denoiser))
+        return self.decode(*self.sample_states(n, n_sampling_steps, generator, n_atoms, callback, cond, denoiser,
+                                               solver))
 
     @torch.no_grad()
     def sample_states(self, n: int, n_sampling_steps: int | None = None, generator: torch.Generator | None = None,
                       n_atoms: torch.Tensor | None = None, callback=None, cond: torch.Tensor | None = None,
-                      denoiser: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      denoiser: nn.Module | None = None, solver: Solver = ANCESTRAL) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`sample` before decoding: states ``x (n, N_max, 3+F)`` and ``mask (n, N_max)``."""
         device = self.n_atoms_hist.device
         if n_atoms is None:
@@ -147,15 +148,15 @@ class MoleculeDiffusion(Conditionable, Exportable, nn.Module):
         n_max = int(n_atoms.max())
         mask = (torch.arange(n_max).unsqueeze(0) < n_atoms.cpu().unsqueeze(1)).to(device)
         x = self.diffusion.sample(denoiser or self.denoiser, mask, self.n_channels, n_sampling_steps, cond=cond,
-                                  generator=generator, callback=callback, dtype=self.n_atoms_hist.dtype)
+                                  generator=generator, callback=callback, dtype=self.n_atoms_hist.dtype, solver=solver)
         return x, mask
 
     def sample_many(self, n: int, n_sampling_steps: int | None = None, generator: torch.Generator | None = None,
-                    batch_size: int = 500, on_batch=None) -> list[Molecule]:
+                    batch_size: int = 500, on_batch=None, solver: Solver = ANCESTRAL) -> list[Molecule]:
         """:meth:`sample` in batches of at most ``batch_size``; ``on_batch(k)`` after each batch of k."""
         molecules: list[Molecule] = []
         while len(molecules) < n:
-            batch = self.sample(min(batch_size, n - len(molecules)), n_sampling_steps, generator)
+            batch = self.sample(min(batch_size, n - len(molecules)), n_sampling_steps, generator, solver=solver)
             molecules += batch
             if on_batch:
                 on_batch(len(batch))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from common.diffusion import ANCESTRAL, Solver
 from common.guidance import GuidedDenoiser, reconstruction_likelihood
 from common.rewards import GaussianLogLikelihood, Reward
 from common.smc import (
@@ -84,13 +85,13 @@ def _proposal(steering: Steering, prior: MoleculeDiffusion, reward: Reward, y: t
 def steer(prior: MoleculeDiffusion, reward: Reward, y: torch.Tensor, y_mask: torch.Tensor, n_atoms: torch.Tensor,
           steering: Steering, conditions: PropertyConditions, n_sampling_steps: int | None = 100,
           generator: torch.Generator | None = None, conditioned: MoleculeDiffusion | None = None,
-          batch_particles: int = 512, on_batch=None,
-          final_reward: Reward | None = None) -> tuple[list[Molecule], SteeringReport]:
+          batch_particles: int = 512, on_batch=None, final_reward: Reward | None = None,
+          solver: Solver = ANCESTRAL) -> tuple[list[Molecule], SteeringReport]:
     """One molecule per row of targets ``y (M, 6)`` / ``y_mask (M, 6)`` with ``n_atoms (M,)`` atoms,
     each from its own SMC system of ``steering.particles`` particles; systems run ``batch_particles``
     particles at a time. ``on_batch(k)`` after each batch of k molecules. ``final_reward`` (e.g. the
     GFN2-xTB likelihood) judges the finished particles in ``reward``'s place: the target becomes
-    p_pre·exp(r_final/τ)·1[valid], with ``reward`` steering the path."""
+    p_pre·exp(r_final/τ)·1[valid], with ``reward`` steering the path. ``solver``: the steps' grid and order."""
     device = prior.n_atoms_hist.device
     k = steering.particles
     molecules: list[Molecule] = []
@@ -104,7 +105,8 @@ def steer(prior: MoleculeDiffusion, reward: Reward, y: torch.Tensor, y_mask: tor
         proposal = _proposal(steering, prior, reward, yb, mb, conditioned, conditions)
         result = smc_sample(prior.diffusion, prior.denoiser, potential, mask, prior.n_channels, k,
                             n_sampling_steps, proposal, steering.temperature, steering.potential_from,
-                            steering.ess_threshold, generator=generator, dtype=prior.n_atoms_hist.dtype)
+                            steering.ess_threshold, generator=generator, dtype=prior.n_atoms_hist.dtype,
+                            solver=solver)
         molecules.extend(prior.decode(result.x, mask))
         return result
 

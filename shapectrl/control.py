@@ -39,6 +39,7 @@ from common.control import (
     ScoredPool,
     TargetBatches,
 )
+from common.diffusion import ANCESTRAL, Solver
 from common.exports import errors_naming, load_module, typed_field
 from common.guidance import classifier_free
 from shapectrl.conditions import DEFAULT_ATTRIBUTES, ShapeConditions
@@ -173,12 +174,14 @@ class ControlledShapes:
     @torch.no_grad()
     def sample(self, y: torch.Tensor, y_mask: torch.Tensor, n_points: int | None = None,
                n_sampling_steps: int | None = 50, generator: torch.Generator | None = None,
-               batch_size: int = 16, on_batch=None, guidance_scale: float = 1.0) -> torch.Tensor:
+               batch_size: int = 16, on_batch=None, guidance_scale: float = 1.0,
+               solver: Solver = ANCESTRAL) -> torch.Tensor:
         """One cloud per target row ``y, y_mask (B, 1 + A)`` -> ``(B, n_points, 3)`` normalised, on the CPU.
-        ``guidance_scale`` w ≠ 1 samples with classifier-free guidance (:class:`common.guidance.ConditionScaled`)."""
+        ``guidance_scale`` w ≠ 1 samples with classifier-free guidance (:class:`common.guidance.ConditionScaled`);
+        ``solver``: the steps' grid and order."""
         cond = self.conditions.encode(y, y_mask)
         return self.model.sample_many(len(y), n_points, n_sampling_steps, generator, batch_size, on_batch, cond=cond,
-                                      denoiser=classifier_free(self.model.denoiser, guidance_scale))
+                                      denoiser=classifier_free(self.model.denoiser, guidance_scale), solver=solver)
 
 
 def make_objective(config: ShapeControlConfig, prior: ShapeDiffusion, reward: ShapeReward, points: torch.Tensor,

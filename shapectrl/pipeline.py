@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from common.diffusion import SOLVERS
 from common.runtime import resolve_device, seed_everything
 from common.smc import SteeringReport
 from shapectrl.classifier import ShapeClassifier
@@ -44,13 +45,15 @@ PROPOSALS = ("prior", "model")
 class ShapeGenerationConfig:
     """How clouds are generated (the defaults of ``shapectrl generate``): the shipped model of
     ``method``; ``particles`` > 0 steers by SMC with ``proposal``; ``points`` per cloud (None: the
-    model's training size); ``steps`` reverse steps; ``guidance_scale`` w of classifier-free guidance."""
+    model's training size); ``steps`` reverse steps of ``solver`` (:data:`common.diffusion.SOLVERS`);
+    ``guidance_scale`` w of classifier-free guidance."""
 
     method: str = "rgdm"
     particles: int = 0
     proposal: str = "prior"
     points: int | None = None
     steps: int = 50
+    solver: str = "ancestral"
     guidance_scale: float = 2.0
 
     def __post_init__(self) -> None:
@@ -58,6 +61,8 @@ class ShapeGenerationConfig:
             raise ValueError(f"unknown method {self.method!r} (expected one of {', '.join(ShapeControlConfig.methods)})")
         if self.proposal not in PROPOSALS:
             raise ValueError(f"unknown proposal {self.proposal!r} (expected one of {', '.join(PROPOSALS)})")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"unknown solver {self.solver!r} (expected one of {', '.join(SOLVERS)})")
         if self.particles < 0 or self.steps < 1 or (self.points is not None and self.points < 1):
             raise ValueError("particles must be ≥ 0, steps and points ≥ 1")
 
@@ -130,12 +135,12 @@ class ShapeGenerator:
             proposal = controlled if config.proposal == "model" else None
             clouds, steered = steer_shapes(self.prior, self.reward, *targets, self.points, config.particles,
                                            config.steps, proposal, config.guidance_scale, generator=generator,
-                                           on_batch=on_batch)
+                                           on_batch=on_batch, solver=SOLVERS[config.solver])
             kernel = controlled.control.get("method", config.method) if proposal else "prior"
             how = f"smc, {config.particles} particles, {kernel} proposal"
         else:
             clouds = controlled.sample(*targets, self.points, config.steps, generator, batch_size, on_batch=on_batch,
-                                       guidance_scale=config.guidance_scale)
+                                       guidance_scale=config.guidance_scale, solver=SOLVERS[config.solver])
             how = controlled.control.get("method", config.method)
         return GeneratedShapes(controlled.model.denormalise(clouds), class_name, dict(attributes or {}), how,
                                time.perf_counter() - t0, steered, controlled.conditions,

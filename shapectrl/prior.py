@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from common.conditioning import Conditionable
-from common.diffusion import GaussianDiffusion
+from common.diffusion import ANCESTRAL, GaussianDiffusion, Solver
 from common.exports import Exportable, typed, typed_field
 from common.schedules import NoiseSchedule
 from common.spaces import PointSetSpace
@@ -106,9 +106,10 @@ class ShapeDiffusion(Conditionable, Exportable, nn.Module):
     @torch.no_grad()
     def sample(self, n: int, n_points: int | None = None, n_sampling_steps: int | None = None,
                generator: torch.Generator | None = None, cond: torch.Tensor | None = None,
-               callback: Callable[[int], None] | None = None, denoiser: nn.Module | None = None) -> torch.Tensor:
+               callback: Callable[[int], None] | None = None, denoiser: nn.Module | None = None,
+               solver: Solver = ANCESTRAL) -> torch.Tensor:
         """Draw ``n`` clouds of ``n_points`` (default: the training size) with ``n_sampling_steps``
-        reverse steps (None: all T) -> ``(n, n_points, 3)`` in the normalised frame.
+        reverse steps (None: all T) of ``solver`` -> ``(n, n_points, 3)`` in the normalised frame.
 
         ``cond (n, cond_dim)`` conditions a conditioned model; ``denoiser`` replaces the model's own.
         """
@@ -118,12 +119,12 @@ class ShapeDiffusion(Conditionable, Exportable, nn.Module):
         anchor = self._anchor
         mask = torch.ones(n, n_points, dtype=torch.bool, device=anchor.device)
         return self.diffusion.sample(denoiser or self.denoiser, mask, self.n_channels, n_sampling_steps, cond=cond,
-                                     generator=generator, callback=callback, dtype=anchor.dtype)
+                                     generator=generator, callback=callback, dtype=anchor.dtype, solver=solver)
 
     def sample_many(self, n: int, n_points: int | None = None, n_sampling_steps: int | None = None,
                     generator: torch.Generator | None = None, batch_size: int = 16,
                     on_batch: Callable[[int], None] | None = None, cond: torch.Tensor | None = None,
-                    denoiser: nn.Module | None = None) -> torch.Tensor:
+                    denoiser: nn.Module | None = None, solver: Solver = ANCESTRAL) -> torch.Tensor:
         """:meth:`sample` in batches of at most ``batch_size``; ``on_batch(k)`` after each batch of k;
         ``cond (n, cond_dim)`` for a conditioned model, ``denoiser`` as in :meth:`sample`.
         ``-> (n, n_points, 3)`` on the CPU, normalised frame."""
@@ -132,7 +133,8 @@ class ShapeDiffusion(Conditionable, Exportable, nn.Module):
         while done < n:
             k = min(batch_size, n - done)
             rows = None if cond is None else cond[done : done + k].to(self._anchor.device)
-            batch = self.sample(k, n_points, n_sampling_steps, generator, cond=rows, denoiser=denoiser).cpu()
+            batch = self.sample(k, n_points, n_sampling_steps, generator, cond=rows, denoiser=denoiser,
+                                solver=solver).cpu()
             clouds.append(batch)
             done += len(batch)
             if on_batch:

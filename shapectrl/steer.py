@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from common.diffusion import ANCESTRAL, Solver
 from common.guidance import classifier_free
 from common.smc import (
     SMCResult,
@@ -28,10 +29,10 @@ from shapectrl.reward import ShapeReward
 def steer_shapes(prior: ShapeDiffusion, reward: ShapeReward, y: torch.Tensor, y_mask: torch.Tensor, n_points: int,
                  n_particles: int = 16, n_sampling_steps: int | None = 50, proposal: ControlledShapes | None = None,
                  guidance_scale: float = 1.0, potential_from: int = 400, generator: torch.Generator | None = None,
-                 batch_particles: int = 256, on_batch=None) -> tuple[torch.Tensor, SteeringReport]:
+                 batch_particles: int = 256, on_batch=None, solver: Solver = ANCESTRAL) -> tuple[torch.Tensor, SteeringReport]:
     """One cloud per target row ``y, y_mask (B, 1 + A)``, from ``n_particles`` particles each, moved by
     the prior or by ``proposal`` (at ``guidance_scale``); systems run ``batch_particles`` particles at
-    a time, ``on_batch(k)`` after each batch of k clouds. ``-> (clouds (B, N, 3)`` normalised, on the
+    a time, ``on_batch(k)`` after each batch of k clouds; ``solver``: the steps' grid and order. ``-> (clouds (B, N, 3)`` normalised, on the
     CPU``, report)``."""
     device = next(prior.parameters()).device
 
@@ -44,7 +45,8 @@ def steer_shapes(prior: ShapeDiffusion, reward: ShapeReward, y: torch.Tensor, y_
             kernel = model_proposal(net, proposal.conditions.encode(yb, mb), 1 if guidance_scale == 1.0 else 2)
         potential = reward_potential(reward, prior.diffusion, yb, mb)
         return smc_sample(prior.diffusion, prior.denoiser, potential, mask, prior.n_channels, n_particles,
-                          n_sampling_steps, kernel, potential_from=potential_from, generator=generator)
+                          n_sampling_steps, kernel, potential_from=potential_from, generator=generator,
+                          solver=solver)
 
     results, report = smc_in_batches(run, len(y), max(1, batch_particles // n_particles), on_batch)
     return torch.cat([r.x.cpu() for r in results]), report

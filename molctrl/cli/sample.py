@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from common.cli import compute_device, compute_options
+from common.cli import compute_device, compute_options, solver_option
+from common.diffusion import SOLVERS
 from common.runtime import seed_everything
 from molctrl.weights import load_prior
 
@@ -20,11 +21,12 @@ from molctrl.weights import load_prior
               help="A model.safetensors from 'molctrl train prior' (default: the shipped qm9-noh prior).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Reverse steps; below the model's T a respaced sampler is used (default: all T).")
+@solver_option("ancestral")
 @click.option("--batch-size", type=int, default=500, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
-def sample(n_molecules, out, model_path, steps, batch_size, seed, device, threads, as_json) -> None:
+def sample(n_molecules, out, model_path, steps, solver, batch_size, seed, device, threads, as_json) -> None:
     """Sample molecules, write them to OUT and print validity, uniqueness, novelty and stability."""
     from molctrl.io import write_molecules
     from molctrl.metrics import evaluate_molecules, train_smiles
@@ -36,19 +38,20 @@ def sample(n_molecules, out, model_path, steps, batch_size, seed, device, thread
     generator = seed_everything(seed)
     t0 = time.perf_counter()
     with tqdm(total=n_molecules, desc="sampling", unit="mol", disable=None) as bar:
-        molecules = model.sample_many(n_molecules, steps, generator, batch_size, on_batch=bar.update)
+        molecules = model.sample_many(n_molecules, steps, generator, batch_size, on_batch=bar.update,
+                                      solver=SOLVERS[solver])
     seconds = time.perf_counter() - t0
     for k, m in enumerate(molecules):
         m.title = f"molctrl sample {k} seed {seed}"
     write_molecules(out, molecules)
     report = evaluate_molecules(molecules, train_smiles(model.config.setting))
-    summary = report.summary | {"sampling_steps": steps or model.config.n_steps, "seconds": round(seconds, 1),
+    summary = report.summary | {"sampling_steps": steps or model.config.n_steps, "solver": solver, "seconds": round(seconds, 1),
                                 "out": out}
     if as_json:
         click.echo(json.dumps(summary))
     else:
         click.echo(f"wrote {len(molecules)} molecules to {out} in {seconds:.1f} s "
-                   f"({summary['sampling_steps']} steps, {dev})")
+                   f"({summary['sampling_steps']} {solver} steps, {dev})")
         for key in ("validity", "uniqueness", "novelty", "atom_stability", "mol_stability"):
             click.echo(f"  {key:15s} {summary[key]:.3f}")
         click.echo(f"  stability: {summary.get('stability_definition', '')}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from common.cli import compute_device, compute_options, usage_errors
+from common.cli import compute_device, compute_options, solver_option, usage_errors
 from common.runtime import atomic_open
 from shapectrl.classifier import ShapeClassifier
 from shapectrl.control import ShapeControlConfig
@@ -102,6 +102,7 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
                    "runs on any N, but the shipped prior's samples lose their shape well above its training size]")
 @click.option("--steps", type=click.IntRange(1), default=DEFAULTS.steps, show_default=True,
               help="Reverse steps; below the model's T a respaced sampler is used.")
+@solver_option(DEFAULTS.solver)
 @click.option("--guidance-scale", type=click.FloatRange(0), default=DEFAULTS.guidance_scale, show_default=True,
               help="Classifier-free guidance w: ε(z, 0) + w·(ε(z, c) − ε(z, 0)), the empty condition being the model's "
                    "unconditional branch; 1 samples the model itself (two network calls per step otherwise).")
@@ -112,7 +113,7 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_path, particles, proposal, reward_path,
-             points, steps, guidance_scale, batch_size, prefix, overwrite, seed, device, threads, as_json) -> None:
+             points, steps, solver, guidance_scale, batch_size, prefix, overwrite, seed, device, threads, as_json) -> None:
     """Generate N clouds for one target (a --class, --attr values or both) into OUT.
 
     Writes OUT/PREFIX_0000.ply, ... in model units, OUT/contact_sheet.png (each cloud captioned with
@@ -124,7 +125,7 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
         raise click.UsageError("give a target: --class, at least one --attr NAME=VALUE, or both")
     dev = compute_device(device, threads)
     with usage_errors():
-        config = ShapeGenerationConfig(method, particles, proposal, points, steps, guidance_scale)
+        config = ShapeGenerationConfig(method, particles, proposal, points, steps, solver, guidance_scale)
     generator = ShapeGenerator.load(config, model=model_path, reward=reward_path, device=str(dev))
     try:
         generator.target(class_name, attrs)
@@ -155,7 +156,7 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
         "target": {"class": class_name, "attributes": attrs},
         "method": result.description, "model": str(generator.path), "evaluator": str(evaluator_file),
         "out": str(out), "clouds": n_samples, "points": generator.points, "attribute_points": result.attribute_points,
-        "sampling_steps": min(steps, generator.controlled.model.config.n_steps),
+        "sampling_steps": min(steps, generator.controlled.model.config.n_steps), "solver": solver,
         "guidance_scale": None if particles and proposal == "prior" else guidance_scale,
         "seconds": round(result.seconds, 2),
         "device": str(dev),
@@ -176,7 +177,7 @@ def _report(summary: dict) -> str:
     """The summary as a few lines for a person."""
     target = summary["target"]
     lines = [(f"wrote {summary['clouds']} clouds of {summary['points']} points, {SHEET} and {SUMMARY} to "
-              f"{summary['out']} ({summary['method']}, {summary['sampling_steps']} steps, "
+              f"{summary['out']} ({summary['method']}, {summary['sampling_steps']} {summary['solver']} steps, "
               + ("" if summary["guidance_scale"] is None else f"guidance {summary['guidance_scale']:g}, ") +
               f"{summary['seconds']:.1f} s "
               f"on {summary['device']})")]

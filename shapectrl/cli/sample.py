@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from common.cli import compute_device, compute_options
+from common.cli import compute_device, compute_options, solver_option
+from common.diffusion import SOLVERS
 from common.runtime import seed_everything
 from shapectrl.io import write_ply
 from shapectrl.prior import ShapeDiffusion
@@ -24,6 +25,7 @@ from shapectrl.prior import ShapeDiffusion
               help="Points per cloud (the denoiser runs on any N, also more than it was trained on).")
 @click.option("--steps", type=click.IntRange(1), default=50, show_default=True,
               help="Reverse steps; below the model's T a respaced sampler is used.")
+@solver_option("ancestral")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--prefix", default="sample", show_default=True, help="File names are PREFIX_0000.ply, ...")
 @click.option("--normalised", is_flag=True, help="Write the model's normalised frame instead of model units.")
@@ -31,7 +33,7 @@ from shapectrl.prior import ShapeDiffusion
 @click.option("--seed", type=int, default=0, show_default=True)
 @compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def sample(n_samples, model_path, out, points, steps, batch_size, prefix, normalised, overwrite, seed, device, threads,
+def sample(n_samples, model_path, out, points, steps, solver, batch_size, prefix, normalised, overwrite, seed, device, threads,
            as_json) -> None:
     """Sample N clouds from a shape prior into OUT/PREFIX_0000.ply, ... (in model units unless --normalised)."""
     dev = compute_device(device, threads)
@@ -45,18 +47,19 @@ def sample(n_samples, model_path, out, points, steps, batch_size, prefix, normal
     generator = seed_everything(seed)
     t0 = time.perf_counter()
     with tqdm(total=n_samples, desc="sampling", unit="cloud", disable=None) as bar:
-        clouds = model.sample_many(n_samples, points, steps, generator, batch_size, on_batch=bar.update)
+        clouds = model.sample_many(n_samples, points, steps, generator, batch_size, on_batch=bar.update,
+                                   solver=SOLVERS[solver])
     seconds = time.perf_counter() - t0
     if not normalised:
         clouds = model.denormalise(clouds)
     out.mkdir(parents=True, exist_ok=True)
     for path, cloud in zip(paths, clouds):
         write_ply(path, cloud)
-    summary = {"out": str(out), "clouds": n_samples, "points": points, "sampling_steps": min(steps, model.config.n_steps),
+    summary = {"out": str(out), "clouds": n_samples, "points": points, "sampling_steps": min(steps, model.config.n_steps), "solver": solver,
                "frame": "normalised" if normalised else "model units", "seconds": round(seconds, 2),
                "device": str(dev)}
     if as_json:
         click.echo(json.dumps(summary))
     else:
         click.echo(f"wrote {n_samples} clouds of {points} points to {out} ({summary['frame']}) in {seconds:.1f} s "
-                   f"({summary['sampling_steps']} steps, {dev})")
+                   f"({summary['sampling_steps']} {solver} steps, {dev})")
