@@ -1,10 +1,12 @@
-"""Sample quality of a molecule prior: EDM's metrics on N samples at a given step count.
+"""Sample quality of a molecule prior: EDM's metrics on N samples per sampler (step count and solver).
 
-    python -m benchmarks.prior_samples [--model PATH] [-n 1000] [--steps 1000 --steps 100] [--seed 0]
-        [--out benchmarks/results/prior_qm9-noh.json]
+    python -m benchmarks.prior_samples [--model PATH] [-n 1000] [--steps 1000 --steps 100]
+        [--row 50:dpm2 ...] [--seed 0] [--out benchmarks/results/prior_qm9-noh.json]
 
-Without ``--model`` the shipped ``qm9-noh`` prior is scored. Each ``--steps`` value is one row; the
-same seed gives the same samples.
+Without ``--model`` the shipped ``qm9-noh`` prior is scored. Each ``--steps`` value is one row of the
+ancestral sampler, each ``--row STEPS:SOLVER`` one row of that solver (:data:`common.diffusion.SOLVERS`);
+every row starts from the same seed. A row records its sampling seconds and molecules per second (the
+network dominates: one evaluation per step) and, against the first row, the speed-up.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import click
 import torch
 
 from benchmarks.record import emit, machine_info
+from common.diffusion import SOLVERS
 from common.runtime import seed_everything
 from common.weights import read_tree
 from molctrl.metrics import evaluate_molecules, train_smiles
@@ -26,23 +29,28 @@ from molctrl.weights import DEFAULT_PRIOR, load_prior
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=str(DEFAULT_PRIOR),
               show_default=True)
 @click.option("-n", "n_samples", type=int, default=1000, show_default=True)
-@click.option("--steps", "step_counts", type=int, multiple=True, default=(1000,), show_default=True)
+@click.option("--steps", "step_counts", type=int, multiple=True, help="Ancestral rows  [default: 1000 without --row]")
+@click.option("--row", "rows_", multiple=True, metavar="STEPS:SOLVER", help="A row of another solver, e.g. 50:dpm2.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=500, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON record here.")
-def main(model_path: str, n_samples: int, step_counts: tuple[int, ...], seed: int, batch_size: int, out: str | None) -> None:
-    """Score N samples of a prior per step count and print one JSON record."""
+def main(model_path: str, n_samples: int, step_counts: tuple[int, ...], rows_: tuple[str, ...], seed: int,
+         batch_size: int, out: str | None) -> None:
+    """Score N samples of a prior per sampler and print one JSON record."""
+    samplers = [(steps, "ancestral") for steps in step_counts] + [_row(text) for text in rows_]
     payload = read_tree(model_path)
     model = load_prior(model_path).eval()
     reference = train_smiles(model.config.setting)
     rows = []
-    for steps in step_counts:
+    for steps, solver in samplers or [(1000, "ancestral")]:
         generator = seed_everything(seed)
         t0 = time.perf_counter()
-        molecules = model.sample_many(n_samples, steps, generator, batch_size)
+        molecules = model.sample_many(n_samples, steps, generator, batch_size, solver=SOLVERS[solver])
         seconds = time.perf_counter() - t0
         summary = evaluate_molecules(molecules, reference).summary
-        rows.append({"sampling_steps": steps, **summary, "sampling_seconds": round(seconds, 1)})
+        rows.append({"sampling_steps": steps, "solver": solver, **summary, "sampling_seconds": round(seconds, 1),
+                     "molecules_per_s": round(n_samples / seconds, 2),
+                     "speedup_over_first_row": round(rows[0]["sampling_seconds"] / seconds, 2) if rows else 1.0})
         print(json.dumps(rows[-1]), file=sys.stderr)
     record = {
         "model": model_path, "setting": model.config.setting, "train_step": payload.get("step"),
@@ -51,6 +59,14 @@ def main(model_path: str, n_samples: int, step_counts: tuple[int, ...], seed: in
         "command": "python -m benchmarks.prior_samples " + " ".join(sys.argv[1:]), "machine": machine_info(),
     }
     emit(record, out, indent=1)
+
+
+def _row(text: str) -> tuple[int, str]:
+    steps, _, solver = text.partition(":")
+    if not steps.isdigit() or int(steps) < 1 or solver not in SOLVERS:
+        raise click.BadParameter(f"{text!r}: expected STEPS:SOLVER with SOLVER one of {', '.join(SOLVERS)}",
+                                 param_hint="--row")
+    return int(steps), solver
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 
 from benchmarks.record import emit, guided_row, machine_info
+from common.cli import solver_option
+from common.diffusion import ANCESTRAL, SOLVERS, Solver
 from common.rewards import reward_where
 from common.weights import read_tree
 from molctrl.conditions import PropertyConditions
@@ -98,7 +100,7 @@ def _row(name: str, sample, conditions: PropertyConditions, evaluator, propertie
 
 
 def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, steps: int, final_reward=None,
-                    judge: str = "model"):
+                    judge: str = "model", solver: Solver = ANCESTRAL):
     """The row name and sampler of ``--smc K:PROPOSAL[:TAU[:plain]]``, and a box that receives the network
     calls per molecule; ``plain`` reads the reward on x̂₀ unwidened in the potential; ``final_reward`` (of
     the ``--judge`` named ``judge``) gives the final weights in the reward's place."""
@@ -113,7 +115,7 @@ def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, st
 
     def sample(y, y_mask, n_atoms, g):
         molecules, report = steer(prior, reward, y, y_mask, n_atoms, steering, conditions, steps, g, conditioned,
-                                  final_reward=final_reward)
+                                  final_reward=final_reward, solver=solver)
         calls["network_calls_per_molecule"] = report.network_calls
         calls["mean_ess"] = round(float(report.ess.mean()), 2)
         return molecules
@@ -123,7 +125,7 @@ def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, st
     return name, sample, calls
 
 
-def best_of_sampler(k: int, prior, reward, steps: int):
+def best_of_sampler(k: int, prior, reward, steps: int, solver: Solver = ANCESTRAL):
     """Best-of-K fresh prior samples per target, by ``reward`` among the valid ones (as SMC's target;
     only the valid ones are scored, so that a costly reward such as xTB judges no broken molecule)."""
     from common.selection import best_of_n
@@ -137,7 +139,8 @@ def best_of_sampler(k: int, prior, reward, steps: int):
     def sample(y, y_mask, n_atoms, g):
         mask = torch.arange(int(n_atoms.max())).unsqueeze(0) < n_atoms.unsqueeze(1)
         with torch.no_grad():
-            x, _ = best_of_n(lambda: prior.diffusion.sample(prior.denoiser, mask, prior.n_channels, steps, generator=g),
+            x, _ = best_of_n(lambda: prior.diffusion.sample(prior.denoiser, mask, prior.n_channels, steps, generator=g,
+                                                                   solver=solver),
                              ranked, mask, k, y, y_mask)
         return prior.decode(x, mask)
 
@@ -233,6 +236,7 @@ def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
 @click.option("--property", "properties", multiple=True, type=click.Choice(PROPERTIES), default=PROPERTIES)
 @click.option("-n", "n_samples", type=int, default=500, show_default=True, help="Samples per property and row.")
 @click.option("--steps", type=int, default=100, show_default=True, help="Sampling steps.")
+@solver_option("ancestral")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--physics", is_flag=True, help="Also judge every row's samples by GFN2-xTB on the DFT scale (alpha, gap, "
               "homo, lumo, mu): physics_mae beside the evaluator's mae.")
@@ -241,10 +245,11 @@ def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
 @click.option("--threads", type=int, default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
 def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_path, pool_reward, smc_specs, best_of,
-         smc_reward, judge, unconditional, prior_path, evaluator, references, properties, n_samples, steps, seed, physics,
+         smc_reward, judge, unconditional, prior_path, evaluator, references, properties, n_samples, steps, solver, seed, physics,
          samples_dir, threads, out) -> None:
     """Score conditioned generators by the EDM protocol and print one JSON record."""
     row = partial(_row, physics=physics, samples=samples_dir)
+    solver_name, solver = solver, SOLVERS[solver]
     if threads:
         torch.set_num_threads(threads)
     conditions = PropertyConditions.from_split(load_split(setting, "Db"))
@@ -258,7 +263,8 @@ def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_
         trained = read_tree(path)
 
         def sample(y, y_mask, n_atoms, g, model=model):
-            return generate(model, conditions, y, y_mask, steps, g, n_atoms=n_atoms, guidance_scale=guidance_scale)
+            return generate(model, conditions, y, y_mask, steps, g, n_atoms=n_atoms, guidance_scale=guidance_scale,
+                            solver=solver)
 
         rows.append(row(guided_row(name, guidance_scale), sample, conditions, scorer, properties, n_samples, seed)
                     | {"model": path, "guidance_scale": guidance_scale, "train_steps": trained.get("step"), "train_seconds": trained.get("train_seconds")})
@@ -266,7 +272,7 @@ def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_
         prior = load_prior(prior_path).eval()
 
         def blind(y, y_mask, n_atoms, g, prior=prior):
-            return generate(prior, conditions, y, y_mask, steps, g, n_atoms=n_atoms)
+            return generate(prior, conditions, y, y_mask, steps, g, n_atoms=n_atoms, solver=solver)
 
         rows.append(row("prior (no control)", blind, conditions, scorer, properties, n_samples, seed))
     for predictor_name in guidance_models:
@@ -279,7 +285,7 @@ def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_
                                                                 prior.config.type_scale), window=window)
 
         def guided(y, y_mask, n_atoms, g, prior=prior, guidance=guidance):
-            return generate(prior, conditions, y, y_mask, steps, g, guidance, n_atoms=n_atoms)
+            return generate(prior, conditions, y, y_mask, steps, g, guidance, n_atoms=n_atoms, solver=solver)
 
         where = "" if window is None else f", steps {window[0]} < t ≤ {window[1]}"
         rows.append(row(f"{guidance.mode} guidance ({predictor.config.arch}{where})", guided, conditions, scorer, properties,
@@ -297,14 +303,14 @@ def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_
                                      "those", param_hint="--judge")
         final = final_judge(judge, reward, prior.decode, properties)
         for spec in smc_specs:
-            name, sample, calls = steered_sampler(spec, prior, reward, conditions, steps, final, judge)
+            name, sample, calls = steered_sampler(spec, prior, reward, conditions, steps, final, judge, solver)
             rows.append(row(name, sample, conditions, scorer, properties, n_samples, seed) | calls
                         | {"reward_model": smc_reward, "judge": judge})
         for k in best_of:
             rows.append(row(f"best of {k} prior samples" + (f", by {judge}" if final else ""),
-                            best_of_sampler(k, prior, final or reward, steps), conditions, scorer, properties, n_samples, seed)
+                            best_of_sampler(k, prior, final or reward, steps, solver), conditions, scorer, properties, n_samples, seed)
                         | {"reward_model": smc_reward, "judge": judge, "network_calls_per_molecule": k * (steps + 1)})
-    record = {"setting": setting, "evaluator": evaluator, "seed": seed, "sampling_steps": steps, "rows": rows,
+    record = {"setting": setting, "evaluator": evaluator, "seed": seed, "sampling_steps": steps, "solver": solver_name, "rows": rows,
               "threads": torch.get_num_threads(),
               "command": "python -m benchmarks.qm9_conditional " + " ".join(sys.argv[1:]), "machine": machine_info()}
     emit(record, out, indent=1)

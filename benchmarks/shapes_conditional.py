@@ -1,12 +1,12 @@
 """The class- and attribute-conditional shape benchmark at CPU scale.
 
-    python -m benchmarks.shapes_conditional -n 64 --points 512 --steps 50 --seed 0 --threads 2 \\
+    python -m benchmarks.shapes_conditional -n 64 --points 512 --steps 50 [--solver dpm2] --seed 0 --threads 2 \\
         --method rgdm=shapectrl/weights/shapes-rgdm.safetensors --method cond=shapectrl/weights/shapes-cond.safetensors \\
         [--method ctrl=...] [--out benchmarks/results/shapes_conditional.json]
 
 **Class control** (RGDM's shape task), for each of the three classes airplane, chair and car: ``n``
 clouds of ``--points`` points from the method conditioned on the class alone, with ``--steps``
-reverse steps. Against ``n`` clouds of that class from the procedural *test* split (same number of
+reverse steps of ``--solver``. Against ``n`` clouds of that class from the procedural *test* split (same number of
 points, the training split's global normalisation, distances in that normalised frame):
 
 * class accuracy — the evaluator (``--evaluator``, the EdgeConv classifier; the reward classifier is
@@ -48,6 +48,8 @@ import click
 import torch
 
 from benchmarks.record import emit, guided_row, machine_info
+from common.cli import solver_option
+from common.diffusion import SOLVERS, Solver
 from common.weights import read_tree
 from shapectrl.classifier import ShapeClassifier
 from shapectrl.control import ControlledShapes, ShapePool
@@ -157,7 +159,7 @@ def _attribute_rows(sample, conditions, frame: Normalisation, n_measure: int, ev
 
 
 def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, points: int, steps: int,
-             guidance_scale: float):
+             guidance_scale: float, solver: Solver):
     """The row name and sampler ``sample(y, mask, g)`` of ``--smc K:PROPOSAL`` (the prior, or a --method's model),
     steered by the reward classifier and the attribute tolerances of the first --method's conditions."""
     from shapectrl.reward import ShapeReward
@@ -176,7 +178,8 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
     calls = {}
 
     def sample(y: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        clouds, report = steer_shapes(prior, reward, y, mask, points, int(k), steps, kernel, guidance_scale, generator=g)
+        clouds, report = steer_shapes(prior, reward, y, mask, points, int(k), steps, kernel, guidance_scale, generator=g,
+                                      solver=solver)
         calls.update(network_calls_per_cloud=report.network_calls, mean_ess=round(float(report.ess.mean()), 2))
         return clouds
 
@@ -208,18 +211,20 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
 @click.option("--emd-points", type=click.IntRange(1), default=None,
               help="Points per cloud for the EMD, its first ones (approxmatch costs O(N²) per pair)  [default: all]")
 @click.option("--steps", type=click.IntRange(1), default=50, show_default=True, help="Reverse sampling steps.")
+@solver_option("ancestral")
 @click.option("--guidance-scale", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Classifier-free guidance w of every --method model (1: the model itself).")
 @click.option("--data-dir", default=None, help="Procedural data cache (default: shapectrl's).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(methods, prior_path, pool_path, smc_specs, reward_path, evaluator, attributes, no_attributes, n_samples, points, emd_points, steps, guidance_scale, data_dir, seed, threads, out) -> None:
+def main(methods, prior_path, pool_path, smc_specs, reward_path, evaluator, attributes, no_attributes, n_samples, points, emd_points, steps, solver, guidance_scale, data_dir, seed, threads, out) -> None:
     """Class accuracy, 1-NNA, COV and MMD per class, and attribute errors, of controlled shape models."""
     if threads:
         torch.set_num_threads(threads)
     if no_attributes:
         attributes = ()
+    solver_name, solver = solver, SOLVERS[solver]
     from shapectrl.cli.train import default_data_dir
 
     data_dir = data_dir or str(default_data_dir())
@@ -242,7 +247,7 @@ def main(methods, prior_path, pool_path, smc_specs, reward_path, evaluator, attr
         prior = ShapeDiffusion.load(prior_path).eval()
         if prior.normalisation != frame:
             raise click.BadParameter("the prior was trained in another normalisation than the models", param_hint="--prior")
-        blind = prior.sample_many(n_samples, points, steps, torch.Generator().manual_seed(seed * 1000))
+        blind = prior.sample_many(n_samples, points, steps, torch.Generator().manual_seed(seed * 1000), solver=solver)
         rows.append(_class_rows("prior (no control)", lambda cls, k: blind, scorer, test, references)
                     | {"model": prior_path})
     if pool_path:
@@ -263,19 +268,19 @@ def main(methods, prior_path, pool_path, smc_specs, reward_path, evaluator, attr
             y, mask = model.conditions.target(cls)
             g = torch.Generator().manual_seed(seed * 1000 + k)
             return model.sample(y.expand(n_samples, -1), mask.expand(n_samples, -1), points, steps, g,
-                                guidance_scale=guidance_scale)
+                                guidance_scale=guidance_scale, solver=solver)
 
         rows.append(_class_rows(guided_row(name, guidance_scale), draw, scorer, test, references)
                     | {"model": path, "train_steps": trained.get("step"), "train_seconds": trained.get("train_seconds"),
                        "pool_seconds": trained.get("control", {}).get("pool_seconds")})
         if attributes:
             def sample(y, mask, g, model=model):
-                return model.sample(y, mask, points, steps, g, guidance_scale=guidance_scale)
+                return model.sample(y, mask, points, steps, g, guidance_scale=guidance_scale, solver=solver)
 
             attribute_rows[name] = _attribute_rows(sample, model.conditions, frame, model.model.config.n_train_points,
                                                    scorer, test, attributes, n_samples, seed)
     for spec in smc_specs:
-        name, sample, calls = _steered(spec, models, prior_path, reward_path, points, steps, guidance_scale)
+        name, sample, calls = _steered(spec, models, prior_path, reward_path, points, steps, guidance_scale, solver)
         conditions = next(iter(models.values()))[1].conditions
 
         def draw(cls: str, k: int, sample=sample, conditions=conditions) -> torch.Tensor:
@@ -288,7 +293,7 @@ def main(methods, prior_path, pool_path, smc_specs, reward_path, evaluator, attr
             attribute_rows[name] = _attribute_rows(sample, conditions, frame, n_measure, scorer, test, attributes,
                                                    n_samples, seed)
     record = {"evaluator": evaluator, "samples_per_class": n_samples, "points": points, "guidance_scale": guidance_scale,
-              "emd_points": emd_points, "sampling_steps": steps,
+              "emd_points": emd_points, "sampling_steps": steps, "solver": solver_name,
               "seed": seed, "rows": rows, "attributes": attribute_rows, "threads": torch.get_num_threads(),
               "command": "python -m benchmarks.shapes_conditional " + " ".join(sys.argv[1:]), "machine": machine_info()}
     emit(record, out, indent=1)
