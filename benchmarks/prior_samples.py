@@ -37,21 +37,10 @@ from molctrl.weights import DEFAULT_PRIOR, load_prior
 def main(model_path: str, n_samples: int, step_counts: tuple[int, ...], rows_: tuple[str, ...], seed: int,
          batch_size: int, out: str | None) -> None:
     """Score N samples of a prior per sampler and print one JSON record."""
-    samplers = [(steps, "ancestral") for steps in step_counts] + [_row(text) for text in rows_]
+    samplers = [(steps, "ancestral") for steps in step_counts] + [sampler_row(text) for text in rows_]
     payload = read_tree(model_path)
     model = load_prior(model_path).eval()
-    reference = train_smiles(model.config.setting)
-    rows = []
-    for steps, solver in samplers or [(1000, "ancestral")]:
-        generator = seed_everything(seed)
-        t0 = time.perf_counter()
-        molecules = model.sample_many(n_samples, steps, generator, batch_size, solver=SOLVERS[solver])
-        seconds = time.perf_counter() - t0
-        summary = evaluate_molecules(molecules, reference).summary
-        rows.append({"sampling_steps": steps, "solver": solver, **summary, "sampling_seconds": round(seconds, 1),
-                     "molecules_per_s": round(n_samples / seconds, 2),
-                     "speedup_over_first_row": round(rows[0]["sampling_seconds"] / seconds, 2) if rows else 1.0})
-        print(json.dumps(rows[-1]), file=sys.stderr)
+    rows = score_samplers(model, samplers or [(1000, "ancestral")], n_samples, seed, batch_size)
     record = {
         "model": model_path, "setting": model.config.setting, "train_step": payload.get("step"),
         "train_seconds": payload.get("train_seconds"), "n_samples": n_samples, "seed": seed, "rows": rows,
@@ -61,7 +50,27 @@ def main(model_path: str, n_samples: int, step_counts: tuple[int, ...], rows_: t
     emit(record, out, indent=1)
 
 
-def _row(text: str) -> tuple[int, str]:
+def score_samplers(model, samplers: list[tuple[int, str]], n_samples: int, seed: int,
+                   batch_size: int = 500) -> list[dict]:
+    """EDM's metrics, seconds and molecules per second of ``n_samples`` molecules of ``model`` for each
+    ``(steps, solver)``, every one from ``seed``; a row's speed-up is against the first row's seconds."""
+    reference = train_smiles(model.config.setting)
+    rows: list[dict] = []
+    for steps, solver in samplers:
+        generator = seed_everything(seed)
+        t0 = time.perf_counter()
+        molecules = model.sample_many(n_samples, steps, generator, batch_size, solver=SOLVERS[solver])
+        seconds = time.perf_counter() - t0
+        summary = evaluate_molecules(molecules, reference).summary
+        rows.append({"sampling_steps": steps, "solver": solver, **summary, "sampling_seconds": round(seconds, 1),
+                     "molecules_per_s": round(n_samples / seconds, 2),
+                     "speedup_over_first_row": round(rows[0]["sampling_seconds"] / seconds, 2) if rows else 1.0})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
+
+
+def sampler_row(text: str) -> tuple[int, str]:
+    """``"50:dpm2"`` -> ``(50, "dpm2")``, with a one-line error otherwise."""
     steps, _, solver = text.partition(":")
     if not steps.isdigit() or int(steps) < 1 or solver not in SOLVERS:
         raise click.BadParameter(f"{text!r}: expected STEPS:SOLVER with SOLVER one of {', '.join(SOLVERS)}",

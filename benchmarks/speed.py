@@ -14,6 +14,15 @@ configuration, interleaved with ours (round robin in one process, so that backgr
 alike); the JSON then holds the speed-ups ours/EDM. Inputs are random but valid (fixed seed), full
 molecules (every mask entry true). Times are medians over ``--repeats`` measurements, each of them
 averaging enough calls to last at least ``--min-time`` seconds.
+
+Two sections with the shipped ``qm9-noh`` prior, after the timings:
+
+* ``--row STEPS:SOLVER`` (repeatable): ``--sampling-n`` molecules per sampler, their molecules per second
+  beside validity, uniqueness and novelty (:func:`benchmarks.prior_samples.score_samplers`);
+* ``--steered K:STEPS:SOLVER`` (repeatable): SMC at K particles per molecule for ``--steered-n`` molecules
+  with α = 70 (the main job's reward, τ and prior proposal; the final weights by the predictor alone),
+  its seconds per output molecule and the share of them spent in the reward (forward and the gradient
+  its widened potential reads).
 """
 from __future__ import annotations
 
@@ -234,6 +243,59 @@ def edm_workloads(cfg: BenchConfig, device: torch.device, edm_repo: str | Path,
     return {"reverse_step": reverse, "train_step": _train_step(model, loss, opt)}, n_params
 
 
+# -- sampling and steering with the shipped prior --------------------------------------------------
+
+
+def _timed(fn: Callable, box: dict) -> Callable:
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            box["seconds"] += time.perf_counter() - start
+    return wrapper
+
+
+def steered_cost(k: int, steps: int, solver: str, n: int, seed: int = 0) -> dict:
+    """Seconds per output molecule of SMC with ``k`` particles over ``steps`` steps of ``solver`` for α = 70,
+    and the seconds of it the reward takes (its calls on x̂₀ and on the finished particles)."""
+    from common.diffusion import SOLVERS
+    from common.runtime import seed_everything
+    from molctrl.conditions import PropertyConditions
+    from molctrl.data.qm9 import load_split
+    from molctrl.generate import atom_counts, target_tensors
+    from molctrl.pipeline import DEFAULT_REWARD_MODEL, TARGET_TEMPERATURE
+    from molctrl.steer import Steering, steer
+    from molctrl.weights import load_prior, load_reward
+
+    prior = load_prior().eval()
+    reward = load_reward(prior, DEFAULT_REWARD_MODEL)
+    box = {"seconds": 0.0}
+    reward.forward = _timed(reward.forward, box)  # an instance attribute: what nn.Module.__call__ runs
+    reward.denoised_log_likelihood = _timed(reward.denoised_log_likelihood, box)
+    conditions = PropertyConditions.from_split(load_split(prior.config.setting, "Db"))
+    y, y_mask = target_tensors({"alpha": 70.0}, n)
+    generator = seed_everything(seed)
+    start = time.perf_counter()
+    molecules, report = steer(prior, reward, y, y_mask, atom_counts(conditions, y, y_mask, generator=generator),
+                              Steering(k, temperature=TARGET_TEMPERATURE), conditions, steps, generator,
+                              solver=SOLVERS[solver])
+    seconds = time.perf_counter() - start
+    return {"particles": k, "sampling_steps": steps, "solver": solver, "molecules": n,
+            "seconds_per_molecule": round(seconds / n, 3), "reward_share": round(box["seconds"] / seconds, 3),
+            "network_calls_per_molecule": report.network_calls, "mean_ess": round(float(report.ess.mean()), 2)}
+
+
+def steered_spec(text: str) -> tuple[int, int, str]:
+    """``"16:50:dpm2"`` -> ``(16, 50, "dpm2")``, with a one-line error otherwise."""
+    from benchmarks.prior_samples import sampler_row
+
+    k, _, row = text.partition(":")
+    if not k.isdigit() or int(k) < 1:
+        raise click.BadParameter(f"{text!r}: expected K:STEPS:SOLVER, K particles ≥ 1", param_hint="--steered")
+    return (int(k), *sampler_row(row))
+
+
 # -- the benchmark --------------------------------------------------------------------------------
 
 
@@ -332,26 +394,45 @@ def run_benchmark(configs: dict[str, BenchConfig], device: torch.device, repeats
 @click.option("--edm-repo", type=click.Path(exists=True, file_okay=False), default=None,
               help="Local checkout of EDM (ehoogeboom/e3_diffusion_for_molecules) to time against.")
 @click.option("--config", "names", type=click.Choice(list(CONFIGS)), multiple=True,
-              help="Only these configurations (default: all).")
+              help="Only these configurations (default: all, or none with --row / --steered).")
 @click.option("--min-time", type=float, default=0.2, show_default=True, help="Least seconds per measurement.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch intra-op threads (default: torch's choice).")
 @click.option("--glibc-no-mmap", "no_mmap", is_flag=True,
               help="Keep large tensors on glibc's heap (no page faults per allocation); for ours and EDM alike.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile our denoiser (dynamic=True) first.")
+@click.option("--row", "rows", multiple=True, metavar="STEPS:SOLVER",
+              help="Also sample --sampling-n molecules from the shipped prior with this sampler (e.g. 50:dpm2).")
+@click.option("--sampling-n", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--steered", "steered", multiple=True, metavar="K:STEPS:SOLVER",
+              help="Also time SMC with K particles per molecule over these steps (e.g. 16:100:ancestral).")
+@click.option("--steered-n", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampling and steered sections.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON to this file.")
 def main(device: str, repeats: int, edm_repo: str | None, names: tuple[str, ...], min_time: float,
-         threads: int | None, no_mmap: bool, compile_: bool, out: str | None) -> None:
+         threads: int | None, no_mmap: bool, compile_: bool, rows: tuple[str, ...], sampling_n: int,
+         steered: tuple[str, ...], steered_n: int, seed: int, out: str | None) -> None:
     """Time the configurations and print (and optionally write) one JSON record."""
+    from benchmarks.prior_samples import sampler_row, score_samplers
+
+    samplers = [sampler_row(text) for text in rows]
+    steered_specs = [steered_spec(text) for text in steered]
     if threads is not None:
         torch.set_num_threads(threads)
     if no_mmap and not glibc_no_mmap():
         raise click.UsageError("--glibc-no-mmap needs glibc's mallopt")
     command = shlex.join(["python", "-m", "benchmarks.speed", *sys.argv[1:]])
-    configs = {k: CONFIGS[k] for k in (names or CONFIGS)}
+    configs = {k: CONFIGS[k] for k in (names or ([] if samplers or steered_specs else CONFIGS))}
     record = run_benchmark(configs, resolve_device(device), repeats, edm_repo, command, min_time,
                            compile_denoiser=compile_)
     record["metadata"]["glibc_no_mmap"] = no_mmap
+    if samplers:
+        from molctrl.weights import load_prior
+
+        record["sampling"] = {"molecules": sampling_n, "seed": seed,
+                              "rows": score_samplers(load_prior().eval(), samplers, sampling_n, seed)}
+    if steered_specs:
+        record["steered"] = [steered_cost(k, steps, solver, steered_n, seed) for k, steps, solver in steered_specs]
     emit(record, out)
 
 

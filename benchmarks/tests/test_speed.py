@@ -76,3 +76,28 @@ def test_edm_reference_at_tiny_size() -> None:
     _check_impl(tiny["edm"], repeats=1)
     assert all(v > 0 for v in tiny["speedup_ours_over_edm"].values())
     assert record["metadata"]["edm_repo"]["sha256_models_egnn_new"]
+
+
+def test_sampling_and_steered_sections_with_the_shipped_prior() -> None:
+    """``--row`` and ``--steered`` alone skip the step timings and report what they measured."""
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(speed.main, ["--threads", "1", "--row", "5:dpm2", "--sampling-n", "8",
+                                                 "--steered", "2:5:dpm2", "--steered-n", "2"])
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record["configs"] == {}
+    (row,) = record["sampling"]["rows"]
+    assert row["sampling_steps"] == 5 and row["solver"] == "dpm2" and row["molecules_per_s"] > 0
+    assert 0 <= row["validity"] <= 1 and 0 <= row["uniqueness"] <= 1
+    (steered,) = record["steered"]
+    assert steered["network_calls_per_molecule"] == 2 * 6  # K particles × (5 steps + the final one)
+    assert 0 < steered["reward_share"] < 1 and steered["seconds_per_molecule"] > 0
+
+
+@pytest.mark.parametrize("option, text", [("--row", "5:rk4"), ("--row", "x:dpm2"), ("--steered", "0:5:dpm2")])
+def test_bad_sampler_specs_get_one_line_errors(option: str, text: str) -> None:
+    result = CliRunner().invoke(speed.main, [option, text])
+    assert result.exit_code == 2 and text in result.output
