@@ -96,16 +96,18 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, device:
 
     Interleaving (with the starting function rotating between rounds) makes background load fall on
     all functions alike. Each measurement averages ``n`` calls, ``n`` chosen after the warm-up so that
-    it lasts at least ``min_time`` seconds (warm-up stops early once it has taken 5 s). Returns per
-    name the per-call milliseconds of every round and the calls per measurement.
+    it lasts at least ``min_time`` seconds (warm-up stops after its second call once it has taken 5 s).
+    Returns per name the per-call milliseconds of every round, the calls per measurement and the first
+    call's milliseconds (with ``torch.compile``: the compilation).
     """
-    inner = {}
+    inner, first = {}, {}
     for name, fn in fns.items():
         seconds, spent = math.inf, 0.0
-        for _ in range(max(warmup, 1)):  # calls of several seconds need no second warm-up call
+        for k in range(max(warmup, 1)):  # calls of several seconds need no third warm-up call
             seconds = _call_seconds(fn, 1, device)
+            first.setdefault(name, seconds)
             spent += seconds
-            if spent > 5.0:
+            if spent > 5.0 and k:
                 break
         inner[name] = max(1, math.ceil(min_time / max(seconds, 1e-9)))
     samples: dict[str, list[float]] = {name: [] for name in fns}
@@ -113,7 +115,8 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, device:
     for r in range(repeats):
         for name in names[r % len(names):] + names[: r % len(names)]:
             samples[name].append(1000.0 * _call_seconds(fns[name], inner[name], device))
-    return {name: {"ms": samples[name], "calls_per_measurement": inner[name]} for name in names}
+    return {name: {"ms": samples[name], "calls_per_measurement": inner[name], "first_call_ms": 1000.0 * first[name]}
+            for name in names}
 
 
 def _summary(ms: list[float], batch: int) -> dict[str, float]:
@@ -316,8 +319,8 @@ def measure(cfg: BenchConfig, device: torch.device, repeats: int, edm_repo: str 
         record[impl] = {"n_parameters": params}
         for kind in ("reverse_step", "train_step"):
             t = timings[f"{impl}/{kind}"]
-            record[impl][kind] = {**_summary(t["ms"], cfg.batch),
-                                  "calls_per_measurement": t["calls_per_measurement"]}
+            record[impl][kind] = {**_summary(t["ms"], cfg.batch), "calls_per_measurement": t["calls_per_measurement"],
+                                  "first_call_ms": round(t["first_call_ms"], 1)}
     if edm_params is not None:
         record["speedup_ours_over_edm"] = {
             kind: round(record["edm"][kind]["ms"] / record["ours"][kind]["ms"], 3)

@@ -54,10 +54,14 @@ def test_sample_rejects_bad_arguments(tmp_path, tiny_model):
 
 
 @pytest.mark.skipif(not DEFAULT_PRIOR.exists(), reason="no shipped prior yet")
-def test_shipped_prior_samples_mostly_valid_molecules():
+@pytest.mark.parametrize("steps, solver", [(100, "ancestral"), (25, "dpm2")])
+def test_shipped_prior_samples_mostly_valid_molecules(steps, solver):
+    """The 1,000-step prior walked by 100 ancestral steps or 25 second-order ones (benchmarks: 87.7 % and
+    89.9 % valid of 1,000; here 64 molecules, so a loose floor)."""
+    from common.diffusion import SOLVERS
     from molctrl.metrics import evaluate_molecules
 
     model = load_prior().eval()
-    mols = model.sample(64, n_sampling_steps=100, generator=torch.Generator().manual_seed(0))
+    mols = model.sample(64, n_sampling_steps=steps, generator=torch.Generator().manual_seed(0), solver=SOLVERS[solver])
     summary = evaluate_molecules(mols).summary
-    assert summary["validity"] >= 0.6, summary
+    assert summary["validity"] >= 0.75 and summary["uniqueness"] >= 0.95, summary
