@@ -53,7 +53,7 @@ class ShapeGenerationConfig:
     proposal: str = "prior"
     points: int | None = None
     steps: int = 50
-    solver: str = "ancestral"
+    solver: str = "dpm2"  # docs/sampling.md: better 1-NNA and class accuracy than ancestral steps, same cost
     guidance_scale: float = 2.0
 
     def __post_init__(self) -> None:

@@ -25,7 +25,7 @@ from shapectrl.prior import ShapeDiffusion
               help="Points per cloud (the denoiser runs on any N, also more than it was trained on).")
 @click.option("--steps", type=click.IntRange(1), default=50, show_default=True,
               help="Reverse steps; below the model's T a respaced sampler is used.")
-@solver_option("ancestral")
+@solver_option("dpm2")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--prefix", default="sample", show_default=True, help="File names are PREFIX_0000.ply, ...")
 @click.option("--normalised", is_flag=True, help="Write the model's normalised frame instead of model units.")
