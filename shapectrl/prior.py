@@ -33,7 +33,8 @@ class ShapePriorConfig:
 
     ``resolution``, ``voxel_channels`` and ``extent`` shape the ``pvd`` voxel branch, ``n_inducing``
     and ``heads`` the ``transformer`` attention. ``schedule`` defaults to PVD's linear β (1e-4 to 0.02,
-    T = 1000). ``n_train_points`` is the cloud size the prior was trained on (samples may be larger).
+    T = 1000). ``n_train_points`` is the cloud size the prior was trained on (samples may be larger; the
+    ``pvd`` voxel grid then averages that many of their points).
     """
 
     arch: str = "pvd"
@@ -59,7 +60,7 @@ class ShapePriorConfig:
 
     def build_denoiser(self) -> PointDenoiser:
         return build_denoiser(self.arch, self.width, self.depth, self.cond_dim, self.n_frequencies, self.resolution,
-                              self.voxel_channels, self.extent, self.n_inducing, self.heads)
+                              self.voxel_channels, self.extent, self.n_inducing, self.heads, self.n_train_points)
 
 
 class ShapeDiffusion(Conditionable, Exportable, nn.Module):
