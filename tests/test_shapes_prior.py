@@ -61,6 +61,43 @@ def test_denoiser_runs_on_any_number_of_points(arch: str) -> None:
         net(torch.randn(2, 5, 4), torch.rand(2))
 
 
+def test_voxel_grid_averages_at_most_the_training_size() -> None:
+    """Up to ``grid_points`` K the network is the one whose grid averages every point; above K its grid
+    reads the first K only: with the global pool switched off, the first K outputs do not change when
+    the later points move (they do when the grid averages every point)."""
+    torch.manual_seed(0)
+    net = build_denoiser("pvd", 32, 2, voxel_channels=8, grid_points=20).eval()
+    _perturb(net)
+    z, t = torch.randn(2, 60, 3), torch.rand(2)
+    full = build_denoiser("pvd", 32, 2, voxel_channels=8).eval()
+    full.load_state_dict(net.state_dict())
+    torch.testing.assert_close(net(z[:, :20], t), full(z[:, :20], t))  # at ≤ K points: the same network
+    assert not torch.allclose(net(z, t), full(z, t), atol=1e-4)
+    for block in (*net.blocks, *full.blocks):  # switch the global pool off
+        torch.nn.init.zeros_(block.pooled.weight)
+    moved = torch.cat([z[:, :20], z[:, 20:].flip(1) * 0.5], 1)
+    torch.testing.assert_close(net(moved, t)[:, :20], net(z, t)[:, :20])
+    assert not torch.allclose(full(moved, t)[:, :20], full(z, t)[:, :20], atol=1e-4)
+
+
+def test_shipped_prior_keeps_its_accuracy_at_four_times_its_training_size() -> None:
+    """ε-loss of the shipped prior on validation clouds: at 2,048 points within 5 % of its loss at the
+    512 it was trained on (t = 300, 500), where a grid averaging all 2,048 points is 20–60 % worse
+    (benchmarks/results/shapes_points.json)."""
+    from benchmarks.shapes_points import loss_table
+    from shapectrl.weights import PRIOR, weight_path
+
+    model = ShapeDiffusion.load(weight_path(PRIOR)).eval()
+    shapes = ProceduralShapes("valid", per_class=4, n_points=2048)
+    clouds = model.normalisation.normalise(torch.as_tensor(shapes.points, dtype=torch.float32))
+    rows = {(r["points"], r["grid"]): r["loss"] for r in loss_table(model, clouds, (512, 2048), (300, 500))}
+    for t in ("300", "500"):
+        reference = rows[512, "all"][t]
+        assert rows[2048, "training size"][t] < 1.05 * reference
+        assert rows[2048, "all"][t] > 1.15 * reference  # not vacuous: the grid of all points is off
+    assert model.denoiser.grid_points == 512  # restored
+
+
 def test_clouds_are_independent_within_a_batch() -> None:
     net = build_denoiser("pvd", 32, 2, voxel_channels=8).eval()
     z, t = torch.randn(4, 50, 3), torch.rand(4)
