@@ -184,13 +184,8 @@ def test_sampler_with_the_optimal_denoiser_on_gaussian_data(n_sampling_steps):
     assert abs(x.mean().item()) < 0.03
 
 
-def test_every_sampler_walks_the_same_chain_step_for_step():
-    """The ancestral sampler, CTRL's rollout, DDPO's trajectories and SMC with one particle draw the
-    same states from the same generator: one transition primitive serves them all."""
-    from common.ddpo import sample_trajectories
-    from common.rollout import rollout
-    from common.smc import Potential, smc_sample
-
+def _toy_chain():
+    """A 100-step chain on centred 5-channel sets, a fixed smooth ε-network and a mask with padding."""
     torch.manual_seed(0)
     diffusion = GaussianDiffusion(NoiseSchedule("polynomial_2", 100), PointSetSpace(centered_dims=3))
     weight = torch.randn(5, 5) / 5
@@ -200,6 +195,17 @@ def test_every_sampler_walks_the_same_chain_step_for_step():
 
     mask = torch.ones(3, 4, dtype=torch.bool)
     mask[0, 3] = False
+    return diffusion, denoiser, mask
+
+
+def test_every_sampler_walks_the_same_chain_step_for_step():
+    """The ancestral sampler, CTRL's rollout, DDPO's trajectories and SMC with one particle draw the
+    same states from the same generator: one transition primitive serves them all."""
+    from common.ddpo import sample_trajectories
+    from common.rollout import rollout
+    from common.smc import Potential, smc_sample
+
+    diffusion, denoiser, mask = _toy_chain()
     seed = lambda: torch.Generator().manual_seed(7)  # noqa: E731
     x = diffusion.sample(denoiser, mask, 5, 10, generator=seed())
     with torch.no_grad():
@@ -247,15 +253,7 @@ def test_second_order_steps_are_closed_form_gaussians_in_smc():
     itself as proposal every p_pre/q ratio is 1 (both histories are carried), so the weights stay 0."""
     from common.smc import Potential, model_proposal, smc_sample
 
-    torch.manual_seed(0)
-    diffusion = GaussianDiffusion(NoiseSchedule("polynomial_2", 100), PointSetSpace(centered_dims=3))
-    weight = torch.randn(5, 5) / 5
-
-    def denoiser(z, t, mask, cond=None):
-        return diffusion.space.project(torch.tanh(z @ weight) * (1 + t.view(-1, 1, 1)), mask)
-
-    mask = torch.ones(3, 4, dtype=torch.bool)
-    mask[0, 3] = False
+    diffusion, denoiser, mask = _toy_chain()
     solver = SOLVERS["dpm2"]
     x = diffusion.sample(denoiser, mask, 5, 10, generator=torch.Generator().manual_seed(7), solver=solver)
     first = diffusion.sample(denoiser, mask, 5, 10, generator=torch.Generator().manual_seed(7))
