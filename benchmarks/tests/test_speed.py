@@ -78,16 +78,17 @@ def test_edm_reference_at_tiny_size() -> None:
     assert record["metadata"]["edm_repo"]["sha256_models_egnn_new"]
 
 
-def test_sampling_and_steered_sections_with_the_shipped_prior() -> None:
+def test_sampling_and_steered_sections_with_the_shipped_prior(tmp_path: Path) -> None:
     """``--row`` and ``--steered`` alone skip the step timings and report what they measured."""
     threads = torch.get_num_threads()
+    out = tmp_path / "speed.json"
     try:
         result = CliRunner().invoke(speed.main, ["--threads", "1", "--row", "5:dpm2", "--sampling-n", "8",
-                                                 "--steered", "2:5:dpm2", "--steered-n", "2"])
+                                                 "--steered", "2:5:dpm2", "--steered-n", "2", "--out", str(out)])
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
-    record = json.loads(result.output)
+    record = json.loads(out.read_text())
     assert record["configs"] == {}
     (row,) = record["sampling"]["rows"]
     assert row["sampling_steps"] == 5 and row["solver"] == "dpm2" and row["molecules_per_s"] > 0
