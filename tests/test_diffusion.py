@@ -264,3 +264,23 @@ def test_second_order_steps_are_closed_form_gaussians_in_smc():
     proposed = smc_sample(diffusion, denoiser, zero, mask, 5, n_particles=4, n_sampling_steps=10,
                           proposal=model_proposal(denoiser), generator=torch.Generator().manual_seed(7), solver=solver)
     assert torch.allclose(proposed.log_weights, torch.zeros_like(proposed.log_weights), atol=1e-4)
+
+
+def test_second_order_histories_follow_resampled_particles():
+    """With the network as its own proposal, q = p_pre at every step only if the proposal's history is
+    resampled with the particles as the prior's is: SMC then draws the very states of the prior-proposal
+    run, resampling included (a potential that makes the weights uneven, resampling at every step)."""
+    from common.smc import Potential, model_proposal, smc_sample
+
+    diffusion, denoiser, mask = _toy_chain()
+    pull = Potential(lambda x0, t, m: -4.0 * x0[..., 3].sum(1), lambda x, m: -4.0 * x[..., 3].sum(1))  # a free channel
+
+    def run(proposal):
+        return smc_sample(diffusion, denoiser, pull, mask, 5, n_particles=4, n_sampling_steps=10, proposal=proposal,
+                          potential_from=100, ess_threshold=1.0, generator=torch.Generator().manual_seed(3),
+                          solver=SOLVERS["dpm2"])
+
+    by_prior, by_network = run(None), run(model_proposal(denoiser))
+    assert by_prior.resampled.sum() >= 5 and float(by_prior.ess.min()) < 3.5  # real resampling, uneven weights
+    torch.testing.assert_close(by_network.x, by_prior.x)
+    torch.testing.assert_close(by_network.log_weights, by_prior.log_weights)
