@@ -100,7 +100,7 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @click.option("--points", type=click.IntRange(1), default=None,
               help="Points per cloud  [default: the model's training size, 512 for the shipped models; the denoiser "
                    "runs on any N (its voxel grid reads at most the training size's points); 2,048-point samples "
-                   "keep their class but are fuzzier, docs/shapes.md]")
+                   "keep their class but are fuzzier, and --solver ancestral does better there: docs/sampling.md]")
 @click.option("--steps", type=click.IntRange(1), default=DEFAULTS.steps, show_default=True,
               help="Reverse steps; below the model's T a respaced sampler is used.")
 @solver_option(DEFAULTS.solver)
