@@ -44,7 +44,8 @@ def loss_table(model: ShapeDiffusion, clouds: torch.Tensor, sizes: tuple[int, ..
         for n in sizes:
             grids = [("all", None)] + ([("training size", trained)] if trained is not None and n > trained else [])
             for name, k in grids:
-                denoiser.grid_points = k
+                if trained is not None:  # a pvd denoiser: its grid reads k points (None: all)
+                    denoiser.grid_points = k
                 rows.append({"points": n, "grid": name,
                              "loss": {str(t): round(epsilon_loss(model, clouds[:, :n], t, seed), 5) for t in steps}})
                 print(rows[-1], file=sys.stderr)

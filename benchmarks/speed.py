@@ -280,9 +280,9 @@ def steered_cost(k: int, steps: int, solver: str, n: int, seed: int = 0) -> dict
     y, y_mask = target_tensors({"alpha": 70.0}, n)
     generator = seed_everything(seed)
     start = time.perf_counter()
-    molecules, report = steer(prior, reward, y, y_mask, atom_counts(conditions, y, y_mask, generator=generator),
-                              Steering(k, temperature=TARGET_TEMPERATURE), conditions, steps, generator,
-                              solver=SOLVERS[solver])
+    _, report = steer(prior, reward, y, y_mask, atom_counts(conditions, y, y_mask, generator=generator),
+                      Steering(k, temperature=TARGET_TEMPERATURE), conditions, steps, generator,
+                      solver=SOLVERS[solver])
     seconds = time.perf_counter() - start
     return {"particles": k, "sampling_steps": steps, "solver": solver, "molecules": n,
             "seconds_per_molecule": round(seconds / n, 3), "reward_share": round(box["seconds"] / seconds, 3),

@@ -86,6 +86,13 @@ ANCESTRAL = Solver()
 SOLVERS = {"ancestral": ANCESTRAL, "dpm2": Solver("logsnr", 2)}
 
 
+def solver_named(name: str) -> Solver:
+    """The :data:`SOLVERS` entry ``name``, with a one-line error for any other name."""
+    if name not in SOLVERS:
+        raise ValueError(f"unknown solver {name!r} (expected one of {', '.join(SOLVERS)})")
+    return SOLVERS[name]
+
+
 @dataclass
 class History:
     """What a second-order step keeps of the previous one: its x̂₀ ``(B, N, D)`` and step ``(B,)``.
@@ -186,12 +193,10 @@ class GaussianDiffusion(torch.nn.Module):
         return self.space.noise(like, mask, generator)
 
     def transitions(self, n_sampling_steps: int | None, batch: int, device: torch.device,
-                    spacing: str = "uniform") -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """The reverse transitions t → s of a (respaced) sampler as ``(B,)`` integer steps; the last one,
-        s = None, is the final step z_0 → x. ``spacing``: the grid (:class:`Solver`)."""
-        if spacing not in SPACINGS:
-            raise ValueError(f"unknown step spacing {spacing!r} (expected one of {', '.join(SPACINGS)})")
-        if spacing == "logsnr" and n_sampling_steps is not None and n_sampling_steps < self.n_steps:
+                    solver: Solver = ANCESTRAL) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """The reverse transitions t → s of a (respaced) sampler as ``(B,)`` integer steps on ``solver``'s
+        grid; the last one, s = None, is the final step z_0 → x."""
+        if solver.spacing == "logsnr" and n_sampling_steps is not None and n_sampling_steps < self.n_steps:
             steps = logsnr_steps(self.schedule.gamma_table, n_sampling_steps)
         else:
             steps = respaced_steps(self.n_steps, n_sampling_steps)
@@ -246,7 +251,7 @@ class GaussianDiffusion(torch.nn.Module):
         """
         z = self.initial_state(mask, n_channels, generator, dtype)
         history = None
-        for k, (t, s) in enumerate(self.transitions(n_sampling_steps, len(mask), mask.device, solver.spacing)):
+        for k, (t, s) in enumerate(self.transitions(n_sampling_steps, len(mask), mask.device, solver)):
             eps_hat, history = self.solver_eps(solver, z, denoiser(z, t.to(z.dtype) / self.n_steps, mask, cond),
                                                t, s, history)
             z = self.draw(*self.moments_from(z, eps_hat, t, s), mask, generator)

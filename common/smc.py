@@ -240,7 +240,7 @@ def smc_sample(diffusion: GaussianDiffusion, prior: Denoiser, potential: Potenti
     rows = torch.arange(b, device=mask.device).unsqueeze(1) * k
     ess_trace, resampled_trace = [], []
     history_pre = history_q = None
-    for t, s in diffusion.transitions(n_sampling_steps, b * k, mask.device, solver.spacing):
+    for t, s in diffusion.transitions(n_sampling_steps, b * k, mask.device, solver):
         time = t.to(z.dtype) / steps
         eps_pre = prior(z, time, mask)
         weight = 1 - t[0].item() / potential_from if potential_from > 0 else 1.0

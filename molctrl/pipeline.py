@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.diffusion import SOLVERS
+from common.diffusion import SOLVERS, solver_named
 from common.rewards import Reward
 from common.runtime import resolve_device, seed_everything
 from common.smc import SteeringReport
@@ -84,8 +84,7 @@ class GenerationConfig:
             raise ValueError(f"unknown method {self.method!r} (expected one of {', '.join(METHODS)})")
         if self.proposal not in PROPOSALS:
             raise ValueError(f"unknown proposal {self.proposal!r} (expected one of {', '.join(PROPOSALS)})")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"unknown solver {self.solver!r} (expected one of {', '.join(SOLVERS)})")
+        solver_named(self.solver)
         if self.method == "smc" and self.particles < 1:
             raise ValueError("smc needs at least one particle per molecule")
         if self.guidance_scale != 1.0 and self.method not in ("rgdm", "ctrl"):

@@ -155,8 +155,9 @@ class PointVoxelDenoiser(PointDenoiser):
     ``None``: always all) and every point reads it. The points of a sampled cloud are exchangeable (the
     sampler's noise is i.i.d. over them), so the first K are a uniform random subset, and at any N the
     grid has the statistics of the K-point clouds the network was trained on. Measured on the shipped
-    prior (validation clouds, ε-loss at t = 300 / 500 / 800): 0.299 / 0.073 / 0.0020 at 512 points,
-    0.360 / 0.119 / 0.0076 at 2,048 with a 2,048-point grid, 0.300 / 0.072 / 0.0020 with a 512-point one.
+    prior (40 validation clouds, ε-loss at t = 300 / 500 / 800, benchmarks/results/shapes_points.json):
+    0.284 / 0.071 / 0.0020 at 512 points, 0.350 / 0.118 / 0.0077 at 2,048 with a 2,048-point grid,
+    0.286 / 0.071 / 0.0020 with a 512-point one.
     Above K points the output is permutation-equivariant in distribution, not exactly.
     """
 

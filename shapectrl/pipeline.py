@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from common.diffusion import SOLVERS
+from common.diffusion import SOLVERS, solver_named
 from common.runtime import resolve_device, seed_everything
 from common.smc import SteeringReport
 from shapectrl.classifier import ShapeClassifier
@@ -61,8 +61,7 @@ class ShapeGenerationConfig:
             raise ValueError(f"unknown method {self.method!r} (expected one of {', '.join(ShapeControlConfig.methods)})")
         if self.proposal not in PROPOSALS:
             raise ValueError(f"unknown proposal {self.proposal!r} (expected one of {', '.join(PROPOSALS)})")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"unknown solver {self.solver!r} (expected one of {', '.join(SOLVERS)})")
+        solver_named(self.solver)
         if self.particles < 0 or self.steps < 1 or (self.points is not None and self.points < 1):
             raise ValueError("particles must be ≥ 0, steps and points ≥ 1")
 
