@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from benchmarks.record import device_name, emit
-from common.runtime import resolve_device
+from common.runtime import PRECISIONS, resolve_device, set_precision
 from molctrl.prior import MoleculeDiffusion, PriorConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -147,14 +147,15 @@ def _train_step(model: nn.Module, loss_fn: Callable[[], torch.Tensor],
     return step
 
 
-def ours_workloads(cfg: BenchConfig, device: torch.device, seed: int = 0,
-                   compile_denoiser: bool = False) -> tuple[dict[str, Callable[[], object]], int]:
-    """Our reverse step and training step at ``cfg``; returns the callables and the parameter count."""
+def ours_workloads(cfg: BenchConfig, device: torch.device, seed: int = 0, compile_denoiser: bool = False,
+                   precision: str = "fp32") -> tuple[dict[str, Callable[[], object]], int]:
+    """Our reverse step and training step at ``cfg`` with the matrix products in ``precision``;
+    returns the callables and the parameter count."""
     torch.manual_seed(seed)
     hist = np.zeros(cfg.n_atoms + 1)
     hist[cfg.n_atoms] = 1.0
     config = PriorConfig(setting=cfg.setting, hidden=cfg.hidden, n_layers=cfg.n_layers)
-    model = MoleculeDiffusion(config, hist).to(device)
+    model = set_precision(MoleculeDiffusion(config, hist).to(device), precision)
     if compile_denoiser:
         model.denoiser.compile(dynamic=True)
     gen = torch.Generator().manual_seed(seed)
@@ -259,9 +260,10 @@ def _timed(fn: Callable, box: dict) -> Callable:
     return wrapper
 
 
-def steered_cost(k: int, steps: int, solver: str, n: int, seed: int = 0) -> dict:
+def steered_cost(k: int, steps: int, solver: str, precision: str, n: int, seed: int = 0) -> dict:
     """Seconds per output molecule of SMC with ``k`` particles over ``steps`` steps of ``solver`` for α = 70,
-    and the seconds of it the reward takes (its calls on x̂₀ and on the finished particles)."""
+    the prior's matrix products in ``precision``, and the seconds of it the reward takes (its calls on x̂₀
+    and on the finished particles; the reward runs in float32)."""
     from common.diffusion import SOLVERS
     from common.runtime import seed_everything
     from molctrl.conditions import PropertyConditions
@@ -273,6 +275,7 @@ def steered_cost(k: int, steps: int, solver: str, n: int, seed: int = 0) -> dict
 
     prior = load_prior().eval()
     reward = load_reward(prior, DEFAULT_REWARD_MODEL)
+    set_precision(prior, precision)
     box = {"seconds": 0.0}
     reward.forward = _timed(reward.forward, box)  # an instance attribute: what nn.Module.__call__ runs
     reward.denoised_log_likelihood = _timed(reward.denoised_log_likelihood, box)
@@ -284,52 +287,59 @@ def steered_cost(k: int, steps: int, solver: str, n: int, seed: int = 0) -> dict
                       Steering(k, temperature=TARGET_TEMPERATURE), conditions, steps, generator,
                       solver=SOLVERS[solver])
     seconds = time.perf_counter() - start
-    return {"particles": k, "sampling_steps": steps, "solver": solver, "molecules": n,
+    return {"particles": k, "sampling_steps": steps, "solver": solver, "precision": precision, "molecules": n,
             "seconds_per_molecule": round(seconds / n, 3), "reward_share": round(box["seconds"] / seconds, 3),
             "network_calls_per_molecule": report.network_calls, "mean_ess": round(float(report.ess.mean()), 2)}
 
 
-def steered_spec(text: str) -> tuple[int, int, str]:
-    """``"16:50:dpm2"`` -> ``(16, 50, "dpm2")``, with a one-line error otherwise."""
+def steered_spec(text: str) -> tuple[int, int, str, str]:
+    """``"16:50:dpm2"`` -> ``(16, 50, "dpm2", "fp32")``, with a one-line error otherwise."""
     from benchmarks.prior_samples import sampler_row
 
     k, _, row = text.partition(":")
     if not k.isdigit() or int(k) < 1:
-        raise click.BadParameter(f"{text!r}: expected K:STEPS:SOLVER, K particles ≥ 1", param_hint="--steered")
+        raise click.BadParameter(f"{text!r}: expected K:STEPS:SOLVER[:PRECISION], K particles ≥ 1",
+                                 param_hint="--steered")
     return (int(k), *sampler_row(row))
 
 
 # -- the benchmark --------------------------------------------------------------------------------
 
 
+def implementation(precision: str) -> str:
+    """The record's name of our model at ``precision``: ``ours`` (fp32), ``ours_bf16``, ..."""
+    return "ours" if precision == "fp32" else f"ours_{precision}"
+
+
 def measure(cfg: BenchConfig, device: torch.device, repeats: int, edm_repo: str | Path | None = None,
-            seed: int = 0, min_time: float = 0.2, warmup: int = 2, compile_denoiser: bool = False) -> dict:
-    """Time ours (and EDM's when ``edm_repo`` is given) at one configuration; the JSON record of it."""
-    fns, n_params = ours_workloads(cfg, device, seed, compile_denoiser)
-    fns = {f"ours/{k}": v for k, v in fns.items()}
-    record: dict = {**asdict(cfg), "compiled": compile_denoiser}
-    edm_params = None
+            seed: int = 0, min_time: float = 0.2, warmup: int = 2, compile_denoiser: bool = False,
+            precisions: tuple[str, ...] = ("fp32",)) -> dict:
+    """Time ours at each precision (and EDM's when ``edm_repo`` is given) at one configuration; the JSON
+    record of it, with the speed-up of each of ours over EDM."""
+    fns: dict[str, Callable[[], object]] = {}
+    params: dict[str, int] = {}
+    for precision in precisions:
+        impl = implementation(precision)
+        ours, params[impl] = ours_workloads(cfg, device, seed, compile_denoiser, precision)
+        fns.update({f"{impl}/{k}": v for k, v in ours.items()})
     if edm_repo is not None:
-        edm_fns, edm_params = edm_workloads(cfg, device, edm_repo, seed)
+        edm_fns, params["edm"] = edm_workloads(cfg, device, edm_repo, seed)
         fns.update({f"edm/{k}": v for k, v in edm_fns.items()})
     timings = time_interleaved(fns, repeats, device, warmup=warmup, min_time=min_time)
-    for impl, params in (("ours", n_params), ("edm", edm_params)):
-        if params is None:
-            continue
-        record[impl] = {"n_parameters": params}
-        for kind in ("reverse_step", "train_step"):
+    record: dict = {**asdict(cfg), "compiled": compile_denoiser}
+    kinds = ("reverse_step", "train_step")
+    for impl, n_params in params.items():
+        record[impl] = {"n_parameters": n_params}
+        for kind in kinds:
             t = timings[f"{impl}/{kind}"]
             record[impl][kind] = {**_summary(t["ms"], cfg.batch), "calls_per_measurement": t["calls_per_measurement"],
                                   "first_call_ms": round(t["first_call_ms"], 1)}
-    if edm_params is not None:
-        record["speedup_ours_over_edm"] = {
-            kind: round(record["edm"][kind]["ms"] / record["ours"][kind]["ms"], 3)
-            for kind in ("reverse_step", "train_step")
-        }
-        record["speedup_ours_over_edm_paired"] = {
-            kind: _paired_speedup(timings[f"ours/{kind}"]["ms"], timings[f"edm/{kind}"]["ms"])
-            for kind in ("reverse_step", "train_step")
-        }
+    if "edm" in params:
+        for impl in (implementation(p) for p in precisions):
+            record[f"speedup_{impl}_over_edm"] = {
+                kind: round(record["edm"][kind]["ms"] / record[impl][kind]["ms"], 3) for kind in kinds}
+            record[f"speedup_{impl}_over_edm_paired"] = {
+                kind: _paired_speedup(timings[f"{impl}/{kind}"]["ms"], timings[f"edm/{kind}"]["ms"]) for kind in kinds}
     return record
 
 
@@ -376,11 +386,12 @@ def metadata(device: torch.device, repeats: int, command: str) -> dict:
 
 def run_benchmark(configs: dict[str, BenchConfig], device: torch.device, repeats: int,
                   edm_repo: str | Path | None = None, command: str = "", min_time: float = 0.2, warmup: int = 2,
-                  compile_denoiser: bool = False, edm_configs: tuple[str, ...] = EDM_CONFIGS) -> dict:
+                  compile_denoiser: bool = False, edm_configs: tuple[str, ...] = EDM_CONFIGS,
+                  precisions: tuple[str, ...] = ("fp32",)) -> dict:
     """The whole JSON record: every configuration, then metadata."""
     results = {
         name: measure(cfg, device, repeats, edm_repo if name in edm_configs else None,
-                      min_time=min_time, warmup=warmup, compile_denoiser=compile_denoiser)
+                      min_time=min_time, warmup=warmup, compile_denoiser=compile_denoiser, precisions=precisions)
         for name, cfg in configs.items()
     }
     meta = metadata(device, repeats, command)
@@ -404,16 +415,20 @@ def run_benchmark(configs: dict[str, BenchConfig], device: torch.device, repeats
 @click.option("--glibc-no-mmap", "no_mmap", is_flag=True,
               help="Keep large tensors on glibc's heap (no page faults per allocation); for ours and EDM alike.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile our denoiser (dynamic=True) first.")
-@click.option("--row", "rows", multiple=True, metavar="STEPS:SOLVER",
-              help="Also sample --sampling-n molecules from the shipped prior with this sampler (e.g. 50:dpm2).")
+@click.option("--precision", "precisions", type=click.Choice(list(PRECISIONS)), multiple=True,
+              help="Time ours with the matrix products in each of these (default: fp32); interleaved with the rest.")
+@click.option("--row", "rows", multiple=True, metavar="STEPS:SOLVER[:PRECISION]",
+              help="Also sample --sampling-n molecules from the shipped prior with this sampler (e.g. 50:dpm2:bf16).")
 @click.option("--sampling-n", type=click.IntRange(1), default=1000, show_default=True)
-@click.option("--steered", "steered", multiple=True, metavar="K:STEPS:SOLVER",
-              help="Also time SMC with K particles per molecule over these steps (e.g. 16:100:ancestral).")
+@click.option("--steered", "steered", multiple=True, metavar="K:STEPS:SOLVER[:PRECISION]",
+              help="Also time SMC with K particles per molecule over these steps, the prior's matrix products in "
+                   "PRECISION (e.g. 16:50:dpm2:bf16).")
 @click.option("--steered-n", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampling and steered sections.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON to this file.")
 def main(device: str, repeats: int, edm_repo: str | None, names: tuple[str, ...], min_time: float,
-         threads: int | None, no_mmap: bool, compile_: bool, rows: tuple[str, ...], sampling_n: int,
+         threads: int | None, no_mmap: bool, compile_: bool, precisions: tuple[str, ...], rows: tuple[str, ...],
+         sampling_n: int,
          steered: tuple[str, ...], steered_n: int, seed: int, out: str | None) -> None:
     """Time the configurations and print (and optionally write) one JSON record."""
     from benchmarks.prior_samples import sampler_row, score_samplers
@@ -427,7 +442,7 @@ def main(device: str, repeats: int, edm_repo: str | None, names: tuple[str, ...]
     command = shlex.join(["python", "-m", "benchmarks.speed", *sys.argv[1:]])
     configs = {k: CONFIGS[k] for k in (names or ([] if samplers or steered_specs else CONFIGS))}
     record = run_benchmark(configs, resolve_device(device), repeats, edm_repo, command, min_time,
-                           compile_denoiser=compile_)
+                           compile_denoiser=compile_, precisions=precisions or ("fp32",))
     record["metadata"]["glibc_no_mmap"] = no_mmap
     if samplers:
         from molctrl.weights import load_prior
@@ -435,7 +450,7 @@ def main(device: str, repeats: int, edm_repo: str | None, names: tuple[str, ...]
         record["sampling"] = {"molecules": sampling_n, "seed": seed,
                               "rows": score_samplers(load_prior().eval(), samplers, sampling_n, seed)}
     if steered_specs:
-        record["steered"] = [steered_cost(k, steps, solver, steered_n, seed) for k, steps, solver in steered_specs]
+        record["steered"] = [steered_cost(*spec, n=steered_n, seed=seed) for spec in steered_specs]
     emit(record, out)
 
 

@@ -26,6 +26,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+#: Names of the precisions of the matrix products (``--precision``).
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def set_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """Run the matrix products of every submodule with a ``compute_dtype`` in ``precision`` (a key of
+    :data:`PRECISIONS`); parameters stay float32. Returns ``model``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
+    for module in model.modules():
+        if hasattr(module, "compute_dtype"):
+            module.compute_dtype = PRECISIONS[precision]
+    return model
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a CPU generator seeded the same way."""
     random.seed(seed)

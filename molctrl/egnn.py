@@ -17,6 +17,12 @@ the batch is processed in slices whose pair tensors stay below ~1 MB (``CPU_PAIR
 fresh allocations cost page faults on every call (glibc maps them anew), which measured as about
 half the time of an unsliced step at EDM's size (benchmarks/speed.py). Molecules are independent,
 so slicing changes nothing but the speed.
+
+Precision: with ``compute_dtype = torch.bfloat16`` (:func:`common.runtime.set_precision`) the matrix
+products run under autocast in bfloat16 while the residual stream h, the coordinates x and every
+distance stay float32 (an increment computed in bfloat16 is added to a float32 tensor); the pair
+tensors are then half the bytes, and a CPU slice holds four times the pairs (the faster size). What it
+gains and what it does to validity: ``benchmarks.speed --precision``, ``benchmarks.prior_samples --row``.
 """
 from __future__ import annotations
 
@@ -31,15 +37,17 @@ def dense_masks(mask: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, t
     return mask.unsqueeze(-1).to(dtype), edge_mask.unsqueeze(-1).to(dtype)
 
 
-CPU_PAIR_ELEMENTS = 2**18  # largest (b, N, N, H) pair tensor of one CPU slice
+#: Largest (b, N, N, H) pair tensor of one CPU slice, by the dtype of the matrix products (1 MB and 2 MB:
+#: the fastest at EDM's size in benchmarks.speed; bfloat16 gained from 1 to 2 MB, float32 did not).
+CPU_PAIR_ELEMENTS = {torch.float32: 2**18, torch.bfloat16: 2**20}
 
 
-def in_cpu_slices(fn, tensors: tuple[torch.Tensor, ...], width: int):
+def in_cpu_slices(fn, tensors: tuple[torch.Tensor, ...], width: int, dtype: torch.dtype = torch.float32):
     """``fn(*tensors)`` over batch slices whose ``(b, N, N, width)`` pair tensors stay below
-    :data:`CPU_PAIR_ELEMENTS` when on the CPU (see the module docstring); outputs are concatenated.
-    The first tensor's first two dimensions are the batch and the node dimension."""
+    :data:`CPU_PAIR_ELEMENTS` of ``dtype`` when on the CPU (see the module docstring); outputs are
+    concatenated. The first tensor's first two dimensions are the batch and the node dimension."""
     b, n = tensors[0].shape[:2]
-    size = max(1, CPU_PAIR_ELEMENTS // (n * n * width))
+    size = max(1, CPU_PAIR_ELEMENTS[dtype] // (n * n * width))
     if tensors[0].device.type != "cpu" or size >= b:
         return fn(*tensors)
     parts = [fn(*(t[i : i + size] for t in tensors)) for i in range(0, b, size)]
@@ -76,8 +84,8 @@ class MessageLayer(nn.Module):
                 edge_mask: torch.Tensor) -> torch.Tensor:
         """``h (B,N,H)``, ``edges (B,N,N,E)``, ``node_mask (B,N,1)``, ``edge_mask (B,N,N,1)`` -> ``h (B,N,H)``."""
         m = self.message(self.message_in(h, edges))
-        m = m * self.attention(m) * edge_mask
-        return (h + self.node(torch.cat([h, m.sum(2)], dim=-1))) * node_mask
+        m = m * self.attention(m) * edge_mask.to(m.dtype)
+        return (h + self.node(torch.cat([h, m.sum(2).to(h.dtype)], dim=-1))) * node_mask
 
 
 class EquivariantLayer(MessageLayer):
@@ -119,6 +127,7 @@ class EGNN(nn.Module):
         self.embed = nn.Linear(in_dim, hidden)
         self.layers = nn.ModuleList(EquivariantLayer(hidden) for _ in range(n_layers))
         self.readout = nn.Linear(hidden, out_dim)
+        self.compute_dtype = torch.float32  # of the matrix products (see the module docstring)
 
     def forward(self, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
                 shift: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +136,11 @@ class EGNN(nn.Module):
         ``shift (B, hidden)`` is added to every node's embedding (a condition's contribution)."""
         if shift is None:
             shift = h.new_zeros(h.shape[0], self.embed.out_features)
-        return in_cpu_slices(self._forward, (h, x, mask, shift), self.embed.out_features)
+        low = self.compute_dtype != torch.float32
+        with torch.autocast(x.device.type, dtype=self.compute_dtype, enabled=low):
+            h, x = in_cpu_slices(self._forward, (h, x, mask, shift), self.embed.out_features,
+                                 self.compute_dtype)
+        return h.to(x.dtype), x
 
     def _forward(self, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
                  shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

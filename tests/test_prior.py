@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.runtime import set_precision
 from molctrl import egnn
 from molctrl.prior import MoleculeDiffusion, PriorConfig
 from tests.geometry import is_centered, random_orthogonal
@@ -105,8 +106,28 @@ def test_export_round_trip(model):
 def test_cpu_batch_slicing_changes_nothing(model, monkeypatch):
     x, mask, t = _inputs(model)
     whole = model.denoiser(x, t, mask)
-    monkeypatch.setattr(egnn, "CPU_PAIR_ELEMENTS", 1)  # one molecule per slice
+    monkeypatch.setitem(egnn.CPU_PAIR_ELEMENTS, torch.float32, 1)  # one molecule per slice
     assert torch.allclose(model.denoiser(x, t, mask), whole, atol=1e-12)
+
+
+def test_bfloat16_products_keep_the_output_float32_and_close():
+    """Mixed precision: the matrix products in bfloat16, the residual stream, coordinates and output in
+    float32, within bfloat16's rounding of the float32 network; parameters untouched."""
+    torch.manual_seed(0)
+    m = MoleculeDiffusion(PriorConfig(setting="qm9", hidden=32, n_layers=3), np.ones(30))
+    x, mask, t = (v.float() if v.is_floating_point() else v for v in _inputs(m.double()))
+    m = m.float()
+    exact = m.denoiser(x, t, mask)
+    set_precision(m, "bf16")
+    low = m.denoiser(x, t, mask)
+    assert low.dtype == torch.float32 and all(p.dtype == torch.float32 for p in m.parameters())
+    error = (low - exact).norm() / exact.norm()
+    assert 1e-4 < error < 0.03  # bfloat16 keeps 8 bits: changed (really lower precision), but not broken
+    assert torch.all(low[~mask] == 0)
+    set_precision(m, "fp32")
+    assert torch.equal(m.denoiser(x, t, mask), exact)
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        set_precision(m, "fp8")
 
 
 def test_a_conditioned_copy_starts_as_the_prior_and_can_learn_the_condition(model):

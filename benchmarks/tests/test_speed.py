@@ -26,11 +26,13 @@ def _check_impl(record: dict, repeats: int) -> None:
 
 
 def test_record_has_expected_keys_and_positive_numbers() -> None:
-    record = run_benchmark(TINY, torch.device("cpu"), repeats=1, command="test", min_time=0.0, warmup=1)
+    record = run_benchmark(TINY, torch.device("cpu"), repeats=1, command="test", min_time=0.0, warmup=1,
+                           precisions=("fp32", "bf16"))
     json.dumps(record)  # serialisable
     tiny = record["configs"]["tiny"]
     assert tiny["setting"] == "qm9-noh" and tiny["batch"] == 4 and tiny["n_layers"] == 2 and tiny["hidden"] == 16
     _check_impl(tiny["ours"], repeats=1)
+    _check_impl(tiny["ours_bf16"], repeats=1)
     assert "edm" not in tiny and "speedup_ours_over_edm" not in tiny
     meta = record["metadata"]
     for key in ("device", "device_name", "torch", "threads", "repeats", "date", "git_commit", "command"):
@@ -83,7 +85,7 @@ def test_sampling_and_steered_sections_with_the_shipped_prior(tmp_path: Path) ->
     threads = torch.get_num_threads()
     out = tmp_path / "speed.json"
     try:
-        result = CliRunner().invoke(speed.main, ["--threads", "1", "--row", "5:dpm2", "--sampling-n", "8",
+        result = CliRunner().invoke(speed.main, ["--threads", "1", "--row", "5:dpm2:bf16", "--sampling-n", "8",
                                                  "--steered", "2:5:dpm2", "--steered-n", "2", "--out", str(out)])
     finally:
         torch.set_num_threads(threads)
@@ -91,14 +93,16 @@ def test_sampling_and_steered_sections_with_the_shipped_prior(tmp_path: Path) ->
     record = json.loads(out.read_text())
     assert record["configs"] == {}
     (row,) = record["sampling"]["rows"]
-    assert row["sampling_steps"] == 5 and row["solver"] == "dpm2" and row["molecules_per_s"] > 0
+    assert row["sampling_steps"] == 5 and row["solver"] == "dpm2" and row["precision"] == "bf16"
+    assert row["molecules_per_s"] > 0
     assert 0 <= row["validity"] <= 1 and 0 <= row["uniqueness"] <= 1
     (steered,) = record["steered"]
     assert steered["network_calls_per_molecule"] == 2 * 6  # K particles × (5 steps + the final one)
     assert 0 < steered["reward_share"] < 1 and steered["seconds_per_molecule"] > 0
 
 
-@pytest.mark.parametrize("option, text", [("--row", "5:rk4"), ("--row", "x:dpm2"), ("--steered", "0:5:dpm2")])
+@pytest.mark.parametrize("option, text", [("--row", "5:rk4"), ("--row", "x:dpm2"), ("--row", "5:dpm2:fp8"),
+                                          ("--steered", "0:5:dpm2")])
 def test_bad_sampler_specs_get_one_line_errors(option: str, text: str) -> None:
     result = CliRunner().invoke(speed.main, [option, text])
     assert result.exit_code == 2 and text in result.output
