@@ -12,7 +12,7 @@ import torch
 
 from common.diffusion import SOLVERS
 from common.exports import class_of, errors_naming, from_tree
-from common.runtime import resolve_device
+from common.runtime import PRECISIONS, resolve_device
 from common.weights import (
     FORMAT,
     SUFFIX,
@@ -51,6 +51,13 @@ def solver_option(default: str):
     return click.option("--solver", type=click.Choice(list(SOLVERS)), default=default, show_default=True,
                         help="How the reverse steps are taken: ancestral (DDPM's first-order steps, uniform in t) or "
                              "dpm2 (second-order stochastic steps on a grid even in log-SNR; docs/sampling.md).")
+
+
+def precision_option(default: str = "fp32"):
+    """``--precision``: the denoiser's matrix products in float32 or bfloat16 (:func:`common.runtime.set_precision`)."""
+    return click.option("--precision", type=click.Choice(list(PRECISIONS)), default=default, show_default=True,
+                        help="The denoiser's matrix products: fp32, or bf16 (float32 coordinates and residual "
+                             "stream; faster where the CPU or GPU has bfloat16 units; docs/sampling.md).")
 
 
 def compute_device(device: str, threads: int | None) -> torch.device:

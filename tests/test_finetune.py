@@ -181,18 +181,21 @@ def test_generate_writes_sdf_with_targets_and_predictions_and_a_png(weight_files
     assert (tmp_path / "mols.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("proposal, extra_calls", [("prior", 0), ("guidance", 0), ("ctrl", 1)])
+@pytest.mark.parametrize("proposal, extra_calls, precision", [("prior", 0, "fp32"), ("guidance", 0, "bf16"),
+                                                               ("ctrl", 1, "bf16")])
 def test_generate_steers_particles_and_records_each_molecule_s_reward_and_weight(weight_files, conditioned_model,
-                                                                              tmp_path, proposal, extra_calls):
+                                                                              tmp_path, proposal, extra_calls, precision):
     out = tmp_path / "steered.sdf"
     model = ["--model", str(conditioned_model)] if proposal == "ctrl" else []
     result = CliRunner().invoke(main, ["generate", "--target", "alpha=60", "-n", "3", "--out", str(out), "--particles", "4",
                                        "--proposal", proposal, *model, "--prior", str(weight_files / "prior.safetensors"),
                                        "--reward-model", str(weight_files / "predictor.safetensors"),
-                                       "--evaluator", str(weight_files / "predictor.safetensors"), "--steps", "3", "--json"])
+                                       "--evaluator", str(weight_files / "predictor.safetensors"), "--steps", "3",
+                                       "--precision", precision, "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["method"] == "smc" and summary["particles"] == 4 and 1 <= summary["mean_ess"] <= 4
+    assert summary["precision"] == precision
     steps = 4  # 3 respaced transitions and the final step
     assert summary["network_calls_per_molecule"] == 4 * (steps + extra_calls * (steps - 1))  # no proposal on the last
     assert {"uniqueness", "novelty", "mae_alpha"} <= set(summary)

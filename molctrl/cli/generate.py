@@ -8,7 +8,7 @@ import click
 from click.core import ParameterSource
 from tqdm import tqdm
 
-from common.cli import compute_options, solver_option
+from common.cli import compute_options, precision_option, solver_option
 from molctrl.data.qm9 import PROPERTY_UNITS
 from molctrl.pipeline import DEFAULT_WINDOW, GenerationConfig
 from molctrl.steer import PROPOSALS
@@ -67,12 +67,13 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
               help="Predictor that scores the molecules (keep it different from the reward's architecture).")
 @click.option("--steps", type=click.IntRange(min=1), default=DEFAULTS.steps, show_default=True, help="Sampling steps.")
 @solver_option(DEFAULTS.solver)
+@precision_option(DEFAULTS.precision)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None, help="Grid image (default: OUT.png).")
 @compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def generate(targets, maximize, n_molecules, out, particles, proposal, temperature, method, model_path, prior_path,
-             reward_model, judge, verify, scale, window, guidance_scale, evaluator, steps, solver, seed, png_path, device, threads,
+             reward_model, judge, verify, scale, window, guidance_scale, evaluator, steps, solver, precision, seed, png_path, device, threads,
              as_json) -> None:
     """Generate molecules for property targets (or a maximised score) and report validity, uniqueness,
     novelty, stability and the evaluator's MAE to the targets."""
@@ -108,7 +109,7 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
     dev = compute_device(device, threads)
     with usage_errors():
         config = GenerationConfig("smc" if particles else method, particles, proposal, temperature, judge, scale,
-                                  steps_window, guidance_scale, steps, solver, reward_model)
+                                  steps_window, guidance_scale, steps, solver, reward_model, precision)
         generator = MoleculeGenerator.load(config, maximize=maximize, model=model_path, prior=prior_path,
                                            device=str(dev))
         scorer = load_predictor(evaluator).eval() if wanted else None
@@ -132,7 +133,7 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
     guidance = generator.guidance
     summary |= {"method": config.method, "guidance_scale": guidance_scale,
                 "guidance_window": list(guidance.window or (0, generator.model.diffusion.n_steps)) if guidance else None,
-                "sampling_steps": steps, "solver": solver, "seconds": round(result.seconds, 1), "out": out, "png": png}
+                "sampling_steps": steps, "solver": solver, "precision": precision, "seconds": round(result.seconds, 1), "out": out, "png": png}
     if as_json:
         click.echo(json.dumps(summary))
         return

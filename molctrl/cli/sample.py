@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from common.cli import compute_device, compute_options, solver_option
+from common.cli import compute_device, compute_options, precision_option, solver_option
 from common.diffusion import SOLVERS
-from common.runtime import seed_everything
+from common.runtime import seed_everything, set_precision
 from molctrl.weights import load_prior
 
 
@@ -23,11 +23,12 @@ from molctrl.weights import load_prior
               help="Reverse steps; below the model's T a respaced sampler is used (dpm2 at 50 steps matches the "
                    "1,000-step ancestral sampler's validity, uniqueness and novelty: docs/sampling.md).")
 @solver_option("dpm2")
+@precision_option()
 @click.option("--batch-size", type=int, default=500, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
-def sample(n_molecules, out, model_path, steps, solver, batch_size, seed, device, threads, as_json) -> None:
+def sample(n_molecules, out, model_path, steps, solver, precision, batch_size, seed, device, threads, as_json) -> None:
     """Sample molecules, write them to OUT and print validity, uniqueness, novelty and stability."""
     from molctrl.io import write_molecules
     from molctrl.metrics import evaluate_molecules, train_smiles
@@ -35,7 +36,7 @@ def sample(n_molecules, out, model_path, steps, solver, batch_size, seed, device
     if Path(out).suffix.lower() not in (".sdf", ".xyz"):
         raise click.BadParameter(f"{out}: expected a .sdf or .xyz file name", param_hint="--out")
     dev = compute_device(device, threads)
-    model = load_prior(model_path).to(dev).eval()
+    model = set_precision(load_prior(model_path).to(dev).eval(), precision)
     generator = seed_everything(seed)
     t0 = time.perf_counter()
     with tqdm(total=n_molecules, desc="sampling", unit="mol", disable=None) as bar:
@@ -46,13 +47,13 @@ def sample(n_molecules, out, model_path, steps, solver, batch_size, seed, device
         m.title = f"molctrl sample {k} seed {seed}"
     write_molecules(out, molecules)
     report = evaluate_molecules(molecules, train_smiles(model.config.setting))
-    summary = report.summary | {"sampling_steps": min(steps, model.config.n_steps), "solver": solver, "seconds": round(seconds, 1),
-                                "out": out}
+    summary = report.summary | {"sampling_steps": min(steps, model.config.n_steps), "solver": solver, "precision": precision,
+                                "seconds": round(seconds, 1), "out": out}
     if as_json:
         click.echo(json.dumps(summary))
     else:
         click.echo(f"wrote {len(molecules)} molecules to {out} in {seconds:.1f} s "
-                   f"({summary['sampling_steps']} {solver} steps, {dev})")
+                   f"({summary['sampling_steps']} {solver} steps, {precision}, {dev})")
         for key in ("validity", "uniqueness", "novelty", "atom_stability", "mol_stability"):
             click.echo(f"  {key:15s} {summary[key]:.3f}")
         click.echo(f"  stability: {summary.get('stability_definition', '')}")
