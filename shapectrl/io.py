@@ -1,4 +1,4 @@
-"""Reading and writing point clouds: PLY files (one cloud each) and ``.npz`` sets of clouds.
+"""Reading and writing point clouds: PLY files (one cloud, or one surface, each) and ``.npz`` sets of clouds.
 
 Readers report the first problem as a :class:`ShapeFileError` whose message is one line,
 ``<path>[:<line>]: <what is wrong> (<what was expected>)``. Writers are atomic: they write a
@@ -30,15 +30,24 @@ def _as_array(points: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.asarray(points)
 
 
-def write_ply(path: str | os.PathLike, points: np.ndarray | torch.Tensor) -> None:
-    """Write ``points (N, 3)`` as a binary little-endian PLY of float32 ``x, y, z`` vertices, atomically."""
+def write_ply(path: str | os.PathLike, points: np.ndarray | torch.Tensor, faces: np.ndarray | None = None) -> None:
+    """Write ``points (N, 3)`` as a binary little-endian PLY of float32 ``x, y, z`` vertices, with
+    triangles ``faces (F, 3)`` (vertex indices) as a ``vertex_indices`` face element when given, atomically."""
     array = _as_array(points)
     if array.ndim != 2 or array.shape[1] != 3:
         raise ValueError(f"{path}: cannot write points of shape {array.shape} (expected (N, 3))")
     vertices = np.empty(len(array), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4")])
     for k, axis in enumerate("xyz"):
         vertices[axis] = array[:, k]
-    data = PlyData([PlyElement.describe(vertices, "vertex")], text=False, byte_order="<")
+    elements = [PlyElement.describe(vertices, "vertex")]
+    if faces is not None:
+        faces = np.asarray(faces)
+        if faces.ndim != 2 or faces.shape[1] != 3 or (faces.size and not 0 <= faces.min() <= faces.max() < len(array)):
+            raise ValueError(f"{path}: faces of shape {faces.shape} are not triangles of the {len(array)} vertices")
+        triangles = np.empty(len(faces), dtype=[("vertex_indices", "i4", (3,))])
+        triangles["vertex_indices"] = faces
+        elements.append(PlyElement.describe(triangles, "face"))
+    data = PlyData(elements, text=False, byte_order="<")
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         data.write(handle)
 

@@ -1,10 +1,11 @@
-"""Contact sheets: many point clouds side by side in one PNG, for a person to look at.
+"""Contact sheets: many point clouds (or their surfaces) side by side in one PNG, for a person to look at.
 
 Each cloud is a 3D scatter seen from the front-left and a little above (the canonical frame has
 y up and the front facing +z, see :mod:`shapectrl.data.procedural`), coloured by height. All panels
 share one scale, so differences in size between clouds show; each is centred on its own bounding box.
 Boxes are robust: they span the 0.5 % to 99.5 % quantiles of each coordinate, so that a few stray
 points of a generated cloud do not shrink every panel; points outside a panel's cube are not drawn.
+Surfaces (:class:`shapectrl.mesh.Surface`) are drawn shaded in one colour, framed by their cloud's box.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from matplotlib.figure import Figure
 
 from common.runtime import atomic_path
+from shapectrl.mesh import Surface
 
 ELEVATION = 20.0
 AZIMUTH = -60.0
@@ -45,12 +47,18 @@ def _half_range(clouds: Sequence[np.ndarray]) -> float:
     return max(max(sides) / 2, 1e-6)
 
 
-def _draw(ax, cloud: np.ndarray, half: float, point_size: float) -> None:
-    """One cloud ``(N, 3)`` on 3D axes: data y is the vertical axis, the colour is the height."""
+def _draw(ax, cloud: np.ndarray, half: float, point_size: float, surface: Surface | None = None) -> None:
+    """One cloud ``(N, 3)`` on 3D axes, or its ``surface`` shaded: data y is the vertical axis, a
+    cloud's colour is the height."""
     centre = sum(_box(cloud)) / 2
-    cloud = cloud[(np.abs(cloud - centre) <= half).all(axis=1)]
-    ax.scatter(cloud[:, 0], cloud[:, 1], cloud[:, 2], c=cloud[:, 1], cmap="viridis", s=point_size,
-               linewidths=0, depthshade=False)
+    if surface is None:
+        cloud = cloud[(np.abs(cloud - centre) <= half).all(axis=1)]
+        ax.scatter(cloud[:, 0], cloud[:, 1], cloud[:, 2], c=cloud[:, 1], cmap="viridis", s=point_size,
+                   linewidths=0, depthshade=False)
+    else:
+        v = surface.vertices
+        ax.plot_trisurf(v[:, 0], v[:, 1], v[:, 2], triangles=surface.faces, color="lightsteelblue", shade=True,
+                        linewidth=0, antialiased=False)
     ax.set_xlim(centre[0] - half, centre[0] + half)
     ax.set_ylim(centre[1] - half, centre[1] + half)
     ax.set_zlim(centre[2] - half, centre[2] + half)
@@ -60,13 +68,16 @@ def _draw(ax, cloud: np.ndarray, half: float, point_size: float) -> None:
 
 
 def contact_sheet(clouds: Sequence[np.ndarray | torch.Tensor], captions: Sequence[str], path: str | os.PathLike,
-                  columns: int | None = None, point_size: float = 3.0, title: str | None = None) -> None:
+                  columns: int | None = None, point_size: float = 3.0, title: str | None = None,
+                  surfaces: Sequence[Surface | None] | None = None) -> None:
     """Write clouds ``(N_i, 3)`` in model units (or one ``(B, N, 3)`` tensor) as a grid of panels, a
     caption over each, to a PNG at ``path`` (atomically, rendered by Agg without a display).
-    ``columns`` defaults to a near-square grid; ``title`` heads the sheet."""
-    if len(clouds) != len(captions) or len(clouds) == 0:
-        raise ValueError(f"expected one caption per cloud and at least one cloud, got {len(clouds)} clouds "
-                         f"and {len(captions)} captions")
+    ``columns`` defaults to a near-square grid; ``title`` heads the sheet; ``surfaces`` (one per cloud)
+    are drawn instead of the points (where a surface is None, the points)."""
+    if len(clouds) != len(captions) or len(clouds) == 0 or (surfaces is not None and len(surfaces) != len(clouds)):
+        raise ValueError(f"expected one caption per cloud (and one surface, if any) and at least one cloud, got "
+                         f"{len(clouds)} clouds, {len(captions)} captions"
+                         + ("" if surfaces is None else f" and {len(surfaces)} surfaces"))
     arrays = [_as_cloud(c) for c in clouds]
     columns = min(columns or math.ceil(math.sqrt(len(arrays))), len(arrays))
     rows = math.ceil(len(arrays) / columns)
@@ -85,6 +96,6 @@ def contact_sheet(clouds: Sequence[np.ndarray | torch.Tensor], captions: Sequenc
                  linespacing=1.1)
         ax = fig.add_axes((left / width, (top - band - PANEL_INCHES) / height, PANEL_INCHES / width,
                            PANEL_INCHES / height), projection="3d")
-        _draw(ax, cloud, half, point_size)
+        _draw(ax, cloud, half, point_size, None if surfaces is None else surfaces[k])
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)

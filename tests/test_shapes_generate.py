@@ -2,12 +2,14 @@
 shipped-weights lookup; tiny models built in temporary folders."""
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from plyfile import PlyData
 
 from common.control import controlled_export
 from common.weights import save_tree
@@ -17,6 +19,7 @@ from shapectrl.conditions import ShapeConditions
 from shapectrl.control import ShapeControlConfig
 from shapectrl.data.normalisation import Normalisation
 from shapectrl.io import read_ply
+from shapectrl.mesh import mesh_missing
 from shapectrl.prior import ShapeDiffusion, ShapePriorConfig
 from shapectrl.render import contact_sheet
 from shapectrl.weights import DEFAULT_MODELS, WEIGHTS_DIR, weight_path
@@ -99,6 +102,30 @@ def test_generate_refuses_existing_outputs_before_sampling(tmp_path, weights):
     assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png"]
     assert _run(weights, out, "--class", "table", "--overwrite").exit_code == 0
     assert (out / "contact_sheet.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.skipif(mesh_missing() is not None, reason="pymeshlab is not installed")
+def test_generate_with_mesh_writes_a_surface_per_cloud_and_their_sheet(tmp_path, weights):
+    out = tmp_path / "gen"
+    (out / "old").mkdir(parents=True)
+    (out / "sample_0001_mesh.ply").write_bytes(b"old")
+    refused = _run(weights, out, "--class", "chair", "--mesh")
+    assert refused.exit_code == 2 and "sample_0001_mesh.ply already exists" in refused.output
+    result = _run(weights, out, "--class", "chair", "--mesh", "--overwrite", "--json")
+    assert result.exit_code == 0, result.output
+    mesh = json.loads(result.output.strip().splitlines()[-1])["mesh"]
+    assert mesh["method"] == "offset" and mesh["made"] == 3 and 0 <= mesh["watertight"] <= 1
+    for sample in json.loads((out / "summary.json").read_text())["samples"]:
+        ply = PlyData.read(str(out / sample["mesh"]["file"]))
+        assert len(ply["face"]) == sample["mesh"]["faces"] > 0
+    assert (out / "meshes.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_generate_with_mesh_names_the_missing_library_before_sampling(tmp_path, weights, monkeypatch):
+    monkeypatch.setattr(importlib.import_module("shapectrl.cli.generate"), "mesh_missing", lambda: "surfaces need pymeshlab: pip install pymeshlab")
+    result = _run(weights, tmp_path / "gen", "--class", "chair", "--mesh", "ball-pivoting")
+    assert result.exit_code == 2 and "--mesh: surfaces need pymeshlab" in result.output
+    assert not (tmp_path / "gen").exists()
 
 
 def test_generate_names_a_missing_model(tmp_path, weights):

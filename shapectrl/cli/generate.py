@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import click
@@ -14,6 +15,7 @@ from common.runtime import atomic_open
 from shapectrl.classifier import ShapeClassifier
 from shapectrl.control import ShapeControlConfig
 from shapectrl.io import write_ply
+from shapectrl.mesh import MESH_METHODS, Surface, mesh_missing, reconstruct
 from shapectrl.pipeline import (
     PROPOSALS,
     ShapeGenerationConfig,
@@ -27,6 +29,7 @@ from shapectrl.weights import EVALUATOR, REWARD_CLASSIFIER, weight_path
 DEFAULTS = ShapeGenerationConfig()  # one source of defaults: the Python API's
 
 SHEET = "contact_sheet.png"
+MESH_SHEET = "meshes.png"
 SUMMARY = "summary.json"
 
 
@@ -47,23 +50,18 @@ def _parse_attrs(ctx: click.Context, param: click.Parameter, texts: tuple[str, .
     return values
 
 
-
-
-
-
-
-
-def _outputs(out: Path, prefix: str, n_samples: int, overwrite: bool) -> list[Path]:
-    """The PLY paths; refuses (before anything is sampled) if any output already exists."""
+def _outputs(out: Path, prefix: str, n_samples: int, overwrite: bool, meshes: bool) -> tuple[list[Path], list[Path]]:
+    """The PLY paths of the clouds and of their surfaces (none without ``meshes``); refuses (before
+    anything is sampled) if any output already exists."""
     width = max(4, len(str(n_samples - 1)))
     paths = [out / f"{prefix}_{k:0{width}d}.ply" for k in range(n_samples)]
-    existing = [p for p in [*paths, out / SHEET, out / SUMMARY] if p.exists()]
+    mesh_paths = [path.with_name(f"{path.stem}_mesh.ply") for path in paths] if meshes else []
+    existing = [p for p in [*paths, *mesh_paths, out / SHEET, out / SUMMARY, *([out / MESH_SHEET] if meshes else [])]
+                if p.exists()]
     if existing and not overwrite:
         raise click.UsageError(f"{existing[0]} already exists ({len(existing)} of the outputs): "
                                "pass --overwrite or choose another --out or --prefix")
-    return paths
-
-
+    return paths, mesh_paths
 
 
 def _caption(predicted: str, prob: float, values: dict[str, float]) -> str:
@@ -107,6 +105,10 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @click.option("--guidance-scale", type=click.FloatRange(0), default=DEFAULTS.guidance_scale, show_default=True,
               help="Classifier-free guidance w: ε(z, 0) + w·(ε(z, c) − ε(z, 0)), the empty condition being the model's "
                    "unconditional branch; 1 samples the model itself (two network calls per step otherwise).")
+@click.option("--mesh", "mesh_method", type=click.Choice(MESH_METHODS), is_flag=False, flag_value="offset", default=None,
+              help="Also write a surface per cloud, PREFIX_0000_mesh.ply, and meshes.png of them shaded (pymeshlab): "
+                   "--mesh alone or --mesh offset: watertight (a thin shell around the ball-pivoting surface); "
+                   "--mesh ball-pivoting: through the points themselves, open where the cloud is sparse.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--prefix", default="sample", show_default=True, help="File names are PREFIX_0000.ply, ...")
 @click.option("--overwrite", is_flag=True, help="Replace outputs of the same names already in OUT.")
@@ -114,16 +116,20 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_path, particles, proposal, reward_path,
-             points, steps, solver, guidance_scale, batch_size, prefix, overwrite, seed, device, threads, as_json) -> None:
+             points, steps, solver, guidance_scale, mesh_method, batch_size, prefix, overwrite, seed, device, threads,
+             as_json) -> None:
     """Generate N clouds for one target (a --class, --attr values or both) into OUT.
 
     Writes OUT/PREFIX_0000.ply, ... in model units, OUT/contact_sheet.png (each cloud captioned with
     the evaluator's class and probability and the measured target attributes) and OUT/summary.json,
-    and prints the class accuracy, each attribute's mean absolute error and the sampling time.
+    and prints the class accuracy, each attribute's mean absolute error and the sampling time. With
+    --mesh also OUT/PREFIX_0000_mesh.ply, ... and OUT/meshes.png.
     Attributes are measured on the first points of each cloud, as many as the model was trained on.
     """
     if class_name is None and not attrs:
         raise click.UsageError("give a target: --class, at least one --attr NAME=VALUE, or both")
+    if mesh_method and mesh_missing():
+        raise click.UsageError(f"--mesh: {mesh_missing()}")
     dev = compute_device(device, threads)
     with usage_errors():
         config = ShapeGenerationConfig(method, particles, proposal, points, steps, solver, guidance_scale)
@@ -139,7 +145,7 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
     if class_name is not None and class_name not in evaluator.classes:
         raise click.BadParameter(f"{evaluator_file}: does not know class {class_name!r} "
                                  f"(it knows {', '.join(evaluator.classes)})", param_hint="--evaluator")
-    paths = _outputs(out, prefix, n_samples, overwrite)
+    paths, mesh_paths = _outputs(out, prefix, n_samples, overwrite, mesh_method is not None)
 
     with tqdm(total=n_samples, desc=f"steering {particles} particles" if particles else "sampling", unit="cloud",
               disable=None) as bar:
@@ -150,9 +156,16 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
         write_ply(file, cloud)
     per_cloud = [{name: round(float(values[k]), 5) for name, values in scores.measured.items()}
                  for k in range(n_samples)]
-    contact_sheet(result.clouds, [_caption(c, float(p), v) for c, p, v in
-                                  zip(scores.classes, scores.probabilities, per_cloud)], out / SHEET,
-                  title=f"{_target_text(class_name, attrs)} ({result.description})")
+    captions = [_caption(c, float(p), v) for c, p, v in zip(scores.classes, scores.probabilities, per_cloud)]
+    title = f"{_target_text(class_name, attrs)} ({result.description})"
+    contact_sheet(result.clouds, captions, out / SHEET, title=title)
+    t_mesh = time.perf_counter()
+    surfaces = _write_surfaces(result.clouds, mesh_paths, mesh_method) if mesh_method else []
+    mesh_seconds = time.perf_counter() - t_mesh
+    if surfaces:
+        contact_sheet(result.clouds, [f"{c}{'' if s is None or s.watertight else ' (open)'}"
+                                      for c, s in zip(captions, surfaces)], out / MESH_SHEET,
+                      title=f"{title}, {mesh_method} surfaces", surfaces=surfaces)
     summary = {
         "target": {"class": class_name, "attributes": attrs},
         "method": result.description, "model": str(generator.path), "evaluator": str(evaluator_file),
@@ -169,9 +182,31 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
                     "mean_reward": round(float(steered.reward.mean()), 4)}
     samples = [{"file": file.name, "class": c, "probability": round(float(p), 5), "attributes": v}
                for file, c, p, v in zip(paths, scores.classes, scores.probabilities, per_cloud)]
+    if surfaces:
+        made = [s for s in surfaces if s is not None]
+        summary["mesh"] = {"method": mesh_method, "made": len(made), "seconds": round(mesh_seconds, 2),
+                           "watertight": round(sum(s.watertight for s in made) / max(len(made), 1), 4)}
+        for entry, file, surface in zip(samples, mesh_paths, surfaces):
+            entry["mesh"] = None if surface is None else {"file": file.name, "watertight": surface.watertight,
+                                                         "faces": len(surface.faces)}
     with atomic_open(out / SUMMARY) as handle:
         json.dump(summary | {"samples": samples}, handle, indent=2)
     click.echo(json.dumps(summary) if as_json else _report(summary))
+
+
+def _write_surfaces(clouds, paths: list[Path], method: str) -> list[Surface | None]:
+    """Each cloud's surface by ``method``, written to its path; None (and no file) for a cloud on which
+    no triangle could be made."""
+    surfaces: list[Surface | None] = []
+    for cloud, path in zip(tqdm(clouds, desc=f"meshing ({method})", unit="cloud", disable=None), paths):
+        try:
+            surface = reconstruct(cloud, method)
+        except ValueError:
+            surface = None
+        else:
+            write_ply(path, surface.vertices, surface.faces)
+        surfaces.append(surface)
+    return surfaces
 
 
 def _report(summary: dict) -> str:
@@ -185,6 +220,10 @@ def _report(summary: dict) -> str:
     if "particles" in summary:
         lines.append(f"mean ESS {summary['mean_ess']:.1f} of {summary['particles']}; "
                      f"{summary['network_calls_per_cloud']} network evaluations per cloud")
+    if "mesh" in summary:
+        mesh = summary["mesh"]
+        lines.append(f"{mesh['made']} {mesh['method']} surfaces and {MESH_SHEET} in {mesh['seconds']:.1f} s, "
+                     f"{mesh['watertight']:.0%} of them watertight")
     if target["class"] is not None:
         lines.append(f"class accuracy ({target['class']}): {summary['class_accuracy']:.3f}")
     lines += [f"{name}: mean |measured - target| = {mae:.4f} (target {target['attributes'][name]:g})"
