@@ -21,6 +21,12 @@ from dataclasses import dataclass
 import torch
 
 from common.conditioning import CLIP, standard_scores
+
+RARE_SCORES = 3.0  # a target this many training standard deviations from the mean is rare in the data
+
+
+class RareTargetWarning(UserWarning):
+    """A target attribute far from the values the model was trained on (:meth:`ShapeConditions.rare`)."""
 from common.exports import typed_field
 from shapectrl.data.attributes import ATTRIBUTE_CLASS, ATTRIBUTES, measure
 
@@ -129,6 +135,20 @@ class ShapeConditions:
         if not mask.any():
             raise ValueError("a target needs a class or at least one attribute")
         return y, mask
+
+    def rare(self, values: Mapping[str, float]) -> list[str]:
+        """One line for each known attribute value more than :data:`RARE_SCORES` training standard
+        deviations from the training mean (but within what :meth:`target` accepts): the model saw few
+        such shapes or none, so expect it to miss."""
+        lines = []
+        for name, value in values.items():
+            if name in self.attributes:
+                k = self.attributes.index(name)
+                score = (value - float(self.mean[k])) / float(self.scale[k])
+                if RARE_SCORES < abs(score) <= CLIP:
+                    lines.append(f"{name}={value:g} is {abs(score):.1f} standard deviations from the training mean "
+                                 f"{float(self.mean[k]):.3g}: the model saw few or no such shapes, expect a larger error")
+        return lines
 
     def to_dict(self) -> dict:
         return {"classes": list(self.classes), "attributes": list(self.attributes),

@@ -14,6 +14,7 @@ defaults both use. ``particles=K`` steers K particles per cloud from the prior (
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from common.diffusion import SOLVERS, solver_named
 from common.runtime import resolve_device, seed_everything
 from common.smc import SteeringReport
 from shapectrl.classifier import ShapeClassifier
-from shapectrl.conditions import ShapeConditions
+from shapectrl.conditions import RareTargetWarning, ShapeConditions
 from shapectrl.control import ControlledShapes, ShapeControlConfig
 from shapectrl.io import write_ply
 from shapectrl.prior import ShapeDiffusion
@@ -116,10 +117,15 @@ class ShapeGenerator:
     def target(self, class_name: str | None = None, attributes: Mapping[str, float] | None = None,
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(y (1 + A,), y_mask (1 + A,))`` of a class and attribute values (ValueError naming what the
-        model does not know)."""
+        model does not know; a :class:`~shapectrl.conditions.RareTargetWarning` for each value that is rare
+        in the training data)."""
         if class_name is None and not attributes:
             raise ValueError("give a target: a class, at least one attribute, or both")
-        return self.controlled.conditions.target(class_name, dict(attributes or {}))
+        conditions = self.controlled.conditions
+        target = conditions.target(class_name, dict(attributes or {}))
+        for line in conditions.rare(dict(attributes or {})):
+            warnings.warn(line, RareTargetWarning, stacklevel=2)
+        return target
 
     def sample(self, class_name: str | None = None, attributes: Mapping[str, float] | None = None, n: int = 16,
                seed: int = 0, batch_size: int = 16, on_batch: Callable[[int], None] | None = None) -> GeneratedShapes:

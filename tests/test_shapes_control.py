@@ -102,6 +102,9 @@ def test_targets_by_name_and_their_errors() -> None:
         cond.target()
     with pytest.raises(ValueError, match=r"chair_back_height=1.5 is outside what the model can be asked \(-0.6 to 1.4"):
         cond.target("chair", {"chair_back_height": 1.5})  # beyond mean ± 5 sd the encoding is clipped: 1.4 and 9 alike
+    assert cond.rare({"chair_back_height": 0.9}) == []  # 2.5 sd
+    (line,) = cond.rare({"chair_back_height": 1.1})  # 3.5 sd: accepted, with a warning
+    assert line.startswith("chair_back_height=1.1 is 3.5 standard deviations from the training mean 0.4")
     assert ShapeConditions.from_dict(cond.to_dict()).to_dict() == cond.to_dict()
 
 

@@ -93,6 +93,12 @@ def test_generate_rejects_bad_targets(tmp_path, weights, args, message):
     assert not (tmp_path / "gen").exists()
 
 
+def test_generate_warns_of_an_attribute_rare_in_the_training_data(tmp_path, weights):
+    result = _run(weights, tmp_path / "gen", "--attr", "height=1.6")  # mean 0.6, sd 0.3: 3.3 sd
+    assert result.exit_code == 0, result.output
+    assert "Warning: height=1.6 is 3.3 standard deviations from the training mean 0.6" in result.output
+
+
 def test_generate_refuses_existing_outputs_before_sampling(tmp_path, weights):
     out = tmp_path / "gen"
     out.mkdir()

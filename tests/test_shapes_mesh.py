@@ -1,8 +1,6 @@
 """Surfaces of point clouds (``shapectrl.mesh``) and ``shapectrl generate --mesh``."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from plyfile import PlyData

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -13,6 +14,7 @@ from tqdm import tqdm
 from common.cli import compute_device, compute_options, solver_option, usage_errors
 from common.runtime import atomic_open
 from shapectrl.classifier import ShapeClassifier
+from shapectrl.conditions import RareTargetWarning
 from shapectrl.control import ShapeControlConfig
 from shapectrl.io import write_ply
 from shapectrl.mesh import MESH_METHODS, Surface, mesh_missing, reconstruct
@@ -135,11 +137,15 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
         config = ShapeGenerationConfig(method, particles, proposal, points, steps, solver, guidance_scale)
     generator = ShapeGenerator.load(config, model=model_path, reward=reward_path, device=str(dev))
     try:
-        generator.target(class_name, attrs)
+        with warnings.catch_warnings(record=True) as rare:
+            warnings.simplefilter("always")
+            generator.target(class_name, attrs)
     except ValueError as err:
         known = generator.controlled.conditions.classes
         raise click.BadParameter(str(err), param_hint="--class" if class_name is not None and class_name not in known
                                  else "--attr") from None
+    for warning in rare:
+        click.echo(f"Warning: {warning.message}", err=True)
     evaluator_file = weight_path(evaluator_path or EVALUATOR)
     evaluator = ShapeClassifier.load(evaluator_file).to(dev).eval()
     if class_name is not None and class_name not in evaluator.classes:
@@ -148,7 +154,8 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
     paths, mesh_paths = _outputs(out, prefix, n_samples, overwrite, mesh_method is not None)
 
     with tqdm(total=n_samples, desc=f"steering {particles} particles" if particles else "sampling", unit="cloud",
-              disable=None) as bar:
+              disable=None) as bar, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RareTargetWarning)  # said above, in one line
         result = generator.sample(class_name, attrs, n_samples, seed, batch_size, on_batch=bar.update)
     scores = score(result, evaluator)
     out.mkdir(parents=True, exist_ok=True)
