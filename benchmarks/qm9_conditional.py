@@ -101,15 +101,22 @@ def _row(name: str, sample, conditions: PropertyConditions, evaluator, propertie
 
 def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, steps: int, final_reward=None,
                     judge: str = "model", solver: Solver = ANCESTRAL):
-    """The row name and sampler of ``--smc K:PROPOSAL[:TAU[:plain]]``, and a box that receives the network
-    calls per molecule; ``plain`` reads the reward on x̂₀ unwidened in the potential; ``final_reward`` (of
-    the ``--judge`` named ``judge``) gives the final weights in the reward's place."""
+    """The row name and sampler of ``--smc K:PROPOSAL[:TAU[:FLAG...]]``, and a box that receives the network
+    calls per molecule; flag ``plain`` reads the reward on x̂₀ unwidened in the potential, ``everyM`` reads
+    the potential at every M-th step; ``final_reward`` (of the ``--judge`` named ``judge``) gives the final
+    weights in the reward's place."""
     from molctrl.steer import Steering, steer
     from molctrl.weights import WEIGHTS_DIR
 
     parts = spec.split(":")
-    k, proposal, tau, potential = (parts + ["prior", "1", "widened"][len(parts) - 1:])[:4]
-    steering = Steering(int(k), proposal, float(tau), guidance_window=DEFAULT_WINDOW, widened=potential != "plain")
+    k, proposal, tau = (parts + ["prior", "1"][len(parts) - 1:])[:3]
+    flags = parts[3:]
+    every = [int(f[5:]) for f in flags if f.startswith("every") and f[5:].isdigit()]
+    if any(f != "plain" and not (f.startswith("every") and f[5:].isdigit()) for f in flags):
+        raise click.BadParameter(f"{spec!r}: expected flags 'plain' or 'everyM' after K:PROPOSAL:TAU", param_hint="--smc")
+    potential = "plain" if "plain" in flags else "widened"
+    steering = Steering(int(k), proposal, float(tau), guidance_window=DEFAULT_WINDOW, widened=potential != "plain",
+                        potential_every=every[-1] if every else 1)
     conditioned = load_prior(WEIGHTS_DIR / f"qm9-noh-{proposal}.safetensors").eval() if proposal in ("rgdm", "ctrl") else None
     calls = {}
 
@@ -121,7 +128,9 @@ def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, st
         return molecules
 
     name = (f"SMC, K = {steering.particles}, {steering.proposal} proposal" + (f", τ = {tau}" if float(tau) != 1 else "")
-            + (", plain potential" if potential == "plain" else "") + (f", final weights: {judge}" if final_reward else ""))
+            + (", plain potential" if potential == "plain" else "")
+            + (f", potential every {steering.potential_every} steps" if steering.potential_every > 1 else "")
+            + (f", final weights: {judge}" if final_reward else ""))
     return name, sample, calls
 
 
@@ -218,9 +227,10 @@ def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
                    "of the target's size that --pool-reward finds most likely.")
 @click.option("--pool-reward", default="qm9-noh-e3nn-Db", show_default=True,
               help="The predictor whose predictions the pool holds.")
-@click.option("--smc", "smc_specs", multiple=True, metavar="K:PROPOSAL[:TAU]",
+@click.option("--smc", "smc_specs", multiple=True, metavar="K:PROPOSAL[:TAU[:FLAG...]]",
               help="A sequential Monte Carlo row: K particles, proposal prior, guidance, rgdm or ctrl, temperature τ "
-                   "(default 1), and 'plain' for the unwidened potential, e.g. 16:prior, 16:prior:0.5:plain.")
+                   "(default 1), then flags: 'plain' for the unwidened potential, 'everyM' to read the potential at every "
+                   "M-th step, e.g. 16:prior, 16:prior:0.5:plain, 16:prior:0.25:every2.")
 @click.option("--best-of", "best_of", multiple=True, type=click.IntRange(1), metavar="K",
               help="A best-of-K row: K fresh prior samples per target, the valid one --smc-reward likes best.")
 @click.option("--smc-reward", default="qm9-noh-e3nn-Db", show_default=True,

@@ -214,7 +214,7 @@ def smc_sample(diffusion: GaussianDiffusion, prior: Denoiser, potential: Potenti
                n_particles: int = 16, n_sampling_steps: int | None = 100, proposal: Proposal | None = None,
                temperature: float = 1.0, potential_from: int = 400, ess_threshold: float = 0.5,
                resample_window: tuple[int, int] | None = None, generator: torch.Generator | None = None,
-               dtype: torch.dtype = torch.float32, solver: Solver = ANCESTRAL) -> SMCResult:
+               dtype: torch.dtype = torch.float32, solver: Solver = ANCESTRAL, potential_every: int = 1) -> SMCResult:
     """Steer ``n_particles`` particles per output towards p_pre(x)·exp(r(x)/τ) (see the module docstring).
 
     Args:
@@ -226,9 +226,12 @@ def smc_sample(diffusion: GaussianDiffusion, prior: Denoiser, potential: Potenti
         resample_window: ``(lo, hi)``: resample only at steps lo < t ≤ hi (``None``: anywhere).
         solver: the grid and order of the steps; a second-order step's history (the prior's, and the
             proposal's) is resampled with the particles, so p_pre and q stay closed-form Gaussians.
+        potential_every: read the potential at every m-th step of those where it is on, the first
+            included, and keep G_t between (another sequence of intermediate targets: the final target
+            is unchanged; the reward's cost falls by m, the steering gets coarser).
     """
-    if n_particles < 1 or temperature <= 0 or not 0 <= ess_threshold <= 1:
-        raise ValueError("SMC needs n_particles ≥ 1, temperature > 0 and 0 ≤ ess_threshold ≤ 1")
+    if n_particles < 1 or temperature <= 0 or not 0 <= ess_threshold <= 1 or potential_every < 1:
+        raise ValueError("SMC needs n_particles ≥ 1, temperature > 0, 0 ≤ ess_threshold ≤ 1 and potential_every ≥ 1")
     b, k, steps = len(mask), n_particles, diffusion.n_steps
     calls = 0
     lo, hi = resample_window or (-1, steps)
@@ -240,15 +243,17 @@ def smc_sample(diffusion: GaussianDiffusion, prior: Denoiser, potential: Potenti
     rows = torch.arange(b, device=mask.device).unsqueeze(1) * k
     ess_trace, resampled_trace = [], []
     history_pre = history_q = None
+    reads = 0  # steps so far where the potential is on
     for t, s in diffusion.transitions(n_sampling_steps, b * k, mask.device, solver):
         time = t.to(z.dtype) / steps
         eps_pre = prior(z, time, mask)
         weight = 1 - t[0].item() / potential_from if potential_from > 0 else 1.0
-        if weight > 0:
+        if weight > 0 and reads % potential_every == 0:
             estimate = potential.estimate(diffusion.predict_x0(z, eps_pre, t), time, mask).double()
             new_value = weight * torch.nan_to_num(estimate, nan=FLOOR, neginf=FLOOR).clamp(min=FLOOR) / temperature
         else:
-            new_value = torch.zeros_like(value)
+            new_value = value if weight > 0 else torch.zeros_like(value)
+        reads += weight > 0
         log_w += (pending + new_value - value).view(b, k)
         value = new_value
         ess = effective_sample_size(log_w)

@@ -284,3 +284,30 @@ def test_second_order_histories_follow_resampled_particles():
     assert by_prior.resampled.sum() >= 5 and float(by_prior.ess.min()) < 3.5  # real resampling, uneven weights
     torch.testing.assert_close(by_network.x, by_prior.x)
     torch.testing.assert_close(by_network.log_weights, by_prior.log_weights)
+
+
+@pytest.mark.parametrize("every, reads", [(1, 10), (2, 5), (4, 3)])
+def test_a_sparser_potential_is_read_less_and_telescopes_to_the_final_reward(every, reads):
+    """Reading the potential at every m-th step where it is on (all 10 here) keeps G between reads, so the
+    weights (and the ESS) move only at reads; without resampling the increments telescope, so each
+    log-weight is exactly r(x)/τ."""
+    from common.smc import Potential, smc_sample
+
+    diffusion, denoiser, mask = _toy_chain()
+    calls = []
+
+    def estimate(x0, t, m):
+        calls.append(t[0].item())
+        return -0.1 * x0[..., 3].sum(1)
+
+    pull = Potential(estimate, lambda x, m: -0.1 * x[..., 3].sum(1))  # gentle: the ESS moves but stays above 1
+    out = smc_sample(diffusion, denoiser, pull, mask, 5, n_particles=4, n_sampling_steps=10, temperature=0.5,
+                     potential_from=diffusion.n_steps, ess_threshold=0.0, generator=torch.Generator().manual_seed(3),
+                     potential_every=every)
+    assert len(calls) == reads and not out.resampled.any()
+    moved = {i: not torch.equal(out.ess[i], out.ess[i - 1]) for i in range(1, 11)}  # 11 transitions, the first off
+    assert not any(moved[i] for i in moved if (i - 1) % every) and sum(moved.values()) >= 3
+    final = (-0.1 * out.x[..., 3].sum(1) / 0.5).double()
+    torch.testing.assert_close(out.log_weights.gather(1, out.chosen.unsqueeze(1)).squeeze(1), final)
+    with pytest.raises(ValueError, match="potential_every ≥ 1"):
+        smc_sample(diffusion, denoiser, pull, mask, 5, potential_every=0)
