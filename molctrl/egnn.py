@@ -37,8 +37,8 @@ def dense_masks(mask: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, t
     return mask.unsqueeze(-1).to(dtype), edge_mask.unsqueeze(-1).to(dtype)
 
 
-#: Largest (b, N, N, H) pair tensor of one CPU slice, by the dtype of the matrix products (1 MB and 2 MB:
-#: the fastest at EDM's size in benchmarks.speed; bfloat16 gained from 1 to 2 MB, float32 did not).
+#: Largest (b, N, N, H) pair tensor of one CPU slice, by the dtype of the matrix products: 1 MB and 2 MB
+#: (a sweep of the EDM-size step from 0.5 to 4 MB, not recorded: bfloat16 gained from 1 to 2 MB, float32 did not).
 CPU_PAIR_ELEMENTS = {torch.float32: 2**18, torch.bfloat16: 2**20}
 
 
