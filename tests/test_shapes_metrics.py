@@ -188,6 +188,12 @@ def test_read_errors_are_one_line_and_name_the_file(tmp_path: Path) -> None:
     np.savez(tmp_path / "shape.npz", points=np.zeros((2, 4, 2)))
     cases["shape.npz"] = r"shape.npz: 'points' has shape \(2, 4, 2\)"
     cases["absent.npz"] = "absent.npz: no such file or folder"
+    holed = np.zeros((4, 3))
+    holed[2, 1] = np.nan
+    write_ply(tmp_path / "nan.ply", holed)
+    cases["nan.ply"] = "nan.ply: vertex 2 is not finite"
+    np.savez(tmp_path / "inf.npz", points=np.where(np.eye(3, dtype=bool), np.inf, 0.0)[None])
+    cases["inf.npz"] = "inf.npz: 'points' holds values that are not finite"
     for name, pattern in cases.items():
         with pytest.raises(ShapeFileError, match=pattern) as info:
             read_point_sets(tmp_path / name)
