@@ -6,8 +6,9 @@
 Without ``--model`` the shipped ``qm9-noh`` prior is scored. Each ``--steps`` value is one row of the
 ancestral sampler, each ``--row STEPS:SOLVER[:PRECISION]`` one row of that solver
 (:data:`common.diffusion.SOLVERS`) with the denoiser's matrix products in that precision
-(:data:`common.runtime.PRECISIONS`, default fp32); every row starts from the same seed. A row records its sampling seconds and molecules per second (the
-network dominates: one evaluation per step) and, against the first row, the speed-up.
+(:data:`common.runtime.PRECISIONS`, default fp32); every row starts from the same seed. A row records
+its sampling seconds and molecules per second (the network dominates: one evaluation per step) and,
+against the first row, the speed-up.
 """
 from __future__ import annotations
 

@@ -111,9 +111,10 @@ def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, st
     parts = spec.split(":")
     k, proposal, tau = (parts + ["prior", "1"][len(parts) - 1:])[:3]
     flags = parts[3:]
-    every = [int(f[5:]) for f in flags if f.startswith("every") and f[5:].isdigit()]
-    if any(f != "plain" and not (f.startswith("every") and f[5:].isdigit()) for f in flags):
-        raise click.BadParameter(f"{spec!r}: expected flags 'plain' or 'everyM' after K:PROPOSAL:TAU", param_hint="--smc")
+    every = [int(f[5:]) for f in flags if re.fullmatch(r"every[1-9]\d*", f)]
+    if len(every) + flags.count("plain") != len(flags):
+        raise click.BadParameter(f"{spec!r}: expected flags 'plain' or 'everyM' (M ≥ 1) after K:PROPOSAL:TAU",
+                                 param_hint="--smc")
     potential = "plain" if "plain" in flags else "widened"
     steering = Steering(int(k), proposal, float(tau), guidance_window=DEFAULT_WINDOW, widened=potential != "plain",
                         potential_every=every[-1] if every else 1)

@@ -30,14 +30,20 @@ def resolve_device(name: str = "auto") -> torch.device:
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+def precision_named(name: str) -> torch.dtype:
+    """The :data:`PRECISIONS` entry ``name``, with a one-line error for any other name."""
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r} (expected one of {', '.join(PRECISIONS)})")
+    return PRECISIONS[name]
+
+
 def set_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     """Run the matrix products of every submodule with a ``compute_dtype`` in ``precision`` (a key of
     :data:`PRECISIONS`); parameters stay float32. Returns ``model``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
+    dtype = precision_named(precision)
     for module in model.modules():
         if hasattr(module, "compute_dtype"):
-            module.compute_dtype = PRECISIONS[precision]
+            module.compute_dtype = dtype
     return model
 
 

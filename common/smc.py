@@ -248,11 +248,13 @@ def smc_sample(diffusion: GaussianDiffusion, prior: Denoiser, potential: Potenti
         time = t.to(z.dtype) / steps
         eps_pre = prior(z, time, mask)
         weight = 1 - t[0].item() / potential_from if potential_from > 0 else 1.0
-        if weight > 0 and reads % potential_every == 0:
+        if weight <= 0:
+            new_value = torch.zeros_like(value)
+        elif reads % potential_every:
+            new_value = value  # between reads G_t is kept
+        else:
             estimate = potential.estimate(diffusion.predict_x0(z, eps_pre, t), time, mask).double()
             new_value = weight * torch.nan_to_num(estimate, nan=FLOOR, neginf=FLOOR).clamp(min=FLOOR) / temperature
-        else:
-            new_value = value if weight > 0 else torch.zeros_like(value)
         reads += weight > 0
         log_w += (pending + new_value - value).view(b, k)
         value = new_value

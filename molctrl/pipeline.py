@@ -24,7 +24,12 @@ import torch
 
 from common.diffusion import SOLVERS, solver_named
 from common.rewards import Reward
-from common.runtime import PRECISIONS, resolve_device, seed_everything, set_precision
+from common.runtime import (
+    precision_named,
+    resolve_device,
+    seed_everything,
+    set_precision,
+)
 from common.smc import SteeringReport
 from common.weights import SUFFIX, WeightsError
 from molctrl.conditions import PropertyConditions
@@ -87,8 +92,7 @@ class GenerationConfig:
         if self.proposal not in PROPOSALS:
             raise ValueError(f"unknown proposal {self.proposal!r} (expected one of {', '.join(PROPOSALS)})")
         solver_named(self.solver)
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r} (expected one of {', '.join(PRECISIONS)})")
+        precision_named(self.precision)
         if self.method == "smc" and self.particles < 1:
             raise ValueError("smc needs at least one particle per molecule")
         if self.guidance_scale != 1.0 and self.method not in ("rgdm", "ctrl"):

@@ -21,14 +21,15 @@ from dataclasses import dataclass
 import torch
 
 from common.conditioning import CLIP, standard_scores
+from common.exports import typed_field
+from shapectrl.data.attributes import ATTRIBUTE_CLASS, ATTRIBUTES, measure
 
 RARE_SCORES = 3.0  # a target this many training standard deviations from the mean is rare in the data
 
 
 class RareTargetWarning(UserWarning):
     """A target attribute far from the values the model was trained on (:meth:`ShapeConditions.rare`)."""
-from common.exports import typed_field
-from shapectrl.data.attributes import ATTRIBUTE_CLASS, ATTRIBUTES, measure
+
 
 #: The attributes a controlled model is conditioned on unless told otherwise: the three extents and
 #: one class-specific attribute per class.

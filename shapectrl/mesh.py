@@ -10,7 +10,8 @@ Two recipes (:data:`MESH_METHODS`), both starting from normals estimated on the 
   absolute distances). The level set of a distance is closed, so the mesh is watertight once the rare
   non-manifold edges of marching cubes' ambiguous cells are split and the few-edge holes that leaves
   are filled (checked, not assumed: :attr:`Surface.watertight`); holes of the pivoting surface narrower
-  than about 2r close, and every part is r thicker. r = 3 × the cloud's median nearest-neighbour spacing, the grid cell r / 4.
+  than about 2r close, and every part is r thicker. r = 3 × the cloud's median nearest-neighbour
+  spacing, the grid cell r / 4.
 
 Screened Poisson reconstruction was tried on generated chairs and not kept: normals from local planes
 flip across thin parts (seats, backs), which gives sheets and bulges, and MeshLab crops the result to

@@ -121,9 +121,9 @@ class ShapeGenerator:
         in the training data)."""
         if class_name is None and not attributes:
             raise ValueError("give a target: a class, at least one attribute, or both")
-        conditions = self.controlled.conditions
-        target = conditions.target(class_name, dict(attributes or {}))
-        for line in conditions.rare(dict(attributes or {})):
+        conditions, values = self.controlled.conditions, dict(attributes or {})
+        target = conditions.target(class_name, values)
+        for line in conditions.rare(values):
             warnings.warn(line, RareTargetWarning, stacklevel=2)
         return target
 

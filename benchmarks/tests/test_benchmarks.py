@@ -49,6 +49,25 @@ def test_conditional_benchmark_scores_methods_by_the_edm_protocol(weight_files, 
     assert bad.exit_code == 2 and "expected LO:HI" in bad.output, bad.output
 
 
+@pytest.mark.parametrize("spec, name", [("16:prior:0.25", "SMC, K = 16, prior proposal, τ = 0.25"),
+                                        ("4:prior:1:plain:every3", "SMC, K = 4, prior proposal, plain potential, "
+                                                                  "potential every 3 steps")])
+def test_smc_row_specs_name_their_flags(spec, name):
+    from benchmarks.qm9_conditional import steered_sampler
+
+    assert steered_sampler(spec, None, None, None, 2)[0] == name  # the spec is read before anything is sampled
+
+
+@pytest.mark.parametrize("spec", ["16:prior:0.25:every0", "16:prior:0.25:often"])
+def test_bad_smc_flags_get_one_line_errors(spec):
+    import click
+
+    from benchmarks.qm9_conditional import steered_sampler
+
+    with pytest.raises(click.BadParameter, match="expected flags 'plain' or 'everyM'"):
+        steered_sampler(spec, None, None, None, 2)
+
+
 def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
     from benchmarks.shapes_conditional import main as benchmark
     from shapectrl.data.families import CLASSES as ALL

@@ -130,8 +130,8 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
     """
     if class_name is None and not attrs:
         raise click.UsageError("give a target: --class, at least one --attr NAME=VALUE, or both")
-    if mesh_method and mesh_missing():
-        raise click.UsageError(f"--mesh: {mesh_missing()}")
+    if mesh_method and (missing := mesh_missing()):
+        raise click.UsageError(f"--mesh: {missing}")
     dev = compute_device(device, threads)
     with usage_errors():
         config = ShapeGenerationConfig(method, particles, proposal, points, steps, solver, guidance_scale)
