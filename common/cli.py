@@ -53,11 +53,12 @@ def solver_option(default: str):
                              "dpm2 (second-order stochastic steps on a grid even in log-SNR; docs/sampling.md).")
 
 
-def precision_option(default: str = "fp32"):
-    """``--precision``: the denoiser's matrix products in float32 or bfloat16 (:func:`common.runtime.set_precision`)."""
-    return click.option("--precision", type=click.Choice(list(PRECISIONS)), default=default, show_default=True,
-                        help="The denoiser's matrix products: fp32, or bf16 (float32 coordinates and residual "
-                             "stream; faster where the CPU or GPU has bfloat16 units; docs/sampling.md).")
+def precision_option(default: str = "auto"):
+    """``--precision``: the denoiser's matrix products in float32 or bfloat16, or ``auto``
+    (:func:`common.runtime.resolve_precision`, :func:`common.runtime.set_precision`)."""
+    return click.option("--precision", type=click.Choice([*PRECISIONS, "auto"]), default=default, show_default=True,
+                        help="The denoiser's matrix products: fp32, bf16 (float32 coordinates and residual stream), "
+                             "or auto: bf16 where the CPU or GPU has bfloat16 units, fp32 elsewhere (docs/sampling.md).")
 
 
 def compute_device(device: str, threads: int | None) -> torch.device:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shlex
 import sys
 import tempfile
@@ -37,13 +38,40 @@ def precision_named(name: str) -> torch.dtype:
     return PRECISIONS[name]
 
 
+def native_bfloat16(device: torch.device, cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether ``device`` has bfloat16 arithmetic: a CUDA GPU that supports it, or a CPU whose flags (Linux's
+    ``cpuinfo``) list ``avx512_bf16`` or ``amx_bf16``; False where they cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where :func:`native_bfloat16` (``device``), else ``fp32``; a :data:`PRECISIONS`
+    name as it is (one-line error for any other)."""
+    if name == "auto":
+        return "bf16" if native_bfloat16(device) else "fp32"
+    precision_named(name)
+    return name
+
+
 def set_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     """Run the matrix products of every submodule with a ``compute_dtype`` in ``precision`` (a key of
-    :data:`PRECISIONS`); parameters stay float32. Returns ``model``."""
+    :data:`PRECISIONS`); parameters stay float32. Returns ``model``.
+
+    Raises:
+        ValueError: an unknown name, or a lower precision for a model without a lower-precision path.
+    """
     dtype = precision_named(precision)
-    for module in model.modules():
-        if hasattr(module, "compute_dtype"):
-            module.compute_dtype = dtype
+    modules = [module for module in model.modules() if hasattr(module, "compute_dtype")]
+    if not modules and dtype != torch.float32:
+        raise ValueError(f"precision {precision}: {type(model).__name__} has no lower-precision path (fp32 only)")
+    for module in modules:
+        module.compute_dtype = dtype
     return model
 
 

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from common.exports import restore
-from common.runtime import ProcessGroup, command_line
+from common.runtime import ProcessGroup, command_line, set_precision
 from common.weights import SUFFIX, WeightsError, read_tree, save_tree
 
 CHECKPOINT, MODEL = f"checkpoint{SUFFIX}", f"model{SUFFIX}"
@@ -117,6 +117,7 @@ class TrainConfig:
     log_every: int = 100
     seed: int = 0
     compile: bool = False  # the caller torch.compiles its hot network in place (same state_dict keys)
+    precision: str = "fp32"  # of the network's matrix products while training (common.runtime.set_precision)
 
 
 class Progress:
@@ -179,7 +180,7 @@ class Trainer:
             device = torch.device("cuda", self.group.local_rank)
         self.device, self.config, self.batches = device, config, batches
         self.run_dir = Path(run_dir)
-        self.model = model.to(device)
+        self.model = set_precision(model.to(device), config.precision)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
         groups = model.parameter_groups() if hasattr(model, "parameter_groups") else model.parameters()
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, amsgrad=True, weight_decay=config.weight_decay)

@@ -128,6 +128,8 @@ def test_bfloat16_products_keep_the_output_float32_and_close():
     assert torch.equal(m.denoiser(x, t, mask), exact)
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         set_precision(m, "fp8")
+    with pytest.raises(ValueError, match="Sequential has no lower-precision path"):
+        set_precision(torch.nn.Sequential(torch.nn.Linear(2, 2)), "bf16")
 
 
 def test_a_conditioned_copy_starts_as_the_prior_and_can_learn_the_condition(model):

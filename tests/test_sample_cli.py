@@ -42,7 +42,26 @@ def test_sample_in_bfloat16_reports_it_and_rejects_unknown_precisions(tmp_path, 
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.strip().splitlines()[-1])["precision"] == "bf16" and len(read_molecules(out)) == 4
     bad = CliRunner().invoke(main, [*args, "--precision", "fp8"])
-    assert bad.exit_code == 2 and "'fp8' is not one of 'fp32', 'bf16'" in bad.output
+    assert bad.exit_code == 2 and "'fp8' is not one of 'fp32', 'bf16', 'auto'" in bad.output
+
+
+def test_auto_precision_is_bfloat16_only_where_the_cpu_has_bfloat16_units(tmp_path, tiny_model):
+    from common.runtime import native_bfloat16, resolve_precision
+
+    cpu = torch.device("cpu")
+    with_units, without = tmp_path / "zen4", tmp_path / "older"
+    with_units.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    without.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert native_bfloat16(cpu, with_units) and not native_bfloat16(cpu, without)
+    assert not native_bfloat16(cpu, tmp_path / "missing")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    expected = "bf16" if native_bfloat16(cpu) else "fp32"
+    assert resolve_precision("auto", cpu) == expected
+    out = tmp_path / "mols.sdf"
+    result = CliRunner().invoke(main, ["sample", "-n", "2", "--steps", "3", "--model", str(tiny_model), "--out", str(out),
+                                       "--json", "--device", "cpu"])  # the default is auto
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["precision"] == expected
 
 
 def test_sample_is_reproducible_with_a_seed(tmp_path, tiny_model):

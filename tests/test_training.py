@@ -100,6 +100,27 @@ def test_train_cli_refuses_to_overwrite_and_resumes(tmp_path):
     assert missing.exit_code != 0 and "nothing to resume" in missing.output
 
 
+def test_train_cli_in_bfloat16_records_it_computes_in_it_and_keeps_it_on_resume(tmp_path, monkeypatch):
+    import molctrl.egnn as egnn
+
+    seen: list[torch.dtype] = []  # the dtype of the matrix products in every training forward pass
+    forward = egnn.EGNN._forward
+    monkeypatch.setattr(egnn.EGNN, "_forward", lambda self, h, *rest: (
+        seen.append(self.embed(h).dtype), forward(self, h, *rest))[1])
+    run = tmp_path / "run"
+    args = ["train", "prior", "--run-dir", str(run), "--steps", "2", "--hidden", "8", "--layers", "1",
+            "--diffusion-steps", "20", "--limit", "64", "--batch-size", "8", "--checkpoint-every", "1",
+            "--precision", "bf16"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert json.loads((run / "run.json").read_text())["train"]["precision"] == "bf16"
+    assert seen == [torch.bfloat16] * 2
+    assert all(t.dtype == torch.float32 for t in read_tree(run / "model.safetensors")["state_dict"].values()
+               if t.is_floating_point())
+    more = CliRunner().invoke(main, ["train", "prior", "--run-dir", str(run), "--steps", "3", "--resume"])
+    assert more.exit_code == 0, more.output
+    assert seen == [torch.bfloat16] * 3
+
+
 def test_ddp_with_two_cpu_processes(tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",

@@ -133,12 +133,12 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
     guidance = generator.guidance
     summary |= {"method": config.method, "guidance_scale": guidance_scale,
                 "guidance_window": list(guidance.window or (0, generator.model.diffusion.n_steps)) if guidance else None,
-                "sampling_steps": steps, "solver": solver, "precision": precision, "seconds": round(result.seconds, 1), "out": out, "png": png}
+                "sampling_steps": steps, "solver": solver, "precision": generator.config.precision, "seconds": round(result.seconds, 1), "out": out, "png": png}
     if as_json:
         click.echo(json.dumps(summary))
         return
     click.echo(f"wrote {len(molecules)} molecules to {out} and {png} in {result.seconds:.1f} s "
-               f"({result.description}, {steps} {solver} steps)")
+               f"({result.description}, {steps} {solver} steps, {generator.config.precision})")
     if report is not None:
         click.echo(f"  mean ESS        {summary['mean_ess']:.1f} of {particles}; "
                    f"{report.network_calls} network evaluations per molecule")

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from common.cli import compute_device, compute_options, precision_option, solver_option
 from common.diffusion import SOLVERS
-from common.runtime import seed_everything, set_precision
+from common.runtime import resolve_precision, seed_everything, set_precision
 from molctrl.weights import load_prior
 
 
@@ -36,6 +36,7 @@ def sample(n_molecules, out, model_path, steps, solver, precision, batch_size, s
     if Path(out).suffix.lower() not in (".sdf", ".xyz"):
         raise click.BadParameter(f"{out}: expected a .sdf or .xyz file name", param_hint="--out")
     dev = compute_device(device, threads)
+    precision = resolve_precision(precision, dev)
     model = set_precision(load_prior(model_path).to(dev).eval(), precision)
     generator = seed_everything(seed)
     t0 = time.perf_counter()
