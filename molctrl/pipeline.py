@@ -71,7 +71,8 @@ class GenerationConfig:
     diffusion steps lo < t ≤ hi guided; None: 0:150 for reconstruction guidance) shape ``guidance``
     and the guidance proposal; ``guidance_scale`` is classifier-free guidance w of ``rgdm`` / ``ctrl``;
     ``steps`` reverse steps of ``solver`` (:data:`common.diffusion.SOLVERS`); ``precision`` that of the
-    denoisers' matrix products (:data:`common.runtime.PRECISIONS`; the reward stays float32).
+    denoisers' matrix products (:data:`common.runtime.PRECISIONS`, or ``auto``:
+    :func:`common.runtime.resolve_precision`; the reward stays float32).
     """
 
     method: str = "smc"
