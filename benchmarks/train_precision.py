@@ -1,13 +1,14 @@
 """Training in bfloat16 against float32, on the model that ships: does the lower precision change what
 training learns, and what does it save?
 
-    python -m benchmarks.train_precision [--model PATH] [--steps 500] [--batch-size 64] [--lr 1e-4]
-        [--valid 2000] [-n 2000] [--sampling-steps 50] [--seed 0] [--out benchmarks/results/train_precision_cpu.json]
+    python -m benchmarks.train_precision [--model PATH] [--from-scratch] [--steps 500] [--batch-size 64]
+        [--lr 1e-4] [--valid 2000] [-n 2000] [--sampling-steps 50] [--seed 0] [--out benchmarks/results/train_precision_cpu.json]
 
 Protocol: the shipped ``qm9-noh`` prior is trained on for ``--steps`` more steps of its own training
 recipe (the trainer of ``molctrl train prior``: AMSGrad, constant learning rate, adaptive clipping, the
 training split), once per precision, each from the same weights with the same batches, times and noise
-(one seed). The trained weights themselves (not their moving average, which would hide the steps) are
+(one seed). With ``--from-scratch`` the start is a freshly initialised network of the same configuration
+(the same initial weights for every precision) instead. The trained weights themselves (not their moving average, which would hide the steps) are
 then scored in float32, so that only how they were trained differs:
 
 * the denoising loss (EDM's L2) on the first ``--valid`` molecules of the validation split, at times
@@ -20,6 +21,7 @@ training row records its seconds per step on this machine's threads.
 """
 from __future__ import annotations
 
+import copy
 import sys
 import tempfile
 
@@ -48,6 +50,7 @@ def validation_loss(model: MoleculeDiffusion, batches: MoleculeBatches, n_batche
 @click.command()
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=str(DEFAULT_PRIOR),
               show_default=True)
+@click.option("--from-scratch", is_flag=True, help="Start from fresh weights of the model's configuration.")
 @click.option("--steps", type=click.IntRange(1), default=500, show_default=True, help="Training steps per precision.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--lr", type=float, default=1e-4, show_default=True, help="The shipped prior's learning rate.")
@@ -59,10 +62,13 @@ def validation_loss(model: MoleculeDiffusion, batches: MoleculeBatches, n_batche
 @click.option("--sampling-steps", type=click.IntRange(1), default=50, show_default=True, help="dpm2 steps of the samples.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON record here.")
-def main(model_path: str, steps: int, batch_size: int, lr: float, precisions: tuple[str, ...], valid: int,
+def main(model_path: str, from_scratch: bool, steps: int, batch_size: int, lr: float, precisions: tuple[str, ...], valid: int,
          n_samples: int, sampling_steps: int, seed: int, out: str | None) -> None:
-    """Train the shipped prior on in each precision and score the results in float32."""
+    """Train the shipped prior on (or a fresh copy of it) in each precision and score the results in float32."""
     start = load_prior(model_path)
+    if from_scratch:
+        seed_everything(seed)
+        start = MoleculeDiffusion(start.config, start.n_atoms_hist)
     setting = start.config.setting
     train_batches = MoleculeBatches(load_split(setting, "train"), batch_size, seed)
     valid_batches = MoleculeBatches(load_split(setting, "valid").subset(slice(valid)), batch_size, seed)
@@ -77,7 +83,7 @@ def main(model_path: str, steps: int, batch_size: int, lr: float, precisions: tu
     rows = [{"precision": None, "steps": 0, **score(start)}]
     print(rows[-1], file=sys.stderr)
     for precision in precisions:
-        model = load_prior(model_path)
+        model = copy.deepcopy(start)
         config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, checkpoint_every=steps,
                              log_every=max(1, steps // 5), seed=seed, precision=precision)
         seed_everything(seed)
@@ -88,7 +94,7 @@ def main(model_path: str, steps: int, batch_size: int, lr: float, precisions: tu
         rows.append({"precision": precision, "steps": steps, "train_seconds": round(trainer.elapsed, 1),
                      "seconds_per_step": round(trainer.elapsed / steps, 3), **score(trained)})
         print(rows[-1], file=sys.stderr)
-    record = {"model": model_path, "setting": setting, "batch_size": batch_size, "lr": lr,
+    record = {"model": model_path, "start": "fresh weights" if from_scratch else "the model's weights", "setting": setting, "batch_size": batch_size, "lr": lr,
               "valid_molecules": n_valid_batches * batch_size, "samples": n_samples,
               "sampling": f"{sampling_steps} dpm2 steps, fp32", "seed": seed, "rows": rows,
               "threads": torch.get_num_threads(),
