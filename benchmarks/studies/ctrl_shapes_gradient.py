@@ -1,0 +1,100 @@
+"""Where CTRL's pathwise gradient for a shape class comes from: the reward's gradient split by the
+reverse steps it flows back through.
+
+    python -m benchmarks.studies.ctrl_shapes_gradient --model RUN/model.safetensors [--rollouts 8] [--steps 20]
+        [--seed 0] [--out benchmarks/studies/results/ctrl_shapes_gradient.json]
+
+On ``--rollouts`` rollouts of ``--steps`` respaced ancestral steps at 512 points, each for a class target
+(the classes in turn, class only), the gradient of the mean reward r = log p̂(class | x) (the PointNet reward
+of training) is taken with the last k transitions reparameterised, k = 1, 2, 4, ..., all; one generator seed,
+so every k sees the same trajectories and g(k) − g(k') is what steps k'+1..k add. Reported per k: the norm
+of the gradient on the condition map W_c and on all parameters, and its cosine with the full gradient.
+Two models: the prior with W_c = 0 (where CTRL starts; the KL's gradient is zero there, so this is the
+whole of CTRL's first gradient) and the trained ``--model``. A class is then the model's to learn only
+through the steps that carry the gradient.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+import torch
+
+from benchmarks.record import emit, machine_info
+from common.rollout import rollout
+from common.weights import read_tree
+from shapectrl.classifier import ShapeClassifier
+from shapectrl.control import ControlledShapes
+from shapectrl.prior import ShapeDiffusion
+from shapectrl.reward import ShapeReward
+from shapectrl.weights import PRIOR, REWARD_CLASSIFIER, weight_path
+
+
+def gradient_split(model: ShapeDiffusion, prior: ShapeDiffusion, reward: ShapeReward, y: torch.Tensor,
+                   y_mask: torch.Tensor, cond: torch.Tensor, points: int, steps: int, seed: int,
+                   splits: list[int]) -> list[dict]:
+    """Per k in ``splits``: ‖∇ mean r‖ on W_c and on every parameter with the last k steps reparameterised,
+    and the cosine of that gradient with the last split's."""
+    mask = torch.ones(len(y), points, dtype=torch.bool)
+    params = [p for p in model.parameters() if p.requires_grad]
+    w_c = model.denoiser.cond_embed.weight
+    grads = []
+    for k in splits:
+        roll = rollout(model.diffusion, model.denoiser, prior.denoiser, mask, model.n_channels, steps, cond,
+                       grad_steps=k, generator=torch.Generator().manual_seed(seed))
+        r = reward(roll.x, mask, y, y_mask)
+        flat = torch.autograd.grad(r.mean(), params, allow_unused=True)
+        flat = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(flat, params)])
+        grads.append((flat, r.mean().item()))
+    offsets, start = {}, 0
+    for p in params:
+        offsets[id(p)] = (start, start + p.numel())
+        start += p.numel()
+    lo, hi = offsets[id(w_c)]
+    full = grads[-1][0]
+    return [{"reparameterised_steps": k, "mean_reward": round(r, 3), "grad_norm_w_c": float(g[lo:hi].norm()),
+             "grad_norm_all": float(g.norm()),
+             "cosine_with_all_steps": float(torch.nn.functional.cosine_similarity(g, full, dim=0))}
+            for k, (g, r) in zip(splits, grads)]
+
+
+@click.command()
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="A CTRL shape model (shapectrl train control --method ctrl).")
+@click.option("--rollouts", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--steps", type=click.IntRange(2), default=20, show_default=True, help="Respaced steps of a rollout.")
+@click.option("--points", type=click.IntRange(1), default=512, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None)
+@click.option("--out", type=click.Path(dir_okay=False), default=None)
+def main(model_path: str, rollouts: int, steps: int, points: int, seed: int, threads: int | None, out: str | None) -> None:
+    """Split CTRL's first and latest gradient by the reverse steps it flows through."""
+    if threads:
+        torch.set_num_threads(threads)
+    trained = ControlledShapes.load(model_path)
+    prior = ShapeDiffusion.load(weight_path(PRIOR)).requires_grad_(False).eval()
+    conditions = trained.conditions
+    reward = ShapeReward(ShapeClassifier.load(weight_path(REWARD_CLASSIFIER)), conditions,
+                         trained.control.get("tolerance", 0.1)).requires_grad_(False).eval()
+    labels = torch.arange(rollouts) % len(conditions.classes)
+    y = torch.zeros(rollouts, 1 + len(conditions.attributes))
+    y[:, 0] = labels.float()
+    y_mask = torch.zeros_like(y, dtype=torch.bool)
+    y_mask[:, 0] = True
+    cond = conditions.encode(y, y_mask)
+    splits = sorted({1, 2, 4, *range(8, steps, 4), steps})
+    start = prior.with_condition(conditions.cond_dim).train()
+    rows = {"start (prior, W_c = 0)": gradient_split(start, prior, reward, y, y_mask, cond, points, steps, seed, splits),
+            f"trained (step {read_tree(model_path)['step']})": gradient_split(trained.model.train(), prior, reward, y,
+                                                                              y_mask, cond, points, steps, seed, splits)}
+    for name, split in rows.items():
+        for row in split:
+            print(name, row, file=sys.stderr)
+    emit({"model": model_path, "rollouts": rollouts, "steps": steps, "points": points, "seed": seed,
+          "classes": list(conditions.classes), "rows": rows, "threads": torch.get_num_threads(),
+          "command": "python -m benchmarks.studies.ctrl_shapes_gradient " + " ".join(sys.argv[1:]),
+          "machine": machine_info()}, out, indent=1)
+
+
+if __name__ == "__main__":
+    main()
