@@ -8,8 +8,8 @@ Protocol: the shipped ``qm9-noh`` prior is trained on for ``--steps`` more steps
 recipe (the trainer of ``molctrl train prior``: AMSGrad, constant learning rate, adaptive clipping, the
 training split), once per precision, each from the same weights with the same batches, times and noise
 (one seed). With ``--from-scratch`` the start is a freshly initialised network of the same configuration
-(the same initial weights for every precision) instead. The trained weights themselves (not their moving average, which would hide the steps) are
-then scored in float32, so that only how they were trained differs:
+(the same initial weights for every precision) instead. The trained weights themselves (not their moving
+average, which would hide the steps) are then scored in float32, so that only how they were trained differs:
 
 * the denoising loss (EDM's L2) on the first ``--valid`` molecules of the validation split, at times
   and noise drawn once from the seed;

@@ -24,7 +24,7 @@ from benchmarks.record import emit, machine_info
 from common.rollout import rollout
 from common.weights import read_tree
 from shapectrl.classifier import ShapeClassifier
-from shapectrl.control import ControlledShapes
+from shapectrl.control import ControlledShapes, ShapeControlConfig
 from shapectrl.prior import ShapeDiffusion
 from shapectrl.reward import ShapeReward
 from shapectrl.weights import PRIOR, REWARD_CLASSIFIER, weight_path
@@ -37,25 +37,20 @@ def gradient_split(model: ShapeDiffusion, prior: ShapeDiffusion, reward: ShapeRe
     and the cosine of that gradient with the last split's."""
     mask = torch.ones(len(y), points, dtype=torch.bool)
     params = [p for p in model.parameters() if p.requires_grad]
-    w_c = model.denoiser.cond_embed.weight
-    grads = []
+    w_c = next(i for i, p in enumerate(params) if p is model.denoiser.cond_embed.weight)
+    rows = []
     for k in splits:
         roll = rollout(model.diffusion, model.denoiser, prior.denoiser, mask, model.n_channels, steps, cond,
                        grad_steps=k, generator=torch.Generator().manual_seed(seed))
-        r = reward(roll.x, mask, y, y_mask)
-        flat = torch.autograd.grad(r.mean(), params, allow_unused=True)
-        flat = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(flat, params)])
-        grads.append((flat, r.mean().item()))
-    offsets, start = {}, 0
-    for p in params:
-        offsets[id(p)] = (start, start + p.numel())
-        start += p.numel()
-    lo, hi = offsets[id(w_c)]
-    full = grads[-1][0]
-    return [{"reparameterised_steps": k, "mean_reward": round(r, 3), "grad_norm_w_c": float(g[lo:hi].norm()),
+        r = reward(roll.x, mask, y, y_mask).mean()
+        grads = [g if g is not None else torch.zeros_like(p)
+                 for g, p in zip(torch.autograd.grad(r, params, allow_unused=True), params)]
+        rows.append((k, r.item(), grads[w_c].norm().item(), torch.cat([g.flatten() for g in grads])))
+    full = rows[-1][-1]
+    return [{"reparameterised_steps": k, "mean_reward": round(r, 3), "grad_norm_w_c": norm_w_c,
              "grad_norm_all": float(g.norm()),
              "cosine_with_all_steps": float(torch.nn.functional.cosine_similarity(g, full, dim=0))}
-            for k, (g, r) in zip(splits, grads)]
+            for k, r, norm_w_c, g in rows]
 
 
 @click.command()
@@ -75,12 +70,9 @@ def main(model_path: str, rollouts: int, steps: int, points: int, seed: int, thr
     prior = ShapeDiffusion.load(weight_path(PRIOR)).requires_grad_(False).eval()
     conditions = trained.conditions
     reward = ShapeReward(ShapeClassifier.load(weight_path(REWARD_CLASSIFIER)), conditions,
-                         trained.control.get("tolerance", 0.1)).requires_grad_(False).eval()
-    labels = torch.arange(rollouts) % len(conditions.classes)
-    y = torch.zeros(rollouts, 1 + len(conditions.attributes))
-    y[:, 0] = labels.float()
-    y_mask = torch.zeros_like(y, dtype=torch.bool)
-    y_mask[:, 0] = True
+                         trained.control.get("tolerance", ShapeControlConfig.tolerance)).requires_grad_(False).eval()
+    targets = [conditions.target(conditions.classes[i % len(conditions.classes)]) for i in range(rollouts)]
+    y, y_mask = torch.stack([y for y, _ in targets]), torch.stack([mask for _, mask in targets])
     cond = conditions.encode(y, y_mask)
     splits = sorted({1, 2, 4, *range(8, steps, 4), steps})
     start = prior.with_condition(conditions.cond_dim).train()
