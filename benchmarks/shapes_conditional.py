@@ -48,8 +48,9 @@ import click
 import torch
 
 from benchmarks.record import emit, guided_row, machine_info
-from common.cli import solver_option
+from common.cli import precision_option, solver_option
 from common.diffusion import SOLVERS, Solver
+from common.runtime import resolve_precision, set_precision
 from common.weights import read_tree
 from shapectrl.classifier import ShapeClassifier
 from shapectrl.control import ControlledShapes, ShapePool
@@ -102,10 +103,12 @@ class References:
         self.clouds, self.emd_points, self.cache = clouds, emd_points, {}
 
     def metrics(self, samples: torch.Tensor) -> dict[str, float]:
-        """MMD, COV and 1-NNA of ``samples (B, N, 3)``: CD on all N points, EMD on the first ``emd_points``."""
+        """MMD, COV and 1-NNA of ``samples (B, N, 3)``: CD on all N points, EMD on the first ``emd_points``
+        (none when 0)."""
         e = self.emd_points
         out = compute_all_metrics(samples, self.clouds, ("cd",), reference_distances=self.cache)
-        out |= compute_all_metrics(samples[:, :e], self.clouds[:, :e], ("emd",), reference_distances=self.cache)
+        if e:
+            out |= compute_all_metrics(samples[:, :e], self.clouds[:, :e], ("emd",), reference_distances=self.cache)
         return {k: round(v, 5) for k, v in out.items()}
 
 
@@ -159,9 +162,10 @@ def _attribute_rows(sample, conditions, frame: Normalisation, n_measure: int, ev
 
 
 def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, points: int, steps: int,
-             guidance_scale: float, solver: Solver):
-    """The row name and sampler ``sample(y, mask, g)`` of ``--smc K:PROPOSAL`` (the prior, or a --method's model),
-    steered by the reward classifier and the attribute tolerances of the first --method's conditions."""
+             guidance_scale: float, solver: Solver, precision: str):
+    """The row name and sampler ``sample(y, mask, g)`` of ``--smc K:PROPOSAL`` (the prior, or a --method's model,
+    in ``precision``), steered by the reward classifier and the attribute tolerances of the first --method's
+    conditions."""
     from shapectrl.reward import ShapeReward
     from shapectrl.steer import steer_shapes
     from shapectrl.weights import PRIOR, weight_path
@@ -171,7 +175,7 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
     if proposal != "prior" and proposal not in models:
         raise click.BadParameter(f"{spec}: the proposal is 'prior' or a --method name", param_hint="--smc")
     reference = next(iter(models.values()))[1]
-    prior = ShapeDiffusion.load(weight_path(prior_path or PRIOR)).eval()
+    prior = set_precision(ShapeDiffusion.load(weight_path(prior_path or PRIOR)).eval(), precision)
     reward = ShapeReward(ShapeClassifier.load(weight_path(reward_path)), reference.conditions,
                          reference.control.get("tolerance", 0.1))
     kernel = None if proposal == "prior" else models[proposal][1]
@@ -208,23 +212,26 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
               help="Samples per class (and references per class) and attribute targets per row.")
 @click.option("--points", type=click.IntRange(1), default=512, show_default=True,
               help="Points per cloud (the shipped models' training size; PointFlow's protocol uses 2,048).")
-@click.option("--emd-points", type=click.IntRange(1), default=None,
-              help="Points per cloud for the EMD, its first ones (approxmatch costs O(N²) per pair)  [default: all]")
+@click.option("--emd-points", type=click.IntRange(0), default=None,
+              help="Points per cloud for the EMD, its first ones (approxmatch costs O(N²) per pair; 0: Chamfer "
+                   "only)  [default: all]")
 @click.option("--steps", type=click.IntRange(1), default=50, show_default=True, help="Reverse sampling steps.")
 @solver_option("ancestral")
 @click.option("--guidance-scale", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Classifier-free guidance w of every --method model (1: the model itself).")
+@precision_option("fp32")
 @click.option("--data-dir", default=None, help="Procedural data cache (default: shapectrl's).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(methods, prior_path, pool_path, smc_specs, reward_path, evaluator, attributes, no_attributes, n_samples, points, emd_points, steps, solver, guidance_scale, data_dir, seed, threads, out) -> None:
+def main(methods, prior_path, pool_path, smc_specs, reward_path, evaluator, attributes, no_attributes, n_samples, points, emd_points, steps, solver, guidance_scale, precision, data_dir, seed, threads, out) -> None:
     """Class accuracy, 1-NNA, COV and MMD per class, and attribute errors, of controlled shape models."""
     if threads:
         torch.set_num_threads(threads)
     if no_attributes:
         attributes = ()
     solver_name, solver = solver, SOLVERS[solver]
+    precision = resolve_precision(precision, torch.device("cpu"))
     from shapectrl.cli.train import default_data_dir
 
     data_dir = data_dir or str(default_data_dir())
@@ -233,6 +240,7 @@ def main(methods, prior_path, pool_path, smc_specs, reward_path, evaluator, attr
     for spec in methods:
         name, _, path = spec.partition("=")
         models[name] = (path, ControlledShapes.load(path))
+        set_precision(models[name][1].model, precision)
     frames = {m.model.normalisation for _, m in models.values()}
     if len(frames) > 1:
         raise click.BadParameter("the models were trained in different normalisations (different data sets)",
@@ -240,11 +248,11 @@ def main(methods, prior_path, pool_path, smc_specs, reward_path, evaluator, attr
     frame = frames.pop()
     test = _split("test", n_samples, points, data_dir, frame)
     valid = _split("valid", n_samples, points, data_dir, frame)
-    emd_points = min(emd_points or points, points)
+    emd_points = points if emd_points is None else min(emd_points, points)
     references = {cls: References(_of_class(test, cls), emd_points) for cls in RGDM_CLASSES}
     rows = [_class_rows("data (valid split)", lambda cls, k: _of_class(valid, cls), scorer, test, references)]
     if prior_path:
-        prior = ShapeDiffusion.load(prior_path).eval()
+        prior = set_precision(ShapeDiffusion.load(prior_path).eval(), precision)
         if prior.normalisation != frame:
             raise click.BadParameter("the prior was trained in another normalisation than the models", param_hint="--prior")
         blind = prior.sample_many(n_samples, points, steps, torch.Generator().manual_seed(seed * 1000), solver=solver)
@@ -280,7 +288,8 @@ def main(methods, prior_path, pool_path, smc_specs, reward_path, evaluator, attr
             attribute_rows[name] = _attribute_rows(sample, model.conditions, frame, model.model.config.n_train_points,
                                                    scorer, test, attributes, n_samples, seed)
     for spec in smc_specs:
-        name, sample, calls = _steered(spec, models, prior_path, reward_path, points, steps, guidance_scale, solver)
+        name, sample, calls = _steered(spec, models, prior_path, reward_path, points, steps, guidance_scale, solver,
+                                       precision)
         conditions = next(iter(models.values()))[1].conditions
 
         def draw(cls: str, k: int, sample=sample, conditions=conditions) -> torch.Tensor:
@@ -293,7 +302,7 @@ def main(methods, prior_path, pool_path, smc_specs, reward_path, evaluator, attr
             attribute_rows[name] = _attribute_rows(sample, conditions, frame, n_measure, scorer, test, attributes,
                                                    n_samples, seed)
     record = {"evaluator": evaluator, "samples_per_class": n_samples, "points": points, "guidance_scale": guidance_scale,
-              "emd_points": emd_points, "sampling_steps": steps, "solver": solver_name,
+              "emd_points": emd_points, "sampling_steps": steps, "solver": solver_name, "precision": precision,
               "seed": seed, "rows": rows, "attributes": attribute_rows, "threads": torch.get_num_threads(),
               "command": "python -m benchmarks.shapes_conditional " + " ".join(sys.argv[1:]), "machine": machine_info()}
     emit(record, out, indent=1)

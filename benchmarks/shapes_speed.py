@@ -10,6 +10,11 @@ For each architecture (at ``shapectrl train prior``'s default size, and the ``po
 * ``reverse_b16_n2048``: one step of the ancestral sampler (denoiser under ``no_grad`` plus the
   Gaussian reverse step) on 16 clouds of 2,048 points.
 
+With ``--slices`` it times instead the shipped default model's denoiser call of a guided sampling step
+(32 clouds: 16 conditioned and 16 unconditioned) at 512 and 2,048 points, in float32 and bfloat16,
+with the CPU batch cut into slices of 2,048 to 16,384 points or not at all
+(:data:`shapectrl.denoisers.CPU_SLICE_POINTS`).
+
 Inputs are random clouds of unit variance (the normalised frame). Workloads run round robin
 (``benchmarks.speed.time_interleaved``) so background load falls on all alike; each figure is the
 median over ``--repeats`` measurements, reported in seconds.
@@ -27,7 +32,7 @@ import torch
 
 from benchmarks.record import emit
 from benchmarks.speed import metadata, time_interleaved
-from common.runtime import resolve_device
+from common.runtime import PRECISIONS, resolve_device, set_precision
 from shapectrl.denoisers import ARCHITECTURES
 from shapectrl.prior import ShapeDiffusion, ShapePriorConfig
 
@@ -72,6 +77,43 @@ def workloads(arch: str, device: torch.device, seed: int = 0,
     return fns, {"config": asdict(config), "n_parameters": n_params}
 
 
+def slice_workloads(batch: int = 32, points: tuple[int, ...] = (512, 2048), precisions: tuple[str, ...] = ("fp32", "bf16"),
+                    slices: tuple[int | None, ...] = (2048, 4096, 8192, 16384, None), seed: int = 0,
+                    ) -> dict[str, Callable[[], object]]:
+    """Timed denoiser calls of the shipped default model, ``"{precision}/n{N}/slice{P}"`` (``whole``: unsliced)."""
+    from shapectrl import denoisers
+    from shapectrl.control import ControlledShapes
+    from shapectrl.weights import DEFAULT_MODELS, weight_path
+
+    model = ControlledShapes.load(weight_path(DEFAULT_MODELS["rgdm"])).model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    t, cond = torch.full((batch,), 0.5), torch.zeros(batch, model.denoiser.cond_dim)
+    fns: dict[str, Callable[[], object]] = {}
+    for precision in precisions:
+        dtype = PRECISIONS[precision]
+        for n in points:
+            z = torch.randn(batch, n, 3, generator=gen)
+            for size in slices:
+                def call(z=z, precision=precision, dtype=dtype, size=size) -> torch.Tensor:
+                    set_precision(model, precision)
+                    saved = denoisers.CPU_SLICE_POINTS[dtype]
+                    denoisers.CPU_SLICE_POINTS[dtype] = size or batch * z.shape[1]
+                    try:
+                        with torch.no_grad():
+                            return model.denoiser(z, t, cond=cond)
+                    finally:
+                        denoisers.CPU_SLICE_POINTS[dtype] = saved
+                fns[f"{precision}/n{n}/slice{size or 'whole'}"] = call
+    return fns
+
+
+def run_slices(repeats: int, min_time: float, warmup: int, command: str) -> dict:
+    device = torch.device("cpu")
+    timings = time_interleaved(slice_workloads(), repeats, device, warmup=warmup, min_time=min_time)
+    results = {key: {"s": round(statistics.median(t["ms"]) / 1000.0, 4), "s_all": [round(v / 1000.0, 4) for v in t["ms"]]}
+               for key, t in timings.items()}
+    return {"denoiser_call_b32": results, "metadata": metadata(device, repeats, command) | {"min_time_s": min_time}}
+
 
 def run_benchmark(archs: tuple[str, ...], device: torch.device, repeats: int, min_time: float, warmup: int,
                   command: str) -> dict:
@@ -102,13 +144,17 @@ def run_benchmark(archs: tuple[str, ...], device: torch.device, repeats: int, mi
 @click.option("--min-time", type=float, default=0.0, show_default=True,
               help="Least seconds per measurement (more calls are averaged below it).")
 @click.option("--warmup", type=click.IntRange(1), default=1, show_default=True, help="Untimed calls per workload first.")
+@click.option("--slices", is_flag=True, help="Time the shipped model's denoiser by CPU slice size and precision instead.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON to this file.")
 def main(archs: tuple[str, ...], device: str, threads: int | None, repeats: int, min_time: float, warmup: int,
-         out: str | None) -> None:
+         slices: bool, out: str | None) -> None:
     """Time the denoiser candidates and print (and optionally write) one JSON record."""
     if threads is not None:
         torch.set_num_threads(threads)
     command = shlex.join(["python", "-m", "benchmarks.shapes_speed", *sys.argv[1:]])
+    if slices:
+        emit(run_slices(repeats, min_time, warmup, command), out)
+        return
     try:
         dev = resolve_device(device)
     except (ValueError, RuntimeError) as err:

@@ -12,7 +12,7 @@ import torch
 
 from common.diffusion import SOLVERS
 from common.exports import class_of, errors_naming, from_tree
-from common.runtime import PRECISIONS, resolve_device
+from common.runtime import PRECISION_CHOICES, resolve_device
 from common.weights import (
     FORMAT,
     SUFFIX,
@@ -56,8 +56,8 @@ def solver_option(default: str):
 def precision_option(default: str = "auto"):
     """``--precision``: the denoiser's matrix products in float32 or bfloat16, or ``auto``
     (:func:`common.runtime.resolve_precision`, :func:`common.runtime.set_precision`)."""
-    return click.option("--precision", type=click.Choice([*PRECISIONS, "auto"]), default=default, show_default=True,
-                        help="The denoiser's matrix products: fp32, bf16 (float32 coordinates and residual stream), "
+    return click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=default, show_default=True,
+                        help="The denoiser's matrix products: fp32, bf16 (the coordinates stay float32), "
                              "or auto: bf16 where the CPU or GPU has bfloat16 units, fp32 elsewhere (docs/sampling.md).")
 
 

@@ -31,11 +31,21 @@ def resolve_device(name: str = "auto") -> torch.device:
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+#: What ``--precision`` accepts: a :data:`PRECISIONS` name, or ``auto`` (:func:`resolve_precision`).
+PRECISION_CHOICES = (*PRECISIONS, "auto")
+
+
 def precision_named(name: str) -> torch.dtype:
     """The :data:`PRECISIONS` entry ``name``, with a one-line error for any other name."""
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r} (expected one of {', '.join(PRECISIONS)})")
     return PRECISIONS[name]
+
+
+def check_precision_choice(name: str) -> None:
+    """One-line error unless ``name`` is one of :data:`PRECISION_CHOICES`."""
+    if name not in PRECISION_CHOICES:
+        raise ValueError(f"unknown precision {name!r} (expected one of {', '.join(PRECISION_CHOICES)})")
 
 
 def native_bfloat16(device: torch.device, cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
@@ -53,9 +63,9 @@ def native_bfloat16(device: torch.device, cpuinfo: str | Path = "/proc/cpuinfo")
 def resolve_precision(name: str, device: torch.device) -> str:
     """``auto`` -> ``bf16`` where :func:`native_bfloat16` (``device``), else ``fp32``; a :data:`PRECISIONS`
     name as it is (one-line error for any other)."""
+    check_precision_choice(name)
     if name == "auto":
         return "bf16" if native_bfloat16(device) else "fp32"
-    precision_named(name)
     return name
 
 
@@ -73,6 +83,20 @@ def set_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     for module in modules:
         module.compute_dtype = dtype
     return model
+
+
+def in_batch_slices(fn, tensors: tuple[torch.Tensor | None, ...], size: int):
+    """``fn(*tensors)`` over slices of at most ``size`` items along the first dimension (None entries are
+    passed as they are); the outputs, a tensor or a tuple of tensors, are concatenated. For networks whose
+    batch items are independent: on the CPU, large fresh activations cost a page fault per page on every
+    call, so slices that stay small run faster and compute the same."""
+    b = next(t for t in tensors if t is not None).shape[0]
+    if size >= b:
+        return fn(*tensors)
+    parts = [fn(*(None if t is None else t[i : i + size] for t in tensors)) for i in range(0, b, size)]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(p) for p in zip(*parts))
+    return torch.cat(parts)
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -29,6 +29,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from common.runtime import in_batch_slices
+
 
 def dense_masks(mask: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """``mask (B, N)`` -> node mask ``(B, N, 1)`` and edge mask ``(B, N, N, 1)`` (no self-loops)."""
@@ -44,16 +46,12 @@ CPU_PAIR_ELEMENTS = {torch.float32: 2**18, torch.bfloat16: 2**20}
 
 def in_cpu_slices(fn, tensors: tuple[torch.Tensor, ...], width: int, dtype: torch.dtype = torch.float32):
     """``fn(*tensors)`` over batch slices whose ``(b, N, N, width)`` pair tensors stay below
-    :data:`CPU_PAIR_ELEMENTS` of ``dtype`` when on the CPU (see the module docstring); outputs are
-    concatenated. The first tensor's first two dimensions are the batch and the node dimension."""
-    b, n = tensors[0].shape[:2]
-    size = max(1, CPU_PAIR_ELEMENTS[dtype] // (n * n * width))
-    if tensors[0].device.type != "cpu" or size >= b:
+    :data:`CPU_PAIR_ELEMENTS` of ``dtype`` when on the CPU (see the module docstring; the first tensor's
+    first two dimensions are the batch and the node dimension), :func:`common.runtime.in_batch_slices`."""
+    if tensors[0].device.type != "cpu":
         return fn(*tensors)
-    parts = [fn(*(t[i : i + size] for t in tensors)) for i in range(0, b, size)]
-    if isinstance(parts[0], tuple):
-        return tuple(torch.cat(p) for p in zip(*parts))
-    return torch.cat(parts)
+    n = tensors[0].shape[1]
+    return in_batch_slices(fn, tensors, max(1, CPU_PAIR_ELEMENTS[dtype] // (n * n * width)))
 
 
 class PairLinear(nn.Module):

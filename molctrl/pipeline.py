@@ -25,7 +25,7 @@ import torch
 from common.diffusion import SOLVERS, solver_named
 from common.rewards import Reward
 from common.runtime import (
-    precision_named,
+    check_precision_choice,
     resolve_device,
     resolve_precision,
     seed_everything,
@@ -94,8 +94,7 @@ class GenerationConfig:
         if self.proposal not in PROPOSALS:
             raise ValueError(f"unknown proposal {self.proposal!r} (expected one of {', '.join(PROPOSALS)})")
         solver_named(self.solver)
-        if self.precision != "auto":
-            precision_named(self.precision)
+        check_precision_choice(self.precision)
         if self.method == "smc" and self.particles < 1:
             raise ValueError("smc needs at least one particle per molecule")
         if self.guidance_scale != 1.0 and self.method not in ("rgdm", "ctrl"):

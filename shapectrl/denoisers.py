@@ -22,6 +22,13 @@ again at the start of every block. A block mixes information across the cloud in
 - ``pointnet`` (:class:`PointNetBlock`): per-point MLP + a max-pooled global feature only; the
   design whose cost motivated the other two (the benchmark times it at 6 × 256 for comparison).
 
+Every design processes the clouds of a batch independently, so on the CPU a batch runs in slices of
+about :data:`CPU_SLICE_POINTS` points: its (B, N, H) activations are tens of MB at 2,048 points, and
+fresh allocations that size cost a page fault per page on every call (half the time of an unsliced
+step at batch 32 × 2,048). Precision: with ``compute_dtype = torch.bfloat16``
+(:func:`common.runtime.set_precision`) the network runs under autocast in bfloat16 and returns ε̂ in the
+dtype of z; parameters stay float32.
+
 Cost on the CPU is the design constraint (a PointNet of 6 × 256 features with a max-pooled feature
 per block took 2.25 s per training step at batch 32 and 1,024 points); ``benchmarks/shapes_speed.py``
 measures these candidates.
@@ -32,6 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from common.runtime import in_batch_slices
 from shapectrl.networks import (
     ContextEmbedding,
     InducedSetAttention,
@@ -43,6 +51,10 @@ from shapectrl.networks import (
 )
 
 ARCHITECTURES = ("pvd", "transformer", "pointnet")
+
+#: Points of one CPU slice of a batch, by the dtype of the matrix products (``benchmarks.shapes_speed
+#: --slices``: 4,096 was fastest in float32, 8,192 in bfloat16, at 512 and at 2,048 points per cloud).
+CPU_SLICE_POINTS = {torch.float32: 2**12, torch.bfloat16: 2**13}
 
 
 class PointVoxelBlock(nn.Module):
@@ -119,6 +131,7 @@ class PointDenoiser(nn.Module):
         self.context = ContextEmbedding(width, cond_dim)
         self.embed = nn.Linear(3 + 6 * n_frequencies, width)
         self.head = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, 3))
+        self.compute_dtype = torch.float32  # of the matrix products (see the module docstring)
 
     @property
     def cond_dim(self) -> int:
@@ -142,6 +155,14 @@ class PointDenoiser(nn.Module):
         if z.dim() != 3 or z.shape[-1] != 3:
             raise ValueError(f"a point denoiser takes clouds of shape (B, N, 3), got {tuple(z.shape)}")
         t = t.to(z.dtype).expand(z.shape[0]) if t.dim() == 0 else t.to(z.dtype)
+        low = self.compute_dtype != torch.float32
+        with torch.autocast(z.device.type, dtype=self.compute_dtype, enabled=low):
+            if z.device.type != "cpu":
+                return self._forward(z, t, cond).to(z.dtype)
+            size = max(1, CPU_SLICE_POINTS[self.compute_dtype] // z.shape[1])
+            return in_batch_slices(self._forward, (z, t, cond), size).to(z.dtype)
+
+    def _forward(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         ctx = self.context(t, cond, z.shape[0])
         h = self.embed(fourier_features(z, self.n_frequencies)) + ctx.unsqueeze(1)
         return self.head(self.trunk(h, z, ctx))

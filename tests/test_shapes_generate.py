@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from plyfile import PlyData
 
 from common.control import controlled_export
+from common.runtime import resolve_precision
 from common.weights import save_tree
 from shapectrl.classifier import ShapeClassifier, ShapeClassifierConfig
 from shapectrl.cli import main
@@ -63,6 +64,7 @@ def test_generate_writes_clouds_sheet_and_summary(tmp_path, weights):
     assert printed["target"] == {"class": "chair", "attributes": {"chair_back_height": 0.5, "height": 0.8}}
     assert 0 <= printed["class_accuracy"] <= 1 and set(printed["attribute_mae"]) == {"chair_back_height", "height"}
     assert printed["method"] == "rgdm" and printed["clouds"] == 3 and printed["seconds"] >= 0
+    assert printed["precision"] == resolve_precision("auto", torch.device("cpu"))  # the default, resolved
     plys = sorted(out.glob("*.ply"))
     assert [p.name for p in plys] == ["sample_0000.ply", "sample_0001.ply", "sample_0002.ply"]
     assert read_ply(plys[0]).shape == (64, 3)

@@ -9,7 +9,9 @@ import torch
 from click.testing import CliRunner
 
 from common.diffusion import SOLVERS
+from common.runtime import set_precision
 from common.weights import read_tree, save_tree
+from shapectrl import denoisers
 from shapectrl.cli import main
 from shapectrl.data.normalisation import Normalisation
 from shapectrl.data.procedural import ProceduralShapes
@@ -96,6 +98,38 @@ def test_shipped_prior_keeps_its_accuracy_at_four_times_its_training_size() -> N
         assert rows[2048, "training size"][t] < 1.05 * reference
         assert rows[2048, "all"][t] > 1.15 * reference  # not vacuous: the grid of all points is off
     assert model.denoiser.grid_points == 512  # restored
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_the_cpu_runs_a_batch_in_slices_and_computes_the_same(arch: str, monkeypatch) -> None:
+    torch.manual_seed(0)
+    net = build_denoiser(arch, 32, 2, cond_dim=3, voxel_channels=8, n_inducing=4, heads=2).eval()
+    _perturb(net)
+    z, t, cond = torch.randn(5, 40, 3), torch.rand(5), torch.randn(5, 3)
+    calls = []
+    net.embed.register_forward_hook(lambda module, args, out: calls.append(out.shape[0]))
+    whole = net(z, t, cond=cond)
+    monkeypatch.setitem(denoisers.CPU_SLICE_POINTS, torch.float32, 80)  # two clouds per slice
+    sliced = net(z, t, cond=cond)
+    assert calls == [5, 2, 2, 1]
+    torch.testing.assert_close(sliced, whole, atol=1e-5, rtol=0)
+
+
+def test_bfloat16_runs_the_products_in_bfloat16_and_returns_float32() -> None:
+    model = _prior("pvd")
+    _perturb(model.denoiser)
+    z, t = torch.randn(3, 64, 3), torch.rand(3)
+    exact = model.denoiser(z, t)
+    products = []
+    model.denoiser.blocks[0].point.register_forward_hook(lambda module, args, out: products.append(out.dtype))
+    set_precision(model, "bf16")
+    low = model.denoiser(z, t)
+    assert products == [torch.bfloat16] and low.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    error = (low - exact).norm() / exact.norm()
+    assert 1e-4 < error < 0.03  # bfloat16 keeps 8 bits: changed, not broken
+    set_precision(model, "fp32")
+    torch.testing.assert_close(model.denoiser(z, t), exact, atol=0, rtol=0)
 
 
 def test_clouds_are_independent_within_a_batch() -> None:
@@ -282,9 +316,10 @@ def test_sample_cli_writes_readable_ply_files(tmp_path) -> None:
     save_tree(model.export(), tmp_path / "model.safetensors")
     out = tmp_path / "samples"
     args = ["sample", "-n", "3", "--model", str(tmp_path / "model.safetensors"), "--out", str(out), "--points", "50",
-            "--steps", "4", "--threads", "1"]
+            "--steps", "4", "--threads", "1", "--precision", "fp32"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
+    assert "4 dpm2 steps, fp32" in result.output
     files = sorted(out.glob("*.ply"))
     assert [f.name for f in files] == ["sample_0000.ply", "sample_0001.ply", "sample_0002.ply"]
     clouds = [read_ply(f) for f in files]
@@ -293,5 +328,8 @@ def test_sample_cli_writes_readable_ply_files(tmp_path) -> None:
     torch.testing.assert_close(torch.from_numpy(clouds[0]), expected[0], atol=1e-5, rtol=0)
     again = CliRunner().invoke(main, args)
     assert again.exit_code != 0 and "already exists" in again.output
+    low = CliRunner().invoke(main, [*args[:-1], "bf16", "--prefix", "low", "--json"])
+    assert low.exit_code == 0 and json.loads(low.output.strip().splitlines()[-1])["precision"] == "bf16"
+    assert read_ply(out / "low_0000.ply").shape == (50, 3)
     bad = CliRunner().invoke(main, ["sample", "--model", str(tmp_path / "none.pt"), "--out", str(out)])
     assert bad.exit_code != 0 and "no such file" in bad.output

@@ -11,7 +11,13 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from common.cli import compute_device, compute_options, solver_option, usage_errors
+from common.cli import (
+    compute_device,
+    compute_options,
+    precision_option,
+    solver_option,
+    usage_errors,
+)
 from common.runtime import atomic_open
 from shapectrl.classifier import ShapeClassifier
 from shapectrl.conditions import RareTargetWarning
@@ -97,16 +103,16 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
                    "at --guidance-scale).")
 @click.option("--reward", "reward_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help=f"With --particles: the reward classifier (default: the shipped {REWARD_CLASSIFIER}).")
-@click.option("--points", type=click.IntRange(1), default=None,
-              help="Points per cloud  [default: the model's training size, 512 for the shipped models; the denoiser "
-                   "runs on any N (its voxel grid reads at most the training size's points); 2,048-point samples "
-                   "keep their class but are fuzzier, and --solver ancestral does better there: docs/sampling.md]")
+@click.option("--points", type=click.IntRange(1), default=DEFAULTS.points, show_default=True,
+              help="Points per cloud (PointFlow's protocol size; the shipped models were trained on 512, and the "
+                   "denoiser's voxel grid reads at most that many, so it runs on any N: docs/shapes.md).")
 @click.option("--steps", type=click.IntRange(1), default=DEFAULTS.steps, show_default=True,
               help="Reverse steps; below the model's T a respaced sampler is used.")
 @solver_option(DEFAULTS.solver)
 @click.option("--guidance-scale", type=click.FloatRange(0), default=DEFAULTS.guidance_scale, show_default=True,
               help="Classifier-free guidance w: ε(z, 0) + w·(ε(z, c) − ε(z, 0)), the empty condition being the model's "
                    "unconditional branch; 1 samples the model itself (two network calls per step otherwise).")
+@precision_option(DEFAULTS.precision)
 @click.option("--mesh", "mesh_method", type=click.Choice(MESH_METHODS), is_flag=False, flag_value="offset", default=None,
               help="Also write a surface per cloud, PREFIX_0000_mesh.ply, and meshes.png of them shaded (pymeshlab): "
                    "--mesh alone or --mesh offset: watertight (a thin shell around the ball-pivoting surface); "
@@ -118,7 +124,7 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_path, particles, proposal, reward_path,
-             points, steps, solver, guidance_scale, mesh_method, batch_size, prefix, overwrite, seed, device, threads,
+             points, steps, solver, guidance_scale, precision, mesh_method, batch_size, prefix, overwrite, seed, device, threads,
              as_json) -> None:
     """Generate N clouds for one target (a --class, --attr values or both) into OUT.
 
@@ -134,7 +140,7 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
         raise click.UsageError(f"--mesh: {missing}")
     dev = compute_device(device, threads)
     with usage_errors():
-        config = ShapeGenerationConfig(method, particles, proposal, points, steps, solver, guidance_scale)
+        config = ShapeGenerationConfig(method, particles, proposal, points, steps, solver, guidance_scale, precision)
     generator = ShapeGenerator.load(config, model=model_path, reward=reward_path, device=str(dev))
     try:
         with warnings.catch_warnings(record=True) as rare:
@@ -179,7 +185,7 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
         "out": str(out), "clouds": n_samples, "points": generator.points, "attribute_points": result.attribute_points,
         "sampling_steps": min(steps, generator.controlled.model.config.n_steps), "solver": solver,
         "guidance_scale": None if particles and proposal == "prior" else guidance_scale,
-        "seconds": round(result.seconds, 2),
+        "precision": generator.config.precision, "seconds": round(result.seconds, 2),
         "device": str(dev),
     } | evaluate(result, scores=scores)
     steered = result.steering
@@ -222,8 +228,7 @@ def _report(summary: dict) -> str:
     lines = [(f"wrote {summary['clouds']} clouds of {summary['points']} points, {SHEET} and {SUMMARY} to "
               f"{summary['out']} ({summary['method']}, {summary['sampling_steps']} {summary['solver']} steps, "
               + ("" if summary["guidance_scale"] is None else f"guidance {summary['guidance_scale']:g}, ") +
-              f"{summary['seconds']:.1f} s "
-              f"on {summary['device']})")]
+              f"{summary['precision']}, {summary['seconds']:.1f} s on {summary['device']})")]
     if "particles" in summary:
         lines.append(f"mean ESS {summary['mean_ess']:.1f} of {summary['particles']}; "
                      f"{summary['network_calls_per_cloud']} network evaluations per cloud")

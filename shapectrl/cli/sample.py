@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from common.cli import compute_device, compute_options, solver_option
+from common.cli import compute_device, compute_options, precision_option, solver_option
 from common.diffusion import SOLVERS
-from common.runtime import seed_everything
+from common.runtime import resolve_precision, seed_everything, set_precision
 from shapectrl.io import write_ply
 from shapectrl.prior import ShapeDiffusion
 
@@ -26,6 +26,7 @@ from shapectrl.prior import ShapeDiffusion
 @click.option("--steps", type=click.IntRange(1), default=50, show_default=True,
               help="Reverse steps; below the model's T a respaced sampler is used.")
 @solver_option("dpm2")
+@precision_option()
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--prefix", default="sample", show_default=True, help="File names are PREFIX_0000.ply, ...")
 @click.option("--normalised", is_flag=True, help="Write the model's normalised frame instead of model units.")
@@ -33,11 +34,12 @@ from shapectrl.prior import ShapeDiffusion
 @click.option("--seed", type=int, default=0, show_default=True)
 @compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def sample(n_samples, model_path, out, points, steps, solver, batch_size, prefix, normalised, overwrite, seed, device, threads,
+def sample(n_samples, model_path, out, points, steps, solver, precision, batch_size, prefix, normalised, overwrite, seed, device, threads,
            as_json) -> None:
     """Sample N clouds from a shape prior into OUT/PREFIX_0000.ply, ... (in model units unless --normalised)."""
     dev = compute_device(device, threads)
-    model = ShapeDiffusion.load(model_path).to(dev).eval()
+    precision = resolve_precision(precision, dev)
+    model = set_precision(ShapeDiffusion.load(model_path).to(dev).eval(), precision)
     width = max(4, len(str(n_samples - 1)))
     paths = [out / f"{prefix}_{k:0{width}d}.ply" for k in range(n_samples)]
     existing = [p for p in paths if p.exists()]
@@ -56,10 +58,10 @@ def sample(n_samples, model_path, out, points, steps, solver, batch_size, prefix
     for path, cloud in zip(paths, clouds):
         write_ply(path, cloud)
     summary = {"out": str(out), "clouds": n_samples, "points": points, "sampling_steps": min(steps, model.config.n_steps), "solver": solver,
-               "frame": "normalised" if normalised else "model units", "seconds": round(seconds, 2),
+               "precision": precision, "frame": "normalised" if normalised else "model units", "seconds": round(seconds, 2),
                "device": str(dev)}
     if as_json:
         click.echo(json.dumps(summary))
     else:
         click.echo(f"wrote {n_samples} clouds of {points} points to {out} ({summary['frame']}) in {seconds:.1f} s "
-                   f"({summary['sampling_steps']} {solver} steps, {dev})")
+                   f"({summary['sampling_steps']} {solver} steps, {precision}, {dev})")
