@@ -13,10 +13,11 @@ again at the start of every block. A block mixes information across the cloud in
 
 - ``pvd`` (:class:`PointVoxelBlock`): per-point MLP + a coarse voxel branch (features averaged into an
   R³ grid, two 3×3×3 convolutions, trilinear interpolation back) + a max-pooled global feature. The
-  grid gives every point its neighbourhood at O(R³·C²) cost independent of N. It averages at most
-  ``grid_points`` points (the training size): which cells are empty, and so the grid, changes with
-  the number of points averaged, and a network trained on 512-point grids is off its training
-  distribution on 2,048-point ones (:class:`PointVoxelDenoiser`).
+  grid gives every point its neighbourhood at O(R³·C²) cost independent of N. The grid and the pool
+  read at most ``grid_points`` points (the training size): which cells are empty, and so the grid,
+  changes with the number of points averaged, and a maximum grows with the number of points it is
+  taken over, so a network trained on 512 points would be off its training distribution at 2,048
+  (:class:`PointVoxelDenoiser`).
 - ``transformer`` (:class:`SetTransformerBlock`): induced-set attention over M inducing vectors and a
   feed-forward layer, O(N·M·H) per block.
 - ``pointnet`` (:class:`PointNetBlock`): per-point MLP + a max-pooled global feature only; the
@@ -75,12 +76,13 @@ class PointVoxelBlock(nn.Module):
         self.pooled = nn.Linear(width, width, bias=False)
         self.out = nn.Linear(width, width)
 
-    def forward(self, h: torch.Tensor, ctx: torch.Tensor, cells: Voxelisation, points: Voxelisation) -> torch.Tensor:
-        """``h (B, N, H)``, ``ctx (B, H)``, the cells of the first K ≤ N points (the grid averages them)
-        and of all N (where it is read) -> ``(B, N, H)``."""
+    def forward(self, h: torch.Tensor, ctx: torch.Tensor, cells: Voxelisation, points: Voxelisation,
+                k: int) -> torch.Tensor:
+        """``h (B, N, H)``, ``ctx (B, H)``, the cells of the first k ≤ N points (the grid averages them and
+        the pool takes their maximum) and of all N (where the grid is read) -> ``(B, N, H)``."""
         a = F.silu(self.norm(h + self.context(ctx).unsqueeze(1)))
-        grid = self.conv(voxelise(self.to_voxel(a[:, : cells.coords.shape[3]]), cells))
-        u = self.point(a) + self.from_voxel(devoxelise(grid, points)) + self.pooled(a.amax(1)).unsqueeze(1)
+        grid = self.conv(voxelise(self.to_voxel(a[:, :k]), cells))
+        u = self.point(a) + self.from_voxel(devoxelise(grid, points)) + self.pooled(a[:, :k].amax(1)).unsqueeze(1)
         return h + self.out(F.silu(u))
 
 
@@ -172,13 +174,14 @@ class PointVoxelDenoiser(PointDenoiser):
     """The ``pvd`` candidate: ``depth`` :class:`PointVoxelBlock` s on one ``resolution³`` grid over
     ``[-extent, extent]³`` with ``voxel_channels`` features per cell.
 
-    The grid averages the first ``grid_points`` points of a cloud (all of them when it has fewer;
-    ``None``: always all) and every point reads it. The points of a sampled cloud are exchangeable (the
-    sampler's noise is i.i.d. over them), so the first K are a uniform random subset, and at any N the
-    grid has the statistics of the K-point clouds the network was trained on. Measured on the shipped
-    prior (40 validation clouds, ε-loss at t = 300 / 500 / 800, benchmarks/results/shapes_points.json):
-    0.284 / 0.071 / 0.0020 at 512 points, 0.350 / 0.118 / 0.0077 at 2,048 with a 2,048-point grid,
-    0.286 / 0.071 / 0.0020 with a 512-point one.
+    The grid averages, and the global pool takes the maximum over, the first K = ``grid_points`` points
+    of a cloud (all of them when it has fewer; ``None``: always all), and every point reads both. So the
+    first K points of a larger cloud are denoised exactly as a K-point cloud would be, and the others
+    read the same context; the points of a sampled cloud are exchangeable (the sampler's noise is i.i.d.
+    over them), so the first K are a uniform random subset, with the statistics of the clouds the network
+    was trained on. Measured on the shipped prior (40 validation clouds, ε-loss at t = 300 / 500 / 800,
+    benchmarks/results/shapes_points.json): 0.284 / 0.071 / 0.0020 at 512 points; at 2,048 0.350 / 0.118 /
+    0.0077 with grid and pool over all points, 0.285 / 0.070 / 0.0019 over the first 512.
     Above K points the output is permutation-equivariant in distribution, not exactly.
     """
 
@@ -191,10 +194,10 @@ class PointVoxelDenoiser(PointDenoiser):
 
     def trunk(self, h: torch.Tensor, z: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         points = self.grid.assign(z)
-        k = self.grid_points
-        cells = points if k is None or z.shape[1] <= k else self.grid.assign(z[:, :k])
+        k = z.shape[1] if self.grid_points is None else min(self.grid_points, z.shape[1])
+        cells = points if k == z.shape[1] else self.grid.assign(z[:, :k])
         for block in self.blocks:
-            h = block(h, ctx, cells, points)
+            h = block(h, ctx, cells, points, k)
         return h
 
 

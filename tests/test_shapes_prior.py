@@ -63,10 +63,10 @@ def test_denoiser_runs_on_any_number_of_points(arch: str) -> None:
         net(torch.randn(2, 5, 4), torch.rand(2))
 
 
-def test_voxel_grid_averages_at_most_the_training_size() -> None:
-    """Up to ``grid_points`` K the network is the one whose grid averages every point; above K its grid
-    reads the first K only: with the global pool switched off, the first K outputs do not change when
-    the later points move (they do when the grid averages every point)."""
+def test_the_first_training_size_points_of_a_larger_cloud_are_denoised_as_a_cloud_of_their_own() -> None:
+    """Grid and pool read the first K = ``grid_points`` points: up to K points the network is the one that
+    reads every point; above K the first K outputs are exactly those of the K-point cloud, whatever the
+    other points do (not so for the network that reads every point)."""
     torch.manual_seed(0)
     net = build_denoiser("pvd", 32, 2, voxel_channels=8, grid_points=20).eval()
     _perturb(net)
@@ -74,12 +74,48 @@ def test_voxel_grid_averages_at_most_the_training_size() -> None:
     full = build_denoiser("pvd", 32, 2, voxel_channels=8).eval()
     full.load_state_dict(net.state_dict())
     torch.testing.assert_close(net(z[:, :20], t), full(z[:, :20], t))  # at ≤ K points: the same network
-    assert not torch.allclose(net(z, t), full(z, t), atol=1e-4)
-    for block in (*net.blocks, *full.blocks):  # switch the global pool off
-        torch.nn.init.zeros_(block.pooled.weight)
-    moved = torch.cat([z[:, :20], z[:, 20:].flip(1) * 0.5], 1)
-    torch.testing.assert_close(net(moved, t)[:, :20], net(z, t)[:, :20])
-    assert not torch.allclose(full(moved, t)[:, :20], full(z, t)[:, :20], atol=1e-4)
+    torch.testing.assert_close(net(z, t)[:, :20], net(z[:, :20], t))
+    assert not torch.allclose(full(z, t)[:, :20], full(z[:, :20], t), atol=1e-4)
+
+
+def _spheres(n_clouds: int, n_points: int, generator: torch.Generator) -> torch.Tensor:
+    """Spheres of radius U(0.6, 1.4) about the origin, ``(B, N, 3)``."""
+    radius = 0.6 + 0.8 * torch.rand(n_clouds, 1, 1, generator=generator)
+    directions = torch.randn(n_clouds, n_points, 3, generator=generator)
+    return radius * directions / directions.norm(dim=-1, keepdim=True)
+
+
+def _radial_spread(clouds: torch.Tensor) -> float:
+    """Mean over clouds of std/mean of the points' radii: 0 for any sphere about the origin."""
+    radii = clouds.norm(dim=-1)
+    return float((radii.std(1) / radii.mean(1)).mean())
+
+
+def test_a_prior_trained_on_64_points_samples_256_as_well() -> None:
+    """A small pvd prior trained on 64-point spheres of random radius keeps the shape at 256 points: the
+    radial spread of its samples (0 for a sphere; each cloud must agree on one radius) is within 20 % of
+    its spread at 64, where the same weights reading every point for grid and pool are worse by more than
+    35 % (measured at two training seeds: +7 / +3 % against +72 / +52 %)."""
+    torch.manual_seed(0)
+    model = ShapeDiffusion(ShapePriorConfig(width=32, depth=2, resolution=4, voxel_channels=8, n_steps=200,
+                                            n_train_points=64, extent=2.0))
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    data = torch.Generator().manual_seed(0)
+    for _ in range(1500):
+        loss = model(_spheres(16, 64, data))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+    def spread(n_points: int) -> float:
+        return _radial_spread(model.sample(64, n_points, 50, torch.Generator().manual_seed(1)))
+
+    trained = spread(64)
+    assert trained < 0.06  # it learnt spheres (pure noise: about 0.4)
+    assert spread(256) < 1.2 * trained
+    model.denoiser.grid_points = None
+    assert spread(256) > 1.35 * trained
 
 
 def test_shipped_prior_keeps_its_accuracy_at_four_times_its_training_size() -> None:
