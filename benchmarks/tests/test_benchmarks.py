@@ -105,9 +105,25 @@ def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
     assert attribute["attribute"] == "chair_back_height" and attribute["mae_composed"] >= 0
     classes_only = CliRunner().invoke(benchmark, ["--method", f"rgdm={model_path}", "--evaluator", str(evaluator_path),
                                                   "-n", "2", "--points", "32", "--steps", "1", "--data-dir",
-                                                  str(tmp_path), "--no-attributes", "--threads", "1"])
+                                                  str(tmp_path), "--no-attributes", "--threads", "1",
+                                                  "--emd-points", "0", "--precision", "bf16"])
     assert classes_only.exit_code == 0, classes_only.output
-    assert json.loads(classes_only.stdout)["attributes"] == {}
+    record = json.loads(classes_only.stdout)
+    assert record["attributes"] == {} and record["precision"] == "bf16" and record["emd_points"] == 0
+    assert "1nna-cd" in record["rows"][1]["mean"] and "1nna-emd" not in record["rows"][1]["mean"]
+
+
+def test_main_job_runs_shapectrl_generate_at_its_defaults(tmp_path) -> None:
+    from benchmarks.main_job import main as main_job
+
+    out = tmp_path / "record.json"
+    result = CliRunner().invoke(main_job, ["--shapes", "--class", "chair", "--class", "car", "-n", "2", "--threads", "1",
+                                           "--extra", "--steps 2 --points 64", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    chair, car = json.loads(out.read_text())["runs"]
+    assert chair["target"] == {"class": "chair", "attributes": {}} and car["target"]["class"] == "car"
+    assert chair["command"].startswith("shapectrl generate --class chair -n 2 --seed 0 --out clouds")
+    assert chair["clouds"] == 2 and chair["points"] == 64 and 0 <= chair["class_accuracy"] <= 1
 
 
 def test_best_of_pool_keeps_the_highest_reward_cloud_of_disjoint_groups() -> None:
