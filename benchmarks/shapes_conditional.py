@@ -208,6 +208,9 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
 @click.option("--attribute", "attributes", multiple=True, default=DEFAULT_ATTRIBUTES, show_default=True,
               metavar="CLASS:ATTRIBUTE", help="Attribute-control rows (CLASS 'any': the attribute alone).")
 @click.option("--no-attributes", is_flag=True, help="Class rows only (no attribute-control rows).")
+@click.option("--no-data-row", is_flag=True,
+              help="Leave out the data-against-data row (it depends only on -n, --points and --emd-points: one run "
+                   "of a split protocol has it).")
 @click.option("-n", "n_samples", type=click.IntRange(2), default=64, show_default=True,
               help="Samples per class (and references per class) and attribute targets per row.")
 @click.option("--points", type=click.IntRange(1), default=512, show_default=True,
@@ -224,7 +227,7 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(methods, prior_path, pool_path, smc_specs, reward_path, evaluator, attributes, no_attributes, n_samples, points, emd_points, steps, solver, guidance_scale, precision, data_dir, seed, threads, out) -> None:
+def main(methods, prior_path, pool_path, smc_specs, reward_path, evaluator, attributes, no_attributes, no_data_row, n_samples, points, emd_points, steps, solver, guidance_scale, precision, data_dir, seed, threads, out) -> None:
     """Class accuracy, 1-NNA, COV and MMD per class, and attribute errors, of controlled shape models."""
     if threads:
         torch.set_num_threads(threads)
@@ -250,7 +253,8 @@ def main(methods, prior_path, pool_path, smc_specs, reward_path, evaluator, attr
     valid = _split("valid", n_samples, points, data_dir, frame)
     emd_points = points if emd_points is None else min(emd_points, points)
     references = {cls: References(_of_class(test, cls), emd_points) for cls in RGDM_CLASSES}
-    rows = [_class_rows("data (valid split)", lambda cls, k: _of_class(valid, cls), scorer, test, references)]
+    rows = [] if no_data_row else [_class_rows("data (valid split)", lambda cls, k: _of_class(valid, cls), scorer,
+                                               test, references)]
     if prior_path:
         prior = set_precision(ShapeDiffusion.load(prior_path).eval(), precision)
         if prior.normalisation != frame:

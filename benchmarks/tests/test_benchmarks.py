@@ -106,11 +106,12 @@ def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
     classes_only = CliRunner().invoke(benchmark, ["--method", f"rgdm={model_path}", "--evaluator", str(evaluator_path),
                                                   "-n", "2", "--points", "32", "--steps", "1", "--data-dir",
                                                   str(tmp_path), "--no-attributes", "--threads", "1",
-                                                  "--emd-points", "0", "--precision", "bf16"])
+                                                  "--emd-points", "0", "--precision", "bf16", "--no-data-row"])
     assert classes_only.exit_code == 0, classes_only.output
     record = json.loads(classes_only.stdout)
     assert record["attributes"] == {} and record["precision"] == "bf16" and record["emd_points"] == 0
-    assert "1nna-cd" in record["rows"][1]["mean"] and "1nna-emd" not in record["rows"][1]["mean"]
+    (only,) = record["rows"]
+    assert only["row"] == "rgdm" and "1nna-cd" in only["mean"] and "1nna-emd" not in only["mean"]
 
 
 def test_main_job_runs_shapectrl_generate_at_its_defaults(tmp_path) -> None:
