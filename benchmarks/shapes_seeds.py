@@ -8,7 +8,9 @@ The records must score the same rows against the same references (same ``-n``, `
 For each row and each metric of its three-class mean: the mean over seeds and the sample standard
 deviation. With ``--baseline ROW``, each other row's paired difference to it, seed by seed (row −
 baseline), with its mean and standard error: the samples of two rows share the references, so the
-paired difference removes the references' own variation.
+paired difference removes the references' own variation. With ``--versus RECORDS`` (another sampler or
+setting at the same seeds, in the same order), each row's paired difference to the same row there.
+Metrics missing from a record (the EMD of a Chamfer-only run) are left out.
 """
 from __future__ import annotations
 
@@ -24,8 +26,13 @@ from benchmarks.record import emit
 KEYS = ("accuracy", "1nna-cd", "1nna-emd", "cov-cd", "cov-emd", "mmd-cd", "mmd-emd")
 
 
-def _table(records: list[dict]) -> dict[str, np.ndarray]:
-    """Row name -> ``(S, len(KEYS))`` three-class means, one line per record."""
+def _keys(records: list[dict]) -> tuple[str, ...]:
+    """The :data:`KEYS` that every row of every record has."""
+    return tuple(k for k in KEYS if all(k in row["mean"] for r in records for row in r["rows"]))
+
+
+def _table(records: list[dict], keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Row name -> ``(S, len(keys))`` three-class means, one line per record."""
     names = [[row["row"] for row in r["rows"]] for r in records]
     if any(n != names[0] for n in names):
         raise click.BadParameter("the records score different rows", param_hint="RECORDS")
@@ -33,37 +40,48 @@ def _table(records: list[dict]) -> dict[str, np.ndarray]:
     if len(set(setup)) > 1:
         raise click.BadParameter(f"the records differ in samples, points, steps or guidance: {setup}",
                                  param_hint="RECORDS")
-    return {name: np.array([[next(row for row in r["rows"] if row["row"] == name)["mean"][k] for k in KEYS]
+    return {name: np.array([[next(row for row in r["rows"] if row["row"] == name)["mean"][k] for k in keys]
                             for r in records]) for name in names[0]}
 
 
-def _summary(values: np.ndarray, spread: str) -> dict[str, dict[str, float]]:
-    """Per metric, the mean over seeds of ``values (S, len(KEYS))`` and its ``spread``: ``sd`` (sample
+def _summary(values: np.ndarray, spread: str, keys: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Per metric, the mean over seeds of ``values (S, len(keys))`` and its ``spread``: ``sd`` (sample
     standard deviation) or ``se`` (standard error of the mean); NaN from one seed."""
     s = values.std(0, ddof=1) if len(values) > 1 else np.full(values.shape[1], np.nan)
     if spread == "se":
         s = s / np.sqrt(len(values))
-    return {k: {"mean": round(float(m), 5), spread: round(float(v), 5)} for k, m, v in zip(KEYS, values.mean(0), s)}
+    return {k: {"mean": round(float(m), 5), spread: round(float(v), 5)} for k, m, v in zip(keys, values.mean(0), s)}
 
 
 @click.command()
 @click.argument("records", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--baseline", default=None, help="Row to which every other row is compared, seed by seed.")
+@click.option("--versus", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A record of another setting at the same seed, one per RECORD in the same order (repeatable): "
+                   "each row's paired difference to the same row there.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(records, baseline, out) -> None:
+def main(records, baseline, versus, out) -> None:
     """Aggregate shape benchmark records over seeds and print one JSON record."""
     loaded = [json.loads(Path(p).read_text()) for p in records]
-    table = _table(loaded)
+    others = [json.loads(Path(p).read_text()) for p in versus]
+    if others and [r["seed"] for r in others] != [r["seed"] for r in loaded]:
+        raise click.BadParameter("give one --versus record per RECORD, at the same seeds in the same order",
+                                 param_hint="--versus")
+    keys = _keys(loaded + others)
+    table = _table(loaded, keys)
+    against = _table(others, keys) if others else {}
     if baseline is not None and baseline not in table:
         raise click.BadParameter(f"no row {baseline!r} (rows: {', '.join(table)})", param_hint="--baseline")
     rows = []
     for name, values in table.items():
-        row = {"row": name, "over_seeds": _summary(values, "sd")}
+        row = {"row": name, "over_seeds": _summary(values, "sd", keys)}
         if baseline is not None and name != baseline:
-            row["minus_baseline"] = _summary(values - table[baseline], "se")
+            row["minus_baseline"] = _summary(values - table[baseline], "se", keys)
+        if name in against:
+            row["minus_versus"] = _summary(values - against[name], "se", keys)
         rows.append(row)
-    emit({"records": list(records), "seeds": [r["seed"] for r in loaded], "baseline": baseline, "rows": rows,
-          "command": "python -m benchmarks.shapes_seeds " + " ".join(sys.argv[1:])}, out, indent=1)
+    emit({"records": list(records), "versus": list(versus), "seeds": [r["seed"] for r in loaded], "baseline": baseline,
+          "rows": rows, "command": "python -m benchmarks.shapes_seeds " + " ".join(sys.argv[1:])}, out, indent=1)
 
 
 if __name__ == "__main__":

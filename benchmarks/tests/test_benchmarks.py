@@ -164,3 +164,24 @@ def test_seed_aggregation_gives_means_spreads_and_paired_differences(tmp_path) -
     paths[2].write_text(json.dumps(record))
     mixed = CliRunner().invoke(aggregate, list(map(str, paths)))
     assert mixed.exit_code == 2 and "differ in samples, points, steps or guidance" in mixed.output
+
+
+def test_seed_aggregation_pairs_two_settings_by_seed_and_keeps_the_metrics_both_have(tmp_path) -> None:
+    from benchmarks.shapes_seeds import main as aggregate
+
+    def write(name: str, seed: int, steps: int, value: float):
+        record = {"seed": seed, "samples_per_class": 32, "points": 2048, "sampling_steps": steps, "guidance_scale": 2,
+                  "rows": [{"row": "rgdm", "mean": {"accuracy": 1.0, "1nna-cd": value, "mmd-cd": 0.05}}]}
+        (tmp_path / name).write_text(json.dumps(record))
+        return str(tmp_path / name)
+
+    fast = [write(f"25_{s}.json", s, 25, v) for s, v in enumerate((0.78, 0.80, 0.76))]
+    slow = [write(f"50_{s}.json", s, 50, v) for s, v in enumerate((0.79, 0.78, 0.77))]
+    result = CliRunner().invoke(aggregate, [*fast, *(x for path in slow for x in ("--versus", path))])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)["rows"]
+    assert set(row["over_seeds"]) == {"accuracy", "1nna-cd", "mmd-cd"}  # no EMD in a Chamfer-only record
+    diff = row["minus_versus"]["1nna-cd"]  # paired: -0.01, +0.02, -0.01
+    assert diff["mean"] == pytest.approx(0.0, abs=1e-9) and diff["se"] == pytest.approx(0.01, abs=1e-5)
+    shuffled = CliRunner().invoke(aggregate, [*fast, "--versus", slow[1], "--versus", slow[0], "--versus", slow[2]])
+    assert shuffled.exit_code == 2 and "same seeds in the same order" in shuffled.output
