@@ -13,7 +13,7 @@ For each architecture (at ``shapectrl train prior``'s default size, and the ``po
 With ``--slices`` it times instead the shipped default model's denoiser call of a guided sampling step
 (32 clouds: 16 conditioned and 16 unconditioned) at 512 and 2,048 points, in float32 and bfloat16,
 with the CPU batch cut into slices of 2,048 to 16,384 points or not at all
-(:data:`shapectrl.denoisers.CPU_SLICE_POINTS`).
+(``PointDenoiser.cpu_slice_points``; the default is :data:`shapectrl.denoisers.CPU_SLICE_POINTS`).
 
 Inputs are random clouds of unit variance (the normalised frame). Workloads run round robin
 (``benchmarks.speed.time_interleaved``) so background load falls on all alike; each figure is the
@@ -32,7 +32,7 @@ import torch
 
 from benchmarks.record import emit
 from benchmarks.speed import metadata, time_interleaved
-from common.runtime import PRECISIONS, resolve_device, set_precision
+from common.runtime import resolve_device, set_precision
 from shapectrl.denoisers import ARCHITECTURES
 from shapectrl.prior import ShapeDiffusion, ShapePriorConfig
 
@@ -81,7 +81,6 @@ def slice_workloads(batch: int = 32, points: tuple[int, ...] = (512, 2048), prec
                     slices: tuple[int | None, ...] = (2048, 4096, 8192, 16384, None), seed: int = 0,
                     ) -> dict[str, Callable[[], object]]:
     """Timed denoiser calls of the shipped default model, ``"{precision}/n{N}/slice{P}"`` (``whole``: unsliced)."""
-    from shapectrl import denoisers
     from shapectrl.control import ControlledShapes
     from shapectrl.weights import DEFAULT_MODELS, weight_path
 
@@ -90,19 +89,14 @@ def slice_workloads(batch: int = 32, points: tuple[int, ...] = (512, 2048), prec
     t, cond = torch.full((batch,), 0.5), torch.zeros(batch, model.denoiser.cond_dim)
     fns: dict[str, Callable[[], object]] = {}
     for precision in precisions:
-        dtype = PRECISIONS[precision]
         for n in points:
             z = torch.randn(batch, n, 3, generator=gen)
             for size in slices:
-                def call(z=z, precision=precision, dtype=dtype, size=size) -> torch.Tensor:
+                def call(z=z, precision=precision, size=size) -> torch.Tensor:
                     set_precision(model, precision)
-                    saved = denoisers.CPU_SLICE_POINTS[dtype]
-                    denoisers.CPU_SLICE_POINTS[dtype] = size or batch * z.shape[1]
-                    try:
-                        with torch.no_grad():
-                            return model.denoiser(z, t, cond=cond)
-                    finally:
-                        denoisers.CPU_SLICE_POINTS[dtype] = saved
+                    model.denoiser.cpu_slice_points = size or batch * z.shape[1]
+                    with torch.no_grad():
+                        return model.denoiser(z, t, cond=cond)
                 fns[f"{precision}/n{n}/slice{size or 'whole'}"] = call
     return fns
 

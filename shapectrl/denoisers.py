@@ -135,6 +135,7 @@ class PointDenoiser(nn.Module):
         self.embed = nn.Linear(3 + 6 * n_frequencies, width)
         self.head = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, 3))
         self.compute_dtype = torch.float32  # of the matrix products (see the module docstring)
+        self.cpu_slice_points: int | None = None  # points per CPU slice (None: CPU_SLICE_POINTS[compute_dtype])
 
     @property
     def cond_dim(self) -> int:
@@ -162,7 +163,7 @@ class PointDenoiser(nn.Module):
         with torch.autocast(z.device.type, dtype=self.compute_dtype, enabled=low):
             if z.device.type != "cpu":
                 return self._forward(z, t, cond).to(z.dtype)
-            size = max(1, CPU_SLICE_POINTS[self.compute_dtype] // z.shape[1])
+            size = max(1, (self.cpu_slice_points or CPU_SLICE_POINTS[self.compute_dtype]) // z.shape[1])
             return in_batch_slices(self._forward, (z, t, cond), size).to(z.dtype)
 
     def _forward(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:

@@ -11,7 +11,6 @@ from click.testing import CliRunner
 from common.diffusion import SOLVERS
 from common.runtime import set_precision
 from common.weights import read_tree, save_tree
-from shapectrl import denoisers
 from shapectrl.cli import main
 from shapectrl.data.normalisation import Normalisation
 from shapectrl.data.procedural import ProceduralShapes
@@ -137,7 +136,7 @@ def test_shipped_prior_keeps_its_accuracy_at_four_times_its_training_size() -> N
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_the_cpu_runs_a_batch_in_slices_and_computes_the_same(arch: str, monkeypatch) -> None:
+def test_the_cpu_runs_a_batch_in_slices_and_computes_the_same(arch: str) -> None:
     torch.manual_seed(0)
     net = build_denoiser(arch, 32, 2, cond_dim=3, voxel_channels=8, n_inducing=4, heads=2).eval()
     _perturb(net)
@@ -145,7 +144,7 @@ def test_the_cpu_runs_a_batch_in_slices_and_computes_the_same(arch: str, monkeyp
     calls = []
     net.embed.register_forward_hook(lambda module, args, out: calls.append(out.shape[0]))
     whole = net(z, t, cond=cond)
-    monkeypatch.setitem(denoisers.CPU_SLICE_POINTS, torch.float32, 80)  # two clouds per slice
+    net.cpu_slice_points = 80  # two clouds per slice (default: CPU_SLICE_POINTS, here all five at once)
     sliced = net(z, t, cond=cond)
     assert calls == [5, 2, 2, 1]
     torch.testing.assert_close(sliced, whole, atol=1e-5, rtol=0)
