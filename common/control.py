@@ -52,13 +52,15 @@ class ControlConfig:
     kl: str = "chain"  # CTRL's KL: "chain" (the sampler's own steps) or "continuous" (common.rollout)
     kl_cap: float | None = None  # CTRL: trajectories with a larger KL are left out of the loss (common.ctrl)
     grad_steps: int = 8  # CTRL: reparameterised final transitions, drawn uniformly in [1, grad_steps]
+    score_early: bool = False  # CTRL: the score-function term of the earlier transitions too (common.ctrl)
     temperature: float = 1.0  # RGDM's τ
     proposal: str = "prior"  # RGDM: a pool of prior samples ("prior") or of the unlabelled data ("data"), or
     # the model's rollouts ("model"; step-level RGDM: its states)
     pool_size: int = 10_000  # prior proposals: samples in the pool
     pool_steps: int = 50  # prior proposals: sampling steps of the pool
     candidates: int | None = None  # pool proposals: pool samples weighed per target (None: all of its size)
-    samples_per_target: int = 4  # model proposals: rollouts per target, their weights normalised together
+    samples_per_target: int = 4  # model proposals: rollouts per target, their weights normalised together;
+    # CTRL with score_early: rollouts per target, each one's baseline the mean return of the others
     radius: float = 0.5  # step-level RGDM's ρ
     train_steps: int = 4  # step-level RGDM and DDPO: transitions trained per trajectory
     clip: float = 1e-4  # DDPO's ratio clip
@@ -70,6 +72,14 @@ class ControlConfig:
                                      ("KL form", self.kl, KL_FORMS)):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r} (expected one of {', '.join(allowed)})")
+
+    @property
+    def rollouts_per_target(self) -> int:
+        """Consecutive rows of a target batch that share one target (:class:`TargetBatches` ``repeats``):
+        ``samples_per_target`` where the loss compares rollouts of one target (RGDM with the model's
+        rollouts as proposals, CTRL's score-function baseline), else 1."""
+        grouped = (self.method == "rgdm" and self.proposal == "model") or (self.method == "ctrl" and self.score_early)
+        return self.samples_per_target if grouped else 1
 
     @classmethod
     def from_options(cls, options: Mapping, **values) -> Self:
@@ -259,9 +269,10 @@ class RewardObjective(nn.Module):
         if cfg.method == "ctrl":
             grad_steps = int(torch.randint(1, cfg.grad_steps + 1, (1,)))
             loss, self.stats = ctrl_loss(*args, alpha=cfg.alpha, n_sampling_steps=cfg.sampling_steps,
-                                         grad_steps=grad_steps, kl=cfg.kl, kl_cap=cfg.kl_cap)
+                                         grad_steps=grad_steps, kl=cfg.kl, kl_cap=cfg.kl_cap,
+                                         score_early=cfg.score_early, group_size=cfg.rollouts_per_target)
         elif cfg.method == "rgdm":
-            loss, self.stats = rgdm_trajectory_loss(*args, temperature=cfg.temperature, group_size=cfg.samples_per_target,
+            loss, self.stats = rgdm_trajectory_loss(*args, temperature=cfg.temperature, group_size=cfg.rollouts_per_target,
                                                     n_sampling_steps=cfg.sampling_steps)
         elif cfg.method == "rgdm-step":
             loss, self.stats = rgdm_step_loss(*args, temperature=cfg.temperature, radius=cfg.radius,

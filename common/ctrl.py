@@ -12,7 +12,15 @@ mixture test measures by how much at 20 steps). Two gradient estimators:
 * pathwise (``reward.differentiable``): back-propagate r and the KL through the reparameterised
   sampler (truncated to the last ``grad_steps`` transitions, the KL terms everywhere);
 * score function (rewards without gradients): ∇J = E[(R − b)·∇ log p_θ(τ)] − α E[Σ_t ∇_θ KL_t] with
-  R = r − α Σ_t KL_t per trajectory and b the batch mean — exact, as the states are sampled from p_θ.
+  R = r − α Σ_t KL_t per trajectory and b the mean R of the other trajectories of its group (rows that
+  share a target; leave-one-out, so b does not depend on the trajectory it corrects) — exact, as the
+  states are sampled from p_θ;
+* both (``score_early``): the last ``grad_steps`` transitions pathwise and the earlier ones, whose states the
+  pathwise estimator detaches, by the score function. Truncated back-propagation drops the gradient that
+  flows through the early states; on a chain whose early steps choose a mode (the mixture's component, a
+  cloud's class) the pathwise gradient of one trajectory through them is near zero even where the value
+  E[r | z_t] is steep, and the score-function term estimates that part instead:
+      ∇J = E[∇_θ(r − α Σ_t KL_t) through the late steps] + E[(R − b)·Σ_{early t} ∇ log p_θ(z_s | z_t)].
 """
 from __future__ import annotations
 
@@ -27,8 +35,8 @@ def ctrl_loss(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, re
               n_channels: int, y: torch.Tensor | None = None, y_mask: torch.Tensor | None = None,
               cond: torch.Tensor | None = None, alpha: float = 1.0, n_sampling_steps: int | None = 50,
               grad_steps: int | None = None, checkpoint: bool = True, generator: torch.Generator | None = None,
-              dtype: torch.dtype = torch.float32, kl: str = "chain",
-              kl_cap: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+              dtype: torch.dtype = torch.float32, kl: str = "chain", kl_cap: float | None = None,
+              score_early: bool = False, group_size: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """−J(θ) on one batch of rollouts, and its parts (median reward, median KL) for logging.
 
     Args:
@@ -39,19 +47,35 @@ def ctrl_loss(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, re
         kl_cap: leave out of the loss the trajectories whose KL exceeds it (None: keep all). A state
             the networks never saw (atoms on top of each other) can give one trajectory a KL of 10⁴–10⁸,
             whose gradient alone then sets the update; the fraction left out is reported as ``capped``.
+        score_early: with a differentiable reward, add the score-function term of the transitions before
+            the last ``grad_steps`` (see above). group_size: rows ``k·G … k·G + G − 1`` share a target, and
+            the score-function baseline of a row is the mean return of the others of its group (None: of
+            the whole batch).
     """
+    pathwise = reward.differentiable
     roll = rollout(diffusion, model, prior, mask, n_channels, n_sampling_steps, cond,
-                   grad_steps=grad_steps if reward.differentiable else 0, checkpoint=checkpoint, generator=generator,
+                   grad_steps=grad_steps if pathwise else 0, checkpoint=checkpoint, generator=generator,
                    dtype=dtype, kl=kl)
     keep = torch.ones_like(roll.kl, dtype=torch.bool) if kl_cap is None else roll.kl.detach() <= kl_cap
-    if reward.differentiable:
-        r = reward(roll.x, mask, y, y_mask)
-        per_sample = alpha * roll.kl - r
-    else:
-        r = reward(roll.x.detach(), mask, y, y_mask)
+    r = reward(roll.x if pathwise else roll.x.detach(), mask, y, y_mask)
+    per_sample = alpha * roll.kl - (r if pathwise else 0.0)
+    n_steps = len(roll.step_log_prob)
+    reparameterised = (n_steps if grad_steps is None else min(grad_steps, n_steps)) if pathwise else 0
+    n_scored = n_steps - reparameterised if score_early or not pathwise else 0
+    if n_scored:
         ret = (r - alpha * roll.kl).detach()
-        baseline = ret[keep].mean() if keep.any() else 0.0
-        per_sample = alpha * roll.kl - (ret - baseline) * roll.log_prob
+        per_sample = per_sample - (ret - others_mean(ret, keep, group_size)) * roll.step_log_prob[:n_scored].sum(0)
     loss = per_sample[keep].sum() / keep.sum().clamp(min=1)
     stats = {"reward": r.median().item(), "kl": roll.kl.median().item()}
     return loss, stats | ({} if kl_cap is None else {"capped": 1.0 - keep.float().mean().item()})
+
+
+def others_mean(values: torch.Tensor, keep: torch.Tensor, group_size: int | None = None) -> torch.Tensor:
+    """Per row of ``values (B,)``: the mean over the other kept rows of its group (rows ``k·G … k·G + G − 1``;
+    None: the whole batch), 0 where there is none — a leave-one-out baseline."""
+    size = group_size or len(values)
+    if len(values) % size:
+        raise ValueError(f"batch {len(values)} is not a multiple of group_size {size}")
+    kept, count = (values * keep).view(-1, size), keep.to(values.dtype).view(-1, size)
+    others = count.sum(1, keepdim=True) - count
+    return ((kept.sum(1, keepdim=True) - kept) / others.clamp(min=1)).view(-1)

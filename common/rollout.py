@@ -38,6 +38,7 @@ class Rollout:
             log_prob: Σ_t log p_θ(z_s | z_t) of the sampled states (gradient w.r.t. θ only).
             prior_log_prob: Σ_t log p_pre(z_s | z_t), no gradient.
             step_kl: the chain's KL of each step, ``(S, B)`` in the order of :meth:`GaussianDiffusion.transitions`.
+            step_log_prob: log p_θ(z_s | z_t) of each step, ``(S, B)``, the same order (``log_prob`` is its sum).
     """
 
     x: torch.Tensor
@@ -45,6 +46,7 @@ class Rollout:
     log_prob: torch.Tensor
     prior_log_prob: torch.Tensor
     step_kl: torch.Tensor
+    step_log_prob: torch.Tensor
 
 
 def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask: torch.Tensor, n_channels: int,
@@ -67,8 +69,8 @@ def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask
     z = diffusion.initial_state(mask, n_channels, generator, dtype)
     pairs = diffusion.transitions(n_sampling_steps, b, mask.device)
     run = partial(recompute, use_reentrant=False) if checkpoint and torch.is_grad_enabled() else _call
-    log_prob = prior_log_prob = torch.zeros(b, device=mask.device, dtype=dtype)
-    step_kls = []
+    prior_log_prob = torch.zeros(b, device=mask.device, dtype=dtype)
+    step_kls, step_log_probs = [], []
     for k, (t, s) in enumerate(pairs):
         if grad_steps is not None and len(pairs) - k > grad_steps:
             z = z.detach()
@@ -80,11 +82,12 @@ def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask
             mean = run(_step_mean, diffusion, model, z, t, s, mask, cond)
         z_next = diffusion.draw(mean, std, mask, generator)
         step_kls.append(diffusion.step_kl(mean, mean_pre, std, mask))
-        log_prob = log_prob + diffusion.step_log_prob(z_next.detach(), mean, std, mask)
+        step_log_probs.append(diffusion.step_log_prob(z_next.detach(), mean, std, mask))
         prior_log_prob = prior_log_prob + diffusion.step_log_prob(z_next.detach(), mean_pre, std, mask)
         z = z_next
-    step_kl = torch.stack(step_kls)
-    return Rollout(z, (step_kl * kl_factors(diffusion, pairs, kl).to(dtype)).sum(0), log_prob, prior_log_prob, step_kl)
+    step_kl, step_log_prob = torch.stack(step_kls), torch.stack(step_log_probs)
+    return Rollout(z, (step_kl * kl_factors(diffusion, pairs, kl).to(dtype)).sum(0), step_log_prob.sum(0), prior_log_prob,
+                   step_kl, step_log_prob)
 
 
 def kl_factors(diffusion: GaussianDiffusion, pairs: list[tuple[torch.Tensor, torch.Tensor | None]],

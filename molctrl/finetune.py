@@ -165,9 +165,8 @@ def _objective(spec: dict, prior: MoleculeDiffusion, data: QM9Split, conditions:
             predicted = PriorPool.from_split(data).scored(prior, reward).scores
         return (PayoffScoreObjective(model, prior, reward, conditions, guidance),
                 MoleculeBatches(data, batch_size, seed, labels=predicted))
-    repeats = guidance.samples_per_target if guidance.method == "rgdm" else 1
     return (RewardObjective(model, prior, reward, conditions, guidance),
-            target_batches(conditions, batch_size, guidance.properties, seed, repeats))
+            target_batches(conditions, batch_size, guidance.properties, seed, guidance.rollouts_per_target))
 
 
 def start_from(model: MoleculeDiffusion, path: str | Path, conditions: PropertyConditions) -> None:

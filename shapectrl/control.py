@@ -144,9 +144,10 @@ class ShapeTargets:
         return self.y[rows], mask
 
     def batches(self, batch_size: int, n_points: int, seed: int = 0) -> TargetBatches:
-        """Step -> ``(sizes (B,) = n_points, y, y_mask)`` in shuffled epochs over the labelled split."""
+        """Step -> ``(sizes (B,) = n_points, y, y_mask)`` in shuffled epochs over the labelled split, each target
+        on ``config.rollouts_per_target`` consecutive rows."""
         sizes = torch.full((len(self),), n_points, dtype=torch.long)
-        return TargetBatches(sizes, lambda rows, _, g: self.draw(rows, g), batch_size, seed)
+        return TargetBatches(sizes, lambda rows, _, g: self.draw(rows, g), batch_size, seed, self.config.rollouts_per_target)
 
 
 @dataclass

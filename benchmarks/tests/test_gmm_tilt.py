@@ -37,7 +37,7 @@ from benchmarks.gmm_tilt import (
     train_prior_pool,
     widened_log_likelihood,
 )
-from common.ctrl import ctrl_loss
+from common.ctrl import ctrl_loss, others_mean
 from common.ddpo import ddpo_loss, sample_trajectories
 from common.guidance import GuidedDenoiser
 from common.rgdm import rgdm_step_loss
@@ -134,6 +134,35 @@ def test_ctrl_with_a_reward_without_gradients_moves_towards_the_tilt():
     prior_weights, prior_means, _ = stats(prior_samples())
     assert prior_weights[1] < 0.45 and 0.62 < weights[1] < 0.82  # 0.40 -> 0.71 (the chain's tilt: 0.73)
     assert (means[:, 1] - prior_means[:, 1]).abs().max() < 0.2
+
+
+def _ctrl_mass_on_the_favoured_component(**estimator) -> float:
+    prior, model, optimizer, mask, y = setup(lr=1e-2)
+    for _ in range(300):
+        loss, _ = ctrl_loss(DIFFUSION, model, prior, REWARD, mask, 2, y, n_sampling_steps=STEPS, checkpoint=False,
+                            **estimator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return stats(samples(model))[0][1].item()
+
+
+def test_ctrl_truncated_to_the_last_step_needs_the_score_function_of_the_earlier_ones():
+    """Which component a sample joins is decided by the chain's early steps, where the pathwise gradient
+    of one trajectory is near zero: back-propagated through the last step only, CTRL stays at the prior's
+    mass (0.40); with the score-function term of the other 19 steps it reaches the tilt (0.73), as the
+    full pathwise gradient does (measured: 0.39, 0.72, 0.71)."""
+    assert _ctrl_mass_on_the_favoured_component(grad_steps=1) < 0.45
+    assert 0.62 < _ctrl_mass_on_the_favoured_component(grad_steps=1, score_early=True) < 0.82
+
+
+def test_the_leave_one_out_baseline_reads_the_other_kept_rows_of_a_group():
+    values = torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0, 40.0])
+    keep = torch.tensor([True, True, True, True, False, True])
+    assert torch.equal(others_mean(values, keep, group_size=3), torch.tensor([2.5, 2.0, 1.5, 40.0, 25.0, 10.0]))
+    assert others_mean(values, keep)[0].item() == pytest.approx((2 + 3 + 10 + 40) / 4)
+    with pytest.raises(ValueError, match="multiple of group_size 4"):
+        others_mean(values, keep, group_size=4)
 
 
 @pytest.mark.parametrize("reward", [REWARD, NoGradient()], ids=["gradient-shift", "candidates"])

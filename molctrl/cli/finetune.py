@@ -49,6 +49,9 @@ CONFIG = GuidanceConfig  # the defaults of the options
               help="Start from this conditioned model.safetensors (e.g. CTRL from an RGDM run) instead of the prior.")
 @click.option("--grad-steps", type=int, default=CONFIG.grad_steps, show_default=True,
               help="CTRL: gradients through the last K transitions, K uniform in [1, grad-steps].")
+@click.option("--score-early", is_flag=True,
+              help="CTRL: add the score-function gradient of the transitions before those K (common/ctrl.py), "
+                   "with --samples-per-target rollouts per target.")
 @click.option("--temperature", type=float, default=CONFIG.temperature, show_default=True, help="RGDM's τ (1: the conditional).")
 @click.option("--proposal", type=click.Choice(CONFIG.proposals), default=CONFIG.proposal, show_default=True,
               help="RGDM: a pool resampled by the pay-off weights, of prior samples (prior) or unlabelled Db "
@@ -62,7 +65,8 @@ CONFIG = GuidanceConfig  # the defaults of the options
 @click.option("--candidates", type=click.IntRange(1), default=CONFIG.candidates, show_default=True,
               help="RGDM, pool proposals: pool molecules of the target's size weighed per target.")
 @click.option("--samples-per-target", type=int, default=CONFIG.samples_per_target, show_default=True,
-              help="RGDM, model proposals: rollouts per target; their pay-off weights are normalised together.")
+              help="RGDM, model proposals: rollouts per target; their pay-off weights are normalised together. "
+                   "CTRL with --score-early: rollouts per target, each one's baseline the others.")
 @click.option("--radius", type=float, default=CONFIG.radius, show_default=True, help="Step-level RGDM's ball radius ρ.")
 @click.option("--score-max-step", type=click.IntRange(0), default=None,
               help="Step-level RGDM at data states: train on noise steps t ≤ this only (default: all T).")

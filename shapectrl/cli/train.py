@@ -278,6 +278,11 @@ CONTROL = ShapeControlConfig  # the defaults of 'train control'
 @click.option("--alpha", type=click.FloatRange(0, min_open=True), default=CONTROL.alpha, show_default=True, help="ctrl: KL weight α.")
 @click.option("--grad-steps", type=click.IntRange(1), default=CONTROL.grad_steps, show_default=True,
               help="ctrl: gradients through the last k transitions, k uniform in [1, grad-steps].")
+@click.option("--score-early", is_flag=True,
+              help="ctrl: add the score-function gradient of the transitions before those k (where the class is "
+                   "chosen; common/ctrl.py), each rollout's baseline the others of its target.")
+@click.option("--samples-per-target", type=click.IntRange(2), default=CONTROL.samples_per_target, show_default=True,
+              help="ctrl with --score-early: rollouts per target (a batch holds batch-size / this targets).")
 @click.option("--cond-lr-scale", type=click.FloatRange(0, min_open=True), default=CONTROL.cond_lr_scale, show_default=True,
               help="Learning rate of the condition embedding relative to the rest.")
 @click.option("--freeze-backbone", is_flag=True, help="Train the condition embedding only.")
