@@ -225,8 +225,10 @@ TINY_DATA = ["--per-class", "2", "--data-points", "64", "--points", "32", "--cla
 TINY_RUN = ["--batch-size", "4", "--threads", "1", "--checkpoint-every", "1", "--log-every", "1"]
 
 
-@pytest.mark.parametrize("method, proposal", [("rgdm", "prior"), ("rgdm", "data"), ("ctrl", "prior"), ("cond", "prior")])
-def test_train_control_cli_trains_each_method_and_resumes(tmp_path, method: str, proposal: str) -> None:
+@pytest.mark.parametrize("method, proposal, extra", [("rgdm", "prior", []), ("rgdm", "data", []), ("ctrl", "prior", []),
+                                                    ("ctrl", "prior", ["--score-early", "--samples-per-target", "2"]),
+                                                    ("cond", "prior", [])])
+def test_train_control_cli_trains_each_method_and_resumes(tmp_path, method: str, proposal: str, extra: list[str]) -> None:
     data = str(tmp_path / "data")
     runner = CliRunner()
     prior_args = ["train", "prior", "--run-dir", str(tmp_path / "prior"), "--data-dir", data, "--steps", "1",
@@ -239,7 +241,7 @@ def test_train_control_cli_trains_each_method_and_resumes(tmp_path, method: str,
     args = ["train", "control", "--method", method, "--run-dir", str(run), "--data-dir", data,
             "--prior", str(tmp_path / "prior" / "model.safetensors"), "--reward", str(tmp_path / "cls" / "model.safetensors"),
             "--attributes", "height,chair_back_height", "--pool-size", "8", "--pool-steps", "3",
-            "--sampling-steps", "3", "--proposal", proposal, *TINY_DATA, *TINY_RUN]
+            "--sampling-steps", "3", "--proposal", proposal, *extra, *TINY_DATA, *TINY_RUN]
     result = runner.invoke(main, [*args, "--steps", "2"])
     assert result.exit_code == 0, result.output
     assert (" ess " in result.output) == (method == "rgdm") and (" kl " in result.output) == (method == "ctrl")
@@ -248,7 +250,8 @@ def test_train_control_cli_trains_each_method_and_resumes(tmp_path, method: str,
     assert resumed.exit_code == 0 and "at step 2" in resumed.output, resumed.output
     model = ControlledShapes.load(run / "model.safetensors")
     assert model.conditions.classes == ("chair", "table") and model.control["method"] == method
-    assert json.loads((run / "run.json").read_text())["control"]["attributes"] == ["height", "chair_back_height"]
+    control = json.loads((run / "run.json").read_text())["control"]
+    assert control["attributes"] == ["height", "chair_back_height"] and control["score_early"] == bool(extra)
 
 
 def test_train_control_cli_errors(tmp_path) -> None:
@@ -278,3 +281,14 @@ def test_classifier_free_guidance_interpolates_the_conditional_and_the_empty_con
                           atol=1e-5)
     with pytest.raises(ValueError, match="needs a condition"):
         ConditionScaled(model.denoiser, 2.0)(z, t, mask)
+
+
+def test_ctrl_with_score_early_draws_each_target_on_consecutive_rows() -> None:
+    """The score-function baseline compares rollouts of one target: G rows per target (G = samples_per_target)."""
+    labels = torch.arange(12) % 2
+    for config, group in ((ShapeControlConfig(method="ctrl"), 1), (ShapeControlConfig(method="ctrl", score_early=True, samples_per_target=4), 4)):
+        targets = ShapeTargets(_conditions(), labels, torch.rand(12, len(ATTRS)), config)
+        _, y, _ = targets.batches(8, 32)(0)
+        rows = y.view(-1, group, y.shape[1])
+        assert config.rollouts_per_target == group and torch.equal(rows, rows[:, :1].expand_as(rows))
+        assert len(torch.unique(y, dim=0)) == 8 // group
