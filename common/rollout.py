@@ -69,8 +69,7 @@ def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask
     z = diffusion.initial_state(mask, n_channels, generator, dtype)
     pairs = diffusion.transitions(n_sampling_steps, b, mask.device)
     run = partial(recompute, use_reentrant=False) if checkpoint and torch.is_grad_enabled() else _call
-    prior_log_prob = torch.zeros(b, device=mask.device, dtype=dtype)
-    step_kls, step_log_probs = [], []
+    step_kls, step_log_probs, prior_step_log_probs = [], [], []
     for k, (t, s) in enumerate(pairs):
         if grad_steps is not None and len(pairs) - k > grad_steps:
             z = z.detach()
@@ -83,11 +82,11 @@ def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask
         z_next = diffusion.draw(mean, std, mask, generator)
         step_kls.append(diffusion.step_kl(mean, mean_pre, std, mask))
         step_log_probs.append(diffusion.step_log_prob(z_next.detach(), mean, std, mask))
-        prior_log_prob = prior_log_prob + diffusion.step_log_prob(z_next.detach(), mean_pre, std, mask)
+        prior_step_log_probs.append(diffusion.step_log_prob(z_next.detach(), mean_pre, std, mask))
         z = z_next
     step_kl, step_log_prob = torch.stack(step_kls), torch.stack(step_log_probs)
-    return Rollout(z, (step_kl * kl_factors(diffusion, pairs, kl).to(dtype)).sum(0), step_log_prob.sum(0), prior_log_prob,
-                   step_kl, step_log_prob)
+    return Rollout(z, (step_kl * kl_factors(diffusion, pairs, kl).to(dtype)).sum(0), step_log_prob.sum(0),
+                   torch.stack(prior_step_log_probs).sum(0), step_kl, step_log_prob)
 
 
 def kl_factors(diffusion: GaussianDiffusion, pairs: list[tuple[torch.Tensor, torch.Tensor | None]],
