@@ -53,15 +53,14 @@ def ctrl_loss(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, re
             the whole batch).
     """
     pathwise = reward.differentiable
-    roll = rollout(diffusion, model, prior, mask, n_channels, n_sampling_steps, cond,
-                   grad_steps=grad_steps if pathwise else 0, checkpoint=checkpoint, generator=generator,
-                   dtype=dtype, kl=kl)
+    reparameterised = grad_steps if pathwise else 0  # None: every transition
+    roll = rollout(diffusion, model, prior, mask, n_channels, n_sampling_steps, cond, grad_steps=reparameterised,
+                   checkpoint=checkpoint, generator=generator, dtype=dtype, kl=kl)
     keep = torch.ones_like(roll.kl, dtype=torch.bool) if kl_cap is None else roll.kl.detach() <= kl_cap
     r = reward(roll.x if pathwise else roll.x.detach(), mask, y, y_mask)
     per_sample = alpha * roll.kl - (r if pathwise else 0.0)
-    n_steps = len(roll.step_log_prob)
-    reparameterised = (n_steps if grad_steps is None else min(grad_steps, n_steps)) if pathwise else 0
-    n_scored = n_steps - reparameterised if score_early or not pathwise else 0
+    detached = 0 if reparameterised is None else max(len(roll.step_log_prob) - reparameterised, 0)
+    n_scored = detached if score_early or not pathwise else 0  # the first transitions, whose states were detached
     if n_scored:
         ret = (r - alpha * roll.kl).detach()
         per_sample = per_sample - (ret - others_mean(ret, keep, group_size)) * roll.step_log_prob[:n_scored].sum(0)
@@ -76,6 +75,6 @@ def others_mean(values: torch.Tensor, keep: torch.Tensor, group_size: int | None
     size = group_size or len(values)
     if len(values) % size:
         raise ValueError(f"batch {len(values)} is not a multiple of group_size {size}")
-    kept, count = (values * keep).view(-1, size), keep.to(values.dtype).view(-1, size)
+    kept, count = values.where(keep, 0.0).view(-1, size), keep.to(values.dtype).view(-1, size)
     others = count.sum(1, keepdim=True) - count
     return ((kept.sum(1, keepdim=True) - kept) / others.clamp(min=1)).view(-1)

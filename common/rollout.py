@@ -38,15 +38,18 @@ class Rollout:
             log_prob: Σ_t log p_θ(z_s | z_t) of the sampled states (gradient w.r.t. θ only).
             prior_log_prob: Σ_t log p_pre(z_s | z_t), no gradient.
             step_kl: the chain's KL of each step, ``(S, B)`` in the order of :meth:`GaussianDiffusion.transitions`.
-            step_log_prob: log p_θ(z_s | z_t) of each step, ``(S, B)``, the same order (``log_prob`` is its sum).
+            step_log_prob: log p_θ(z_s | z_t) of each step, ``(S, B)``, the same order (``log_prob``: its sum).
     """
 
     x: torch.Tensor
     kl: torch.Tensor
-    log_prob: torch.Tensor
     prior_log_prob: torch.Tensor
     step_kl: torch.Tensor
     step_log_prob: torch.Tensor
+
+    @property
+    def log_prob(self) -> torch.Tensor:
+        return self.step_log_prob.sum(0)
 
 
 def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask: torch.Tensor, n_channels: int,
@@ -84,9 +87,9 @@ def rollout(diffusion: GaussianDiffusion, model: Denoiser, prior: Denoiser, mask
         step_log_probs.append(diffusion.step_log_prob(z_next.detach(), mean, std, mask))
         prior_step_log_probs.append(diffusion.step_log_prob(z_next.detach(), mean_pre, std, mask))
         z = z_next
-    step_kl, step_log_prob = torch.stack(step_kls), torch.stack(step_log_probs)
-    return Rollout(z, (step_kl * kl_factors(diffusion, pairs, kl).to(dtype)).sum(0), step_log_prob.sum(0),
-                   torch.stack(prior_step_log_probs).sum(0), step_kl, step_log_prob)
+    step_kl = torch.stack(step_kls)
+    return Rollout(z, (step_kl * kl_factors(diffusion, pairs, kl).to(dtype)).sum(0), torch.stack(prior_step_log_probs).sum(0),
+                   step_kl, torch.stack(step_log_probs))
 
 
 def kl_factors(diffusion: GaussianDiffusion, pairs: list[tuple[torch.Tensor, torch.Tensor | None]],
