@@ -33,6 +33,7 @@ import json
 import re
 import sys
 import time
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -43,7 +44,7 @@ import torch
 from benchmarks.record import emit, guided_row, machine_info
 from common.cli import solver_option
 from common.diffusion import ANCESTRAL, SOLVERS, Solver
-from common.rewards import reward_where
+from common.rewards import GaussianLogLikelihood, WeightedSum, reward_where
 from common.weights import read_tree
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
@@ -157,6 +158,64 @@ def best_of_sampler(k: int, prior, reward, steps: int, solver: Solver = ANCESTRA
     return sample
 
 
+def likelihood_terms(reward) -> list[tuple[float, GaussianLogLikelihood]]:
+    """The ``(weight, likelihood)`` terms of a reward that is a likelihood or a weighted sum of likelihoods,
+    so that a pool is scored once (``predict``) and ranked per target (``log_likelihood``)."""
+    terms = list(zip(reward.weights, reward.terms)) if isinstance(reward, WeightedSum) else [(1.0, reward)]
+    if not all(isinstance(term, GaussianLogLikelihood) for _, term in terms):
+        raise TypeError("a shared pool ranks by likelihoods of targets only")
+    return terms
+
+
+def shared_pool_best_of(k: int, prior, reward, conditions: PropertyConditions, properties, n: int, seed: int,
+                        steps: int, solver: Solver = ANCESTRAL, batch_size: int = 512) -> tuple:
+    """Best-of-K fresh prior samples per target, drawn once for all properties: the j-th target with N atoms
+    of every property selects among the j-th block of K pool molecules with N atoms, so each output of a
+    property has K prior samples of its own, and K · max_p #{targets with N atoms} molecules are drawn per N
+    (about K·n in all, instead of K·n per property). Ranked like :func:`best_of_sampler` (valid ones only).
+
+    Returns the sampler for :func:`_row` and the pool's record (size, seconds, network calls)."""
+    from molctrl.steer import admissible
+
+    need: Counter = Counter()
+    for prop in properties:
+        for size, count in Counter(protocol_targets(conditions, prop, n, seed)[0].tolist()).items():
+            need[size] = max(need[size], count)
+    g, terms, valid = torch.Generator().manual_seed(seed * 1000 + 999), likelihood_terms(reward), admissible(prior)
+    pool, t0 = {}, time.perf_counter()
+    for size in sorted(need):
+        m = need[size] * k
+        with torch.no_grad():
+            x = torch.cat([prior.diffusion.sample(prior.denoiser, torch.ones(b, size, dtype=torch.bool), prior.n_channels,
+                                                  steps, generator=g, solver=solver)
+                           for b in [min(batch_size, m - s) for s in range(0, m, batch_size)]])
+            mask = torch.ones(m, size, dtype=torch.bool)
+            keep = valid(x, mask)
+            means = [torch.full((m, term.n_targets), torch.nan) for _, term in terms]
+            if keep.any():
+                means = [mean.index_put((keep,), term.predict(x[keep], mask[keep])) for mean, (_, term) in zip(means, terms)]
+        pool[size] = x, keep, means
+        print(f"pool: {m} molecules with {size} atoms ({int(keep.sum())} valid), {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr)
+    record = {"pool_size": sum(need.values()) * k, "pool_seconds": round(time.perf_counter() - t0, 1),
+              "network_calls_per_molecule": k * (steps + 1),
+              "network_calls_per_molecule_shared": round(sum(need.values()) * k * (steps + 1) / (n * len(properties)), 2)}
+
+    def sample(y, y_mask, n_atoms, g):
+        used, molecules = Counter(), []
+        for i, size in enumerate(n_atoms.tolist()):
+            x, keep, means = pool[size]
+            block = slice(used[size] * k, (used[size] + 1) * k)
+            used[size] += 1
+            r = sum(w * term.log_likelihood(mean[block], y[i:i + 1], y_mask[i:i + 1])
+                    for (w, term), mean in zip(terms, means))
+            best = x[block][r.masked_fill(~keep[block], -torch.inf).argmax()]
+            molecules += prior.decode(best.unsqueeze(0), torch.ones(1, size, dtype=torch.bool))
+        return molecules
+
+    return sample, record
+
+
 def _references(path: str, arch: str, properties) -> list[dict]:
     """#Atoms and the evaluator architecture's U-bound and L-bound rows of a qm9_predictors record."""
     record = json.loads(Path(path).read_text())
@@ -234,6 +293,9 @@ def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
                    "M-th step, e.g. 16:prior, 16:prior:0.5:plain, 16:prior:0.25:every2.")
 @click.option("--best-of", "best_of", multiple=True, type=click.IntRange(1), metavar="K",
               help="A best-of-K row: K fresh prior samples per target, the valid one --smc-reward likes best.")
+@click.option("--best-of-shared", "best_of_shared", multiple=True, type=click.IntRange(1), metavar="K",
+              help="A best-of-K row whose fresh prior samples are drawn once for all --property (each output still "
+                   "selects among K of its own within a property): about 1/#properties of --best-of's sampling.")
 @click.option("--smc-reward", default="qm9-noh-e3nn-Db", show_default=True,
               help="The reward predictor of the --smc and --best-of rows.")
 @click.option("--judge", type=click.Choice(JUDGES), default="model", show_default=True,
@@ -256,7 +318,7 @@ def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
 @click.option("--threads", type=int, default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
 def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_path, pool_reward, smc_specs, best_of,
-         smc_reward, judge, unconditional, prior_path, evaluator, references, properties, n_samples, steps, solver, seed, physics,
+         best_of_shared, smc_reward, judge, unconditional, prior_path, evaluator, references, properties, n_samples, steps, solver, seed, physics,
          samples_dir, threads, out) -> None:
     """Score conditioned generators by the EDM protocol and print one JSON record."""
     row = partial(_row, physics=physics, samples=samples_dir)
@@ -305,7 +367,7 @@ def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_
                        "train_seconds": predictor_train_seconds(predictor_name) if guidance.mode == "classifier" else 0})
     if pool_path:
         rows.append(_best_of_pool(pool_path, pool_reward, conditions, scorer, properties, n_samples, seed, physics))
-    if smc_specs or best_of:
+    if smc_specs or best_of or best_of_shared:
         prior = load_prior(prior_path).eval()
         predictor = load_predictor(smc_reward).eval()
         reward = likelihood_reward(predictor, predictor.properties, prior.config.type_scale)
@@ -321,6 +383,11 @@ def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_
             rows.append(row(f"best of {k} prior samples" + (f", by {judge}" if final else ""),
                             best_of_sampler(k, prior, final or reward, steps, solver), conditions, scorer, properties, n_samples, seed)
                         | {"reward_model": smc_reward, "judge": judge, "network_calls_per_molecule": k * (steps + 1)})
+        for k in best_of_shared:
+            sample, pool = shared_pool_best_of(k, prior, final or reward, conditions, properties, n_samples, seed, steps,
+                                               solver)
+            rows.append(row(f"best of {k} prior samples (shared pool)" + (f", by {judge}" if final else ""), sample,
+                            conditions, scorer, properties, n_samples, seed) | pool | {"reward_model": smc_reward, "judge": judge})
     record = {"setting": setting, "evaluator": evaluator, "seed": seed, "sampling_steps": steps, "solver": solver_name, "rows": rows,
               "threads": torch.get_num_threads(),
               "command": "python -m benchmarks.qm9_conditional " + " ".join(sys.argv[1:]), "machine": machine_info()}

@@ -49,6 +49,37 @@ def test_conditional_benchmark_scores_methods_by_the_edm_protocol(weight_files, 
     assert bad.exit_code == 2 and "expected LO:HI" in bad.output, bad.output
 
 
+def test_shared_pool_gives_each_output_of_a_property_its_own_candidates(weight_files) -> None:
+    from collections import Counter
+
+    from benchmarks.qm9_conditional import protocol_targets, shared_pool_best_of
+    from molctrl.conditions import PropertyConditions
+    from molctrl.data.qm9 import load_split
+    from molctrl.predictor import likelihood_reward
+    from molctrl.weights import load_predictor, load_prior
+
+    prior, predictor = load_prior(weight_files / "prior.safetensors").eval(), load_predictor(weight_files / "predictor.safetensors")
+    conditions = PropertyConditions.from_split(load_split("qm9-noh", "Db"))
+    reward = likelihood_reward(predictor, predictor.properties, prior.config.type_scale)
+    properties, n = ("alpha", "gap"), 6
+    drawn = {p: protocol_targets(conditions, p, n, seed=0) for p in properties}
+    need = Counter()
+    for n_atoms, *_ in drawn.values():
+        for size, count in Counter(n_atoms.tolist()).items():
+            need[size] = max(need[size], count)
+    sample, record = shared_pool_best_of(1, prior, reward, conditions, properties, n, 0, steps=2)
+    assert record["pool_size"] == sum(need.values()) and record["network_calls_per_molecule"] == 3
+    assert record["network_calls_per_molecule_shared"] == pytest.approx(3 * sum(need.values()) / (n * 2), abs=0.005)
+    # with one candidate each, the j-th target of size N of every property gets the pool's j-th molecule of that size
+    picked = {p: [m.positions.tobytes() for m in sample(*drawn[p][1:3], drawn[p][0], None)] for p in properties}
+    for p in properties:
+        assert len(set(picked[p])) == n  # no two outputs of a property share a candidate
+    rank = {p: [Counter(drawn[p][0][:i + 1].tolist())[s] for i, s in enumerate(drawn[p][0].tolist())] for p in properties}
+    for i, (size, j) in enumerate(zip(drawn["alpha"][0].tolist(), rank["alpha"])):
+        for k, (other, jj) in enumerate(zip(drawn["gap"][0].tolist(), rank["gap"])):
+            assert (picked["alpha"][i] == picked["gap"][k]) == (size == other and j == jj)
+
+
 @pytest.mark.parametrize("spec, name", [("16:prior:0.25", "SMC, K = 16, prior proposal, τ = 0.25"),
                                         ("4:prior:1:plain:every3", "SMC, K = 4, prior proposal, plain potential, "
                                                                   "potential every 3 steps")])
