@@ -9,7 +9,8 @@ recipe (the trainer of ``molctrl train prior``: AMSGrad, constant learning rate,
 training split), once per precision, each from the same weights with the same batches, times and noise
 (one seed). With ``--from-scratch`` the start is a freshly initialised network of the same configuration
 (the same initial weights for every precision) instead. The trained weights themselves (not their moving
-average, which would hide the steps) are then scored in float32, so that only how they were trained differs:
+average, which would hide the steps) are then scored in float32, so that only how they were trained differs;
+then their moving average (the trainer's EMA, decay 0.999: what a run ships) the same way:
 
 * the denoising loss (EDM's L2) on the first ``--valid`` molecules of the validation split, at times
   and noise drawn once from the seed;
@@ -90,10 +91,12 @@ def main(model_path: str, from_scratch: bool, steps: int, batch_size: int, lr: f
         with tempfile.TemporaryDirectory() as run:
             trainer = Trainer(model, train_batches, config, run, torch.device("cpu"))
             trainer.fit()
-        trained = set_precision(trainer.model, "fp32")  # scored in float32 whatever it was trained in
-        rows.append({"precision": precision, "steps": steps, "train_seconds": round(trainer.elapsed, 1),
-                     "seconds_per_step": round(trainer.elapsed / steps, 3), **score(trained)})
-        print(rows[-1], file=sys.stderr)
+        for weights, trained in (("raw", trainer.model), ("average", trainer.ema.module)):
+            set_precision(trained, "fp32")  # scored in float32 whatever it was trained in
+            rows.append({"precision": precision, "steps": steps, "weights": weights,
+                         "train_seconds": round(trainer.elapsed, 1), "seconds_per_step": round(trainer.elapsed / steps, 3),
+                         **score(trained)})
+            print(rows[-1], file=sys.stderr)
     record = {"model": model_path, "start": "fresh weights" if from_scratch else "the model's weights", "setting": setting, "batch_size": batch_size, "lr": lr,
               "valid_molecules": n_valid_batches * batch_size, "samples": n_samples,
               "sampling": f"{sampling_steps} dpm2 steps, fp32", "seed": seed, "rows": rows,
