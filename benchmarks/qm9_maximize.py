@@ -22,6 +22,8 @@ import torch
 
 from benchmarks.qm9_conditional import best_of_sampler, steered_sampler
 from benchmarks.record import emit, machine_info
+from common.cli import solver_option
+from common.diffusion import SOLVERS
 from molctrl.chemistry import ChemistryReward, chemistry_scores
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
@@ -39,16 +41,17 @@ from molctrl.weights import load_prior
               help="A best-of-K row: K fresh prior samples per molecule, the valid one with the highest score.")
 @click.option("-n", "n_samples", type=int, default=500, show_default=True)
 @click.option("--steps", type=int, default=100, show_default=True, help="Sampling steps.")
+@solver_option("ancestral")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(score, models, smc_specs, best_of, n_samples, steps, seed, threads, out) -> None:
+def main(score, models, smc_specs, best_of, n_samples, steps, solver, seed, threads, out) -> None:
     """Mean score and validity of samples, prior first."""
     if threads:
         torch.set_num_threads(threads)
     conditions = PropertyConditions.from_split(load_split("qm9-noh", "Db"))
     y, y_mask = target_tensors({}, n_samples)  # no property targets: a conditioned model sees c = 0
-    rows = []
+    rows, solver_name, solver = [], solver, SOLVERS[solver]
 
     def scored(name: str, sample, **extra) -> None:
         g = torch.Generator().manual_seed(seed)
@@ -66,7 +69,7 @@ def main(score, models, smc_specs, best_of, n_samples, steps, seed, threads, out
 
     for name, path in [("prior", None), *(spec.partition("=")[::2] for spec in models)]:
         model = load_prior(path).eval()
-        scored(name, lambda g, model=model: generate(model, conditions, y, y_mask, steps, g), model=path,
+        scored(name, lambda g, model=model: generate(model, conditions, y, y_mask, steps, g, solver=solver), model=path,
                network_calls_per_molecule=steps + 1)
     prior = load_prior(None).eval()
     reward = ChemistryReward(score, prior.decode)
@@ -75,13 +78,13 @@ def main(score, models, smc_specs, best_of, n_samples, steps, seed, threads, out
         return lambda g: sample(y, y_mask, atom_counts(conditions, y, y_mask, generator=g), g)
 
     for spec in smc_specs:
-        name, sample, calls = steered_sampler(spec, prior, reward, conditions, steps)
+        name, sample, calls = steered_sampler(spec, prior, reward, conditions, steps, solver=solver)
         scored(name, at_db_sizes(sample))
         rows[-1] |= calls
     for k in best_of:
-        scored(f"best of {k} prior samples", at_db_sizes(best_of_sampler(k, prior, reward, steps)),
+        scored(f"best of {k} prior samples", at_db_sizes(best_of_sampler(k, prior, reward, steps, solver)),
                network_calls_per_molecule=k * (steps + 1))
-    emit({"score": score, "samples": n_samples, "sampling_steps": steps, "seed": seed, "rows": rows,
+    emit({"score": score, "samples": n_samples, "sampling_steps": steps, "solver": solver_name, "seed": seed, "rows": rows,
           "threads": torch.get_num_threads(), "machine": machine_info(),
           "command": "python -m benchmarks.qm9_maximize " + " ".join(sys.argv[1:])}, out)
 

@@ -216,3 +216,17 @@ def test_seed_aggregation_pairs_two_settings_by_seed_and_keeps_the_metrics_both_
     assert diff["mean"] == pytest.approx(0.0, abs=1e-9) and diff["se"] == pytest.approx(0.01, abs=1e-5)
     shuffled = CliRunner().invoke(aggregate, [*fast, "--versus", slow[1], "--versus", slow[0], "--versus", slow[2]])
     assert shuffled.exit_code == 2 and "same seeds in the same order" in shuffled.output
+
+
+def test_maximize_benchmark_records_its_solver_and_costs(tmp_path) -> None:
+    from benchmarks.qm9_maximize import main as benchmark
+
+    out = tmp_path / "record.json"
+    result = CliRunner().invoke(benchmark, ["--score", "qed", "-n", "3", "--steps", "2", "--solver", "dpm2", "--threads",
+                                            "1", "--smc", "2:prior:0.005", "--best-of", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    prior, steered, best = record["rows"]
+    assert record["solver"] == "dpm2" and prior["row"] == "prior" and best["row"] == "best of 2 prior samples"
+    assert prior["network_calls_per_molecule"] == 3 and best["network_calls_per_molecule"] == 6
+    assert steered["network_calls_per_molecule"] > 0 and 0 < prior["mean_qed"] < 1
