@@ -183,17 +183,23 @@ def shared_pool_best_of(k: int, prior, reward, conditions: PropertyConditions, p
             need[size] = max(need[size], count)
     g, terms, valid = torch.Generator().manual_seed(seed * 1000 + 999), likelihood_terms(reward), admissible(prior)
     pool, t0 = {}, time.perf_counter()
+
+    @torch.no_grad()
+    def scored_batch(b: int, size: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """b fresh prior samples with ``size`` atoms, which are valid, and each term's predictions (NaN: invalid)."""
+        mask = torch.ones(b, size, dtype=torch.bool)
+        x = prior.diffusion.sample(prior.denoiser, mask, prior.n_channels, steps, generator=g, solver=solver)
+        keep = valid(x, mask)
+        means = [torch.full((b, term.n_targets), torch.nan) for _, term in terms]
+        if keep.any():
+            means = [mean.index_put((keep,), term.predict(x[keep], mask[keep])) for mean, (_, term) in zip(means, terms)]
+        return x, keep, means
+
     for size in sorted(need):
         m = need[size] * k
-        with torch.no_grad():
-            x = torch.cat([prior.diffusion.sample(prior.denoiser, torch.ones(b, size, dtype=torch.bool), prior.n_channels,
-                                                  steps, generator=g, solver=solver)
-                           for b in [min(batch_size, m - s) for s in range(0, m, batch_size)]])
-            mask = torch.ones(m, size, dtype=torch.bool)
-            keep = valid(x, mask)
-            means = [torch.full((m, term.n_targets), torch.nan) for _, term in terms]
-            if keep.any():
-                means = [mean.index_put((keep,), term.predict(x[keep], mask[keep])) for mean, (_, term) in zip(means, terms)]
+        batches = [scored_batch(min(batch_size, m - start), size) for start in range(0, m, batch_size)]
+        x, keep = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        means = [torch.cat(column) for column in zip(*(b[2] for b in batches))]
         pool[size] = x, keep, means
         print(f"pool: {m} molecules with {size} atoms ({int(keep.sum())} valid), {time.perf_counter() - t0:.0f} s",
               file=sys.stderr)
