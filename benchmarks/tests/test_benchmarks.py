@@ -230,3 +230,15 @@ def test_maximize_benchmark_records_its_solver_and_costs(tmp_path) -> None:
     assert record["solver"] == "dpm2" and prior["row"] == "prior" and best["row"] == "best of 2 prior samples"
     assert prior["network_calls_per_molecule"] == 3 and best["network_calls_per_molecule"] == 6
     assert steered["network_calls_per_molecule"] > 0 and 0 < prior["mean_qed"] < 1
+
+
+def test_gradient_noise_summary_separates_signal_from_noise() -> None:
+    from benchmarks.ctrl_gradient_noise import noise_summary
+
+    g = torch.tensor([[2.0, 1.0], [2.0, -1.0], [2.0, 1.0], [2.0, -1.0]])  # mean (2, 0); each batch ±1 off it
+    summary = noise_summary(g, batch_size=8)
+    assert summary["noise_per_batch"] == pytest.approx(4 / 3)  # Σ‖g_b − ḡ‖² / (R − 1)
+    assert summary["signal_squared"] == pytest.approx(4 - 1 / 3)  # ‖ḡ‖² − σ²/R
+    assert summary["snr_per_batch"] == pytest.approx(2.75, abs=1e-4)
+    assert summary["batch_size_for_snr_1"] == pytest.approx(8 / 2.75, abs=0.05)
+    assert noise_summary(torch.tensor([[1.0, 1.0], [1.0, -1.0]]), 8)["batch_size_for_snr_1"] is None  # no signal left

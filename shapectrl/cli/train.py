@@ -309,6 +309,13 @@ def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every,
     record = run_record(run_dir, resume, fresh)
     train_cfg = train_config(record, steps)
     seed_everything(train_cfg.seed)
+    objective, batches = control_objective(record, train_cfg, run_dir / f"pool{SUFFIX}")
+    _fit(objective, batches, train_cfg, run_dir, record, dev, resume)
+
+
+def control_objective(record: dict, train_cfg: TrainConfig, pool_path: Path | None = None) -> tuple[torch.nn.Module, object]:
+    """The objective and batch source of a control run's ``record`` (its run.json): the prior, reward,
+    data, attributes and targets it names, :func:`shapectrl.control.make_objective`."""
     config = ShapeControlConfig(**record["control"])
     prior_model = ShapeDiffusion.load(record["prior"])
     classifier_model = ShapeClassifier.load(record["reward"])
@@ -326,6 +333,5 @@ def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every,
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     targets = ShapeTargets(conditions, labels, values, config)
-    objective, batches = make_objective(config, prior_model, reward, shapes.normalised_points, targets,
-                                        train_cfg.batch_size, n_points, train_cfg.seed, run_dir / f"pool{SUFFIX}")
-    _fit(objective, batches, train_cfg, run_dir, record, dev, resume)
+    return make_objective(config, prior_model, reward, shapes.normalised_points, targets, train_cfg.batch_size, n_points,
+                          train_cfg.seed, pool_path)
