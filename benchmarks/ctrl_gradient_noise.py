@@ -79,10 +79,13 @@ def main(run_json: str, batches: int, seed: int, threads: int | None, out: str |
         raise click.BadParameter(f"{run_json}: a CTRL run is needed, this one is {record['control']['method']!r}",
                                  param_hint="--run")
     train_cfg = TrainConfig(**record["train"])
+    # one objective and batch source, the score-early run's (targets repeated for its baseline), for both
+    # estimators: only the loss's score_early switch differs, so both see the same targets and noise
+    run = record | {"control": record["control"] | {"score_early": True}}
+    objective, source = control_objective(run, replace(train_cfg, seed=seed))
     rows, means = {}, {}
     for name, score_early in (("pathwise", False), ("score_early", True)):
-        run = record | {"control": record["control"] | {"score_early": score_early}}
-        objective, source = control_objective(run, replace(train_cfg, seed=seed))
+        objective.config = replace(objective.config, score_early=score_early)
         g, seconds = batch_gradients(objective, source, batches, seed)
         rows[name] = noise_summary(g, train_cfg.batch_size) | {"seconds_per_batch": round(seconds, 2),
                                                                "parameters": g.shape[1]}
