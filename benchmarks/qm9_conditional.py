@@ -104,8 +104,8 @@ def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, st
                     judge: str = "model", solver: Solver = ANCESTRAL):
     """The row name and sampler of ``--smc K:PROPOSAL[:TAU[:FLAG...]]``, and a box that receives the network
     calls per molecule; flag ``plain`` reads the reward on x̂₀ unwidened in the potential, ``everyM`` reads
-    the potential at every M-th step; ``final_reward`` (of the ``--judge`` named ``judge``) gives the final
-    weights in the reward's place."""
+    the potential at every M-th step, ``fromT`` switches it on at diffusion step T (default 400);
+    ``final_reward`` (of the ``--judge`` named ``judge``) gives the final weights in the reward's place."""
     from molctrl.steer import Steering, steer
     from molctrl.weights import WEIGHTS_DIR
 
@@ -113,12 +113,15 @@ def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, st
     k, proposal, tau = (parts + ["prior", "1"][len(parts) - 1:])[:3]
     flags = parts[3:]
     every = [int(f[5:]) for f in flags if re.fullmatch(r"every[1-9]\d*", f)]
-    if len(every) + flags.count("plain") != len(flags):
-        raise click.BadParameter(f"{spec!r}: expected flags 'plain' or 'everyM' (M ≥ 1) after K:PROPOSAL:TAU",
-                                 param_hint="--smc")
+    start = [int(f[4:]) for f in flags if re.fullmatch(r"from[1-9]\d*", f)]
+    if len(every) + len(start) + flags.count("plain") != len(flags):
+        raise click.BadParameter(f"{spec!r}: expected flags 'plain', 'everyM' (M ≥ 1) or 'fromT' (T ≥ 1) after "
+                                 "K:PROPOSAL:TAU", param_hint="--smc")
     potential = "plain" if "plain" in flags else "widened"
     steering = Steering(int(k), proposal, float(tau), guidance_window=DEFAULT_WINDOW, widened=potential != "plain",
                         potential_every=every[-1] if every else 1)
+    if start:
+        steering.potential_from = start[-1]
     conditioned = load_prior(WEIGHTS_DIR / f"qm9-noh-{proposal}.safetensors").eval() if proposal in ("rgdm", "ctrl") else None
     calls = {}
 
@@ -132,6 +135,7 @@ def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, st
     name = (f"SMC, K = {steering.particles}, {steering.proposal} proposal" + (f", τ = {tau}" if float(tau) != 1 else "")
             + (", plain potential" if potential == "plain" else "")
             + (f", potential every {steering.potential_every} steps" if steering.potential_every > 1 else "")
+            + (f", potential from t = {steering.potential_from}" if start else "")
             + (f", final weights: {judge}" if final_reward else ""))
     return name, sample, calls
 
@@ -296,7 +300,8 @@ def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
 @click.option("--smc", "smc_specs", multiple=True, metavar="K:PROPOSAL[:TAU[:FLAG...]]",
               help="A sequential Monte Carlo row: K particles, proposal prior, guidance, rgdm or ctrl, temperature τ "
                    "(default 1), then flags: 'plain' for the unwidened potential, 'everyM' to read the potential at every "
-                   "M-th step, e.g. 16:prior, 16:prior:0.5:plain, 16:prior:0.25:every2.")
+                   "M-th step, 'fromT' to switch the potential on at diffusion step T (default 400), e.g. 16:prior, "
+                   "16:prior:0.5:plain, 16:prior:0.25:every2, 16:prior:0.002:from200.")
 @click.option("--best-of", "best_of", multiple=True, type=click.IntRange(1), metavar="K",
               help="A best-of-K row: K fresh prior samples per target, the valid one --smc-reward likes best.")
 @click.option("--best-of-shared", "best_of_shared", multiple=True, type=click.IntRange(1), metavar="K",

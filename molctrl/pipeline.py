@@ -58,14 +58,19 @@ METHODS = ("smc", "rgdm", "ctrl", "guidance")
 SCORES = ("qed", "logp", "sa")  # RDKit scores that can be maximised
 DEFAULT_REWARD_MODEL = "qm9-noh-e3nn-Db"
 DEFAULT_WINDOW = (0, 150)  # reconstruction guidance: benchmarks/results/qm9_conditional_reconstruction_window_*
-TARGET_TEMPERATURE, MAXIMIZE_TEMPERATURE = 0.25, 0.005  # docs/steered.md: the lowest MAE; QED above best-of-16
+# SMC's τ and the diffusion step where its potential switches on, for property targets (docs/steered.md: the
+# lowest MAE) and for a maximised score (docs/conditioned.md: QED above best-of-16 at equal evaluations)
+TARGET_TEMPERATURE, MAXIMIZE_TEMPERATURE = 0.25, 0.002
+TARGET_POTENTIAL_FROM, MAXIMIZE_POTENTIAL_FROM = 400, 100
 
 
 @dataclass
 class GenerationConfig:
     """How molecules are generated (the defaults of ``molctrl generate``).
 
-    ``particles``, ``proposal``, ``temperature`` (τ; None: 0.25 for targets, 0.005 to maximise) and
+    ``particles``, ``proposal``, ``temperature`` (τ; None: 0.25 for targets, 0.002 to maximise),
+    ``potential_from`` (the diffusion step of 1,000 below which the reward steers; None: 400 for
+    targets, 100 to maximise) and
     ``judge`` (what the final weights read: ``model``, ``xtb`` or ``both``; None: ``both`` for Δε,
     HOMO, LUMO and μ targets where tblite is installed) steer ``smc``; ``scale`` and ``window`` (the
     diffusion steps lo < t ≤ hi guided; None: 0:150 for reconstruction guidance) shape ``guidance``
@@ -79,6 +84,7 @@ class GenerationConfig:
     particles: int = 16
     proposal: str = "prior"
     temperature: float | None = None
+    potential_from: int | None = None
     judge: str | None = None
     scale: float = 1.0
     window: tuple[int, int] | None = None
@@ -97,6 +103,8 @@ class GenerationConfig:
         check_precision_choice(self.precision)
         if self.method == "smc" and self.particles < 1:
             raise ValueError("smc needs at least one particle per molecule")
+        if self.potential_from is not None and self.potential_from < 1:
+            raise ValueError(f"potential_from is a diffusion step ≥ 1, got {self.potential_from}")
         if self.guidance_scale != 1.0 and self.method not in ("rgdm", "ctrl"):
             raise ValueError("classifier-free guidance needs property targets and a conditioned model "
                              "(method rgdm or ctrl, sampled once)")
@@ -111,14 +119,15 @@ class GenerationConfig:
 class Generated:
     """What :meth:`MoleculeGenerator.sample` returns: the molecules (SMC adds each one's ``reward`` and
     ``log_weight`` to its properties), the targets, how they were made, the sampling time, and for SMC
-    its report (mean ESS, network evaluations), τ and what the final weights read."""
+    its report (mean ESS, network evaluations), its settings (τ, where the potential starts, ...) and
+    what the final weights read."""
 
     molecules: list[Molecule]
     targets: dict[str, float]
     description: str
     seconds: float
     steering: SteeringReport | None = None
-    temperature: float | None = None
+    settings: Steering | None = None
     final_weights: str | None = None
 
 
@@ -192,19 +201,22 @@ class MoleculeGenerator:
                                  guidance_scale=config.guidance_scale, solver=SOLVERS[config.solver])
             return self._finish(molecules, targets, f"method {config.method}", seed, t0)
         judge, final_reward = self._final_reward(targets)
+        default_from = MAXIMIZE_POTENTIAL_FROM if self.maximize else TARGET_POTENTIAL_FROM
         steering = Steering(config.particles, config.proposal,
                             config.temperature or (MAXIMIZE_TEMPERATURE if self.maximize else TARGET_TEMPERATURE),
+                            default_from if config.potential_from is None else config.potential_from,
                             guidance_scale=config.scale, guidance_window=config.window or DEFAULT_WINDOW)
         molecules, report = steer(model, self.reward, y, y_mask, atom_counts(self.conditions, y, y_mask, generator=generator),
                                   steering, self.conditions, config.steps, generator, self.conditioned,
                                   on_batch=on_batch, final_reward=final_reward, solver=SOLVERS[config.solver])
         for m, r, w in zip(molecules, report.reward.tolist(), report.log_weight.tolist()):
             m.properties |= {"reward": round(r, 4), "log_weight": round(w, 4)}
-        how = f"smc {config.particles} particles, {config.proposal} proposal, temperature {steering.temperature:g}"
+        how = (f"smc {config.particles} particles, {config.proposal} proposal, temperature {steering.temperature:g}, "
+               f"potential from t = {steering.potential_from}")
         weights = "model" if final_reward is None else judge
         if final_reward is not None:
             how += f", final weights by {'GFN2-xTB' if judge == 'xtb' else 'the predictor and GFN2-xTB'}"
-        return self._finish(molecules, targets, how, seed, t0, report, steering.temperature, weights)
+        return self._finish(molecules, targets, how, seed, t0, report, steering, weights)
 
     def _final_reward(self, targets: dict[str, float]) -> tuple[str, Reward | None]:
         """The judge of the final weights (the config's, or ``both`` for targets where tblite is installed)
@@ -222,11 +234,11 @@ class MoleculeGenerator:
 
     @staticmethod
     def _finish(molecules: list[Molecule], targets: dict[str, float], how: str, seed: int, t0: float,
-                report: SteeringReport | None = None, temperature: float | None = None,
+                report: SteeringReport | None = None, settings: Steering | None = None,
                 weights: str | None = None) -> Generated:
         for k, m in enumerate(molecules):
             m.title = f"molctrl generate {k} seed {seed} {how}"
-        return Generated(molecules, targets, how, time.perf_counter() - t0, report, temperature, weights)
+        return Generated(molecules, targets, how, time.perf_counter() - t0, report, settings, weights)
 
 
 def _conditioned(path: str | None, method: str, maximize: str | None) -> MoleculeDiffusion:

@@ -51,7 +51,7 @@ PROPOSALS = ("prior", "model")
 @dataclass
 class ShapeGenerationConfig:
     """How clouds are generated (the defaults of ``shapectrl generate``): the shipped model of
-    ``method``; ``particles`` > 0 steers by SMC with ``proposal``; ``points`` per cloud (PointFlow's 2,048 by default;
+    ``method``; ``particles`` > 0 steers by SMC with ``proposal`` towards p_pre·exp(r/``temperature``); ``points`` per cloud (PointFlow's 2,048 by default;
     None: the model's training size); ``steps`` reverse steps of ``solver`` (:data:`common.diffusion.SOLVERS`);
     ``guidance_scale`` w of classifier-free guidance; ``precision`` that of the denoisers' matrix products
     (``auto``: bf16 where the hardware has it, :func:`common.runtime.resolve_precision`; the classifiers
@@ -60,6 +60,7 @@ class ShapeGenerationConfig:
     method: str = "rgdm"
     particles: int = 0
     proposal: str = "prior"
+    temperature: float = 1.0
     points: int | None = 2048
     steps: int = 50
     solver: str = "dpm2"  # docs/sampling.md: lower 1-NNA-CD than ancestral steps at 512 and 2,048 points, same cost
@@ -75,6 +76,8 @@ class ShapeGenerationConfig:
         check_precision_choice(self.precision)
         if self.particles < 0 or self.steps < 1 or (self.points is not None and self.points < 1):
             raise ValueError("particles must be ≥ 0, steps and points ≥ 1")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
 
 
 @dataclass
@@ -150,10 +153,11 @@ class ShapeGenerator:
         if config.particles:
             proposal = controlled if config.proposal == "model" else None
             clouds, steered = steer_shapes(self.prior, self.reward, *targets, self.points, config.particles,
-                                           config.steps, proposal, config.guidance_scale, generator=generator,
-                                           on_batch=on_batch, solver=SOLVERS[config.solver])
+                                           config.steps, proposal, config.guidance_scale, config.temperature,
+                                           generator=generator, on_batch=on_batch, solver=SOLVERS[config.solver])
             kernel = controlled.control.get("method", config.method) if proposal else "prior"
-            how = f"smc, {config.particles} particles, {kernel} proposal"
+            how = f"smc, {config.particles} particles, {kernel} proposal" + (
+                f", temperature {config.temperature:g}" if config.temperature != 1 else "")
         else:
             clouds = controlled.sample(*targets, self.points, config.steps, generator, batch_size, on_batch=on_batch,
                                        guidance_scale=config.guidance_scale, solver=SOLVERS[config.solver])

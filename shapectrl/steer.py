@@ -1,5 +1,5 @@
 """Steered generation of shapes: sequential Monte Carlo (:mod:`common.smc`) from the shape prior towards
-p_pre(x)·exp(r(x; y)), r the shape reward (the reward classifier's log-probability of the class and the
+p_pre(x)·exp(r(x; y)/τ), r the shape reward (the reward classifier's log-probability of the class and the
 attributes' tolerance likelihoods, :class:`shapectrl.reward.ShapeReward`), read on x̂₀ along the chain.
 
 The proposal is the prior itself, or a controlled model (RGDM, CTRL, label-as-input), optionally with
@@ -28,10 +28,11 @@ from shapectrl.reward import ShapeReward
 @torch.no_grad()
 def steer_shapes(prior: ShapeDiffusion, reward: ShapeReward, y: torch.Tensor, y_mask: torch.Tensor, n_points: int,
                  n_particles: int = 16, n_sampling_steps: int | None = 50, proposal: ControlledShapes | None = None,
-                 guidance_scale: float = 1.0, potential_from: int = 400, generator: torch.Generator | None = None,
-                 batch_particles: int = 256, on_batch=None, solver: Solver = ANCESTRAL) -> tuple[torch.Tensor, SteeringReport]:
+                 guidance_scale: float = 1.0, temperature: float = 1.0, potential_from: int = 400,
+                 generator: torch.Generator | None = None, batch_particles: int = 256, on_batch=None,
+                 solver: Solver = ANCESTRAL) -> tuple[torch.Tensor, SteeringReport]:
     """One cloud per target row ``y, y_mask (B, 1 + A)``, from ``n_particles`` particles each, moved by
-    the prior or by ``proposal`` (at ``guidance_scale``); systems run ``batch_particles`` particles at
+    the prior or by ``proposal`` (at ``guidance_scale``), towards p_pre·exp(r/``temperature``); systems run ``batch_particles`` particles at
     a time, ``on_batch(k)`` after each batch of k clouds; ``solver``: the steps' grid and order. ``-> (clouds (B, N, 3)`` normalised, on the
     CPU``, report)``."""
     device = next(prior.parameters()).device
@@ -45,7 +46,7 @@ def steer_shapes(prior: ShapeDiffusion, reward: ShapeReward, y: torch.Tensor, y_
             kernel = model_proposal(net, proposal.conditions.encode(yb, mb), 1 if guidance_scale == 1.0 else 2)
         potential = reward_potential(reward, prior.diffusion, yb, mb)
         return smc_sample(prior.diffusion, prior.denoiser, potential, mask, prior.n_channels, n_particles,
-                          n_sampling_steps, kernel, potential_from=potential_from, generator=generator,
+                          n_sampling_steps, kernel, temperature, potential_from, generator=generator,
                           solver=solver)
 
     results, report = smc_in_batches(run, len(y), max(1, batch_particles // n_particles), on_batch)

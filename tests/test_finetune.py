@@ -187,8 +187,10 @@ def test_generate_steers_particles_and_records_each_molecule_s_reward_and_weight
                                                                               tmp_path, proposal, extra_calls, precision):
     out = tmp_path / "steered.sdf"
     model = ["--model", str(conditioned_model)] if proposal == "ctrl" else []
+    start = ["--potential-from", "30"] if proposal == "guidance" else []
     result = CliRunner().invoke(main, ["generate", "--target", "alpha=60", "-n", "3", "--out", str(out), "--particles", "4",
-                                       "--proposal", proposal, *model, "--prior", str(weight_files / "prior.safetensors"),
+                                       "--proposal", proposal, *model, *start,
+                                       "--prior", str(weight_files / "prior.safetensors"),
                                        "--reward-model", str(weight_files / "predictor.safetensors"),
                                        "--evaluator", str(weight_files / "predictor.safetensors"), "--steps", "3",
                                        "--precision", precision, "--json"])
@@ -196,6 +198,7 @@ def test_generate_steers_particles_and_records_each_molecule_s_reward_and_weight
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["method"] == "smc" and summary["particles"] == 4 and 1 <= summary["mean_ess"] <= 4
     assert summary["precision"] == precision
+    assert summary["temperature"] == 0.25 and summary["potential_from"] == (30 if start else 400)
     steps = 4  # 3 respaced transitions and the final step
     assert summary["network_calls_per_molecule"] == 4 * (steps + extra_calls * (steps - 1))  # no proposal on the last
     assert {"uniqueness", "novelty", "mae_alpha"} <= set(summary)
@@ -217,6 +220,7 @@ def test_generate_reports_bad_requests_in_one_line(weight_files, tmp_path):
              (["--target", "mu=1", "--guidance-window", "0:10"], "only method guidance"),
              ([*once, "--target", "mu=1", "--method", "guidance", "--guidance-window", "10"], "expected LO:HI"),
              (["--target", "mu=1", "--method", "ctrl"], "--method samples each molecule once"),
+             (["--target", "mu=1", "--potential-from", "0"], "'--potential-from': 0 is not in the range x>=1"),
              (["--target", "alpha=1e9"], "alpha=1e+09 is outside the labels the models were trained on")]
     for args, message in cases:
         result = CliRunner().invoke(main, ["generate", *args, *out])

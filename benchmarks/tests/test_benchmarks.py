@@ -82,20 +82,22 @@ def test_shared_pool_gives_each_output_of_a_property_its_own_candidates(weight_f
 
 @pytest.mark.parametrize("spec, name", [("16:prior:0.25", "SMC, K = 16, prior proposal, τ = 0.25"),
                                         ("4:prior:1:plain:every3", "SMC, K = 4, prior proposal, plain potential, "
-                                                                  "potential every 3 steps")])
+                                                                  "potential every 3 steps"),
+                                        ("16:prior:0.002:from200", "SMC, K = 16, prior proposal, τ = 0.002, "
+                                                                   "potential from t = 200")])
 def test_smc_row_specs_name_their_flags(spec, name):
     from benchmarks.qm9_conditional import steered_sampler
 
     assert steered_sampler(spec, None, None, None, 2)[0] == name  # the spec is read before anything is sampled
 
 
-@pytest.mark.parametrize("spec", ["16:prior:0.25:every0", "16:prior:0.25:often"])
+@pytest.mark.parametrize("spec", ["16:prior:0.25:every0", "16:prior:0.25:often", "16:prior:0.25:from0"])
 def test_bad_smc_flags_get_one_line_errors(spec):
     import click
 
     from benchmarks.qm9_conditional import steered_sampler
 
-    with pytest.raises(click.BadParameter, match="expected flags 'plain' or 'everyM'"):
+    with pytest.raises(click.BadParameter, match="expected flags 'plain', 'everyM' .* or 'fromT'"):
         steered_sampler(spec, None, None, None, 2)
 
 
@@ -120,13 +122,13 @@ def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
                                             "--prior", str(prior_path), "--best-of-pool", str(pool_path),
                                             "-n", "3", "--points", "32", "--steps", "2", "--data-dir", str(tmp_path),
                                             "--attribute", "chair:chair_back_height", "--threads", "1",
-                                            "--smc", "2:rgdm", "--reward", str(evaluator_path), "--out", str(out)])
+                                            "--smc", "2:rgdm:0.5", "--reward", str(evaluator_path), "--out", str(out)])
     assert result.exit_code == 0, result.output
     record = json.loads(out.read_text())
     data, blind, best, rgdm, steered = record["rows"]
-    assert steered["row"] == "SMC, K = 2, rgdm proposal" and steered["network_calls_per_cloud"] > 0
+    assert steered["row"] == "SMC, K = 2, rgdm proposal, τ = 0.5" and steered["network_calls_per_cloud"] > 0
     assert set(steered["classes"]) == {"airplane", "chair", "car"}
-    assert record["attributes"]["SMC, K = 2, rgdm proposal"][0]["mae_composed"] >= 0
+    assert record["attributes"]["SMC, K = 2, rgdm proposal, τ = 0.5"][0]["mae_composed"] >= 0
     assert blind["row"] == "prior (no control)" and best["row"] == "best-of-2 (prior pool)"
     assert data["row"] == "data (valid split)" and rgdm["row"] == "rgdm"
     for row in (data, blind, best, rgdm):
