@@ -164,8 +164,8 @@ def _attribute_rows(sample, conditions, frame: Normalisation, n_measure: int, ev
 def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, points: int, steps: int,
              guidance_scale: float, solver: Solver, precision: str):
     """The row name and sampler ``sample(y, mask, g)`` of ``--smc K:PROPOSAL[:TAU]`` (the prior, or a --method's
-    model, in ``precision``; towards p_pre·exp(r/TAU), TAU 1 by default), steered by the reward classifier and the attribute tolerances of the first --method's
-    conditions."""
+    model, in ``precision``), towards p_pre·exp(r/TAU) (TAU 1 by default), r the reward classifier and the
+    attribute tolerances of the first --method's conditions."""
     from shapectrl.reward import ShapeReward
     from shapectrl.steer import steer_shapes
     from shapectrl.weights import PRIOR, weight_path
@@ -173,9 +173,11 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
     k, proposal, tau = (spec.split(":") + ["prior", "1"])[:3]
     try:
         k, tau = int(k), float(tau)
+        if k < 1 or not tau > 0:
+            raise ValueError
     except ValueError:
-        raise click.BadParameter(f"{spec}: expected K:PROPOSAL[:TAU], e.g. 16:prior or 16:rgdm:0.25",
-                                 param_hint="--smc") from None
+        raise click.BadParameter(f"{spec}: expected K:PROPOSAL[:TAU] with K ≥ 1 and TAU > 0, e.g. 16:prior or "
+                                 "16:rgdm:0.25", param_hint="--smc") from None
     if proposal != "prior" and proposal not in models:
         raise click.BadParameter(f"{spec}: the proposal is 'prior' or a --method name", param_hint="--smc")
     reference = next(iter(models.values()))[1]

@@ -101,6 +101,16 @@ def test_bad_smc_flags_get_one_line_errors(spec):
         steered_sampler(spec, None, None, None, 2)
 
 
+@pytest.mark.parametrize("spec", ["16:prior:0", "16:prior:warm", "0:prior", "x:prior"])
+def test_bad_shape_smc_specs_get_one_line_errors(spec):
+    import click
+
+    from benchmarks.shapes_conditional import _steered
+
+    with pytest.raises(click.BadParameter, match="expected K:PROPOSAL\\[:TAU\\] with K ≥ 1 and TAU > 0"):
+        _steered(spec, {}, None, "reward.safetensors", 32, 2, 1.0, None, "fp32")  # read before anything is loaded
+
+
 def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
     from benchmarks.shapes_conditional import main as benchmark
     from shapectrl.data.families import CLASSES as ALL
