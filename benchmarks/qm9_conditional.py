@@ -118,10 +118,9 @@ def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, st
         raise click.BadParameter(f"{spec!r}: expected flags 'plain', 'everyM' (M ≥ 1) or 'fromT' (T ≥ 1) after "
                                  "K:PROPOSAL:TAU", param_hint="--smc")
     potential = "plain" if "plain" in flags else "widened"
-    steering = Steering(int(k), proposal, float(tau), guidance_window=DEFAULT_WINDOW, widened=potential != "plain",
+    steering = Steering(int(k), proposal, float(tau), start[-1] if start else Steering.potential_from,
+                        guidance_window=DEFAULT_WINDOW, widened=potential != "plain",
                         potential_every=every[-1] if every else 1)
-    if start:
-        steering.potential_from = start[-1]
     conditioned = load_prior(WEIGHTS_DIR / f"qm9-noh-{proposal}.safetensors").eval() if proposal in ("rgdm", "ctrl") else None
     calls = {}
 

@@ -32,9 +32,9 @@ def steer_shapes(prior: ShapeDiffusion, reward: ShapeReward, y: torch.Tensor, y_
                  generator: torch.Generator | None = None, batch_particles: int = 256, on_batch=None,
                  solver: Solver = ANCESTRAL) -> tuple[torch.Tensor, SteeringReport]:
     """One cloud per target row ``y, y_mask (B, 1 + A)``, from ``n_particles`` particles each, moved by
-    the prior or by ``proposal`` (at ``guidance_scale``), towards p_pre·exp(r/``temperature``); systems run ``batch_particles`` particles at
-    a time, ``on_batch(k)`` after each batch of k clouds; ``solver``: the steps' grid and order. ``-> (clouds (B, N, 3)`` normalised, on the
-    CPU``, report)``."""
+    the prior or by ``proposal`` (at ``guidance_scale``), towards p_pre·exp(r/``temperature``); systems run
+    ``batch_particles`` particles at a time, ``on_batch(k)`` after each batch of k clouds; ``solver``: the
+    steps' grid and order. ``-> (clouds (B, N, 3)`` normalised, on the CPU``, report)``."""
     device = next(prior.parameters()).device
 
     def run(rows: slice) -> SMCResult:
