@@ -104,7 +104,8 @@ def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, st
                     judge: str = "model", solver: Solver = ANCESTRAL):
     """The row name and sampler of ``--smc K:PROPOSAL[:TAU[:FLAG...]]``, and a box that receives the network
     calls per molecule; flag ``plain`` reads the reward on x̂₀ unwidened in the potential, ``everyM`` reads
-    the potential at every M-th step, ``fromT`` switches it on at diffusion step T (default 400);
+    the potential at every M-th step, ``fromT`` switches it on at diffusion step T (default 400), ``best``
+    outputs each system's particle of highest final reward (instead of a draw by the final weights);
     ``final_reward`` (of the ``--judge`` named ``judge``) gives the final weights in the reward's place."""
     from molctrl.steer import Steering, steer
     from molctrl.weights import WEIGHTS_DIR
@@ -114,13 +115,13 @@ def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, st
     flags = parts[3:]
     every = [int(f[5:]) for f in flags if re.fullmatch(r"every[1-9]\d*", f)]
     start = [int(f[4:]) for f in flags if re.fullmatch(r"from[1-9]\d*", f)]
-    if len(every) + len(start) + flags.count("plain") != len(flags):
-        raise click.BadParameter(f"{spec!r}: expected flags 'plain', 'everyM' (M ≥ 1) or 'fromT' (T ≥ 1) after "
+    if len(every) + len(start) + flags.count("plain") + flags.count("best") != len(flags):
+        raise click.BadParameter(f"{spec!r}: expected flags 'plain', 'best', 'everyM' (M ≥ 1) or 'fromT' (T ≥ 1) after "
                                  "K:PROPOSAL:TAU", param_hint="--smc")
     potential = "plain" if "plain" in flags else "widened"
     steering = Steering(int(k), proposal, float(tau), start[-1] if start else Steering.potential_from,
                         guidance_window=DEFAULT_WINDOW, widened=potential != "plain",
-                        potential_every=every[-1] if every else 1)
+                        potential_every=every[-1] if every else 1, output="best" if "best" in flags else "sample")
     conditioned = load_prior(WEIGHTS_DIR / f"qm9-noh-{proposal}.safetensors").eval() if proposal in ("rgdm", "ctrl") else None
     calls = {}
 
@@ -135,6 +136,7 @@ def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, st
             + (", plain potential" if potential == "plain" else "")
             + (f", potential every {steering.potential_every} steps" if steering.potential_every > 1 else "")
             + (f", potential from t = {steering.potential_from}" if start else "")
+            + (", output: the best particle" if steering.output == "best" else "")
             + (f", final weights: {judge}" if final_reward else ""))
     return name, sample, calls
 

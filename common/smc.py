@@ -26,7 +26,9 @@ sample size, ESS = 1/Σ w̄²). When a system's ESS falls below ``ess_threshold`
 ``resample_window``), it is resampled systematically and its weights reset.
 
 Diversity: each output is one particle drawn from its own system's final weights, so no two outputs
-share an ancestor. Particle batches are laid out output-major: output b's particles are rows
+share an ancestor. ``output="best"`` takes each system's particle of highest final reward instead: a
+selection among the steered particles, no longer a sample of π, which trades π's spread for the
+reward's mode (as best-of-K selection does among independent samples). Particle batches are laid out output-major: output b's particles are rows
 b·K … b·K + K − 1 (see :func:`particles`), and ``potential``/``proposal`` see them that way.
 """
 from __future__ import annotations
@@ -41,6 +43,7 @@ from common.diffusion import ANCESTRAL, Denoiser, GaussianDiffusion, Solver
 from common.guidance import GuidedDenoiser, reconstruction_likelihood
 from common.rewards import GaussianLogLikelihood, Reward, reward_where
 
+OUTPUTS = ("sample", "best")  # each system's output: drawn by the final weights, or its highest final reward
 FLOOR = -1e30  # the potential of a state whose reward estimate is NaN or −inf: kept finite so that weights stay defined
 
 
@@ -214,7 +217,8 @@ def smc_sample(diffusion: GaussianDiffusion, prior: Denoiser, potential: Potenti
                n_particles: int = 16, n_sampling_steps: int | None = 100, proposal: Proposal | None = None,
                temperature: float = 1.0, potential_from: int = 400, ess_threshold: float = 0.5,
                resample_window: tuple[int, int] | None = None, generator: torch.Generator | None = None,
-               dtype: torch.dtype = torch.float32, solver: Solver = ANCESTRAL, potential_every: int = 1) -> SMCResult:
+               dtype: torch.dtype = torch.float32, solver: Solver = ANCESTRAL, potential_every: int = 1,
+               output: str = "sample") -> SMCResult:
     """Steer ``n_particles`` particles per output towards p_pre(x)·exp(r(x)/τ) (see the module docstring).
 
     Args:
@@ -229,9 +233,13 @@ def smc_sample(diffusion: GaussianDiffusion, prior: Denoiser, potential: Potenti
         potential_every: read the potential at every m-th step of those where it is on, the first
             included, and keep G_t between (another sequence of intermediate targets: the final target
             is unchanged; the reward's cost falls by m, the steering gets coarser).
+        output: ``"sample"`` draws each output by its system's final weights (a sample of π); ``"best"``
+            takes the particle with the highest final reward (a selection: π's mode, not π).
     """
     if n_particles < 1 or temperature <= 0 or not 0 <= ess_threshold <= 1 or potential_every < 1:
         raise ValueError("SMC needs n_particles ≥ 1, temperature > 0, 0 ≤ ess_threshold ≤ 1 and potential_every ≥ 1")
+    if output not in OUTPUTS:
+        raise ValueError(f"unknown SMC output {output!r} (expected one of {', '.join(OUTPUTS)})")
     b, k, steps = len(mask), n_particles, diffusion.n_steps
     calls = 0
     lo, hi = resample_window or (-1, steps)
@@ -286,9 +294,13 @@ def smc_sample(diffusion: GaussianDiffusion, prior: Denoiser, potential: Potenti
     reward = potential.final(z, mask).double()
     log_w += (pending + reward / temperature - value).view(b, k)
     log_w = log_w.masked_fill(torch.isnan(log_w), -torch.inf)  # a NaN reward: outside the target
-    choice = torch.where(torch.isfinite(log_w).any(1, keepdim=True), log_w, torch.zeros_like(log_w))
-    chosen = (torch.multinomial(torch.softmax(choice, -1).cpu(), 1, generator=generator).squeeze(1).to(mask.device)
-              if k > 1 else torch.zeros(b, dtype=torch.long, device=mask.device))
+    if output == "best":
+        chosen = torch.nan_to_num(reward, nan=-torch.inf).view(b, k).argmax(1)
+    elif k > 1:
+        choice = torch.where(torch.isfinite(log_w).any(1, keepdim=True), log_w, torch.zeros_like(log_w))
+        chosen = torch.multinomial(torch.softmax(choice, -1).cpu(), 1, generator=generator).squeeze(1).to(mask.device)
+    else:
+        chosen = torch.zeros(b, dtype=torch.long, device=mask.device)
     pick = rows.squeeze(1) + chosen
     return SMCResult(z[pick], reward.view(b, k).gather(1, chosen.unsqueeze(1)).squeeze(1), log_w, chosen,
                      torch.stack(ess_trace), torch.stack(resampled_trace), k * calls)

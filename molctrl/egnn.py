@@ -26,6 +26,8 @@ gains and what it does to validity: ``benchmarks.speed --precision``, ``benchmar
 """
 from __future__ import annotations
 
+from functools import cache, partial
+
 import torch
 from torch import nn
 
@@ -126,6 +128,15 @@ class EGNN(nn.Module):
         self.layers = nn.ModuleList(EquivariantLayer(hidden) for _ in range(n_layers))
         self.readout = nn.Linear(hidden, out_dim)
         self.compute_dtype = torch.float32  # of the matrix products (see the module docstring)
+        self.compiled = False  # run each batch slice through torch.compile (:meth:`compile_slices`)
+
+    def compile_slices(self) -> EGNN:
+        """Run the computation of one batch slice compiled (``torch.compile``, dynamic shapes: one graph
+        serves every slice and molecule size), the loop over slices as it is. Compiling the whole
+        forward instead unrolls that loop into the graph, a copy per slice (64 at EDM's size), and took
+        longer than 15 minutes to compile there. Returns ``self``."""
+        self.compiled = True
+        return self
 
     def forward(self, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
                 shift: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,8 +147,8 @@ class EGNN(nn.Module):
             shift = h.new_zeros(h.shape[0], self.embed.out_features)
         low = self.compute_dtype != torch.float32
         with torch.autocast(x.device.type, dtype=self.compute_dtype, enabled=low):
-            h, x = in_cpu_slices(self._forward, (h, x, mask, shift), self.embed.out_features,
-                                 self.compute_dtype)
+            forward = partial(_compiled_forward(), self) if self.compiled else self._forward
+            h, x = in_cpu_slices(forward, (h, x, mask, shift), self.embed.out_features, self.compute_dtype)
         return h.to(x.dtype), x
 
     def _forward(self, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
@@ -148,3 +159,9 @@ class EGNN(nn.Module):
         for layer in self.layers:
             h, x = layer(h, x, d0, node_mask, edge_mask)
         return self.readout(h) * node_mask, x
+
+
+@cache
+def _compiled_forward():
+    """:meth:`EGNN._forward` compiled once per process (every model that asks shares its graphs)."""
+    return torch.compile(EGNN._forward, dynamic=True)

@@ -311,3 +311,28 @@ def test_a_sparser_potential_is_read_less_and_telescopes_to_the_final_reward(eve
     torch.testing.assert_close(out.log_weights.gather(1, out.chosen.unsqueeze(1)).squeeze(1), final)
     with pytest.raises(ValueError, match="potential_every ≥ 1"):
         smc_sample(diffusion, denoiser, pull, mask, 5, potential_every=0)
+
+
+def test_the_best_output_is_each_system_s_highest_reward_particle():
+    """``output="best"`` walks the same particles as ``"sample"`` (the choice comes after the last step) and
+    returns, per system, the particle whose final reward is highest; an unknown output is refused."""
+    from common.smc import Potential, smc_sample
+
+    diffusion, denoiser, mask = _toy_chain()
+
+    def reward(x, m):
+        return -x[..., 3].sum(1)
+
+    pull = Potential(lambda x0, t, m: reward(x0, m), reward)
+
+    def run(output):
+        return smc_sample(diffusion, denoiser, pull, mask, 5, n_particles=8, n_sampling_steps=10,
+                          generator=torch.Generator().manual_seed(5), output=output)
+
+    drawn, best = run("sample"), run("best")
+    torch.testing.assert_close(best.log_weights, drawn.log_weights)  # the same systems
+    assert torch.isfinite(best.log_weights).all() and (best.reward >= drawn.reward).all()
+    assert (best.reward > drawn.reward).any()  # a draw by the weights is not always the best particle
+    torch.testing.assert_close(best.reward, reward(best.x, mask).double())
+    with pytest.raises(ValueError, match="unknown SMC output 'argmax'"):
+        smc_sample(diffusion, denoiser, pull, mask, 5, output="argmax")

@@ -121,6 +121,27 @@ def test_train_cli_in_bfloat16_records_it_computes_in_it_and_keeps_it_on_resume(
     assert seen == [torch.bfloat16] * 3
 
 
+def test_compiling_is_the_default_only_for_runs_long_enough_to_pay_and_only_with_a_backend(monkeypatch):
+    import shutil
+
+    from common.runtime import COMPILE_FROM_STEPS, resolve_compile
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_compile(True, 10, cpu) and not resolve_compile(False, 10**6, cpu)  # an explicit choice stands
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert not resolve_compile(None, COMPILE_FROM_STEPS - 1, cpu) and resolve_compile(None, COMPILE_FROM_STEPS, cpu)
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no C++ compiler: inductor cannot build CPU kernels
+    assert not resolve_compile(None, COMPILE_FROM_STEPS, cpu) and resolve_compile(None, COMPILE_FROM_STEPS, cuda)
+
+
+def test_a_short_training_run_is_not_compiled_by_default(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "prior", "--run-dir", str(run), "--steps", "1", "--hidden", "8", "--layers", "1",
+            "--diffusion-steps", "20", "--limit", "16", "--batch-size", "8"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert json.loads((run / "run.json").read_text())["train"]["compile"] is False
+
+
 def test_ddp_with_two_cpu_processes(tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",

@@ -84,7 +84,9 @@ def test_shared_pool_gives_each_output_of_a_property_its_own_candidates(weight_f
                                         ("4:prior:1:plain:every3", "SMC, K = 4, prior proposal, plain potential, "
                                                                   "potential every 3 steps"),
                                         ("16:prior:0.002:from200", "SMC, K = 16, prior proposal, τ = 0.002, "
-                                                                   "potential from t = 200")])
+                                                                   "potential from t = 200"),
+                                        ("16:prior:0.25:best", "SMC, K = 16, prior proposal, τ = 0.25, "
+                                                               "output: the best particle")])
 def test_smc_row_specs_name_their_flags(spec, name):
     from benchmarks.qm9_conditional import steered_sampler
 
@@ -97,7 +99,7 @@ def test_bad_smc_flags_get_one_line_errors(spec):
 
     from benchmarks.qm9_conditional import steered_sampler
 
-    with pytest.raises(click.BadParameter, match="expected flags 'plain', 'everyM' .* or 'fromT'"):
+    with pytest.raises(click.BadParameter, match="expected flags 'plain', 'best', 'everyM' .* or 'fromT'"):
         steered_sampler(spec, None, None, None, 2)
 
 
