@@ -121,7 +121,7 @@ def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, st
     potential = "plain" if "plain" in flags else "widened"
     steering = Steering(int(k), proposal, float(tau), start[-1] if start else Steering.potential_from,
                         guidance_window=DEFAULT_WINDOW, widened=potential != "plain",
-                        potential_every=every[-1] if every else 1, output="best" if "best" in flags else "sample")
+                        potential_every=every[-1] if every else 1, pick="best" if "best" in flags else "sample")
     conditioned = load_prior(WEIGHTS_DIR / f"qm9-noh-{proposal}.safetensors").eval() if proposal in ("rgdm", "ctrl") else None
     calls = {}
 
@@ -136,7 +136,7 @@ def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, st
             + (", plain potential" if potential == "plain" else "")
             + (f", potential every {steering.potential_every} steps" if steering.potential_every > 1 else "")
             + (f", potential from t = {steering.potential_from}" if start else "")
-            + (", output: the best particle" if steering.output == "best" else "")
+            + (", output: the best particle" if steering.pick == "best" else "")
             + (f", final weights: {judge}" if final_reward else ""))
     return name, sample, calls
 

@@ -26,7 +26,7 @@ sample size, ESS = 1/Σ w̄²). When a system's ESS falls below ``ess_threshold`
 ``resample_window``), it is resampled systematically and its weights reset.
 
 Diversity: each output is one particle drawn from its own system's final weights, so no two outputs
-share an ancestor. ``output="best"`` takes each system's particle of highest final reward instead: a
+share an ancestor. ``pick="best"`` takes each system's particle of highest final reward instead: a
 selection among the steered particles, no longer a sample of π, which trades π's spread for the
 reward's mode (as best-of-K selection does among independent samples). Particle batches are laid out output-major: output b's particles are rows
 b·K … b·K + K − 1 (see :func:`particles`), and ``potential``/``proposal`` see them that way.
@@ -43,7 +43,7 @@ from common.diffusion import ANCESTRAL, Denoiser, GaussianDiffusion, Solver
 from common.guidance import GuidedDenoiser, reconstruction_likelihood
 from common.rewards import GaussianLogLikelihood, Reward, reward_where
 
-OUTPUTS = ("sample", "best")  # each system's output: drawn by the final weights, or its highest final reward
+PICKS = ("sample", "best")  # each system's output: drawn by the final weights, or its highest final reward
 FLOOR = -1e30  # the potential of a state whose reward estimate is NaN or −inf: kept finite so that weights stay defined
 
 
@@ -218,7 +218,7 @@ def smc_sample(diffusion: GaussianDiffusion, prior: Denoiser, potential: Potenti
                temperature: float = 1.0, potential_from: int = 400, ess_threshold: float = 0.5,
                resample_window: tuple[int, int] | None = None, generator: torch.Generator | None = None,
                dtype: torch.dtype = torch.float32, solver: Solver = ANCESTRAL, potential_every: int = 1,
-               output: str = "sample") -> SMCResult:
+               pick: str = "sample") -> SMCResult:
     """Steer ``n_particles`` particles per output towards p_pre(x)·exp(r(x)/τ) (see the module docstring).
 
     Args:
@@ -233,13 +233,13 @@ def smc_sample(diffusion: GaussianDiffusion, prior: Denoiser, potential: Potenti
         potential_every: read the potential at every m-th step of those where it is on, the first
             included, and keep G_t between (another sequence of intermediate targets: the final target
             is unchanged; the reward's cost falls by m, the steering gets coarser).
-        output: ``"sample"`` draws each output by its system's final weights (a sample of π); ``"best"``
+        pick: ``"sample"`` draws each output by its system's final weights (a sample of π); ``"best"``
             takes the particle with the highest final reward (a selection: π's mode, not π).
     """
     if n_particles < 1 or temperature <= 0 or not 0 <= ess_threshold <= 1 or potential_every < 1:
         raise ValueError("SMC needs n_particles ≥ 1, temperature > 0, 0 ≤ ess_threshold ≤ 1 and potential_every ≥ 1")
-    if output not in OUTPUTS:
-        raise ValueError(f"unknown SMC output {output!r} (expected one of {', '.join(OUTPUTS)})")
+    if pick not in PICKS:
+        raise ValueError(f"unknown SMC pick {pick!r} (expected one of {', '.join(PICKS)})")
     b, k, steps = len(mask), n_particles, diffusion.n_steps
     calls = 0
     lo, hi = resample_window or (-1, steps)
@@ -294,7 +294,7 @@ def smc_sample(diffusion: GaussianDiffusion, prior: Denoiser, potential: Potenti
     reward = potential.final(z, mask).double()
     log_w += (pending + reward / temperature - value).view(b, k)
     log_w = log_w.masked_fill(torch.isnan(log_w), -torch.inf)  # a NaN reward: outside the target
-    if output == "best":
+    if pick == "best":
         chosen = torch.nan_to_num(reward, nan=-torch.inf).view(b, k).argmax(1)
     elif k > 1:
         choice = torch.where(torch.isfinite(log_w).any(1, keepdim=True), log_w, torch.zeros_like(log_w))

@@ -50,7 +50,7 @@ class Steering:
     guidance_window: tuple[int, int] = (0, 1000)
     widened: bool = True  # the potential of a likelihood reward: widened by the posterior variance, or plain
     potential_every: int = 1  # read the potential at every m-th step where it is on (common.smc.smc_sample)
-    output: str = "sample"  # each system's output: drawn by the final weights, or "best": its highest final reward
+    pick: str = "sample"  # each system's output: drawn by the final weights, or "best": its highest final reward
 
     def __post_init__(self) -> None:
         if self.proposal not in PROPOSALS:
@@ -108,7 +108,7 @@ def steer(prior: MoleculeDiffusion, reward: Reward, y: torch.Tensor, y_mask: tor
         result = smc_sample(prior.diffusion, prior.denoiser, potential, mask, prior.n_channels, k,
                             n_sampling_steps, proposal, steering.temperature, steering.potential_from,
                             steering.ess_threshold, generator=generator, dtype=prior.n_atoms_hist.dtype,
-                            solver=solver, potential_every=steering.potential_every, output=steering.output)
+                            solver=solver, potential_every=steering.potential_every, pick=steering.pick)
         molecules.extend(prior.decode(result.x, mask))
         return result
 

@@ -314,8 +314,8 @@ def test_a_sparser_potential_is_read_less_and_telescopes_to_the_final_reward(eve
 
 
 def test_the_best_output_is_each_system_s_highest_reward_particle():
-    """``output="best"`` walks the same particles as ``"sample"`` (the choice comes after the last step) and
-    returns, per system, the particle whose final reward is highest; an unknown output is refused."""
+    """``pick="best"`` walks the same particles as ``"sample"`` (the choice comes after the last step) and
+    returns, per system, the particle whose final reward is highest; an unknown pick is refused."""
     from common.smc import Potential, smc_sample
 
     diffusion, denoiser, mask = _toy_chain()
@@ -325,14 +325,14 @@ def test_the_best_output_is_each_system_s_highest_reward_particle():
 
     pull = Potential(lambda x0, t, m: reward(x0, m), reward)
 
-    def run(output):
+    def run(pick):
         return smc_sample(diffusion, denoiser, pull, mask, 5, n_particles=8, n_sampling_steps=10,
-                          generator=torch.Generator().manual_seed(5), output=output)
+                          generator=torch.Generator().manual_seed(5), pick=pick)
 
     drawn, best = run("sample"), run("best")
     torch.testing.assert_close(best.log_weights, drawn.log_weights)  # the same systems
     assert torch.isfinite(best.log_weights).all() and (best.reward >= drawn.reward).all()
     assert (best.reward > drawn.reward).any()  # a draw by the weights is not always the best particle
     torch.testing.assert_close(best.reward, reward(best.x, mask).double())
-    with pytest.raises(ValueError, match="unknown SMC output 'argmax'"):
-        smc_sample(diffusion, denoiser, pull, mask, 5, output="argmax")
+    with pytest.raises(ValueError, match="unknown SMC pick 'argmax'"):
+        smc_sample(diffusion, denoiser, pull, mask, 5, pick="argmax")

@@ -188,8 +188,9 @@ def test_generate_steers_particles_and_records_each_molecule_s_reward_and_weight
     out = tmp_path / "steered.sdf"
     model = ["--model", str(conditioned_model)] if proposal == "ctrl" else []
     start = ["--potential-from", "30"] if proposal == "guidance" else []
+    pick = ["--pick", "best"] if proposal == "prior" else []
     result = CliRunner().invoke(main, ["generate", "--target", "alpha=60", "-n", "3", "--out", str(out), "--particles", "4",
-                                       "--proposal", proposal, *model, *start,
+                                       "--proposal", proposal, *model, *start, *pick,
                                        "--prior", str(weight_files / "prior.safetensors"),
                                        "--reward-model", str(weight_files / "predictor.safetensors"),
                                        "--evaluator", str(weight_files / "predictor.safetensors"), "--steps", "3",
@@ -199,6 +200,7 @@ def test_generate_steers_particles_and_records_each_molecule_s_reward_and_weight
     assert summary["method"] == "smc" and summary["particles"] == 4 and 1 <= summary["mean_ess"] <= 4
     assert summary["precision"] == precision
     assert summary["temperature"] == 0.25 and summary["potential_from"] == (30 if start else 400)
+    assert summary["pick"] == ("best" if pick else "sample")
     steps = 4  # 3 respaced transitions and the final step
     assert summary["network_calls_per_molecule"] == 4 * (steps + extra_calls * (steps - 1))  # no proposal on the last
     assert {"uniqueness", "novelty", "mae_alpha"} <= set(summary)
@@ -221,6 +223,7 @@ def test_generate_reports_bad_requests_in_one_line(weight_files, tmp_path):
              ([*once, "--target", "mu=1", "--method", "guidance", "--guidance-window", "10"], "expected LO:HI"),
              (["--target", "mu=1", "--method", "ctrl"], "--method samples each molecule once"),
              (["--target", "mu=1", "--potential-from", "0"], "'--potential-from': 0 is not in the range x>=1"),
+             (["--target", "mu=1", "--pick", "mode"], "'--pick': 'mode' is not one of 'sample', 'best'"),
              (["--target", "alpha=1e9"], "alpha=1e+09 is outside the labels the models were trained on")]
     for args, message in cases:
         result = CliRunner().invoke(main, ["generate", *args, *out])

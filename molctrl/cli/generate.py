@@ -9,6 +9,7 @@ from click.core import ParameterSource
 from tqdm import tqdm
 
 from common.cli import compute_options, precision_option, solver_option
+from common.smc import PICKS
 from molctrl.data.qm9 import PROPERTY_UNITS
 from molctrl.pipeline import DEFAULT_WINDOW, GenerationConfig
 from molctrl.steer import PROPOSALS
@@ -41,6 +42,10 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
               help="With --particles: the reward steers the particles (and resamples them) from diffusion step T of "
                    "the prior's 1,000 down to 0, ramping in  [default: 400 for --target; 100 for --maximize, where x̂₀'s "
                    "score is a poor guide earlier: mean QED 0.589 from 100 against 0.572 from 400 (docs/conditioned.md)]")
+@click.option("--pick", type=click.Choice(list(PICKS)), default=DEFAULTS.pick, show_default=True,
+              help="With --particles: each molecule is its system's particle drawn by the final weights (sample: "
+                   "a sample of p_prior*exp(reward/T)) or the one of highest final reward (best: a selection "
+                   "among the steered particles).")
 @click.option("--method", type=click.Choice(["rgdm", "ctrl", "guidance"]), default="rgdm", show_default=True,
               help="With --particles 0: rgdm / ctrl, a shipped (or --model) conditioned model; guidance, the prior "
                    "steered by the reward predictor's gradient (reconstruction guidance).")
@@ -77,7 +82,7 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
 @click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None, help="Grid image (default: OUT.png).")
 @compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def generate(targets, maximize, n_molecules, out, particles, proposal, temperature, potential_from, method, model_path,
+def generate(targets, maximize, n_molecules, out, particles, proposal, temperature, potential_from, pick, method, model_path,
              prior_path, reward_model, judge, verify, scale, window, guidance_scale, evaluator, steps, solver, precision, seed, png_path, device, threads,
              as_json) -> None:
     """Generate molecules for property targets (or a maximised score) and report validity, uniqueness,
@@ -114,7 +119,7 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
     dev = compute_device(device, threads)
     with usage_errors():
         config = GenerationConfig("smc" if particles else method, particles, proposal, temperature, potential_from, judge,
-                                  scale, steps_window, guidance_scale, steps, solver, reward_model, precision)
+                                  scale, steps_window, guidance_scale, steps, solver, reward_model, precision, pick)
         generator = MoleculeGenerator.load(config, maximize=maximize, model=model_path, prior=prior_path,
                                            device=str(dev))
         scorer = load_predictor(evaluator).eval() if wanted else None
@@ -132,7 +137,7 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
     report = result.steering
     if report is not None:
         summary |= {"particles": particles, "proposal": proposal, "temperature": result.settings.temperature,
-                    "potential_from": result.settings.potential_from,
+                    "potential_from": result.settings.potential_from, "pick": result.settings.pick,
                     "final_weights": result.final_weights,
                     "mean_ess": round(float(report.ess.mean()), 2), "network_calls_per_molecule": report.network_calls,
                     "systems_without_a_valid_particle": report.no_valid}
