@@ -62,6 +62,9 @@ DEFAULT_WINDOW = (0, 150)  # reconstruction guidance: benchmarks/results/qm9_con
 # lowest MAE) and for a maximised score (docs/conditioned.md: QED above best-of-16 at equal evaluations)
 TARGET_TEMPERATURE, MAXIMIZE_TEMPERATURE = 0.25, 0.002
 TARGET_POTENTIAL_FROM, MAXIMIZE_POTENTIAL_FROM = 400, 100
+# which particle of each system is the output: for targets the best (docs/steered.md: a lower MAE on all six
+# properties than a draw by the weights at the same cost); for a maximised score the measured draw
+TARGET_PICK, MAXIMIZE_PICK = "best", "sample"
 
 
 @dataclass
@@ -71,7 +74,8 @@ class GenerationConfig:
     ``particles``, ``proposal``, ``temperature`` (τ; None: 0.25 for targets, 0.002 to maximise),
     ``potential_from`` (the diffusion step of 1,000 below which the reward steers; None: 400 for
     targets, 100 to maximise), ``pick`` (each molecule: ``sample``, drawn by its system's final weights,
-    or ``best``, its system's particle of highest final reward; :data:`common.smc.PICKS`) and
+    or ``best``, its system's particle of highest final reward; :data:`common.smc.PICKS`; None: best for
+    targets, sample to maximise) and
     ``judge`` (what the final weights read: ``model``, ``xtb`` or ``both``; None: ``both`` for Δε,
     HOMO, LUMO and μ targets where tblite is installed) steer ``smc``; ``scale`` and ``window`` (the
     diffusion steps lo < t ≤ hi guided; None: 0:150 for reconstruction guidance) shape ``guidance``
@@ -94,7 +98,7 @@ class GenerationConfig:
     solver: str = "dpm2"  # docs/sampling.md: SMC's errors at half the network evaluations of 100 ancestral steps
     reward_model: str = DEFAULT_REWARD_MODEL
     precision: str = "auto"  # bf16 where the hardware has it (docs/sampling.md: validity unchanged, 1.3-1.6x faster)
-    pick: str = "sample"
+    pick: str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -105,7 +109,7 @@ class GenerationConfig:
         check_precision_choice(self.precision)
         if self.method == "smc" and self.particles < 1:
             raise ValueError("smc needs at least one particle per molecule")
-        if self.pick not in PICKS:
+        if self.pick is not None and self.pick not in PICKS:
             raise ValueError(f"unknown pick {self.pick!r} (expected one of {', '.join(PICKS)})")
         if self.potential_from is not None and self.potential_from < 1:
             raise ValueError(f"potential_from is a diffusion step ≥ 1, got {self.potential_from}")
@@ -210,7 +214,7 @@ class MoleculeGenerator:
                             config.temperature or (MAXIMIZE_TEMPERATURE if self.maximize else TARGET_TEMPERATURE),
                             default_from if config.potential_from is None else config.potential_from,
                             guidance_scale=config.scale, guidance_window=config.window or DEFAULT_WINDOW,
-                            pick=config.pick)
+                            pick=config.pick or (MAXIMIZE_PICK if self.maximize else TARGET_PICK))
         molecules, report = steer(model, self.reward, y, y_mask, atom_counts(self.conditions, y, y_mask, generator=generator),
                                   steering, self.conditions, config.steps, generator, self.conditioned,
                                   on_batch=on_batch, final_reward=final_reward, solver=SOLVERS[config.solver])

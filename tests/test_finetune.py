@@ -188,7 +188,7 @@ def test_generate_steers_particles_and_records_each_molecule_s_reward_and_weight
     out = tmp_path / "steered.sdf"
     model = ["--model", str(conditioned_model)] if proposal == "ctrl" else []
     start = ["--potential-from", "30"] if proposal == "guidance" else []
-    pick = ["--pick", "best"] if proposal == "prior" else []
+    pick = ["--pick", "sample"] if proposal == "prior" else []
     result = CliRunner().invoke(main, ["generate", "--target", "alpha=60", "-n", "3", "--out", str(out), "--particles", "4",
                                        "--proposal", proposal, *model, *start, *pick,
                                        "--prior", str(weight_files / "prior.safetensors"),
@@ -200,12 +200,21 @@ def test_generate_steers_particles_and_records_each_molecule_s_reward_and_weight
     assert summary["method"] == "smc" and summary["particles"] == 4 and 1 <= summary["mean_ess"] <= 4
     assert summary["precision"] == precision
     assert summary["temperature"] == 0.25 and summary["potential_from"] == (30 if start else 400)
-    assert summary["pick"] == ("best" if pick else "sample")
+    assert summary["pick"] == ("sample" if pick else "best")  # best: the default for targets
     steps = 4  # 3 respaced transitions and the final step
     assert summary["network_calls_per_molecule"] == 4 * (steps + extra_calls * (steps - 1))  # no proposal on the last
     assert {"uniqueness", "novelty", "mae_alpha"} <= set(summary)
     molecules = read_molecules(out)
     assert len(molecules) == 3 and all({"reward", "log_weight", "predicted_alpha"} <= set(m.properties) for m in molecules)
+
+
+def test_maximizing_keeps_its_measured_defaults_a_draw_by_the_weights(weight_files, tmp_path):
+    out = tmp_path / "qed.sdf"
+    result = CliRunner().invoke(main, ["generate", "--maximize", "qed", "-n", "2", "--out", str(out), "--particles", "2",
+                                       "--prior", str(weight_files / "prior.safetensors"), "--steps", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert (summary["pick"], summary["temperature"], summary["potential_from"]) == ("sample", 0.002, 100)
 
 
 def test_generate_reports_bad_requests_in_one_line(weight_files, tmp_path):
