@@ -28,8 +28,9 @@ sample size, ESS = 1/Σ w̄²). When a system's ESS falls below ``ess_threshold`
 Diversity: each output is one particle drawn from its own system's final weights, so no two outputs
 share an ancestor. ``pick="best"`` takes each system's particle of highest final reward instead: a
 selection among the steered particles, no longer a sample of π, which trades π's spread for the
-reward's mode (as best-of-K selection does among independent samples). Particle batches are laid out output-major: output b's particles are rows
-b·K … b·K + K − 1 (see :func:`particles`), and ``potential``/``proposal`` see them that way.
+reward's mode (as best-of-K selection does among independent samples). Particle batches are laid out
+output-major: output b's particles are rows b·K … b·K + K − 1 (see :func:`particles`), and
+``potential``/``proposal`` see them that way.
 """
 from __future__ import annotations
 
@@ -301,6 +302,6 @@ def smc_sample(diffusion: GaussianDiffusion, prior: Denoiser, potential: Potenti
         chosen = torch.multinomial(torch.softmax(choice, -1).cpu(), 1, generator=generator).squeeze(1).to(mask.device)
     else:
         chosen = torch.zeros(b, dtype=torch.long, device=mask.device)
-    pick = rows.squeeze(1) + chosen
-    return SMCResult(z[pick], reward.view(b, k).gather(1, chosen.unsqueeze(1)).squeeze(1), log_w, chosen,
+    outputs = rows.squeeze(1) + chosen
+    return SMCResult(z[outputs], reward.view(b, k).gather(1, chosen.unsqueeze(1)).squeeze(1), log_w, chosen,
                      torch.stack(ess_trace), torch.stack(resampled_trace), k * calls)
