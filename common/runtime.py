@@ -28,9 +28,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-#: Training steps from which ``torch.compile`` pays for its first call: on this CPU 36–53 s once, then at
-#: least 70 ms less per step at the shipped prior's size (docs/molecules.md), even after ~800 steps.
-COMPILE_FROM_STEPS = 1_000
+#: Training steps from which ``torch.compile`` pays for its first call: on this CPU 20–53 s once, then 18 ms
+#: (12 %) less per step at the shipped prior's size (docs/molecules.md), even after ~3,000 steps.
+COMPILE_FROM_STEPS = 5_000
 
 
 def resolve_compile(choice: bool | None, steps: int, device: torch.device) -> bool:

@@ -69,8 +69,8 @@ def _sample_metrics(model: MoleculeDiffusion, n: int, steps: int, seed: int) -> 
 @click.option("--seed", type=int, default=0, show_default=True)
 @compute_options
 @click.option("--compile/--no-compile", "compile_", default=None,
-              help="torch.compile the network: about a minute once, then 1.1-1.8x faster steps (more for smaller "
-                   "models; docs/molecules.md)  [default: on for runs of "
+              help="torch.compile the network: up to a minute once, then ~1.1x faster steps (docs/molecules.md)  "
+                   "[default: on for runs of "
                    f"{COMPILE_FROM_STEPS:,} steps or more, where CUDA or a C++ compiler is present]")
 @precision_option("fp32")
 @click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoint.safetensors with its run.json settings "
