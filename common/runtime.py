@@ -28,18 +28,23 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-#: Training steps from which ``torch.compile`` pays for its first call: on this CPU 20–53 s once, then 18 ms
-#: (12 %) less per step at the shipped prior's size (docs/molecules.md), even after ~3,000 steps.
+#: Training steps from which ``torch.compile`` pays for its first call: on this CPU 20 s once with inductor's
+#: cache warm (more when it is empty), then 18 ms (12 %) less per step at the shipped prior's size
+#: (docs/molecules.md), even after ~1,100 steps; the margin covers an empty cache.
 COMPILE_FROM_STEPS = 5_000
+
+
+def cpu_compiler_present() -> bool:
+    """Whether inductor can build CPU kernels here: a C++ compiler on the ``PATH`` (``$CXX``, g++, c++, clang++)."""
+    return any(shutil.which(cc) for cc in (os.environ.get("CXX", "g++"), "c++", "clang++"))
 
 
 def resolve_compile(choice: bool | None, steps: int, device: torch.device) -> bool:
     """``--compile`` / ``--no-compile`` as given; unset (``None``): compile runs of at least
-    :data:`COMPILE_FROM_STEPS` steps where inductor has a backend (CUDA, or a C++ compiler for the CPU)."""
+    :data:`COMPILE_FROM_STEPS` steps where inductor has a backend (CUDA, or :func:`cpu_compiler_present`)."""
     if choice is not None:
         return choice
-    compilers = (os.environ.get("CXX", "g++"), "c++", "clang++")
-    return steps >= COMPILE_FROM_STEPS and (device.type == "cuda" or any(shutil.which(cc) for cc in compilers))
+    return steps >= COMPILE_FROM_STEPS and (device.type == "cuda" or cpu_compiler_present())
 
 
 #: Names of the precisions of the matrix products (``--precision``).

@@ -53,9 +53,9 @@ class ShapeGenerationConfig:
     """How clouds are generated (the defaults of ``shapectrl generate``): the shipped model of
     ``method``; ``particles`` > 0 steers by SMC with ``proposal`` towards p_pre·exp(r/``temperature``);
     ``points`` per cloud (PointFlow's 2,048 by default; None: the model's training size); ``steps``
-    reverse steps of ``solver`` (:data:`common.diffusion.SOLVERS`); ``guidance_scale`` w of classifier-free guidance; ``precision`` that of the denoisers' matrix products
-    (``auto``: bf16 where the hardware has it, :func:`common.runtime.resolve_precision`; the classifiers
-    stay float32)."""
+    reverse steps of ``solver`` (:data:`common.diffusion.SOLVERS`); ``guidance_scale`` w of classifier-free
+    guidance; ``precision`` that of the denoisers' matrix products (``auto``: bf16 where the hardware has
+    it, :func:`common.runtime.resolve_precision`; the classifiers stay float32)."""
 
     method: str = "rgdm"
     particles: int = 0

@@ -1,12 +1,11 @@
 """The EGNN denoiser and the molecule prior: symmetries, masks, centring."""
 import copy
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from common.runtime import set_precision
+from common.runtime import cpu_compiler_present, set_precision
 from molctrl import egnn
 from molctrl.prior import MoleculeDiffusion, PriorConfig
 from tests.geometry import is_centered, random_orthogonal
@@ -113,8 +112,7 @@ def test_cpu_batch_slicing_changes_nothing(model, monkeypatch):
     assert torch.allclose(model.denoiser(x, t, mask), whole, atol=1e-12)
 
 
-@pytest.mark.skipif(not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")),
-                    reason="torch.compile on the CPU needs a C++ compiler")
+@pytest.mark.skipif(not cpu_compiler_present(), reason="torch.compile on the CPU needs a C++ compiler")
 def test_compiled_slices_compute_what_the_eager_network_does(monkeypatch):
     """One compiled graph (dynamic shapes) serves slices of every size and molecules of every size, in
     training (gradients too) and under no_grad, and computes what the eager network does."""
