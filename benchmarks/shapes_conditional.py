@@ -31,11 +31,12 @@ target, for both (``mae_composed``, ``mae_class_only``), and the class accuracy 
 units on the first ``n_train_points`` points of each cloud (a random subset: points are exchangeable),
 as in training.
 
-**Steered rows** (``--smc K:PROPOSAL[:TAU]``): sequential Monte Carlo (:func:`shapectrl.steer.steer_shapes`)
+**Steered rows** (``--smc K:PROPOSAL[:TAU[:best]]``): sequential Monte Carlo (:func:`shapectrl.steer.steer_shapes`)
 from the prior (``--prior``, default the shipped one) towards p_prior(x)·exp(r(x; y)/τ), r the reward
 classifier's log-probability of the class plus the attribute tolerance likelihoods (``--reward``, the
 PointNet; the evaluator stays the EdgeConv), K particles per cloud moved by the prior or by a --method's
-model; class rows and attribute rows as above, with the denoiser evaluations per cloud.
+model, each output drawn from its system by the final weights (or, with ``best``, the particle of highest
+reward); class rows and attribute rows as above, with the denoiser evaluations per cloud.
 
 Compute per row: the model's training steps and seconds (from its weights file) and sampling seconds.
 """
@@ -163,21 +164,23 @@ def _attribute_rows(sample, conditions, frame: Normalisation, n_measure: int, ev
 
 def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, points: int, steps: int,
              guidance_scale: float, solver: Solver, precision: str):
-    """The row name and sampler ``sample(y, mask, g)`` of ``--smc K:PROPOSAL[:TAU]`` (the prior, or a --method's
-    model, in ``precision``), towards p_pre·exp(r/TAU) (TAU 1 by default), r the reward classifier and the
-    attribute tolerances of the first --method's conditions."""
+    """The row name and sampler ``sample(y, mask, g)`` of ``--smc K:PROPOSAL[:TAU[:best]]`` (the prior, or a
+    --method's model, in ``precision``), towards p_pre·exp(r/TAU) (TAU 1 by default), r the reward classifier and
+    the attribute tolerances of the first --method's conditions; ``best`` outputs each system's best particle."""
     from shapectrl.reward import ShapeReward
     from shapectrl.steer import steer_shapes
     from shapectrl.weights import PRIOR, weight_path
 
-    k, proposal, tau = (spec.split(":") + ["prior", "1"])[:3]
+    parts = spec.split(":")
+    k, proposal, tau, flags = parts[0], (parts[1:2] or ["prior"])[0], (parts[2:3] or ["1"])[0], parts[3:]
     try:
         k, tau = int(k), float(tau)
-        if k < 1 or not tau > 0:
+        if k < 1 or not tau > 0 or flags not in ([], ["best"]):
             raise ValueError
     except ValueError:
-        raise click.BadParameter(f"{spec}: expected K:PROPOSAL[:TAU] with K ≥ 1 and TAU > 0, e.g. 16:prior or "
-                                 "16:rgdm:0.25", param_hint="--smc") from None
+        raise click.BadParameter(f"{spec}: expected K:PROPOSAL[:TAU[:best]] with K ≥ 1 and TAU > 0, e.g. 16:prior or "
+                                 "16:rgdm:0.25:best", param_hint="--smc") from None
+    pick = "best" if flags else "sample"
     if proposal != "prior" and proposal not in models:
         raise click.BadParameter(f"{spec}: the proposal is 'prior' or a --method name", param_hint="--smc")
     reference = next(iter(models.values()))[1]
@@ -189,11 +192,12 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
 
     def sample(y: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         clouds, report = steer_shapes(prior, reward, y, mask, points, k, steps, kernel, guidance_scale, tau,
-                                      generator=g, solver=solver)
+                                      generator=g, solver=solver, pick=pick)
         calls.update(network_calls_per_cloud=report.network_calls, mean_ess=round(float(report.ess.mean()), 2))
         return clouds
 
-    return f"SMC, K = {k}, {proposal} proposal" + (f", τ = {tau:g}" if tau != 1 else ""), sample, calls
+    name = f"SMC, K = {k}, {proposal} proposal" + (f", τ = {tau:g}" if tau != 1 else "")
+    return name + (", output: the best particle" if pick == "best" else ""), sample, calls
 
 
 @click.command()
@@ -204,10 +208,11 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
                    "class's test clouds (its accuracy is the share of the class among the prior's samples).")
 @click.option("--best-of-pool", "pool_path", type=click.Path(exists=True, dir_okay=False), default=None, metavar="POOL",
               help="Also score best-of-N selection from this scored pool of prior clouds (an RGDM run's pool.safetensors).")
-@click.option("--smc", "smc_specs", multiple=True, metavar="K:PROPOSAL[:TAU]",
+@click.option("--smc", "smc_specs", multiple=True, metavar="K:PROPOSAL[:TAU[:best]]",
               help="A sequential Monte Carlo row: K particles per cloud from the --prior (default: shipped), moved by "
                    "the prior or by a --method's model (its NAME), steered by --reward towards p_prior·exp(r/TAU) (TAU 1 "
-                   "by default), e.g. 16:prior, 16:rgdm-data:0.25; class and attribute rows.")
+                   "by default), e.g. 16:prior, 16:rgdm-data:0.25; 'best' outputs each system's particle of highest "
+                   "reward instead of a draw by the final weights, e.g. 16:rgdm-data:0.25:best; class and attribute rows.")
 @click.option("--reward", "reward_path", default="shapectrl/weights/shapes-classifier-pointnet.safetensors",
               show_default=True, help="The reward classifier of the --smc rows.")
 @click.option("--evaluator", default="shapectrl/weights/shapes-classifier-dgcnn.safetensors", show_default=True,

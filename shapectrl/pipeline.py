@@ -29,7 +29,7 @@ from common.runtime import (
     seed_everything,
     set_precision,
 )
-from common.smc import SteeringReport
+from common.smc import PICKS, SteeringReport
 from shapectrl.classifier import ShapeClassifier
 from shapectrl.conditions import RareTargetWarning, ShapeConditions
 from shapectrl.control import ControlledShapes, ShapeControlConfig
@@ -51,7 +51,8 @@ PROPOSALS = ("prior", "model")
 @dataclass
 class ShapeGenerationConfig:
     """How clouds are generated (the defaults of ``shapectrl generate``): the shipped model of
-    ``method``; ``particles`` > 0 steers by SMC with ``proposal`` towards p_pre·exp(r/``temperature``);
+    ``method``; ``particles`` > 0 steers by SMC with ``proposal`` towards p_pre·exp(r/``temperature``), each
+    cloud its system's draw by the final weights or its best particle (``pick``, :data:`common.smc.PICKS`);
     ``points`` per cloud (PointFlow's 2,048 by default; None: the model's training size); ``steps``
     reverse steps of ``solver`` (:data:`common.diffusion.SOLVERS`); ``guidance_scale`` w of classifier-free
     guidance; ``precision`` that of the denoisers' matrix products (``auto``: bf16 where the hardware has
@@ -61,6 +62,7 @@ class ShapeGenerationConfig:
     particles: int = 0
     proposal: str = "prior"
     temperature: float = 1.0
+    pick: str = "sample"
     points: int | None = 2048
     steps: int = 50
     solver: str = "dpm2"  # docs/sampling.md: lower 1-NNA-CD than ancestral steps at 512 and 2,048 points, same cost
@@ -72,6 +74,8 @@ class ShapeGenerationConfig:
             raise ValueError(f"unknown method {self.method!r} (expected one of {', '.join(ShapeControlConfig.methods)})")
         if self.proposal not in PROPOSALS:
             raise ValueError(f"unknown proposal {self.proposal!r} (expected one of {', '.join(PROPOSALS)})")
+        if self.pick not in PICKS:
+            raise ValueError(f"unknown pick {self.pick!r} (expected one of {', '.join(PICKS)})")
         solver_named(self.solver)
         check_precision_choice(self.precision)
         if self.particles < 0 or self.steps < 1 or (self.points is not None and self.points < 1):
@@ -154,10 +158,12 @@ class ShapeGenerator:
             proposal = controlled if config.proposal == "model" else None
             clouds, steered = steer_shapes(self.prior, self.reward, *targets, self.points, config.particles,
                                            config.steps, proposal, config.guidance_scale, config.temperature,
-                                           generator=generator, on_batch=on_batch, solver=SOLVERS[config.solver])
+                                           generator=generator, on_batch=on_batch, solver=SOLVERS[config.solver],
+                                           pick=config.pick)
             kernel = controlled.control.get("method", config.method) if proposal else "prior"
             how = f"smc, {config.particles} particles, {kernel} proposal" + (
-                f", temperature {config.temperature:g}" if config.temperature != 1 else "")
+                f", temperature {config.temperature:g}" if config.temperature != 1 else "") + (
+                ", best particle" if config.pick == "best" else "")
         else:
             clouds = controlled.sample(*targets, self.points, config.steps, generator, batch_size, on_batch=on_batch,
                                        guidance_scale=config.guidance_scale, solver=SOLVERS[config.solver])

@@ -3,7 +3,8 @@ p_pre(x)·exp(r(x; y)/τ), r the shape reward (the reward classifier's log-proba
 attributes' tolerance likelihoods, :class:`shapectrl.reward.ShapeReward`), read on x̂₀ along the chain.
 
 The proposal is the prior itself, or a controlled model (RGDM, CTRL, label-as-input), optionally with
-classifier-free guidance. Each output cloud is drawn from its own system of K particles.
+classifier-free guidance. Each output cloud comes from its own system of K particles: drawn by the final
+weights, or that system's best particle (``pick``, :mod:`common.smc`).
 """
 from __future__ import annotations
 
@@ -30,11 +31,12 @@ def steer_shapes(prior: ShapeDiffusion, reward: ShapeReward, y: torch.Tensor, y_
                  n_particles: int = 16, n_sampling_steps: int | None = 50, proposal: ControlledShapes | None = None,
                  guidance_scale: float = 1.0, temperature: float = 1.0, potential_from: int = 400,
                  generator: torch.Generator | None = None, batch_particles: int = 256, on_batch=None,
-                 solver: Solver = ANCESTRAL) -> tuple[torch.Tensor, SteeringReport]:
+                 solver: Solver = ANCESTRAL, pick: str = "sample") -> tuple[torch.Tensor, SteeringReport]:
     """One cloud per target row ``y, y_mask (B, 1 + A)``, from ``n_particles`` particles each, moved by
     the prior or by ``proposal`` (at ``guidance_scale``), towards p_pre·exp(r/``temperature``); systems run
     ``batch_particles`` particles at a time, ``on_batch(k)`` after each batch of k clouds; ``solver``: the
-    steps' grid and order. ``-> (clouds (B, N, 3)`` normalised, on the CPU``, report)``."""
+    steps' grid and order; ``pick``: each system's output (:data:`common.smc.PICKS`). ``-> (clouds (B, N, 3)``
+    normalised, on the CPU``, report)``."""
     device = next(prior.parameters()).device
 
     def run(rows: slice) -> SMCResult:
@@ -47,7 +49,7 @@ def steer_shapes(prior: ShapeDiffusion, reward: ShapeReward, y: torch.Tensor, y_
         potential = reward_potential(reward, prior.diffusion, yb, mb)
         return smc_sample(prior.diffusion, prior.denoiser, potential, mask, prior.n_channels, n_particles,
                           n_sampling_steps, kernel, temperature, potential_from, generator=generator,
-                          solver=solver)
+                          solver=solver, pick=pick)
 
     results, report = smc_in_batches(run, len(y), max(1, batch_particles // n_particles), on_batch)
     return torch.cat([r.x.cpu() for r in results]), report

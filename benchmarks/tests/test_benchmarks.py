@@ -103,13 +103,14 @@ def test_bad_smc_flags_get_one_line_errors(spec):
         steered_sampler(spec, None, None, None, 2)
 
 
-@pytest.mark.parametrize("spec", ["16:prior:0", "16:prior:warm", "0:prior", "x:prior"])
+@pytest.mark.parametrize("spec", ["16:prior:0", "16:prior:warm", "0:prior", "x:prior", "16:prior:1:worst",
+                                  "16:prior:1:best:best"])
 def test_bad_shape_smc_specs_get_one_line_errors(spec):
     import click
 
     from benchmarks.shapes_conditional import _steered
 
-    with pytest.raises(click.BadParameter, match="expected K:PROPOSAL\\[:TAU\\] with K ≥ 1 and TAU > 0"):
+    with pytest.raises(click.BadParameter, match="expected K:PROPOSAL\\[:TAU\\[:best\\]\\] with K ≥ 1 and TAU > 0"):
         _steered(spec, {}, None, "reward.safetensors", 32, 2, 1.0, None, "fp32")  # read before anything is loaded
 
 

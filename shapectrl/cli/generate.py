@@ -19,6 +19,7 @@ from common.cli import (
     usage_errors,
 )
 from common.runtime import atomic_open
+from common.smc import PICKS
 from shapectrl.classifier import ShapeClassifier
 from shapectrl.conditions import RareTargetWarning
 from shapectrl.control import ShapeControlConfig
@@ -105,6 +106,10 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
               show_default=True, help="With --particles: T of exp(reward/T); below 1 sharper than the conditional "
               "(with the controlled model as proposal, T = 0.25 gave 100 %% class accuracy on class targets against 98 %% "
               "at T = 1, but 94 %% on class-and-attribute targets: docs/shapes.md).")
+@click.option("--pick", type=click.Choice(list(PICKS)), default=DEFAULTS.pick, show_default=True,
+              help="With --particles: each cloud is drawn from its system's particles by their final weights "
+                   "(sample: a sample of p_prior*exp(reward/T)), or is the particle the reward likes best (best: a "
+                   "selection, sharper and less varied).")
 @click.option("--reward", "reward_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help=f"With --particles: the reward classifier (default: the shipped {REWARD_CLASSIFIER}).")
 @click.option("--points", type=click.IntRange(1), default=DEFAULTS.points, show_default=True,
@@ -127,7 +132,7 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @click.option("--seed", type=int, default=0, show_default=True)
 @compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_path, particles, proposal, temperature,
+def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_path, particles, proposal, temperature, pick,
              reward_path, points, steps, solver, guidance_scale, precision, mesh_method, batch_size, prefix, overwrite,
              seed, device, threads,
              as_json) -> None:
@@ -145,8 +150,8 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
         raise click.UsageError(f"--mesh: {missing}")
     dev = compute_device(device, threads)
     with usage_errors():
-        config = ShapeGenerationConfig(method, particles, proposal, temperature, points, steps, solver, guidance_scale,
-                                       precision)
+        config = ShapeGenerationConfig(method, particles, proposal, temperature, pick, points, steps, solver,
+                                       guidance_scale, precision)
     generator = ShapeGenerator.load(config, model=model_path, reward=reward_path, device=str(dev))
     try:
         with warnings.catch_warnings(record=True) as rare:
@@ -196,7 +201,7 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
     } | evaluate(result, scores=scores)
     steered = result.steering
     if steered is not None:
-        summary |= {"particles": particles, "temperature": temperature, "mean_ess": round(float(steered.ess.mean()), 2),
+        summary |= {"particles": particles, "temperature": temperature, "pick": pick, "mean_ess": round(float(steered.ess.mean()), 2),
                     "network_calls_per_cloud": steered.network_calls,
                     "mean_reward": round(float(steered.reward.mean()), 4)}
     samples = [{"file": file.name, "class": c, "probability": round(float(p), 5), "attributes": v}
