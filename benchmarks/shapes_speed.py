@@ -31,7 +31,7 @@ import click
 import torch
 
 from benchmarks.record import emit
-from benchmarks.speed import metadata, time_interleaved
+from benchmarks.speed import local_timers, metadata, time_interleaved
 from common.runtime import resolve_device, set_precision
 from shapectrl.denoisers import ARCHITECTURES
 from shapectrl.prior import ShapeDiffusion, ShapePriorConfig
@@ -103,7 +103,7 @@ def slice_workloads(batch: int = 32, points: tuple[int, ...] = (512, 2048), prec
 
 def run_slices(repeats: int, min_time: float, warmup: int, command: str) -> dict:
     device = torch.device("cpu")
-    timings = time_interleaved(slice_workloads(), repeats, device, warmup=warmup, min_time=min_time)
+    timings = time_interleaved(local_timers(slice_workloads(), device), repeats, warmup=warmup, min_time=min_time)
     results = {key: {"s": round(statistics.median(t["ms"]) / 1000.0, 4), "s_all": [round(v / 1000.0, 4) for v in t["ms"]]}
                for key, t in timings.items()}
     return {"denoiser_call_b32": results, "metadata": metadata(device, repeats, command) | {"min_time_s": min_time}}
@@ -117,7 +117,7 @@ def run_benchmark(archs: tuple[str, ...], device: torch.device, repeats: int, mi
         arch_fns, info = workloads(arch, device)
         results[arch] = info
         fns.update({f"{arch}/{name}": fn for name, fn in arch_fns.items()})
-    timings = time_interleaved(fns, repeats, device, warmup=warmup, min_time=min_time)
+    timings = time_interleaved(local_timers(fns, device), repeats, warmup=warmup, min_time=min_time)
     for key, t in timings.items():
         arch, name = key.split("/")
         batch = next(b for n, b, _ in WORKLOADS if n == name)

@@ -10,8 +10,10 @@ Two configurations: ``edm`` (EDM's QM9 model: setting ``qm9`` with hydrogens, 9 
 
 With ``--edm-repo`` (a local checkout of github.com/ehoogeboom/e3_diffusion_for_molecules) EDM's own
 ``EGNN_dynamics_QM9`` is imported from that checkout at run time and timed at the ``edm``
-configuration, interleaved with ours (round robin in one process, so that background load hits both
-alike); the JSON then holds the speed-ups ours/EDM. Inputs are random but valid (fixed seed), full
+configuration, interleaved with ours (round robin, so that background load hits both alike); the JSON
+then holds the speed-ups ours/EDM. Each implementation (ours at each ``--precision``, EDM's) runs in a
+process of its own, which the benchmark drives in turn: in one process the two models slowed each
+other (:class:`IsolatedWorkloads`). Inputs are random but valid (fixed seed), full
 molecules (every mask entry true). Times are medians over ``--repeats`` measurements, each of them
 averaging enough calls to last at least ``--min-time`` seconds.
 
@@ -30,6 +32,7 @@ import ctypes
 import datetime as dt
 import hashlib
 import math
+import multiprocessing
 import os
 import shlex
 import statistics
@@ -38,6 +41,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import click
@@ -90,33 +94,95 @@ def _call_seconds(fn: Callable[[], object], n: int, device: torch.device) -> flo
     return (time.perf_counter() - start) / n
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device,
-                     warmup: int = 2, min_time: float = 0.2) -> dict[str, dict]:
-    """Time every function in round robin: ``repeats`` rounds, each timing every function once.
+def time_interleaved(timers: dict[str, Callable[[int], float]], repeats: int, warmup: int = 2,
+                     min_time: float = 0.2) -> dict[str, dict]:
+    """Time every workload in round robin: ``repeats`` rounds, each timing every workload once.
 
-    Interleaving (with the starting function rotating between rounds) makes background load fall on
-    all functions alike. Each measurement averages ``n`` calls, ``n`` chosen after the warm-up so that
-    it lasts at least ``min_time`` seconds (warm-up stops after its second call once it has taken 5 s).
-    Returns per name the per-call milliseconds of every round, the calls per measurement and the first
-    call's milliseconds (with ``torch.compile``: the compilation).
+    ``timers[name](n)`` runs a workload ``n`` times and returns the mean seconds per call (here, or in
+    the workload's own process: :class:`IsolatedWorkloads`). Interleaving (with the starting workload
+    rotating between rounds) makes background load fall on all of them alike. Each measurement averages
+    ``n`` calls, ``n`` chosen after the warm-up so that it lasts at least ``min_time`` seconds (warm-up
+    stops after its second call once it has taken 5 s). Returns per name the per-call milliseconds of
+    every round, the calls per measurement and the first call's milliseconds (with ``torch.compile``:
+    the compilation).
     """
     inner, first = {}, {}
-    for name, fn in fns.items():
+    for name, timer in timers.items():
         seconds, spent = math.inf, 0.0
         for k in range(max(warmup, 1)):  # calls of several seconds need no third warm-up call
-            seconds = _call_seconds(fn, 1, device)
+            seconds = timer(1)
             first.setdefault(name, seconds)
             spent += seconds
             if spent > 5.0 and k:
                 break
         inner[name] = max(1, math.ceil(min_time / max(seconds, 1e-9)))
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
+    samples: dict[str, list[float]] = {name: [] for name in timers}
+    names = list(timers)
     for r in range(repeats):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            samples[name].append(1000.0 * _call_seconds(fns[name], inner[name], device))
+            samples[name].append(1000.0 * timers[name](inner[name]))
     return {name: {"ms": samples[name], "calls_per_measurement": inner[name], "first_call_ms": 1000.0 * first[name]}
             for name in names}
+
+
+def local_timers(fns: dict[str, Callable[[], object]], device: torch.device) -> dict[str, Callable[[int], float]]:
+    """Timers (for :func:`time_interleaved`) of workloads run in this process."""
+    return {name: partial(_call_seconds, fn, device=device) for name, fn in fns.items()}
+
+
+class IsolatedWorkloads:
+    """One implementation's workloads built and run in a process of its own, timed from this one.
+
+    Two models in one process disturb each other: the heap one leaves behind (glibc's adaptive mmap
+    threshold, fragmentation) and, after ``torch.compile``, inductor's state change the other's speed.
+    Each worker is started with ``spawn`` (a fresh interpreter), sets its threads and allocator, builds
+    ``build() -> (workloads, n_parameters)`` and then answers ``(name, n)`` with the mean seconds of
+    ``n`` calls; the parent only waits, so the workers of one run take turns on the same cores.
+    """
+
+    def __init__(self, build: Callable[[], tuple[dict[str, Callable[[], object]], int]], device: torch.device,
+                 threads: int, no_mmap: bool):
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child, build, device, threads, no_mmap), daemon=True)
+        self._process.start()
+        child.close()
+        self.names, self.n_parameters = self._receive()
+
+    def _receive(self):
+        try:
+            answer = self._conn.recv()
+        except EOFError:
+            raise RuntimeError(f"the benchmark worker exited (status {self._process.exitcode})") from None
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def timer(self, name: str) -> Callable[[int], float]:
+        def seconds_per_call(n: int) -> float:
+            self._conn.send((name, n))
+            return self._receive()
+        return seconds_per_call
+
+    def close(self) -> None:
+        self._conn.send(None)
+        self._process.join(timeout=60)
+
+
+def _serve(conn, build, device: torch.device, threads: int, no_mmap: bool) -> None:
+    """The loop of an :class:`IsolatedWorkloads` worker."""
+    try:
+        torch.set_num_threads(threads)
+        if no_mmap:
+            glibc_no_mmap()
+        fns, n_parameters = build()
+        conn.send((list(fns), n_parameters))
+    except Exception as err:  # noqa: BLE001 (handed to the parent, which raises it)
+        conn.send(err)
+        return
+    while (request := conn.recv()) is not None:
+        name, n = request
+        conn.send(_call_seconds(fns[name], n, device))
 
 
 def _summary(ms: list[float], batch: int) -> dict[str, float]:
@@ -313,28 +379,31 @@ def implementation(precision: str) -> str:
 
 def measure(cfg: BenchConfig, device: torch.device, repeats: int, edm_repo: str | Path | None = None,
             seed: int = 0, min_time: float = 0.2, warmup: int = 2, compile_denoiser: bool = False,
-            precisions: tuple[str, ...] = ("fp32",)) -> dict:
-    """Time ours at each precision (and EDM's when ``edm_repo`` is given) at one configuration; the JSON
-    record of it, with the speed-up of each of ours over EDM."""
-    fns: dict[str, Callable[[], object]] = {}
-    params: dict[str, int] = {}
-    for precision in precisions:
-        impl = implementation(precision)
-        ours, params[impl] = ours_workloads(cfg, device, seed, compile_denoiser, precision)
-        fns.update({f"{impl}/{k}": v for k, v in ours.items()})
+            precisions: tuple[str, ...] = ("fp32",), no_mmap: bool = False) -> dict:
+    """Time ours at each precision (and EDM's when ``edm_repo`` is given) at one configuration, each in
+    its own process (:class:`IsolatedWorkloads`), interleaved; the JSON record of it, with the speed-up of
+    each of ours over EDM."""
+    builds = {implementation(p): partial(ours_workloads, cfg, device, seed, compile_denoiser, p) for p in precisions}
     if edm_repo is not None:
-        edm_fns, params["edm"] = edm_workloads(cfg, device, edm_repo, seed)
-        fns.update({f"edm/{k}": v for k, v in edm_fns.items()})
-    timings = time_interleaved(fns, repeats, device, warmup=warmup, min_time=min_time)
-    record: dict = {**asdict(cfg), "compiled": compile_denoiser}
+        builds["edm"] = partial(edm_workloads, cfg, device, str(edm_repo), seed)
+    workers = {}
+    try:
+        for impl, build in builds.items():
+            workers[impl] = IsolatedWorkloads(build, device, torch.get_num_threads(), no_mmap)
+        timers = {f"{impl}/{name}": worker.timer(name) for impl, worker in workers.items() for name in worker.names}
+        timings = time_interleaved(timers, repeats, warmup=warmup, min_time=min_time)
+    finally:
+        for worker in workers.values():
+            worker.close()
+    record: dict = {**asdict(cfg), "compiled": compile_denoiser, "processes": "one per implementation"}
     kinds = ("reverse_step", "train_step")
-    for impl, n_params in params.items():
-        record[impl] = {"n_parameters": n_params}
+    for impl, worker in workers.items():
+        record[impl] = {"n_parameters": worker.n_parameters}
         for kind in kinds:
             t = timings[f"{impl}/{kind}"]
             record[impl][kind] = {**_summary(t["ms"], cfg.batch), "calls_per_measurement": t["calls_per_measurement"],
                                   "first_call_ms": round(t["first_call_ms"], 1)}
-    if "edm" in params:
+    if "edm" in workers:
         for impl in (implementation(p) for p in precisions):
             record[f"speedup_{impl}_over_edm"] = {
                 kind: round(record["edm"][kind]["ms"] / record[impl][kind]["ms"], 3) for kind in kinds}
@@ -387,11 +456,12 @@ def metadata(device: torch.device, repeats: int, command: str) -> dict:
 def run_benchmark(configs: dict[str, BenchConfig], device: torch.device, repeats: int,
                   edm_repo: str | Path | None = None, command: str = "", min_time: float = 0.2, warmup: int = 2,
                   compile_denoiser: bool = False, edm_configs: tuple[str, ...] = EDM_CONFIGS,
-                  precisions: tuple[str, ...] = ("fp32",)) -> dict:
+                  precisions: tuple[str, ...] = ("fp32",), no_mmap: bool = False) -> dict:
     """The whole JSON record: every configuration, then metadata."""
     results = {
         name: measure(cfg, device, repeats, edm_repo if name in edm_configs else None,
-                      min_time=min_time, warmup=warmup, compile_denoiser=compile_denoiser, precisions=precisions)
+                      min_time=min_time, warmup=warmup, compile_denoiser=compile_denoiser, precisions=precisions,
+                      no_mmap=no_mmap)
         for name, cfg in configs.items()
     }
     meta = metadata(device, repeats, command)
@@ -442,7 +512,7 @@ def main(device: str, repeats: int, edm_repo: str | None, names: tuple[str, ...]
     command = shlex.join(["python", "-m", "benchmarks.speed", *sys.argv[1:]])
     configs = {k: CONFIGS[k] for k in (names or ([] if samplers or steered_specs else CONFIGS))}
     record = run_benchmark(configs, resolve_device(device), repeats, edm_repo, command, min_time,
-                           compile_denoiser=compile_, precisions=precisions or ("fp32",))
+                           compile_denoiser=compile_, precisions=precisions or ("fp32",), no_mmap=no_mmap)
     record["metadata"]["glibc_no_mmap"] = no_mmap
     if samplers:
         from molctrl.weights import load_prior

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,7 @@ def test_record_has_expected_keys_and_positive_numbers() -> None:
     _check_impl(tiny["ours"], repeats=1)
     _check_impl(tiny["ours_bf16"], repeats=1)
     assert "edm" not in tiny and "speedup_ours_over_edm" not in tiny
+    assert tiny["processes"] == "one per implementation"
     meta = record["metadata"]
     for key in ("device", "device_name", "torch", "threads", "repeats", "date", "git_commit", "command"):
         assert key in meta
@@ -47,8 +49,8 @@ def test_interleaved_timing_repeats_every_function() -> None:
     def bump(name: str):
         return lambda: calls.__setitem__(name, calls[name] + 1)
 
-    out = speed.time_interleaved({"a": bump("a"), "b": bump("b")}, repeats=3, device=torch.device("cpu"),
-                                 warmup=1, min_time=0.0)
+    timers = speed.local_timers({"a": bump("a"), "b": bump("b")}, torch.device("cpu"))
+    out = speed.time_interleaved(timers, repeats=3, warmup=1, min_time=0.0)
     assert set(out) == {"a", "b"} and all(len(v["ms"]) == 3 for v in out.values())
     assert calls == {"a": 4, "b": 4}  # one warm-up call and three measured calls each
 
@@ -106,3 +108,11 @@ def test_sampling_and_steered_sections_with_the_shipped_prior(tmp_path: Path) ->
 def test_bad_sampler_specs_get_one_line_errors(option: str, text: str) -> None:
     result = CliRunner().invoke(speed.main, [option, text])
     assert result.exit_code == 2 and text in result.output
+
+
+def test_a_worker_that_cannot_build_its_workloads_raises_why(tmp_path: Path) -> None:
+    import click
+
+    build = partial(speed.edm_workloads, TINY["tiny"], torch.device("cpu"), str(tmp_path))  # not an EDM checkout
+    with pytest.raises(click.BadParameter, match="has no egnn/models.py"):
+        speed.IsolatedWorkloads(build, torch.device("cpu"), threads=1, no_mmap=False)
