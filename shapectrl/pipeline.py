@@ -62,7 +62,7 @@ class ShapeGenerationConfig:
     particles: int = 0
     proposal: str = "prior"
     temperature: float = 1.0
-    pick: str = "sample"
+    pick: str = "best"  # docs/shapes.md: composed targets' class accuracy 96.9 % against 93.8 % for "sample"
     points: int | None = 2048
     steps: int = 50
     solver: str = "dpm2"  # docs/sampling.md: lower 1-NNA-CD than ancestral steps at 512 and 2,048 points, same cost

@@ -168,19 +168,19 @@ def test_generate_steers_particles_from_the_shipped_prior(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["particles"] == 4 and summary["network_calls_per_cloud"] == 4 * 4 and 1 <= summary["mean_ess"] <= 4
-    assert summary["method"] == "smc, 4 particles, prior proposal" and summary["guidance_scale"] is None
-    assert summary["temperature"] == 1.0 and summary["pick"] == "sample"
+    assert summary["method"] == "smc, 4 particles, prior proposal, best particle" and summary["guidance_scale"] is None
+    assert summary["temperature"] == 1.0 and summary["pick"] == "best"  # the default
     assert len(list((tmp_path / "s").glob("*.ply"))) == 2
 
 
-def test_generate_steers_towards_a_sharper_tilt_and_outputs_the_best_particle(tmp_path):
+def test_generate_steers_towards_a_sharper_tilt_and_draws_by_the_final_weights(tmp_path):
     result = CliRunner().invoke(main, ["generate", "--class", "chair", "-n", "1", "--particles", "2", "--steps", "2",
-                                       "--points", "64", "--temperature", "0.25", "--pick", "best",
+                                       "--points", "64", "--temperature", "0.25", "--pick", "sample",
                                        "--out", str(tmp_path / "s"), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
-    assert summary["method"] == "smc, 2 particles, prior proposal, temperature 0.25, best particle"
-    assert summary["temperature"] == 0.25 and summary["pick"] == "best"
+    assert summary["method"] == "smc, 2 particles, prior proposal, temperature 0.25"
+    assert summary["temperature"] == 0.25 and summary["pick"] == "sample"
     bad = CliRunner().invoke(main, ["generate", "--class", "chair", "--particles", "2", "--pick", "mode",
                                     "--out", str(tmp_path / "t")])
     assert bad.exit_code == 2 and "'--pick': 'mode' is not one of 'sample', 'best'" in bad.output

@@ -109,7 +109,8 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @click.option("--pick", type=click.Choice(list(PICKS)), default=DEFAULTS.pick, show_default=True,
               help="With --particles: each cloud is drawn from its system's particles by their final weights "
                    "(sample: a sample of p_prior*exp(reward/T)), or is the particle the reward likes best (best: a "
-                   "selection, sharper and less varied).")
+                   "selection, sharper and less varied; at T = 0.25 with the model as proposal 96.9 %% class accuracy on "
+                   "class-and-attribute targets against 93.8 %%: docs/shapes.md).")
 @click.option("--reward", "reward_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help=f"With --particles: the reward classifier (default: the shipped {REWARD_CLASSIFIER}).")
 @click.option("--points", type=click.IntRange(1), default=DEFAULTS.points, show_default=True,
