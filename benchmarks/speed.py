@@ -11,9 +11,9 @@ Two configurations: ``edm`` (EDM's QM9 model: setting ``qm9`` with hydrogens, 9 
 With ``--edm-repo`` (a local checkout of github.com/ehoogeboom/e3_diffusion_for_molecules) EDM's own
 ``EGNN_dynamics_QM9`` is imported from that checkout at run time and timed at the ``edm``
 configuration, interleaved with ours (round robin, so that background load hits both alike); the JSON
-then holds the speed-ups ours/EDM. Each implementation (ours at each ``--precision``, EDM's) runs in a
-process of its own, which the benchmark drives in turn: in one process the two models slowed each
-other (:class:`IsolatedWorkloads`). Inputs are random but valid (fixed seed), full
+then holds the speed-ups ours/EDM. Each workload (the reverse and the training step of ours at each
+``--precision`` and of EDM's) runs in a process of its own, which the benchmark drives in turn: in one
+process they sped up or slowed down one another by up to half (:class:`IsolatedWorkload`). Inputs are random but valid (fixed seed), full
 molecules (every mask entry true). Times are medians over ``--repeats`` measurements, each of them
 averaging enough calls to last at least ``--min-time`` seconds.
 
@@ -28,7 +28,6 @@ Two sections with the shipped ``qm9-noh`` prior, after the timings:
 """
 from __future__ import annotations
 
-import ctypes
 import datetime as dt
 import hashlib
 import math
@@ -50,7 +49,7 @@ import torch
 from torch import nn
 
 from benchmarks.record import device_name, emit
-from common.runtime import PRECISIONS, resolve_device, set_precision
+from common.runtime import PRECISIONS, resolve_device, reuse_freed_memory, set_precision
 from molctrl.prior import MoleculeDiffusion, PriorConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -99,7 +98,7 @@ def time_interleaved(timers: dict[str, Callable[[int], float]], repeats: int, wa
     """Time every workload in round robin: ``repeats`` rounds, each timing every workload once.
 
     ``timers[name](n)`` runs a workload ``n`` times and returns the mean seconds per call (here, or in
-    the workload's own process: :class:`IsolatedWorkloads`). Interleaving (with the starting workload
+    the workload's own process: :class:`IsolatedWorkload`). Interleaving (with the starting workload
     rotating between rounds) makes background load fall on all of them alike. Each measurement averages
     ``n`` calls, ``n`` chosen after the warm-up so that it lasts at least ``min_time`` seconds (warm-up
     stops after its second call once it has taken 5 s). Returns per name the per-call milliseconds of
@@ -130,24 +129,28 @@ def local_timers(fns: dict[str, Callable[[], object]], device: torch.device) -> 
     return {name: partial(_call_seconds, fn, device=device) for name, fn in fns.items()}
 
 
-class IsolatedWorkloads:
-    """One implementation's workloads built and run in a process of its own, timed from this one.
+class IsolatedWorkload:
+    """One workload built and run in a process of its own, timed from this one.
 
-    Two models in one process disturb each other: the heap one leaves behind (glibc's adaptive mmap
-    threshold, fragmentation) and, after ``torch.compile``, inductor's state change the other's speed.
-    Each worker is started with ``spawn`` (a fresh interpreter), sets its threads and allocator, builds
-    ``build() -> (workloads, n_parameters)`` and then answers ``(name, n)`` with the mean seconds of
-    ``n`` calls; the parent only waits, so the workers of one run take turns on the same cores.
+    Workloads in one process disturb each other through the heap they leave behind: at EDM's size our
+    reverse step ran at 1.5–1.8 s in a fresh process and at 2.5–2.7 s once training steps had run there,
+    and EDM's own step sped up or slowed down by half depending on what ran before it (glibc's adaptive
+    mmap threshold, fragmentation; after ``torch.compile``, inductor's state). A sampling job and a
+    training job are separate processes, so each workload gets one here. The worker is started with
+    ``spawn`` (a fresh interpreter), sets its threads and allocator, builds ``build() -> (workloads,
+    n_parameters)``, keeps the workload ``name`` and then answers ``n`` with the mean seconds of ``n``
+    calls; the parent only waits, so the workers of one run take turns on the same cores.
     """
 
-    def __init__(self, build: Callable[[], tuple[dict[str, Callable[[], object]], int]], device: torch.device,
-                 threads: int, no_mmap: bool):
+    def __init__(self, build: Callable[[], tuple[dict[str, Callable[[], object]], int]], name: str,
+                 device: torch.device, threads: int, no_mmap: bool):
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child, build, device, threads, no_mmap), daemon=True)
+        self._process = context.Process(target=_serve, args=(child, build, name, device, threads, no_mmap),
+                                        daemon=True)
         self._process.start()
         child.close()
-        self.names, self.n_parameters = self._receive()
+        self.n_parameters = self._receive()
 
     def _receive(self):
         try:
@@ -158,31 +161,31 @@ class IsolatedWorkloads:
             raise answer
         return answer
 
-    def timer(self, name: str) -> Callable[[int], float]:
-        def seconds_per_call(n: int) -> float:
-            self._conn.send((name, n))
-            return self._receive()
-        return seconds_per_call
+    def seconds_per_call(self, n: int) -> float:
+        """Mean seconds of ``n`` consecutive calls, run in the worker (a timer of :func:`time_interleaved`)."""
+        self._conn.send(n)
+        return self._receive()
 
     def close(self) -> None:
         self._conn.send(None)
         self._process.join(timeout=60)
 
 
-def _serve(conn, build, device: torch.device, threads: int, no_mmap: bool) -> None:
-    """The loop of an :class:`IsolatedWorkloads` worker."""
+def _serve(conn, build, name: str, device: torch.device, threads: int, no_mmap: bool) -> None:
+    """The loop of an :class:`IsolatedWorkload` worker."""
     try:
         torch.set_num_threads(threads)
         if no_mmap:
-            glibc_no_mmap()
+            reuse_freed_memory()
         fns, n_parameters = build()
-        conn.send((list(fns), n_parameters))
+        fn = fns[name]
+        del fns
+        conn.send(n_parameters)
     except Exception as err:  # noqa: BLE001 (handed to the parent, which raises it)
         conn.send(err)
         return
-    while (request := conn.recv()) is not None:
-        name, n = request
-        conn.send(_call_seconds(fns[name], n, device))
+    while (n := conn.recv()) is not None:
+        conn.send(_call_seconds(fn, n, device))
 
 
 def _summary(ms: list[float], batch: int) -> dict[str, float]:
@@ -380,30 +383,31 @@ def implementation(precision: str) -> str:
 def measure(cfg: BenchConfig, device: torch.device, repeats: int, edm_repo: str | Path | None = None,
             seed: int = 0, min_time: float = 0.2, warmup: int = 2, compile_denoiser: bool = False,
             precisions: tuple[str, ...] = ("fp32",), no_mmap: bool = False) -> dict:
-    """Time ours at each precision (and EDM's when ``edm_repo`` is given) at one configuration, each in
-    its own process (:class:`IsolatedWorkloads`), interleaved; the JSON record of it, with the speed-up of
-    each of ours over EDM."""
+    """Time ours at each precision (and EDM's when ``edm_repo`` is given) at one configuration, each
+    workload in its own process (:class:`IsolatedWorkload`), interleaved; the JSON record of it, with the
+    speed-up of each of ours over EDM."""
     builds = {implementation(p): partial(ours_workloads, cfg, device, seed, compile_denoiser, p) for p in precisions}
     if edm_repo is not None:
         builds["edm"] = partial(edm_workloads, cfg, device, str(edm_repo), seed)
-    workers = {}
+    kinds = ("reverse_step", "train_step")
+    workers: dict[str, IsolatedWorkload] = {}
     try:
         for impl, build in builds.items():
-            workers[impl] = IsolatedWorkloads(build, device, torch.get_num_threads(), no_mmap)
-        timers = {f"{impl}/{name}": worker.timer(name) for impl, worker in workers.items() for name in worker.names}
-        timings = time_interleaved(timers, repeats, warmup=warmup, min_time=min_time)
+            for kind in kinds:
+                workers[f"{impl}/{kind}"] = IsolatedWorkload(build, kind, device, torch.get_num_threads(), no_mmap)
+        timings = time_interleaved({key: worker.seconds_per_call for key, worker in workers.items()}, repeats,
+                                   warmup=warmup, min_time=min_time)
     finally:
         for worker in workers.values():
             worker.close()
-    record: dict = {**asdict(cfg), "compiled": compile_denoiser, "processes": "one per implementation"}
-    kinds = ("reverse_step", "train_step")
-    for impl, worker in workers.items():
-        record[impl] = {"n_parameters": worker.n_parameters}
+    record: dict = {**asdict(cfg), "compiled": compile_denoiser, "processes": "one per workload"}
+    for impl in builds:
+        record[impl] = {"n_parameters": workers[f"{impl}/{kinds[0]}"].n_parameters}
         for kind in kinds:
             t = timings[f"{impl}/{kind}"]
             record[impl][kind] = {**_summary(t["ms"], cfg.batch), "calls_per_measurement": t["calls_per_measurement"],
                                   "first_call_ms": round(t["first_call_ms"], 1)}
-    if "edm" in workers:
+    if "edm" in builds:
         for impl in (implementation(p) for p in precisions):
             record[f"speedup_{impl}_over_edm"] = {
                 kind: round(record["edm"][kind]["ms"] / record[impl][kind]["ms"], 3) for kind in kinds}
@@ -419,22 +423,6 @@ def _git_commit(path: Path) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return (out.stdout.strip() or None) if out.returncode == 0 else None
-
-
-def glibc_no_mmap() -> bool:
-    """Serve every later allocation from glibc's heap and never trim it (``mallopt``; glibc only).
-
-    glibc maps each block over its mmap threshold (32 MiB at most) afresh and unmaps it on free, so
-    every large intermediate tensor is page-faulted and zeroed by the kernel on first touch. This is
-    what ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1`` (no trimming) does; it changes the process, so it
-    applies to ours and EDM alike. Returns whether glibc accepted both settings.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, -1))
 
 
 def metadata(device: torch.device, repeats: int, command: str) -> dict:
@@ -507,7 +495,7 @@ def main(device: str, repeats: int, edm_repo: str | None, names: tuple[str, ...]
     steered_specs = [steered_spec(text) for text in steered]
     if threads is not None:
         torch.set_num_threads(threads)
-    if no_mmap and not glibc_no_mmap():
+    if no_mmap and not reuse_freed_memory():
         raise click.UsageError("--glibc-no-mmap needs glibc's mallopt")
     command = shlex.join(["python", "-m", "benchmarks.speed", *sys.argv[1:]])
     configs = {k: CONFIGS[k] for k in (names or ([] if samplers or steered_specs else CONFIGS))}

@@ -12,7 +12,7 @@ import torch
 
 from common.diffusion import SOLVERS
 from common.exports import class_of, errors_naming, from_tree
-from common.runtime import PRECISION_CHOICES, resolve_device
+from common.runtime import PRECISION_CHOICES, resolve_device, reuse_freed_memory
 from common.weights import (
     FORMAT,
     SUFFIX,
@@ -62,10 +62,14 @@ def precision_option(default: str = "auto"):
 
 
 def compute_device(device: str, threads: int | None) -> torch.device:
-    """Set torch's CPU threads (when given) and return the ``--device``'s torch device."""
+    """Set torch's CPU threads (when given), keep freed memory for reuse when the work runs on the CPU
+    (:func:`common.runtime.reuse_freed_memory`) and return the ``--device``'s torch device."""
     if threads:
         torch.set_num_threads(threads)
-    return device_option(device)
+    dev = device_option(device)
+    if dev.type == "cpu":
+        reuse_freed_memory()
+    return dev
 
 
 def comma_names(text: str, allowed: Sequence[str], option: str, what: str, empty: bool = False) -> tuple[str, ...]:

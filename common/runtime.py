@@ -1,6 +1,7 @@
 """Device choice, seeding, process groups and atomic file writes: the plumbing every CLI shares."""
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import re
@@ -26,6 +27,27 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA device is available")
     return device
+
+
+def reuse_freed_memory() -> bool:
+    """Serve every later allocation from glibc's heap and keep freed memory there for reuse (``mallopt``:
+    no mmap, no trimming; what ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1`` do). Returns whether glibc
+    accepted both settings (False on other C libraries, where nothing changes).
+
+    glibc maps each block over its mmap threshold afresh and unmaps it on free, so every large
+    intermediate tensor is page-faulted and zeroed by the kernel on first touch; the threshold also
+    moves with what was freed before, so the same step runs at different speeds in different processes.
+    At EDM's size one reverse step of ours took 1.6 s this way against 2.2–2.8 s by default, EDM's own
+    3.5 s against 5.7 s (``benchmarks.speed --glibc-no-mmap``, docs/molecules.md). The cost: the process
+    keeps its peak memory until it exits, so the CLIs call it (:func:`common.cli.compute_device`) and
+    the Python API leaves the choice to its caller.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, -1))
 
 
 #: Training steps from which ``torch.compile`` pays for its first call: on this CPU 20 s once with inductor's

@@ -134,6 +134,44 @@ def test_compiling_is_the_default_only_for_runs_long_enough_to_pay_and_only_with
     assert not resolve_compile(None, COMPILE_FROM_STEPS, cpu) and resolve_compile(None, COMPILE_FROM_STEPS, cuda)
 
 
+def test_reuse_freed_memory_serves_large_tensors_from_the_heap_and_keeps_them() -> None:
+    """After ``reuse_freed_memory`` a 256 MiB tensor grows the heap instead of mapping a region of its own,
+    and freeing it leaves the heap as large (run in a child: it changes the process for good)."""
+    if not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None:
+        pytest.skip("glibc only")
+    script = """
+import json, torch
+from common.runtime import reuse_freed_memory
+
+def regions():
+    sizes = {"heap": 0, "anonymous_256mib": 0}
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        start, end = (int(v, 16) for v in fields[0].split("-"))
+        if fields[-1] == "[heap]":
+            sizes["heap"] += end - start
+        elif len(fields) == 5 and end - start >= 2**28:
+            sizes["anonymous_256mib"] += 1
+    return sizes
+
+before = regions()
+mapped = torch.ones(2**26)
+by_default = regions()
+del mapped
+accepted = reuse_freed_memory()
+on_heap = torch.ones(2**26)
+after = regions()
+del on_heap
+print(json.dumps([accepted, before, by_default, after, regions()]))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    accepted, before, by_default, after, freed = json.loads(out.stdout.strip().splitlines()[-1])
+    assert accepted
+    assert by_default["anonymous_256mib"] == before["anonymous_256mib"] + 1  # glibc's default: a mapping of its own
+    assert after["anonymous_256mib"] == before["anonymous_256mib"] and after["heap"] - before["heap"] > 0.9 * 2**28
+    assert freed["heap"] == after["heap"]  # kept for the next step's tensors
+
+
 def test_a_short_training_run_is_not_compiled_by_default(tmp_path):
     run = tmp_path / "run"
     args = ["train", "prior", "--run-dir", str(run), "--steps", "1", "--hidden", "8", "--layers", "1",

@@ -35,7 +35,7 @@ def test_record_has_expected_keys_and_positive_numbers() -> None:
     _check_impl(tiny["ours"], repeats=1)
     _check_impl(tiny["ours_bf16"], repeats=1)
     assert "edm" not in tiny and "speedup_ours_over_edm" not in tiny
-    assert tiny["processes"] == "one per implementation"
+    assert tiny["processes"] == "one per workload"
     meta = record["metadata"]
     for key in ("device", "device_name", "torch", "threads", "repeats", "date", "git_commit", "command"):
         assert key in meta
@@ -115,4 +115,4 @@ def test_a_worker_that_cannot_build_its_workloads_raises_why(tmp_path: Path) -> 
 
     build = partial(speed.edm_workloads, TINY["tiny"], torch.device("cpu"), str(tmp_path))  # not an EDM checkout
     with pytest.raises(click.BadParameter, match="has no egnn/models.py"):
-        speed.IsolatedWorkloads(build, torch.device("cpu"), threads=1, no_mmap=False)
+        speed.IsolatedWorkload(build, "reverse_step", torch.device("cpu"), threads=1, no_mmap=False)
