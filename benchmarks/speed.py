@@ -13,7 +13,7 @@ With ``--edm-repo`` (a local checkout of github.com/ehoogeboom/e3_diffusion_for_
 configuration, interleaved with ours (round robin, so that background load hits both alike); the JSON
 then holds the speed-ups ours/EDM. Each workload (the reverse and the training step of ours at each
 ``--precision`` and of EDM's) runs in a process of its own, which the benchmark drives in turn: in one
-process they sped up or slowed down one another by up to half (:class:`IsolatedWorkload`). Inputs are random but valid (fixed seed), full
+process they sped up or slowed down one another by up to 60 % (:class:`IsolatedWorkload`). Inputs are random but valid (fixed seed), full
 molecules (every mask entry true). Times are medians over ``--repeats`` measurements, each of them
 averaging enough calls to last at least ``--min-time`` seconds.
 
@@ -133,9 +133,9 @@ class IsolatedWorkload:
     """One workload built and run in a process of its own, timed from this one.
 
     Workloads in one process disturb each other through the heap they leave behind: at EDM's size our
-    reverse step ran at 1.5–1.8 s in a fresh process and at 2.5–2.7 s once training steps had run there,
-    and EDM's own step sped up or slowed down by half depending on what ran before it (glibc's adaptive
-    mmap threshold, fragmentation; after ``torch.compile``, inductor's state). A sampling job and a
+    reverse step took 2.82 s in the process that also trained and 1.78 s in its own, EDM's 3.78 s after
+    ours and 6.14 s in its own (glibc's adaptive mmap threshold, fragmentation; after ``torch.compile``,
+    inductor's state; docs/molecules.md). A sampling job and a
     training job are separate processes, so each workload gets one here. The worker is started with
     ``spawn`` (a fresh interpreter), sets its threads and allocator, builds ``build() -> (workloads,
     n_parameters)``, keeps the workload ``name`` and then answers ``n`` with the mean seconds of ``n``

@@ -37,10 +37,10 @@ def reuse_freed_memory() -> bool:
     glibc maps each block over its mmap threshold afresh and unmaps it on free, so every large
     intermediate tensor is page-faulted and zeroed by the kernel on first touch; the threshold also
     moves with what was freed before, so the same step runs at different speeds in different processes.
-    At EDM's size one reverse step of ours took 1.6 s this way against 2.2–2.8 s by default, EDM's own
-    3.5 s against 5.7 s (``benchmarks.speed --glibc-no-mmap``, docs/molecules.md). The cost: the process
-    keeps its peak memory until it exits, so the CLIs call it (:func:`common.cli.compute_device`) and
-    the Python API leaves the choice to its caller.
+    Our reverse step took 46 ms this way against 69 ms by default at the shipped prior's size, and 1.64
+    against 1.78 s at EDM's; EDM's own 3.70 against 6.14 s (``benchmarks.speed --glibc-no-mmap``,
+    docs/molecules.md). The cost: the process keeps its peak memory until it exits, so the CLIs call it
+    (:func:`common.cli.compute_device`) and the Python API leaves the choice to its caller.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
