@@ -13,9 +13,9 @@ With ``--edm-repo`` (a local checkout of github.com/ehoogeboom/e3_diffusion_for_
 configuration, interleaved with ours (round robin, so that background load hits both alike); the JSON
 then holds the speed-ups ours/EDM. Each workload (the reverse and the training step of ours at each
 ``--precision`` and of EDM's) runs in a process of its own, which the benchmark drives in turn: in one
-process they sped up or slowed down one another by up to 60 % (:class:`IsolatedWorkload`). Inputs are random but valid (fixed seed), full
-molecules (every mask entry true). Times are medians over ``--repeats`` measurements, each of them
-averaging enough calls to last at least ``--min-time`` seconds.
+process they sped up or slowed down one another by up to 60 % (:class:`IsolatedWorkload`). Inputs are
+random but valid (fixed seed), full molecules (every mask entry true). Times are medians over
+``--repeats`` measurements, each of them averaging enough calls to last at least ``--min-time`` seconds.
 
 Two sections with the shipped ``qm9-noh`` prior, after the timings:
 
@@ -135,11 +135,11 @@ class IsolatedWorkload:
     Workloads in one process disturb each other through the heap they leave behind: at EDM's size our
     reverse step took 2.82 s in the process that also trained and 1.78 s in its own, EDM's 3.78 s after
     ours and 6.14 s in its own (glibc's adaptive mmap threshold, fragmentation; after ``torch.compile``,
-    inductor's state; docs/molecules.md). A sampling job and a
-    training job are separate processes, so each workload gets one here. The worker is started with
-    ``spawn`` (a fresh interpreter), sets its threads and allocator, builds ``build() -> (workloads,
-    n_parameters)``, keeps the workload ``name`` and then answers ``n`` with the mean seconds of ``n``
-    calls; the parent only waits, so the workers of one run take turns on the same cores.
+    inductor's state; docs/molecules.md). A sampling job and a training job are separate processes, so
+    each workload gets one here. The worker is started with ``spawn`` (a fresh interpreter), sets its
+    threads and allocator, builds ``build() -> (workloads, n_parameters)``, keeps the workload ``name``
+    and then answers ``n`` with the mean seconds of ``n`` calls; the parent only waits, so the workers
+    of one run take turns on the same cores.
     """
 
     def __init__(self, build: Callable[[], tuple[dict[str, Callable[[], object]], int]], name: str,
