@@ -63,7 +63,8 @@ DEFAULT_WINDOW = (0, 150)  # reconstruction guidance: benchmarks/results/qm9_con
 TARGET_TEMPERATURE, MAXIMIZE_TEMPERATURE = 0.25, 0.002
 TARGET_POTENTIAL_FROM, MAXIMIZE_POTENTIAL_FROM = 400, 100
 # which particle of each system is the output: for targets the best (docs/steered.md: a lower MAE on all six
-# properties than a draw by the weights at the same cost); for a maximised score the measured draw
+# properties than a draw by the weights at the same cost); for a maximised score the draw (on QED the best
+# particle gave the same mean, 2 points more unique and 5 points less novel molecules: docs/steered.md)
 TARGET_PICK, MAXIMIZE_PICK = "best", "sample"
 
 
