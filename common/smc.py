@@ -45,6 +45,14 @@ from common.guidance import GuidedDenoiser, reconstruction_likelihood
 from common.rewards import GaussianLogLikelihood, Reward, reward_where
 
 PICKS = ("sample", "best")  # each system's output: drawn by the final weights, or its highest final reward
+
+
+def check_pick(pick: str) -> None:
+    """A ValueError naming :data:`PICKS` unless ``pick`` is one of them."""
+    if pick not in PICKS:
+        raise ValueError(f"unknown pick {pick!r} (expected one of {', '.join(PICKS)})")
+
+
 FLOOR = -1e30  # the potential of a state whose reward estimate is NaN or −inf: kept finite so that weights stay defined
 
 
@@ -239,8 +247,7 @@ def smc_sample(diffusion: GaussianDiffusion, prior: Denoiser, potential: Potenti
     """
     if n_particles < 1 or temperature <= 0 or not 0 <= ess_threshold <= 1 or potential_every < 1:
         raise ValueError("SMC needs n_particles ≥ 1, temperature > 0, 0 ≤ ess_threshold ≤ 1 and potential_every ≥ 1")
-    if pick not in PICKS:
-        raise ValueError(f"unknown SMC pick {pick!r} (expected one of {', '.join(PICKS)})")
+    check_pick(pick)
     b, k, steps = len(mask), n_particles, diffusion.n_steps
     calls = 0
     lo, hi = resample_window or (-1, steps)

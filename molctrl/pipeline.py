@@ -31,7 +31,7 @@ from common.runtime import (
     seed_everything,
     set_precision,
 )
-from common.smc import PICKS, SteeringReport
+from common.smc import SteeringReport, check_pick
 from common.weights import SUFFIX, WeightsError
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
@@ -110,8 +110,8 @@ class GenerationConfig:
         check_precision_choice(self.precision)
         if self.method == "smc" and self.particles < 1:
             raise ValueError("smc needs at least one particle per molecule")
-        if self.pick is not None and self.pick not in PICKS:
-            raise ValueError(f"unknown pick {self.pick!r} (expected one of {', '.join(PICKS)})")
+        if self.pick is not None:
+            check_pick(self.pick)
         if self.potential_from is not None and self.potential_from < 1:
             raise ValueError(f"potential_from is a diffusion step ≥ 1, got {self.potential_from}")
         if self.guidance_scale != 1.0 and self.method not in ("rgdm", "ctrl"):

@@ -29,7 +29,7 @@ from common.runtime import (
     seed_everything,
     set_precision,
 )
-from common.smc import PICKS, SteeringReport
+from common.smc import SteeringReport, check_pick
 from shapectrl.classifier import ShapeClassifier
 from shapectrl.conditions import RareTargetWarning, ShapeConditions
 from shapectrl.control import ControlledShapes, ShapeControlConfig
@@ -74,8 +74,7 @@ class ShapeGenerationConfig:
             raise ValueError(f"unknown method {self.method!r} (expected one of {', '.join(ShapeControlConfig.methods)})")
         if self.proposal not in PROPOSALS:
             raise ValueError(f"unknown proposal {self.proposal!r} (expected one of {', '.join(PROPOSALS)})")
-        if self.pick not in PICKS:
-            raise ValueError(f"unknown pick {self.pick!r} (expected one of {', '.join(PICKS)})")
+        check_pick(self.pick)
         solver_named(self.solver)
         check_precision_choice(self.precision)
         if self.particles < 0 or self.steps < 1 or (self.points is not None and self.points < 1):

@@ -334,5 +334,5 @@ def test_the_best_output_is_each_system_s_highest_reward_particle():
     assert torch.isfinite(best.log_weights).all() and (best.reward >= drawn.reward).all()
     assert (best.reward > drawn.reward).any()  # a draw by the weights is not always the best particle
     torch.testing.assert_close(best.reward, reward(best.x, mask).double())
-    with pytest.raises(ValueError, match="unknown SMC pick 'argmax'"):
+    with pytest.raises(ValueError, match="unknown pick 'argmax' \\(expected one of sample, best\\)"):
         smc_sample(diffusion, denoiser, pull, mask, 5, pick="argmax")

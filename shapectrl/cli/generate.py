@@ -109,8 +109,8 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @click.option("--pick", type=click.Choice(list(PICKS)), default=DEFAULTS.pick, show_default=True,
               help="With --particles: each cloud is drawn from its system's particles by their final weights "
                    "(sample: a sample of p_prior*exp(reward/T)), or is the particle the reward likes best (best: a "
-                   "selection, sharper and less varied; at T = 0.25 with the model as proposal 96.9 %% class accuracy on "
-                   "class-and-attribute targets against 93.8 %%: docs/shapes.md).")
+                   "selection, sharper and less varied; at T = 0.25 with the model as proposal 96.9 %% class "
+                   "accuracy on class-and-attribute targets against 93.8 %%: docs/shapes.md).")
 @click.option("--reward", "reward_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help=f"With --particles: the reward classifier (default: the shipped {REWARD_CLASSIFIER}).")
 @click.option("--points", type=click.IntRange(1), default=DEFAULTS.points, show_default=True,
@@ -133,10 +133,9 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @click.option("--seed", type=int, default=0, show_default=True)
 @compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_path, particles, proposal, temperature, pick,
-             reward_path, points, steps, solver, guidance_scale, precision, mesh_method, batch_size, prefix, overwrite,
-             seed, device, threads,
-             as_json) -> None:
+def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_path, particles, proposal, temperature,
+             pick, reward_path, points, steps, solver, guidance_scale, precision, mesh_method, batch_size, prefix,
+             overwrite, seed, device, threads, as_json) -> None:
     """Generate N clouds for one target (a --class, --attr values or both) into OUT.
 
     Writes OUT/PREFIX_0000.ply, ... in model units, OUT/contact_sheet.png (each cloud captioned with
@@ -202,8 +201,8 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
     } | evaluate(result, scores=scores)
     steered = result.steering
     if steered is not None:
-        summary |= {"particles": particles, "temperature": temperature, "pick": pick, "mean_ess": round(float(steered.ess.mean()), 2),
-                    "network_calls_per_cloud": steered.network_calls,
+        summary |= {"particles": particles, "temperature": temperature, "pick": pick,
+                    "mean_ess": round(float(steered.ess.mean()), 2), "network_calls_per_cloud": steered.network_calls,
                     "mean_reward": round(float(steered.reward.mean()), 4)}
     samples = [{"file": file.name, "class": c, "probability": round(float(p), 5), "attributes": v}
                for file, c, p, v in zip(paths, scores.classes, scores.probabilities, per_cloud)]
