@@ -1,6 +1,7 @@
 """Trainer: exact resume, atomic checkpoints, epoch sampling, DDP under torchrun (gloo, 2 CPU processes)."""
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -137,8 +138,8 @@ def test_compiling_is_the_default_only_for_runs_long_enough_to_pay_and_only_with
 def test_reuse_freed_memory_serves_large_tensors_from_the_heap_and_keeps_them() -> None:
     """After ``reuse_freed_memory`` a 256 MiB tensor grows the heap instead of mapping a region of its own,
     and freeing it leaves the heap as large (run in a child: it changes the process for good)."""
-    if not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None:
-        pytest.skip("glibc only")
+    if platform.libc_ver()[0] != "glibc" or not os.path.exists("/proc/self/maps"):
+        pytest.skip("glibc on Linux only")
     script = """
 import json, torch
 from common.runtime import reuse_freed_memory
