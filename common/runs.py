@@ -69,7 +69,7 @@ def train_in_run(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: P
     trainer.fit()
     if trainer.group.is_main:
         click.echo(f"done: {run / MODEL} (EMA weights) at step {trainer.step}", err=True)
-    trainer.group.close()
+    trainer.close()
     return trainer
 
 

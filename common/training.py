@@ -245,6 +245,14 @@ class Trainer:
         self.clip.norms.extend(norms)
         return True
 
+    def close(self) -> None:
+        """End the process group after every rank has finished: DDP's reducer holds the group, so it goes
+        first (left to garbage collection after the group's end, gloo's destructor could wait for ever on
+        a peer that had exited)."""
+        self.group.barrier()
+        self.train_model = self.model
+        self.group.close()
+
     def fit(self) -> nn.Module:
         """Train until ``config.steps``; returns the EMA model."""
         cfg = self.config
