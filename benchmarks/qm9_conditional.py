@@ -41,7 +41,7 @@ import click
 import numpy as np
 import torch
 
-from benchmarks.record import emit, guided_row, machine_info
+from benchmarks.record import emit, guided_row, machine_info, smc_spec_fields
 from common.cli import solver_option
 from common.diffusion import ANCESTRAL, SOLVERS, Solver
 from common.rewards import GaussianLogLikelihood, WeightedSum, reward_where
@@ -110,9 +110,7 @@ def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, st
     from molctrl.steer import Steering, steer
     from molctrl.weights import WEIGHTS_DIR
 
-    parts = spec.split(":")
-    k, proposal, tau = (parts + ["prior", "1"][len(parts) - 1:])[:3]
-    flags = parts[3:]
+    k, proposal, tau, flags = smc_spec_fields(spec)
     every = [int(f[5:]) for f in flags if re.fullmatch(r"every[1-9]\d*", f)]
     start = [int(f[4:]) for f in flags if re.fullmatch(r"from[1-9]\d*", f)]
     if len(every) + len(start) + flags.count("plain") + flags.count("best") != len(flags):

@@ -30,6 +30,14 @@ def guided_row(name: str, guidance_scale: float) -> str:
     return name if guidance_scale == 1.0 else f"{name}, guidance {guidance_scale:g}"
 
 
+def smc_spec_fields(spec: str) -> tuple[str, str, str, list[str]]:
+    """The fields of an ``--smc K:PROPOSAL[:TAU[:FLAG...]]`` row as text: K, PROPOSAL (``prior`` when left
+    out), TAU (``1`` when left out) and the flags after them; each benchmark checks them."""
+    parts = spec.split(":")
+    k, proposal, tau = (parts + ["prior", "1"][len(parts) - 1:])[:3]
+    return k, proposal, tau, parts[3:]
+
+
 def machine_info() -> dict[str, str | int | None]:
     """What the numbers were measured on."""
     return {

@@ -48,7 +48,7 @@ import time
 import click
 import torch
 
-from benchmarks.record import emit, guided_row, machine_info
+from benchmarks.record import emit, guided_row, machine_info, smc_spec_fields
 from common.cli import precision_option, solver_option
 from common.diffusion import SOLVERS, Solver
 from common.runtime import resolve_precision, set_precision
@@ -171,8 +171,7 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
     from shapectrl.steer import steer_shapes
     from shapectrl.weights import PRIOR, weight_path
 
-    parts = spec.split(":")
-    k, proposal, tau, flags = parts[0], (parts[1:2] or ["prior"])[0], (parts[2:3] or ["1"])[0], parts[3:]
+    k, proposal, tau, flags = smc_spec_fields(spec)
     try:
         k, tau = int(k), float(tau)
         if k < 1 or not tau > 0 or flags not in ([], ["best"]):
