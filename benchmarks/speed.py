@@ -152,22 +152,31 @@ class IsolatedWorkload:
         child.close()
         self.n_parameters = self._receive()
 
+    def _exited(self) -> RuntimeError:
+        self._process.join(timeout=10)
+        return RuntimeError(f"the benchmark worker exited (status {self._process.exitcode})")
+
     def _receive(self):
         try:
             answer = self._conn.recv()
         except EOFError:
-            raise RuntimeError(f"the benchmark worker exited (status {self._process.exitcode})") from None
+            raise self._exited() from None
         if isinstance(answer, BaseException):
             raise answer
         return answer
 
     def seconds_per_call(self, n: int) -> float:
         """Mean seconds of ``n`` consecutive calls, run in the worker (a timer of :func:`time_interleaved`)."""
-        self._conn.send(n)
+        try:
+            self._conn.send(n)
+        except BrokenPipeError:
+            raise self._exited() from None
         return self._receive()
 
     def close(self) -> None:
-        self._conn.send(None)
+        """Stop the worker (one that has already exited is left as it is, so its error stays the one raised)."""
+        if self._process.is_alive():
+            self._conn.send(None)
         self._process.join(timeout=60)
 
 

@@ -116,3 +116,15 @@ def test_a_worker_that_cannot_build_its_workloads_raises_why(tmp_path: Path) -> 
     build = partial(speed.edm_workloads, TINY["tiny"], torch.device("cpu"), str(tmp_path))  # not an EDM checkout
     with pytest.raises(click.BadParameter, match="has no egnn/models.py"):
         speed.IsolatedWorkload(build, "reverse_step", torch.device("cpu"), threads=1, no_mmap=False)
+
+
+def test_a_worker_that_dies_while_timing_raises_that_not_a_broken_pipe() -> None:
+    worker = speed.IsolatedWorkload(partial(speed.ours_workloads, TINY["tiny"], torch.device("cpu")), "reverse_step",
+                                    torch.device("cpu"), threads=1, no_mmap=False)
+    worker._process.kill()
+    worker._process.join()
+    with pytest.raises(RuntimeError, match="the benchmark worker exited"):
+        try:
+            worker.seconds_per_call(1)
+        finally:
+            worker.close()
