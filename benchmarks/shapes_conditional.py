@@ -162,11 +162,12 @@ def _attribute_rows(sample, conditions, frame: Normalisation, n_measure: int, ev
     return rows
 
 
-def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, points: int, steps: int,
-             guidance_scale: float, solver: Solver, precision: str):
+def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, tolerance: float | None, points: int,
+             steps: int, guidance_scale: float, solver: Solver, precision: str):
     """The row name and sampler ``sample(y, mask, g)`` of ``--smc K:PROPOSAL[:TAU[:best]]`` (the prior, or a
     --method's model, in ``precision``), towards p_pre·exp(r/TAU) (TAU 1 by default), r the reward classifier and
-    the attribute tolerances of the first --method's conditions; ``best`` outputs each system's best particle."""
+    the attribute likelihoods of the first --method's conditions, ``tolerance`` wide (None: that model's training
+    tolerance); ``best`` outputs each system's best particle."""
     from shapectrl.reward import ShapeReward
     from shapectrl.steer import steer_shapes
     from shapectrl.weights import PRIOR, weight_path
@@ -184,8 +185,8 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
         raise click.BadParameter(f"{spec}: the proposal is 'prior' or a --method name", param_hint="--smc")
     reference = next(iter(models.values()))[1]
     prior = set_precision(ShapeDiffusion.load(weight_path(prior_path or PRIOR)).eval(), precision)
-    reward = ShapeReward(ShapeClassifier.load(weight_path(reward_path)), reference.conditions,
-                         reference.control.get("tolerance", 0.1))
+    tolerance = tolerance or reference.control.get("tolerance", 0.1)
+    reward = ShapeReward(ShapeClassifier.load(weight_path(reward_path)), reference.conditions, tolerance)
     kernel = None if proposal == "prior" else models[proposal][1]
     calls = {}
 
@@ -195,7 +196,8 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
         calls.update(network_calls_per_cloud=report.network_calls, mean_ess=round(float(report.ess.mean()), 2))
         return clouds
 
-    name = f"SMC, K = {k}, {proposal} proposal" + (f", τ = {tau:g}" if tau != 1 else "")
+    name = f"SMC, K = {k}, {proposal} proposal" + (f", τ = {tau:g}" if tau != 1 else "") + (
+        f", attribute tolerance {tolerance:g}" if tolerance != reference.control.get("tolerance", 0.1) else "")
     return name + (", output: the best particle" if pick == "best" else ""), sample, calls
 
 
@@ -214,6 +216,9 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
                    "reward instead of a draw by the final weights, e.g. 16:rgdm-data:0.25:best; class and attribute rows.")
 @click.option("--reward", "reward_path", default="shapectrl/weights/shapes-classifier-pointnet.safetensors",
               show_default=True, help="The reward classifier of the --smc rows.")
+@click.option("--tolerance", type=click.FloatRange(0, min_open=True), default=None,
+              help="Width of the --smc rows' attribute likelihoods, in training standard deviations  [default: the "
+                   "first --method's training tolerance]")
 @click.option("--evaluator", default="shapectrl/weights/shapes-classifier-dgcnn.safetensors", show_default=True,
               help="The classifier that scores the samples (not the reward classifier).")
 @click.option("--attribute", "attributes", multiple=True, default=DEFAULT_ATTRIBUTES, show_default=True,
@@ -238,7 +243,7 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(methods, prior_path, pool_path, smc_specs, reward_path, evaluator, attributes, no_attributes, no_data_row, n_samples, points, emd_points, steps, solver, guidance_scale, precision, data_dir, seed, threads, out) -> None:
+def main(methods, prior_path, pool_path, smc_specs, reward_path, tolerance, evaluator, attributes, no_attributes, no_data_row, n_samples, points, emd_points, steps, solver, guidance_scale, precision, data_dir, seed, threads, out) -> None:
     """Class accuracy, 1-NNA, COV and MMD per class, and attribute errors, of controlled shape models."""
     if threads:
         torch.set_num_threads(threads)
@@ -303,8 +308,8 @@ def main(methods, prior_path, pool_path, smc_specs, reward_path, evaluator, attr
             attribute_rows[name] = _attribute_rows(sample, model.conditions, frame, model.model.config.n_train_points,
                                                    scorer, test, attributes, n_samples, seed)
     for spec in smc_specs:
-        name, sample, calls = _steered(spec, models, prior_path, reward_path, points, steps, guidance_scale, solver,
-                                       precision)
+        name, sample, calls = _steered(spec, models, prior_path, reward_path, tolerance, points, steps,
+                                       guidance_scale, solver, precision)
         conditions = next(iter(models.values()))[1].conditions
 
         def draw(cls: str, k: int, sample=sample, conditions=conditions) -> torch.Tensor:

@@ -52,7 +52,8 @@ PROPOSALS = ("prior", "model")
 class ShapeGenerationConfig:
     """How clouds are generated (the defaults of ``shapectrl generate``): the shipped model of
     ``method``; ``particles`` > 0 steers by SMC with ``proposal`` towards p_pre·exp(r/``temperature``), each
-    cloud its system's draw by the final weights or its best particle (``pick``, :data:`common.smc.PICKS`);
+    cloud its system's draw by the final weights or its best particle (``pick``, :data:`common.smc.PICKS`), r's
+    attribute likelihoods ``tolerance`` wide (in training standard deviations; None: the model's training width);
     ``points`` per cloud (PointFlow's 2,048 by default; None: the model's training size); ``steps``
     reverse steps of ``solver`` (:data:`common.diffusion.SOLVERS`); ``guidance_scale`` w of classifier-free
     guidance; ``precision`` that of the denoisers' matrix products (``auto``: bf16 where the hardware has
@@ -63,6 +64,7 @@ class ShapeGenerationConfig:
     proposal: str = "prior"
     temperature: float = 1.0
     pick: str = "best"  # docs/shapes.md: composed targets' class accuracy 96.9 % against 93.8 % for "sample"
+    tolerance: float | None = None
     points: int | None = 2048
     steps: int = 50
     solver: str = "dpm2"  # docs/sampling.md: lower 1-NNA-CD than ancestral steps at 512 and 2,048 points, same cost
@@ -81,6 +83,8 @@ class ShapeGenerationConfig:
             raise ValueError("particles must be ≥ 0, steps and points ≥ 1")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.tolerance is not None and not self.tolerance > 0:
+            raise ValueError(f"tolerance must be positive, got {self.tolerance}")
 
 
 @dataclass
@@ -124,7 +128,8 @@ class ShapeGenerator:
         if config.particles:
             prior = set_precision(ShapeDiffusion.load(weight_path(PRIOR)).to(dev).eval(), config.precision)
             shape_reward = ShapeReward(ShapeClassifier.load(weight_path(reward or REWARD_CLASSIFIER)).to(dev),
-                                       controlled.conditions, controlled.control.get("tolerance", 0.1)).to(dev)
+                                       controlled.conditions,
+                                       config.tolerance or controlled.control.get("tolerance", 0.1)).to(dev)
         return cls(controlled, config, path, prior, shape_reward)
 
     @property
@@ -162,6 +167,7 @@ class ShapeGenerator:
             kernel = controlled.control.get("method", config.method) if proposal else "prior"
             how = f"smc, {config.particles} particles, {kernel} proposal" + (
                 f", temperature {config.temperature:g}" if config.temperature != 1 else "") + (
+                f", attribute tolerance {config.tolerance:g}" if config.tolerance and attributes else "") + (
                 ", best particle" if config.pick == "best" else "")
         else:
             clouds = controlled.sample(*targets, self.points, config.steps, generator, batch_size, on_batch=on_batch,

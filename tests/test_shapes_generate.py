@@ -21,6 +21,7 @@ from shapectrl.control import ShapeControlConfig
 from shapectrl.data.normalisation import Normalisation
 from shapectrl.io import read_ply
 from shapectrl.mesh import mesh_missing
+from shapectrl.pipeline import ShapeGenerationConfig, ShapeGenerator
 from shapectrl.prior import ShapeDiffusion, ShapePriorConfig
 from shapectrl.render import contact_sheet
 from shapectrl.weights import DEFAULT_MODELS, WEIGHTS_DIR, weight_path
@@ -170,7 +171,26 @@ def test_generate_steers_particles_from_the_shipped_prior(tmp_path):
     assert summary["particles"] == 4 and summary["network_calls_per_cloud"] == 4 * 4 and 1 <= summary["mean_ess"] <= 4
     assert summary["method"] == "smc, 4 particles, prior proposal, best particle" and summary["guidance_scale"] is None
     assert summary["temperature"] == 1.0 and summary["pick"] == "best"  # the default
+    assert summary["tolerance"] == 0.1  # the model's training width
     assert len(list((tmp_path / "s").glob("*.ply"))) == 2
+
+
+def test_generate_steers_with_a_wider_attribute_tolerance(tmp_path):
+    """``--tolerance`` widens the reward's attribute likelihoods (its spread is tolerance × the attribute's
+    training standard deviation); a non-positive one is a one-line usage error that writes nothing."""
+    config = ShapeGenerationConfig(particles=2, tolerance=0.5)
+    generator = ShapeGenerator.load(config, device="cpu")
+    assert torch.allclose(generator.reward.spread, 0.5 * generator.controlled.conditions.scale)
+    result = CliRunner().invoke(main, ["generate", "--class", "chair", "--attr", "chair_back_height=0.6", "-n", "1",
+                                       "--particles", "2", "--steps", "2", "--points", "64", "--tolerance", "0.5",
+                                       "--out", str(tmp_path / "s"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["tolerance"] == 0.5
+    assert summary["method"] == "smc, 2 particles, prior proposal, attribute tolerance 0.5, best particle"
+    bad = CliRunner().invoke(main, ["generate", "--class", "chair", "--attr", "chair_back_height=0.6", "--particles",
+                                    "2", "--tolerance", "0", "--out", str(tmp_path / "t")])
+    assert bad.exit_code == 2 and "--tolerance" in bad.output and not (tmp_path / "t").exists()
 
 
 def test_generate_steers_towards_a_sharper_tilt_and_draws_by_the_final_weights(tmp_path):

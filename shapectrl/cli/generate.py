@@ -111,6 +111,10 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
                    "(sample: a sample of p_prior*exp(reward/T)), or is the particle the reward likes best (best: a "
                    "selection, sharper and less varied; at T = 0.25 with the model as proposal 96.9 %% class "
                    "accuracy on class-and-attribute targets against 93.8 %%: docs/shapes.md).")
+@click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.tolerance,
+              help="With --particles and --attr: the width of the reward's attribute likelihoods, in the attribute's "
+                   "training standard deviations (wider: the class weighs more against the attribute)  [default: the "
+                   "model's training width]")
 @click.option("--reward", "reward_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help=f"With --particles: the reward classifier (default: the shipped {REWARD_CLASSIFIER}).")
 @click.option("--points", type=click.IntRange(1), default=DEFAULTS.points, show_default=True,
@@ -134,8 +138,8 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_path, particles, proposal, temperature,
-             pick, reward_path, points, steps, solver, guidance_scale, precision, mesh_method, batch_size, prefix,
-             overwrite, seed, device, threads, as_json) -> None:
+             pick, tolerance, reward_path, points, steps, solver, guidance_scale, precision, mesh_method, batch_size,
+             prefix, overwrite, seed, device, threads, as_json) -> None:
     """Generate N clouds for one target (a --class, --attr values or both) into OUT.
 
     Writes OUT/PREFIX_0000.ply, ... in model units, OUT/contact_sheet.png (each cloud captioned with
@@ -150,8 +154,8 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
         raise click.UsageError(f"--mesh: {missing}")
     dev = compute_device(device, threads)
     with usage_errors():
-        config = ShapeGenerationConfig(method, particles, proposal, temperature, pick, points, steps, solver,
-                                       guidance_scale, precision)
+        config = ShapeGenerationConfig(method, particles, proposal, temperature, pick, tolerance, points, steps,
+                                       solver, guidance_scale, precision)
     generator = ShapeGenerator.load(config, model=model_path, reward=reward_path, device=str(dev))
     try:
         with warnings.catch_warnings(record=True) as rare:
@@ -202,6 +206,7 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
     steered = result.steering
     if steered is not None:
         summary |= {"particles": particles, "temperature": temperature, "pick": pick,
+                    "tolerance": generator.reward.tolerance,
                     "mean_ess": round(float(steered.ess.mean()), 2), "network_calls_per_cloud": steered.network_calls,
                     "mean_reward": round(float(steered.reward.mean()), 4)}
     samples = [{"file": file.name, "class": c, "probability": round(float(p), 5), "attributes": v}
