@@ -185,7 +185,7 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
         raise click.BadParameter(f"{spec}: the proposal is 'prior' or a --method name", param_hint="--smc")
     reference = next(iter(models.values()))[1]
     prior = set_precision(ShapeDiffusion.load(weight_path(prior_path or PRIOR)).eval(), precision)
-    tolerance = tolerance or reference.control.get("tolerance", 0.1)
+    tolerance = tolerance or reference.tolerance
     reward = ShapeReward(ShapeClassifier.load(weight_path(reward_path)), reference.conditions, tolerance)
     kernel = None if proposal == "prior" else models[proposal][1]
     calls = {}
@@ -197,7 +197,7 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
         return clouds
 
     name = f"SMC, K = {k}, {proposal} proposal" + (f", τ = {tau:g}" if tau != 1 else "") + (
-        f", attribute tolerance {tolerance:g}" if tolerance != reference.control.get("tolerance", 0.1) else "")
+        f", attribute tolerance {tolerance:g}" if tolerance != reference.tolerance else "")
     return name + (", output: the best particle" if pick == "best" else ""), sample, calls
 
 

@@ -172,6 +172,11 @@ class ControlledShapes:
                                  f"{model.config.cond_dim}")
             return cls(model, conditions, typed_field(tree, "control", dict, {}))
 
+    @property
+    def tolerance(self) -> float:
+        """The attribute likelihood width the model was trained with, in training standard deviations."""
+        return self.control.get("tolerance", ShapeControlConfig.tolerance)
+
     @torch.no_grad()
     def sample(self, y: torch.Tensor, y_mask: torch.Tensor, n_points: int | None = None,
                n_sampling_steps: int | None = 50, generator: torch.Generator | None = None,

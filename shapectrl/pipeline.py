@@ -128,8 +128,7 @@ class ShapeGenerator:
         if config.particles:
             prior = set_precision(ShapeDiffusion.load(weight_path(PRIOR)).to(dev).eval(), config.precision)
             shape_reward = ShapeReward(ShapeClassifier.load(weight_path(reward or REWARD_CLASSIFIER)).to(dev),
-                                       controlled.conditions,
-                                       config.tolerance or controlled.control.get("tolerance", 0.1)).to(dev)
+                                       controlled.conditions, config.tolerance or controlled.tolerance).to(dev)
         return cls(controlled, config, path, prior, shape_reward)
 
     @property

@@ -24,7 +24,7 @@ from benchmarks.record import emit, machine_info
 from common.rollout import rollout
 from common.weights import read_tree
 from shapectrl.classifier import ShapeClassifier
-from shapectrl.control import ControlledShapes, ShapeControlConfig
+from shapectrl.control import ControlledShapes
 from shapectrl.prior import ShapeDiffusion
 from shapectrl.reward import ShapeReward
 from shapectrl.weights import PRIOR, REWARD_CLASSIFIER, weight_path
@@ -70,7 +70,7 @@ def main(model_path: str, rollouts: int, steps: int, points: int, seed: int, thr
     prior = ShapeDiffusion.load(weight_path(PRIOR)).requires_grad_(False).eval()
     conditions = trained.conditions
     reward = ShapeReward(ShapeClassifier.load(weight_path(REWARD_CLASSIFIER)), conditions,
-                         trained.control.get("tolerance", ShapeControlConfig.tolerance)).requires_grad_(False).eval()
+                         trained.tolerance).requires_grad_(False).eval()
     targets = [conditions.target(conditions.classes[i % len(conditions.classes)]) for i in range(rollouts)]
     y, y_mask = torch.stack([y for y, _ in targets]), torch.stack([mask for _, mask in targets])
     cond = conditions.encode(y, y_mask)
