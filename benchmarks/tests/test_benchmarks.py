@@ -111,7 +111,7 @@ def test_bad_shape_smc_specs_get_one_line_errors(spec):
     from benchmarks.shapes_conditional import _steered
 
     with pytest.raises(click.BadParameter, match="expected K:PROPOSAL\\[:TAU\\[:best\\]\\] with K ≥ 1 and TAU > 0"):
-        _steered(spec, {}, None, "reward.safetensors", 32, 2, 1.0, None, "fp32")  # read before anything is loaded
+        _steered(spec, {}, None, "reward.safetensors", None, 32, 2, 1.0, None, "fp32")  # read before anything is loaded
 
 
 def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
