@@ -168,7 +168,6 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
     --method's model, in ``precision``), towards p_pre·exp(r/TAU) (TAU 1 by default), r the reward classifier and
     the attribute likelihoods of the first --method's conditions, ``tolerance`` wide (None: that model's training
     tolerance); ``best`` outputs each system's best particle."""
-    from shapectrl.reward import ShapeReward
     from shapectrl.steer import steer_shapes
     from shapectrl.weights import PRIOR, weight_path
 
@@ -185,8 +184,7 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
         raise click.BadParameter(f"{spec}: the proposal is 'prior' or a --method name", param_hint="--smc")
     reference = next(iter(models.values()))[1]
     prior = set_precision(ShapeDiffusion.load(weight_path(prior_path or PRIOR)).eval(), precision)
-    tolerance = tolerance or reference.tolerance
-    reward = ShapeReward(ShapeClassifier.load(weight_path(reward_path)), reference.conditions, tolerance)
+    reward = reference.reward(ShapeClassifier.load(weight_path(reward_path)), tolerance)
     kernel = None if proposal == "prior" else models[proposal][1]
     calls = {}
 
@@ -197,7 +195,7 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
         return clouds
 
     name = f"SMC, K = {k}, {proposal} proposal" + (f", τ = {tau:g}" if tau != 1 else "") + (
-        f", attribute tolerance {tolerance:g}" if tolerance != reference.tolerance else "")
+        f", attribute tolerance {reward.tolerance:g}" if reward.tolerance != reference.tolerance else "")
     return name + (", output: the best particle" if pick == "best" else ""), sample, calls
 
 

@@ -177,6 +177,11 @@ class ControlledShapes:
         """The attribute likelihood width the model was trained with, in training standard deviations."""
         return self.control.get("tolerance", ShapeControlConfig.tolerance)
 
+    def reward(self, classifier: nn.Module, tolerance: float | None = None) -> ShapeReward:
+        """The reward on this model's targets: ``classifier``'s log-probability of the class plus attribute
+        likelihoods ``tolerance`` wide (None: the width the model was trained with)."""
+        return ShapeReward(classifier, self.conditions, tolerance or self.tolerance)
+
     @torch.no_grad()
     def sample(self, y: torch.Tensor, y_mask: torch.Tensor, n_points: int | None = None,
                n_sampling_steps: int | None = 50, generator: torch.Generator | None = None,

@@ -127,8 +127,8 @@ class ShapeGenerator:
         prior = shape_reward = None
         if config.particles:
             prior = set_precision(ShapeDiffusion.load(weight_path(PRIOR)).to(dev).eval(), config.precision)
-            shape_reward = ShapeReward(ShapeClassifier.load(weight_path(reward or REWARD_CLASSIFIER)).to(dev),
-                                       controlled.conditions, config.tolerance or controlled.tolerance).to(dev)
+            classifier = ShapeClassifier.load(weight_path(reward or REWARD_CLASSIFIER))
+            shape_reward = controlled.reward(classifier, config.tolerance).to(dev)
         return cls(controlled, config, path, prior, shape_reward)
 
     @property

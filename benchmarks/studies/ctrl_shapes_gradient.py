@@ -69,8 +69,7 @@ def main(model_path: str, rollouts: int, steps: int, points: int, seed: int, thr
     trained = ControlledShapes.load(model_path)
     prior = ShapeDiffusion.load(weight_path(PRIOR)).requires_grad_(False).eval()
     conditions = trained.conditions
-    reward = ShapeReward(ShapeClassifier.load(weight_path(REWARD_CLASSIFIER)), conditions,
-                         trained.tolerance).requires_grad_(False).eval()
+    reward = trained.reward(ShapeClassifier.load(weight_path(REWARD_CLASSIFIER))).requires_grad_(False).eval()
     targets = [conditions.target(conditions.classes[i % len(conditions.classes)]) for i in range(rollouts)]
     y, y_mask = torch.stack([y for y, _ in targets]), torch.stack([mask for _, mask in targets])
     cond = conditions.encode(y, y_mask)
