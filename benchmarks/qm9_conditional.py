@@ -308,6 +308,9 @@ def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
                    "selects among K of its own within a property): about 1/#properties of --best-of's sampling.")
 @click.option("--smc-reward", default="qm9-noh-e3nn-Db", show_default=True,
               help="The reward predictor of the --smc and --best-of rows.")
+@click.option("--judge-reward", default=None, metavar="PREDICTOR",
+              help="A second predictor that reads the finished particles (the --smc rows' final weights, the --best-of "
+                   "rows' ranking) in --smc-reward's place, which still steers SMC's path (default: --smc-reward).")
 @click.option("--judge", type=click.Choice(JUDGES), default="model", show_default=True,
               help="What the --smc rows' final weights and the --best-of rows' ranking read: the --smc-reward "
                    "predictor, the calibrated GFN2-xTB likelihood, or both (the predictor still steers SMC's path).")
@@ -328,7 +331,7 @@ def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
 @click.option("--threads", type=int, default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
 def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_path, pool_reward, smc_specs, best_of,
-         best_of_shared, smc_reward, judge, unconditional, prior_path, evaluator, references, properties, n_samples, steps, solver, seed, physics,
+         best_of_shared, smc_reward, judge_reward, judge, unconditional, prior_path, evaluator, references, properties, n_samples, steps, solver, seed, physics,
          samples_dir, threads, out) -> None:
     """Score conditioned generators by the EDM protocol and print one JSON record."""
     row = partial(_row, physics=physics, samples=samples_dir)
@@ -384,20 +387,22 @@ def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_
         if judge == "xtb" and not set(properties) <= set(PHYSICS_PROPERTIES):
             raise click.BadParameter(f"GFN2-xTB judges {', '.join(PHYSICS_PROPERTIES)} only: pass --property for "
                                      "those", param_hint="--judge")
-        final = final_judge(judge, reward, prior.decode, properties)
+        judged = None if judge_reward is None else likelihood_reward(
+            load_predictor(judge_reward).eval(), predictor.properties, prior.config.type_scale)
+        final = final_judge(judge, reward, prior.decode, properties, judged)
+        models = {"reward_model": smc_reward, "judge": judge} | ({"judge_model": judge_reward} if judge_reward else {})
         for spec in smc_specs:
             name, sample, calls = steered_sampler(spec, prior, reward, conditions, steps, final, judge, solver)
-            rows.append(row(name, sample, conditions, scorer, properties, n_samples, seed) | calls
-                        | {"reward_model": smc_reward, "judge": judge})
+            rows.append(row(name, sample, conditions, scorer, properties, n_samples, seed) | calls | models)
         for k in best_of:
             rows.append(row(f"best of {k} prior samples" + (f", by {judge}" if final else ""),
                             best_of_sampler(k, prior, final or reward, steps, solver), conditions, scorer, properties, n_samples, seed)
-                        | {"reward_model": smc_reward, "judge": judge, "network_calls_per_molecule": k * (steps + 1)})
+                        | models | {"network_calls_per_molecule": k * (steps + 1)})
         for k in best_of_shared:
             sample, pool = shared_pool_best_of(k, prior, final or reward, conditions, properties, n_samples, seed, steps,
                                                solver)
             rows.append(row(f"best of {k} prior samples (shared pool)" + (f", by {judge}" if final else ""), sample,
-                            conditions, scorer, properties, n_samples, seed) | pool | {"reward_model": smc_reward, "judge": judge})
+                            conditions, scorer, properties, n_samples, seed) | pool | models)
     record = {"setting": setting, "evaluator": evaluator, "seed": seed, "sampling_steps": steps, "solver": solver_name, "rows": rows,
               "threads": torch.get_num_threads(),
               "command": "python -m benchmarks.qm9_conditional " + " ".join(sys.argv[1:]), "machine": machine_info()}

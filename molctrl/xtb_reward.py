@@ -231,17 +231,19 @@ BOTH_JUDGED = ("gap", "homo", "lumo", "mu")  # α's xTB ranks DFT's poorly (Spea
 
 
 def final_judge(judge: str, reward: Reward, decode: Callable[[Tensor, Tensor], list[Molecule]],
-                properties: Sequence[str]) -> Reward | None:
+                properties: Sequence[str], judge_reward: Reward | None = None) -> Reward | None:
     """The final reward of ``judge`` for targets of ``properties`` (None: ``reward`` itself).
 
-    ``xtb`` judges every targeted property (all must be ones xTB gives); ``both`` adds the xTB likelihood of
-    the targets among :data:`BOTH_JUDGED` to ``reward`` — two independent measurements of the same
+    ``model`` reads the predictor: ``judge_reward`` when given (a second, more accurate predictor that
+    reads only the finished particles, while ``reward`` steers the path), else ``reward``. ``xtb``
+    judges every targeted property (all must be ones xTB gives); ``both`` adds the xTB likelihood of the
+    targets among :data:`BOTH_JUDGED` to the predictor's — two independent measurements of the same
     property, so the target p_pre·exp((r_model + r_xtb)/τ) asks both to agree."""
     if judge not in JUDGES:
         raise ValueError(f"unknown judge {judge!r} (expected one of {', '.join(JUDGES)})")
-    if judge == "model":
-        return None
     if judge == "xtb":
         return XTBLikelihood(decode, list(properties))
-    judged = [p for p in properties if p in BOTH_JUDGED]
-    return WeightedSum([(1.0, reward), (1.0, XTBLikelihood(decode, judged))]) if judged else None
+    judged = [p for p in properties if p in BOTH_JUDGED] if judge == "both" else []
+    if not judged:
+        return judge_reward
+    return WeightedSum([(1.0, judge_reward or reward), (1.0, XTBLikelihood(decode, judged))])

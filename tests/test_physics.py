@@ -187,6 +187,10 @@ def test_final_judges_compose_the_predictor_and_physics():
     assert isinstance(both, WeightedSum) and both.terms[0] is model
     assert both.terms[1].regressor.properties == ["gap", "mu"] and not both.differentiable
     assert isinstance(final_judge("xtb", model, None, ["alpha"]), XTBLikelihood)
+    judge = Reward()  # a second predictor that reads only the finished particles
+    assert final_judge("model", model, None, ["gap"], judge) is judge
+    assert final_judge("both", model, None, ["Cv"], judge) is judge
+    assert final_judge("both", model, None, ["gap"], judge).terms[0] is judge
     with pytest.raises(ValueError, match="cannot judge Cv"):
         final_judge("xtb", model, None, ["gap", "Cv"])
     with pytest.raises(ValueError, match="unknown judge 'dft'"):

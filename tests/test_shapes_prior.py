@@ -346,6 +346,32 @@ def test_train_prior_cli_trains_and_resumes(tmp_path) -> None:
     assert missing.exit_code != 0 and "nothing to resume" in missing.output
 
 
+def test_train_prior_cli_goes_on_from_a_prior(tmp_path) -> None:
+    data, runner = str(tmp_path / "data"), CliRunner()
+    first = runner.invoke(main, ["train", "prior", "--run-dir", str(tmp_path / "a"), "--data-dir", data, "--steps", "2", *TINY])
+    assert first.exit_code == 0, first.output
+    start = ShapeDiffusion.load(str(tmp_path / "a" / "model.safetensors"))
+    # --width is the init's: its network is kept; a vanishing learning rate leaves its weights in place
+    args = ["train", "prior", "--run-dir", str(tmp_path / "b"), "--data-dir", data, "--steps", "1", "--lr", "1e-12",
+            "--init", str(tmp_path / "a" / "model.safetensors"), *TINY, "--width", "8"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert record["init"].endswith("model.safetensors") and record["model"]["width"] == 16
+    went_on = ShapeDiffusion.load(str(tmp_path / "b" / "model.safetensors"))
+    for name, tensor in start.state_dict().items():
+        torch.testing.assert_close(went_on.state_dict()[name], tensor, atol=1e-6, rtol=0)
+    resumed = runner.invoke(main, ["train", "prior", "--run-dir", str(tmp_path / "b"), "--steps", "2", "--resume",
+                                   "--threads", "1"])
+    assert resumed.exit_code == 0 and "at step 1" in resumed.output, resumed.output
+    other = runner.invoke(main, [*args[:3], str(tmp_path / "c"), *args[4:], "--per-class", "3"])
+    assert other.exit_code != 0 and "trained on another data set" in other.output
+    (tmp_path / "junk.safetensors").write_text("not a model")
+    junk = runner.invoke(main, [*args[:3], str(tmp_path / "d"), *args[4:11], str(tmp_path / "junk.safetensors"), *TINY])
+    assert junk.exit_code != 0 and "junk.safetensors: not a weights file" in junk.output
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
 def test_sample_cli_writes_readable_ply_files(tmp_path) -> None:
     model = _prior("pvd")
     save_tree(model.export(), tmp_path / "model.safetensors")

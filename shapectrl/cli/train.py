@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import click
@@ -14,7 +14,7 @@ from common.cli import comma_names, compute_device, compute_options
 from common.runs import log_eval, run_record, train_config, train_in_run
 from common.runtime import seed_everything
 from common.schedules import SCHEDULES
-from common.training import TrainConfig, Trainer
+from common.training import TrainConfig, Trainer, checkpoint_in
 from common.weights import SUFFIX
 from shapectrl.classifier import (
     CLASSIFIER_ARCHITECTURES,
@@ -112,6 +112,14 @@ def _load(data: dict, split: str = "train", per_class: int | None = None,
     return shapes
 
 
+def _initial_prior(path: str) -> ShapeDiffusion:
+    """The unconditional prior in ``path`` that ``train prior --init`` goes on from."""
+    start = ShapeDiffusion.load(path)
+    if start.config.cond_dim:
+        raise click.BadParameter(f"{path}: a controlled model; --init takes an unconditional prior", param_hint="--init")
+    return start
+
+
 def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, record: dict,
          device: torch.device, resume: bool, on_checkpoint=None) -> Trainer:
     """:func:`common.runs.train_in_run` on shapes."""
@@ -142,9 +150,14 @@ def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, rec
                    "weights into RUN_DIR/previews/ as PLY (0: never).")
 @click.option("--preview-samples", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--preview-steps", type=click.IntRange(1), default=50, show_default=True, help="Reverse steps of a preview.")
+@click.option("--init", "init_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Go on from this unconditional prior's weights (e.g. shapectrl/weights/shapes-prior.safetensors) "
+                   "with a fresh optimiser: its network replaces --arch ... --schedule (--points still sets the "
+                   "training size); it must have been trained on this run's data set.")
 def prior(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, log_every, seed, device, threads, resume,
           data_dir, per_class, data_points, class_text, data_seed, arch, points, width, depth, resolution,
-          voxel_channels, inducing, diffusion_steps, schedule, preview_every, preview_samples, preview_steps) -> None:
+          voxel_channels, inducing, diffusion_steps, schedule, preview_every, preview_samples, preview_steps,
+          init_path) -> None:
     """Train the unconditional shape prior (point-cloud ε-network + Gaussian diffusion on R^{N×3}).
 
     Clouds are in the training split's global normalisation (PointFlow's protocol), which model.safetensors
@@ -154,10 +167,13 @@ def prior(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, l
     if preview_every % checkpoint_every:
         raise click.BadParameter(f"{preview_every} is not a multiple of --checkpoint-every {checkpoint_every}",
                                  param_hint="--preview-every")
+    start = _initial_prior(init_path) if init_path and not resume else None
+    network = (start.config if start else
+               ShapePriorConfig(arch=arch, width=width, depth=depth, resolution=resolution, voxel_channels=voxel_channels,
+                                n_inducing=inducing, n_steps=diffusion_steps, schedule=schedule))
     fresh = {
-        "model": asdict(ShapePriorConfig(arch=arch, width=width, depth=depth, resolution=resolution,
-                                         voxel_channels=voxel_channels, n_inducing=inducing, n_steps=diffusion_steps,
-                                         schedule=schedule, n_train_points=points)),
+        "model": asdict(replace(network, n_train_points=points)),
+        "init": init_path,
         "train": asdict(TrainConfig(steps=steps or 20_000, batch_size=batch_size, lr=lr or 2e-4, warmup_steps=warmup,
                                     ema_decay=ema_decay, checkpoint_every=checkpoint_every, log_every=log_every,
                                     seed=seed)),
@@ -169,6 +185,12 @@ def prior(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, l
     seed_everything(train_cfg.seed)
     shapes = _load(record["data"])
     model = ShapeDiffusion(ShapePriorConfig(**record["model"]), shapes.normalisation, shapes.classes)
+    if record.get("init") and not (resume and checkpoint_in(run_dir)):
+        start = start or _initial_prior(record["init"])
+        if (start.normalisation, start.classes) != (shapes.normalisation, shapes.classes):
+            raise click.ClickException(f"{record['init']}: trained on another data set than this run's (use the same "
+                                       "--classes, --per-class, --data-points and --data-seed)")
+        model.load_state_dict(start.state_dict())
     batches = ShapeBatches(shapes.normalised_points, train_cfg.batch_size, record["data"]["points"], seed=train_cfg.seed)
     preview = record["preview"]
 
