@@ -8,6 +8,7 @@ are *not* normalised one by one, so size and aspect ratio survive normalisation.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -62,3 +63,25 @@ class Normalisation:
         if len(mean) != 3:
             raise ValueError(f"normalisation mean has {len(mean)} values (expected 3)")
         return cls((mean[0], mean[1], mean[2]), float(data["std"]))
+
+
+class NormalisedClouds:
+    """A split of labelled clouds, ``points (M, N, 3)`` in model units and ``labels (M,)``, with the
+    training split's :class:`Normalisation` (the base of every data set a shape model trains on)."""
+
+    points: torch.Tensor
+    labels: torch.Tensor
+    normalisation: Normalisation
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def normalised_points(self) -> torch.Tensor:
+        """``(M, N, 3)`` points in the normalised frame (what a model is trained on)."""
+        return self.normalisation.normalise(self.points)
+
+    @staticmethod
+    def split_normalisation(split: str, points: Points, train_split: Callable[[], NormalisedClouds]) -> Normalisation:
+        """Fitted on ``points`` for the ``train`` split; for another split, that of ``train_split()``."""
+        return Normalisation.fit(points) if split == "train" else train_split().normalisation

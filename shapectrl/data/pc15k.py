@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from shapectrl.data.families import class_id
-from shapectrl.data.normalisation import Normalisation
+from shapectrl.data.normalisation import Normalisation, NormalisedClouds
 from shapectrl.io import ShapeFileError
 
 #: ShapeNet synset id of each class.
@@ -63,7 +63,7 @@ def read_cloud(path: Path, n_points: int) -> np.ndarray:
     return cloud.astype(np.float32)
 
 
-class ShapeNetPC15k:
+class ShapeNetPC15k(NormalisedClouds):
     """A split of ShapeNetCore.v2.PC15k as tensors.
 
     Attributes:
@@ -100,17 +100,5 @@ class ShapeNetPC15k:
         self.points = torch.from_numpy(np.stack(clouds))
         self.labels = torch.tensor(labels, dtype=torch.int64)
         self.model_ids = ids
-        if normalisation is None:
-            if split == "train":
-                normalisation = Normalisation.fit(self.points)
-            else:
-                normalisation = ShapeNetPC15k(root, "train", self.classes, n_points, seed, limit).normalisation
-        self.normalisation = normalisation
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def normalised_points(self) -> torch.Tensor:
-        """``(M, N, 3)`` points in the normalised frame."""
-        return self.normalisation.normalise(self.points)
+        self.normalisation = normalisation or self.split_normalisation(
+            split, self.points, lambda: ShapeNetPC15k(root, "train", self.classes, n_points, seed, limit))

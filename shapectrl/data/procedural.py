@@ -34,7 +34,7 @@ import torch
 from common.runtime import atomic_path
 from shapectrl.data.families import CLASSES, builder, class_id, sampler
 from shapectrl.data.mesh import Mesh, sample_surface
-from shapectrl.data.normalisation import Normalisation
+from shapectrl.data.normalisation import Normalisation, NormalisedClouds
 
 SPLITS = ("train", "valid", "test")
 SEEDS_PER_SPLIT = 1_000_000
@@ -124,7 +124,7 @@ def cache_name(split: str, classes: Sequence[str], per_class: int, n_points: int
     return f"procedural-v{GENERATOR_VERSION}-{split}-{'+'.join(classes)}-{per_class}x{n_points}-seed{seed}.npz"
 
 
-class ProceduralShapes:
+class ProceduralShapes(NormalisedClouds):
     """A split of the procedural data set as tensors.
 
     Attributes:
@@ -169,23 +169,9 @@ class ProceduralShapes:
         self.labels = torch.from_numpy(labels)
         self.seeds = seeds
         self.params = params
-        if normalisation is None:
-            normalisation = stored
-        if normalisation is None:
-            if split == "train":
-                normalisation = Normalisation.fit(points)
-            else:
-                size = per_class if train_per_class is None else train_per_class
-                normalisation = ProceduralShapes("train", size, n_points, self.classes, seed, cache_dir).normalisation
-        self.normalisation = normalisation
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def normalised_points(self) -> torch.Tensor:
-        """``(M, N, 3)`` points in the normalised frame (what a model is trained on)."""
-        return self.normalisation.normalise(self.points)
+        size = per_class if train_per_class is None else train_per_class
+        self.normalisation = normalisation or stored or self.split_normalisation(
+            split, points, lambda: ProceduralShapes("train", size, n_points, self.classes, seed, cache_dir))
 
     def _load_or_build(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict], Normalisation | None]:
         if self.cache_path is not None and self.cache_path.exists():
