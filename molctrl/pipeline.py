@@ -78,7 +78,8 @@ class GenerationConfig:
     or ``best``, its system's particle of highest final reward; :data:`common.smc.PICKS`; None: best for
     targets, sample to maximise) and
     ``judge`` (what the final weights read: ``model``, ``xtb`` or ``both``; None: ``both`` for Δε,
-    HOMO, LUMO and μ targets where tblite is installed) steer ``smc``; ``scale`` and ``window`` (the
+    HOMO, LUMO and μ targets where tblite is installed) and ``judge_model`` (the predictor those weights
+    read, a shipped name or a file; None: ``reward_model``, which always steers the path) steer ``smc``; ``scale`` and ``window`` (the
     diffusion steps lo < t ≤ hi guided; None: 0:150 for reconstruction guidance) shape ``guidance``
     and the guidance proposal; ``guidance_scale`` is classifier-free guidance w of ``rgdm`` / ``ctrl``;
     ``steps`` reverse steps of ``solver`` (:data:`common.diffusion.SOLVERS`); ``precision`` that of the
@@ -100,6 +101,7 @@ class GenerationConfig:
     reward_model: str = DEFAULT_REWARD_MODEL
     precision: str = "auto"  # bf16 where the hardware has it (docs/sampling.md: validity unchanged, 1.3-1.6x faster)
     pick: str | None = None
+    judge_model: str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -120,8 +122,11 @@ class GenerationConfig:
         guided = (self.proposal if self.method == "smc" else self.method) == "guidance"
         if self.window is not None and not guided:
             raise ValueError("only method guidance (or the guidance proposal) has a guidance window")
-        if self.judge is not None and self.method != "smc":
-            raise ValueError(f"judge {self.judge!r} weighs the particles of smc: use it with method smc")
+        for name in ("judge", "judge_model"):
+            if getattr(self, name) is not None and self.method != "smc":
+                raise ValueError(f"{name} {getattr(self, name)!r} weighs the particles of smc: use it with method smc")
+        if self.judge == "xtb" and self.judge_model is not None:
+            raise ValueError("judge 'xtb' reads GFN2-xTB alone: judge_model needs judge 'model' or 'both'")
 
 
 @dataclass
@@ -147,9 +152,10 @@ class MoleculeGenerator:
 
     def __init__(self, model: MoleculeDiffusion, conditions: PropertyConditions, config: GenerationConfig,
                  reward: Reward | None = None, conditioned: MoleculeDiffusion | None = None,
-                 guidance: Guidance | None = None, maximize: str | None = None):
+                 guidance: Guidance | None = None, maximize: str | None = None, judge_reward: Reward | None = None):
         self.model, self.conditions, self.config = model.eval(), conditions, config
         self.reward, self.conditioned, self.guidance, self.maximize = reward, conditioned, guidance, maximize
+        self.judge_reward = judge_reward
 
     @classmethod
     def load(cls, config: GenerationConfig | None = None, *, maximize: str | None = None, model: str | None = None,
@@ -169,7 +175,9 @@ class MoleculeGenerator:
             raise ValueError("classifier-free guidance needs property targets and a conditioned model")
         dev = resolve_device(device)
         config = replace(config, precision=resolve_precision(config.precision, dev))
-        reward = conditioned = guidance = None
+        reward = conditioned = guidance = judge_reward = None
+        if maximize and config.judge_model:
+            raise ValueError("judge_model weighs property targets: maximising reads the score itself")
         if config.method == "smc":
             main = load_prior(prior).to(dev)
             if config.proposal in ("rgdm", "ctrl"):
@@ -178,6 +186,8 @@ class MoleculeGenerator:
                 raise ValueError(f"model: the conditioned model of an rgdm or ctrl proposal, not of "
                                  f"{config.proposal!r}")
             reward = load_reward(main, config.reward_model, maximize).to(dev)
+            if config.judge_model:
+                judge_reward = load_reward(main, config.judge_model).to(dev)
         elif config.method == "guidance":
             main = load_prior(model).to(dev)
             guidance = _guidance(main, config, dev)
@@ -187,7 +197,7 @@ class MoleculeGenerator:
             if denoising is not None:
                 set_precision(denoising, config.precision)
         conditions = PropertyConditions.from_split(load_split(main.config.setting, "Db"))
-        return cls(main, conditions, config, reward, conditioned, guidance, maximize)
+        return cls(main, conditions, config, reward, conditioned, guidance, maximize, judge_reward)
 
     def sample(self, targets: dict[str, float] | None = None, n: int = 16, seed: int = 0,
                on_batch: Callable[[int], None] | None = None) -> Generated:
@@ -225,7 +235,9 @@ class MoleculeGenerator:
                f"potential from t = {steering.potential_from}, pick {steering.pick}")
         weights = "model" if final_reward is None else judge
         if final_reward is not None:
-            how += f", final weights by {'GFN2-xTB' if judge == 'xtb' else 'the predictor and GFN2-xTB'}"
+            predictor = f"the predictor {config.judge_model}" if config.judge_model else "the predictor"
+            how += ", final weights by " + {"xtb": "GFN2-xTB", "model": predictor,
+                                              "both": f"{predictor} and GFN2-xTB"}[judge]
         return self._finish(molecules, targets, how, seed, t0, report, steering, weights)
 
     def _final_reward(self, targets: dict[str, float]) -> tuple[str, Reward | None]:
@@ -240,7 +252,7 @@ class MoleculeGenerator:
             raise ValueError(f"judge {judge!r} weighs property targets: maximising reads the score itself")
         if judge != "model" and missing:
             raise ValueError(f"judge {judge!r}: {missing}")
-        return judge, final_judge(judge, self.reward, self.model.decode, list(targets))
+        return judge, final_judge(judge, self.reward, self.model.decode, list(targets), self.judge_reward)
 
     @staticmethod
     def _finish(molecules: list[Molecule], targets: dict[str, float], how: str, seed: int, t0: float,

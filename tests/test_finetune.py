@@ -208,6 +208,29 @@ def test_generate_steers_particles_and_records_each_molecule_s_reward_and_weight
     assert len(molecules) == 3 and all({"reward", "log_weight", "predicted_alpha"} <= set(m.properties) for m in molecules)
 
 
+def test_a_second_predictor_judges_the_finished_particles(weight_files, tmp_path):
+    def steered(name: str, *judge: str) -> tuple[dict, list]:
+        out = tmp_path / f"{name}.sdf"
+        result = CliRunner().invoke(main, ["generate", "--target", "alpha=60", "-n", "2", "--out", str(out), "--particles",
+                                           "3", "--prior", str(weight_files / "prior.safetensors"), "--reward-model",
+                                           str(weight_files / "predictor.safetensors"), "--reward", "model", *judge,
+                                           "--evaluator", str(weight_files / "predictor.safetensors"), "--steps", "3",
+                                           "--precision", "fp32", "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output.strip().splitlines()[-1]), read_molecules(out)
+
+    _, steered_alone = steered("alone")
+    _, steered_judged = steered("judged", "--judge-model", "qm9-noh-egnn-Db")
+    assert "final weights by the predictor qm9-noh-egnn-Db" in steered_judged[0].title
+    assert "final weights" not in steered_alone[0].title
+    # the same seed and steering reward: the final rewards are the second predictor's
+    assert [m.properties["reward"] for m in steered_alone] != [m.properties["reward"] for m in steered_judged]
+    once = CliRunner().invoke(main, ["generate", "--target", "alpha=60", "--particles", "0", "--judge-model",
+                                     "qm9-noh-egnn-Db", "--out", str(tmp_path / "once.sdf")])
+    assert once.exit_code == 2 and "judge_model 'qm9-noh-egnn-Db' weighs the particles of smc" in once.output
+    assert not (tmp_path / "once.sdf").exists()
+
+
 def test_maximizing_keeps_its_measured_defaults_a_draw_by_the_weights(weight_files, tmp_path):
     out = tmp_path / "qed.sdf"
     result = CliRunner().invoke(main, ["generate", "--maximize", "qed", "-n", "2", "--out", str(out), "--particles", "2",

@@ -63,6 +63,10 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
                    "gap, homo, lumo, mu). The predictor always steers the path (docs/physics.md). "
                    "[default: both where tblite is installed (lower MAE by the evaluator and by xTB in "
                    "docs/physics.md, at ~1.25x the time); else model]")
+@click.option("--judge-model", default=None, metavar="PREDICTOR",
+              help="With --particles and --target: a second predictor (shipped name or model.safetensors) that the "
+                   "final weights read in --reward-model's place, which still steers the path: a larger network "
+                   "costs little when it reads only the finished particles  [default: --reward-model]")
 @click.option("--verify", is_flag=True, help="Recompute the targeted properties by GFN2-xTB (tblite) on the DFT scale: "
               "SDF fields xtb_*, and the physics MAE printed beside the evaluator's.")
 @click.option("--scale", type=float, default=DEFAULTS.scale, show_default=True, help="Guidance scale of --method guidance.")
@@ -84,7 +88,7 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
 @compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def generate(targets, maximize, n_molecules, out, particles, proposal, temperature, potential_from, pick, method, model_path,
-             prior_path, reward_model, judge, verify, scale, window, guidance_scale, evaluator, steps, solver, precision, seed, png_path, device, threads,
+             prior_path, reward_model, judge, judge_model, verify, scale, window, guidance_scale, evaluator, steps, solver, precision, seed, png_path, device, threads,
              as_json) -> None:
     """Generate molecules for property targets (or a maximised score) and report validity, uniqueness,
     novelty, stability and the evaluator's MAE to the targets."""
@@ -120,7 +124,8 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
     dev = compute_device(device, threads)
     with usage_errors():
         config = GenerationConfig("smc" if particles else method, particles, proposal, temperature, potential_from, judge,
-                                  scale, steps_window, guidance_scale, steps, solver, reward_model, precision, pick)
+                                  scale, steps_window, guidance_scale, steps, solver, reward_model, precision, pick,
+                                  judge_model)
         generator = MoleculeGenerator.load(config, maximize=maximize, model=model_path, prior=prior_path,
                                            device=str(dev))
         scorer = load_predictor(evaluator).eval() if wanted else None
