@@ -17,6 +17,7 @@ WEIGHTS_DIR = Path(__file__).parent
 DEFAULT_PRIOR = WEIGHTS_DIR / f"qm9-noh-prior{SUFFIX}"
 PREDICTOR_NAMES = (*(f"qm9-noh-{arch}-{split}" for split in ("Da", "Db") for arch in ("egnn", "e3nn")),
                    "qm9-noh-e3nn-Db-dipole",  # the e3nn reward with a dipole head for μ, trained twice as long
+                   "qm9-noh-e3nn-Db-dipole-96",  # the same, 96 scalar channels: the judge of SMC's finished particles
                    "qm9-noh-egnn-Da-dipole")  # the evaluator with a dipole head (an option: the tables use egnn-Da)
 DEFAULT_EVALUATOR = "qm9-noh-egnn-Da"
 
