@@ -244,7 +244,7 @@ class MoleculeGenerator:
         """The judge of the final weights (the config's, or ``both`` for targets where tblite is installed)
         and its reward (None: the steering reward itself)."""
         from molctrl.physics import tblite_missing
-        from molctrl.xtb_reward import final_judge
+        from molctrl.xtb_reward import BOTH_JUDGED, final_judge
 
         missing = tblite_missing()
         judge = self.config.judge or ("both" if targets and not missing else "model")
@@ -252,6 +252,8 @@ class MoleculeGenerator:
             raise ValueError(f"judge {judge!r} weighs property targets: maximising reads the score itself")
         if judge != "model" and missing:
             raise ValueError(f"judge {judge!r}: {missing}")
+        if judge == "both" and not set(targets) & set(BOTH_JUDGED):
+            judge = "model"  # xTB judges none of these targets: the predictor alone weighs them
         return judge, final_judge(judge, self.reward, self.model.decode, list(targets), self.judge_reward)
 
     @staticmethod
