@@ -55,7 +55,7 @@ from molctrl.noisy_predictor import NoisyPropertyPredictor
 from molctrl.physics import PHYSICS_PROPERTIES
 from molctrl.pipeline import DEFAULT_WINDOW
 from molctrl.predictor import PROPERTIES, likelihood_reward
-from molctrl.weights import load_predictor, load_prior
+from molctrl.weights import load_predictor, load_prior, load_reward
 from molctrl.xtb_reward import JUDGES, final_judge, physics_check
 
 
@@ -387,8 +387,7 @@ def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_
         if judge == "xtb" and not set(properties) <= set(PHYSICS_PROPERTIES):
             raise click.BadParameter(f"GFN2-xTB judges {', '.join(PHYSICS_PROPERTIES)} only: pass --property for "
                                      "those", param_hint="--judge")
-        judged = None if judge_reward is None else likelihood_reward(
-            load_predictor(judge_reward).eval(), predictor.properties, prior.config.type_scale)
+        judged = None if judge_reward is None else load_reward(prior, judge_reward)
         final = final_judge(judge, reward, prior.decode, properties, judged)
         models = {"reward_model": smc_reward, "judge": judge} | ({"judge_model": judge_reward} if judge_reward else {})
         for spec in smc_specs:

@@ -233,18 +233,17 @@ class MoleculeGenerator:
             m.properties |= {"reward": round(r, 4), "log_weight": round(w, 4)}
         how = (f"smc {config.particles} particles, {config.proposal} proposal, temperature {steering.temperature:g}, "
                f"potential from t = {steering.potential_from}, pick {steering.pick}")
-        weights = "model" if final_reward is None else judge
         if final_reward is not None:
             predictor = f"the predictor {config.judge_model}" if config.judge_model else "the predictor"
             how += ", final weights by " + {"xtb": "GFN2-xTB", "model": predictor,
                                               "both": f"{predictor} and GFN2-xTB"}[judge]
-        return self._finish(molecules, targets, how, seed, t0, report, steering, weights)
+        return self._finish(molecules, targets, how, seed, t0, report, steering, judge)
 
     def _final_reward(self, targets: dict[str, float]) -> tuple[str, Reward | None]:
         """The judge of the final weights (the config's, or ``both`` for targets where tblite is installed)
         and its reward (None: the steering reward itself)."""
         from molctrl.physics import tblite_missing
-        from molctrl.xtb_reward import BOTH_JUDGED, final_judge
+        from molctrl.xtb_reward import effective_judge, final_judge
 
         missing = tblite_missing()
         judge = self.config.judge or ("both" if targets and not missing else "model")
@@ -252,9 +251,8 @@ class MoleculeGenerator:
             raise ValueError(f"judge {judge!r} weighs property targets: maximising reads the score itself")
         if judge != "model" and missing:
             raise ValueError(f"judge {judge!r}: {missing}")
-        if judge == "both" and not set(targets) & set(BOTH_JUDGED):
-            judge = "model"  # xTB judges none of these targets: the predictor alone weighs them
-        return judge, final_judge(judge, self.reward, self.model.decode, list(targets), self.judge_reward)
+        final = final_judge(judge, self.reward, self.model.decode, list(targets), self.judge_reward)
+        return effective_judge(judge, targets), final
 
     @staticmethod
     def _finish(molecules: list[Molecule], targets: dict[str, float], how: str, seed: int, t0: float,

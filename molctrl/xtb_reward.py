@@ -230,6 +230,14 @@ JUDGES = ("model", "xtb", "both")
 BOTH_JUDGED = ("gap", "homo", "lumo", "mu")  # α's xTB ranks DFT's poorly (Spearman 0.76) and costs 6 more points
 
 
+def effective_judge(judge: str, properties: Sequence[str]) -> str:
+    """``judge`` as it acts on targets of ``properties``: ``both`` with no target among :data:`BOTH_JUDGED`
+    is the predictor alone, ``model``."""
+    if judge not in JUDGES:
+        raise ValueError(f"unknown judge {judge!r} (expected one of {', '.join(JUDGES)})")
+    return "model" if judge == "both" and not set(properties) & set(BOTH_JUDGED) else judge
+
+
 def final_judge(judge: str, reward: Reward, decode: Callable[[Tensor, Tensor], list[Molecule]],
                 properties: Sequence[str], judge_reward: Reward | None = None) -> Reward | None:
     """The final reward of ``judge`` for targets of ``properties`` (None: ``reward`` itself).
@@ -239,11 +247,10 @@ def final_judge(judge: str, reward: Reward, decode: Callable[[Tensor, Tensor], l
     judges every targeted property (all must be ones xTB gives); ``both`` adds the xTB likelihood of the
     targets among :data:`BOTH_JUDGED` to the predictor's — two independent measurements of the same
     property, so the target p_pre·exp((r_model + r_xtb)/τ) asks both to agree."""
-    if judge not in JUDGES:
-        raise ValueError(f"unknown judge {judge!r} (expected one of {', '.join(JUDGES)})")
+    judge = effective_judge(judge, properties)
     if judge == "xtb":
         return XTBLikelihood(decode, list(properties))
-    judged = [p for p in properties if p in BOTH_JUDGED] if judge == "both" else []
-    if not judged:
+    if judge == "model":
         return judge_reward
+    judged = [p for p in properties if p in BOTH_JUDGED]
     return WeightedSum([(1.0, judge_reward or reward), (1.0, XTBLikelihood(decode, judged))])

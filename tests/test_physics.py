@@ -178,7 +178,7 @@ def test_generate_verifies_by_physics_and_judges_final_weights_by_xtb(tmp_path):
 
 def test_final_judges_compose_the_predictor_and_physics():
     from common.rewards import Reward, WeightedSum
-    from molctrl.xtb_reward import XTBLikelihood, final_judge
+    from molctrl.xtb_reward import XTBLikelihood, effective_judge, final_judge
 
     model = Reward()
     assert final_judge("model", model, None, ["gap"]) is None
@@ -187,6 +187,8 @@ def test_final_judges_compose_the_predictor_and_physics():
     assert isinstance(both, WeightedSum) and both.terms[0] is model
     assert both.terms[1].regressor.properties == ["gap", "mu"] and not both.differentiable
     assert isinstance(final_judge("xtb", model, None, ["alpha"]), XTBLikelihood)
+    assert [effective_judge(j, ["alpha", "Cv"]) for j in ("model", "xtb", "both")] == ["model", "xtb", "model"]
+    assert effective_judge("both", ["alpha", "mu"]) == "both"
     judge = Reward()  # a second predictor that reads only the finished particles
     assert final_judge("model", model, None, ["gap"], judge) is judge
     assert final_judge("both", model, None, ["Cv"], judge) is judge
