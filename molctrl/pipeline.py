@@ -66,6 +66,10 @@ TARGET_POTENTIAL_FROM, MAXIMIZE_POTENTIAL_FROM = 400, 100
 # properties than a draw by the weights at the same cost); for a maximised score the draw (on QED the best
 # particle gave the same mean, 2 points more unique and 5 points less novel molecules: docs/steered.md)
 TARGET_PICK, MAXIMIZE_PICK = "best", "sample"
+# the predictor whose likelihood weighs SMC's finished particles for targets that GFN2-xTB does not judge
+# (α, Cv): at the same cost, lower evaluator errors than the steering reward's (docs/steered.md, "A wider
+# judge"); where xTB judges too, it outweighed xTB, and the steering reward judges there
+WIDE_JUDGE_MODEL = "qm9-noh-e3nn-Db-dipole-96"
 
 
 @dataclass
@@ -79,7 +83,8 @@ class GenerationConfig:
     targets, sample to maximise) and
     ``judge`` (what the final weights read: ``model``, ``xtb`` or ``both``; None: ``both`` for Δε,
     HOMO, LUMO and μ targets where tblite is installed) and ``judge_model`` (the predictor those weights
-    read, a shipped name or a file; None: ``reward_model``, which always steers the path) steer ``smc``; ``scale`` and ``window`` (the
+    read, a shipped name or a file; None: :data:`WIDE_JUDGE_MODEL` when no target is one xTB judges, else
+    ``reward_model``, which always steers the path; :func:`judge_model_for`) steer ``smc``; ``scale`` and ``window`` (the
     diffusion steps lo < t ≤ hi guided; None: 0:150 for reconstruction guidance) shape ``guidance``
     and the guidance proposal; ``guidance_scale`` is classifier-free guidance w of ``rgdm`` / ``ctrl``;
     ``steps`` reverse steps of ``solver`` (:data:`common.diffusion.SOLVERS`); ``precision`` that of the
@@ -143,6 +148,19 @@ class Generated:
     steering: SteeringReport | None = None
     settings: Steering | None = None
     final_weights: str | None = None
+    judge_model: str | None = None
+
+
+def judge_model_for(config: GenerationConfig, targets: Sequence[str]) -> str | None:
+    """The predictor that weighs SMC's finished particles for ``targets``, when it is not the steering
+    reward itself (None): ``config.judge_model``, or by default :data:`WIDE_JUDGE_MODEL` for targets of
+    which none is judged by GFN2-xTB (:data:`molctrl.xtb_reward.BOTH_JUDGED`)."""
+    from molctrl.xtb_reward import BOTH_JUDGED
+
+    name = config.judge_model
+    if name is None and targets and not set(targets) & set(BOTH_JUDGED):
+        name = WIDE_JUDGE_MODEL
+    return None if name == config.reward_model else name
 
 
 class MoleculeGenerator:
@@ -152,10 +170,10 @@ class MoleculeGenerator:
 
     def __init__(self, model: MoleculeDiffusion, conditions: PropertyConditions, config: GenerationConfig,
                  reward: Reward | None = None, conditioned: MoleculeDiffusion | None = None,
-                 guidance: Guidance | None = None, maximize: str | None = None, judge_reward: Reward | None = None):
+                 guidance: Guidance | None = None, maximize: str | None = None):
         self.model, self.conditions, self.config = model.eval(), conditions, config
         self.reward, self.conditioned, self.guidance, self.maximize = reward, conditioned, guidance, maximize
-        self.judge_reward = judge_reward
+        self._judges: dict[str, Reward] = {}
 
     @classmethod
     def load(cls, config: GenerationConfig | None = None, *, maximize: str | None = None, model: str | None = None,
@@ -175,7 +193,7 @@ class MoleculeGenerator:
             raise ValueError("classifier-free guidance needs property targets and a conditioned model")
         dev = resolve_device(device)
         config = replace(config, precision=resolve_precision(config.precision, dev))
-        reward = conditioned = guidance = judge_reward = None
+        reward = conditioned = guidance = None
         if maximize and config.judge_model:
             raise ValueError("judge_model weighs property targets: maximising reads the score itself")
         if config.method == "smc":
@@ -186,8 +204,6 @@ class MoleculeGenerator:
                 raise ValueError(f"model: the conditioned model of an rgdm or ctrl proposal, not of "
                                  f"{config.proposal!r}")
             reward = load_reward(main, config.reward_model, maximize).to(dev)
-            if config.judge_model:
-                judge_reward = load_reward(main, config.judge_model).to(dev)
         elif config.method == "guidance":
             main = load_prior(model).to(dev)
             guidance = _guidance(main, config, dev)
@@ -197,7 +213,10 @@ class MoleculeGenerator:
             if denoising is not None:
                 set_precision(denoising, config.precision)
         conditions = PropertyConditions.from_split(load_split(main.config.setting, "Db"))
-        return cls(main, conditions, config, reward, conditioned, guidance, maximize, judge_reward)
+        generator = cls(main, conditions, config, reward, conditioned, guidance, maximize)
+        if config.judge_model:
+            generator._judge(config.judge_model)  # an unusable file fails here, not after sampling
+        return generator
 
     def sample(self, targets: dict[str, float] | None = None, n: int = 16, seed: int = 0,
                on_batch: Callable[[int], None] | None = None) -> Generated:
@@ -219,7 +238,7 @@ class MoleculeGenerator:
             molecules = generate(model, self.conditions, y, y_mask, config.steps, generator, self.guidance,
                                  guidance_scale=config.guidance_scale, solver=SOLVERS[config.solver])
             return self._finish(molecules, targets, f"method {config.method}", seed, t0)
-        judge, final_reward = self._final_reward(targets)
+        judge, judge_model, final_reward = self._final_reward(targets)
         default_from = MAXIMIZE_POTENTIAL_FROM if self.maximize else TARGET_POTENTIAL_FROM
         steering = Steering(config.particles, config.proposal,
                             config.temperature or (MAXIMIZE_TEMPERATURE if self.maximize else TARGET_TEMPERATURE),
@@ -234,14 +253,21 @@ class MoleculeGenerator:
         how = (f"smc {config.particles} particles, {config.proposal} proposal, temperature {steering.temperature:g}, "
                f"potential from t = {steering.potential_from}, pick {steering.pick}")
         if final_reward is not None:
-            predictor = f"the predictor {config.judge_model}" if config.judge_model else "the predictor"
+            predictor = f"the predictor {judge_model}" if judge_model else "the predictor"
             how += ", final weights by " + {"xtb": "GFN2-xTB", "model": predictor,
                                               "both": f"{predictor} and GFN2-xTB"}[judge]
-        return self._finish(molecules, targets, how, seed, t0, report, steering, judge)
+        return self._finish(molecules, targets, how, seed, t0, report, steering, judge, judge_model)
 
-    def _final_reward(self, targets: dict[str, float]) -> tuple[str, Reward | None]:
-        """The judge of the final weights (the config's, or ``both`` for targets where tblite is installed)
-        and its reward (None: the steering reward itself)."""
+    def _judge(self, name: str) -> Reward:
+        """The predictor ``name`` as a likelihood reward on the model's molecules (loaded once)."""
+        if name not in self._judges:
+            self._judges[name] = load_reward(self.model, name).to(next(self.model.parameters()).device)
+        return self._judges[name]
+
+    def _final_reward(self, targets: dict[str, float]) -> tuple[str, str | None, Reward | None]:
+        """The judge of the final weights (the config's, or ``both`` for targets where tblite is installed),
+        the predictor it reads when that is not the steering reward (:func:`judge_model_for`), and its
+        reward (None: the steering reward itself)."""
         from molctrl.physics import tblite_missing
         from molctrl.xtb_reward import effective_judge, final_judge
 
@@ -251,16 +277,18 @@ class MoleculeGenerator:
             raise ValueError(f"judge {judge!r} weighs property targets: maximising reads the score itself")
         if judge != "model" and missing:
             raise ValueError(f"judge {judge!r}: {missing}")
-        final = final_judge(judge, self.reward, self.model.decode, list(targets), self.judge_reward)
-        return effective_judge(judge, targets), final
+        name = judge_model_for(self.config, list(targets)) if judge != "xtb" else None
+        final = final_judge(judge, self.reward, self.model.decode, list(targets),
+                            None if name is None else self._judge(name))
+        return effective_judge(judge, targets), name, final
 
     @staticmethod
     def _finish(molecules: list[Molecule], targets: dict[str, float], how: str, seed: int, t0: float,
                 report: SteeringReport | None = None, settings: Steering | None = None,
-                weights: str | None = None) -> Generated:
+                weights: str | None = None, judge_model: str | None = None) -> Generated:
         for k, m in enumerate(molecules):
             m.title = f"molctrl generate {k} seed {seed} {how}"
-        return Generated(molecules, targets, how, time.perf_counter() - t0, report, settings, weights)
+        return Generated(molecules, targets, how, time.perf_counter() - t0, report, settings, weights, judge_model)
 
 
 def _conditioned(path: str | None, method: str, maximize: str | None) -> MoleculeDiffusion:

@@ -22,6 +22,7 @@ from molctrl.finetune import (
 from molctrl.io import read_molecules
 from molctrl.noisy_predictor import N_BINS, NoisyPropertyPredictor
 from molctrl.payoff import PriorPool
+from molctrl.pipeline import WIDE_JUDGE_MODEL, GenerationConfig, judge_model_for
 from molctrl.predictor import PROPERTIES, PredictorConfig, PropertyPredictor
 from molctrl.prior import MoleculeDiffusion
 from molctrl.weights import load_predictor
@@ -209,27 +210,42 @@ def test_generate_steers_particles_and_records_each_molecule_s_reward_and_weight
 
 
 def test_a_second_predictor_judges_the_finished_particles(weight_files, tmp_path):
+    reward = str(weight_files / "predictor.safetensors")
+
     def steered(name: str, *judge: str) -> tuple[dict, list]:
         out = tmp_path / f"{name}.sdf"
         result = CliRunner().invoke(main, ["generate", "--target", "alpha=60", "-n", "2", "--out", str(out), "--particles",
                                            "3", "--prior", str(weight_files / "prior.safetensors"), "--reward-model",
-                                           str(weight_files / "predictor.safetensors"), *judge,
-                                           "--evaluator", str(weight_files / "predictor.safetensors"), "--steps", "3",
+                                           reward, *judge, "--evaluator", reward, "--steps", "3",
                                            "--precision", "fp32", "--json"])
         assert result.exit_code == 0, result.output
         return json.loads(result.output.strip().splitlines()[-1]), read_molecules(out)
 
-    _, steered_alone = steered("alone")
-    _, steered_judged = steered("judged", "--judge-model", "qm9-noh-egnn-Db")
-    # α: xTB judges no target, so the default judge is the predictor alone
+    alone, steered_alone = steered("alone", "--judge-model", reward)
+    judged, steered_judged = steered("judged", "--judge-model", "qm9-noh-egnn-Db")
+    default, steered_default = steered("default")
+    # α: xTB judges no target, so the judge is the predictor alone: by default the wider one
     assert steered_judged[0].title.endswith("final weights by the predictor qm9-noh-egnn-Db")
-    assert "final weights" not in steered_alone[0].title
-    # the same seed and steering reward: the final rewards are the second predictor's
-    assert [m.properties["reward"] for m in steered_alone] != [m.properties["reward"] for m in steered_judged]
+    assert steered_default[0].title.endswith(f"final weights by the predictor {WIDE_JUDGE_MODEL}")
+    assert "final weights" not in steered_alone[0].title  # the steering reward judges itself
+    assert (alone["judge_model"], judged["judge_model"], default["judge_model"]) == (None, "qm9-noh-egnn-Db",
+                                                                                    WIDE_JUDGE_MODEL)
+    # the same seed and steering reward: the final rewards are the judge's
+    rewards = [[m.properties["reward"] for m in run] for run in (steered_alone, steered_judged, steered_default)]
+    assert rewards[0] != rewards[1] and rewards[0] != rewards[2]
     once = CliRunner().invoke(main, ["generate", "--target", "alpha=60", "--particles", "0", "--judge-model",
                                      "qm9-noh-egnn-Db", "--out", str(tmp_path / "once.sdf")])
     assert once.exit_code == 2 and "judge_model 'qm9-noh-egnn-Db' weighs the particles of smc" in once.output
     assert not (tmp_path / "once.sdf").exists()
+
+
+def test_the_default_judge_is_the_wider_predictor_only_where_xtb_judges_no_target():
+    config = GenerationConfig()
+    assert judge_model_for(config, ["alpha"]) == judge_model_for(config, ["alpha", "Cv"]) == WIDE_JUDGE_MODEL
+    assert judge_model_for(config, ["gap"]) is judge_model_for(config, ["alpha", "mu"]) is None  # the steering reward
+    assert judge_model_for(config, []) is None  # a maximised score judges itself
+    assert judge_model_for(GenerationConfig(judge_model="qm9-noh-egnn-Db"), ["gap"]) == "qm9-noh-egnn-Db"
+    assert judge_model_for(GenerationConfig(judge_model=config.reward_model), ["alpha"]) is None
 
 
 def test_maximizing_keeps_its_measured_defaults_a_draw_by_the_weights(weight_files, tmp_path):

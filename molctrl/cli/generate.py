@@ -66,7 +66,9 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
 @click.option("--judge-model", default=None, metavar="PREDICTOR",
               help="With --particles and --target: a second predictor (shipped name or model.safetensors) that the "
                    "final weights read in --reward-model's place, which still steers the path: a larger network "
-                   "costs little when it reads only the finished particles  [default: --reward-model]")
+                   "costs little when it reads only the finished particles  [default: qm9-noh-e3nn-Db-dipole-96 "
+                   "when no target is one GFN2-xTB judges (alpha, Cv: lower evaluator errors at the same cost in "
+                   "docs/steered.md); else --reward-model]")
 @click.option("--verify", is_flag=True, help="Recompute the targeted properties by GFN2-xTB (tblite) on the DFT scale: "
               "SDF fields xtb_*, and the physics MAE printed beside the evaluator's.")
 @click.option("--scale", type=float, default=DEFAULTS.scale, show_default=True, help="Guidance scale of --method guidance.")
@@ -144,7 +146,7 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
     if report is not None:
         summary |= {"particles": particles, "proposal": proposal, "temperature": result.settings.temperature,
                     "potential_from": result.settings.potential_from, "pick": result.settings.pick,
-                    "final_weights": result.final_weights,
+                    "final_weights": result.final_weights, "judge_model": result.judge_model,
                     "mean_ess": round(float(report.ess.mean()), 2), "network_calls_per_molecule": report.network_calls,
                     "systems_without_a_valid_particle": report.no_valid}
     guidance = generator.guidance

@@ -154,10 +154,13 @@ def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, rec
               help="Go on from this unconditional prior's weights (e.g. shapectrl/weights/shapes-prior.safetensors) "
                    "with a fresh optimiser: its network replaces --arch ... --schedule (--points still sets the "
                    "training size); it must have been trained on this run's data set.")
+@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
+              help="cosine: the learning rate falls to 0 at --steps after the warm-up (set --steps to the run's "
+                   "real length; a resume that changes --steps changes the curve).")
 def prior(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, log_every, seed, device, threads, resume,
           data_dir, per_class, data_points, class_text, data_seed, arch, points, width, depth, resolution,
           voxel_channels, inducing, diffusion_steps, schedule, preview_every, preview_samples, preview_steps,
-          init_path) -> None:
+          init_path, lr_schedule) -> None:
     """Train the unconditional shape prior (point-cloud ε-network + Gaussian diffusion on R^{N×3}).
 
     Clouds are in the training split's global normalisation (PointFlow's protocol), which model.safetensors
@@ -175,6 +178,7 @@ def prior(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, l
         "model": asdict(replace(network, n_train_points=points)),
         "init": init_path,
         "train": asdict(TrainConfig(steps=steps or 20_000, batch_size=batch_size, lr=lr or 2e-4, warmup_steps=warmup,
+                                    lr_schedule=lr_schedule,
                                     ema_decay=ema_decay, checkpoint_every=checkpoint_every, log_every=log_every,
                                     seed=seed)),
         "data": _data_record(data_dir, per_class, data_points, class_text, data_seed, points),
