@@ -353,11 +353,12 @@ def test_train_prior_cli_goes_on_from_a_prior(tmp_path) -> None:
     start = ShapeDiffusion.load(str(tmp_path / "a" / "model.safetensors"))
     # --width is the init's: its network is kept; a vanishing learning rate leaves its weights in place
     args = ["train", "prior", "--run-dir", str(tmp_path / "b"), "--data-dir", data, "--steps", "1", "--lr", "1e-12",
-            "--init", str(tmp_path / "a" / "model.safetensors"), *TINY, "--width", "8"]
+            "--init", str(tmp_path / "a" / "model.safetensors"), *TINY, "--width", "8", "--lr-schedule", "cosine"]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "b" / "run.json").read_text())
     assert record["init"].endswith("model.safetensors") and record["model"]["width"] == 16
+    assert record["train"]["lr_schedule"] == "cosine"
     went_on = ShapeDiffusion.load(str(tmp_path / "b" / "model.safetensors"))
     for name, tensor in start.state_dict().items():
         torch.testing.assert_close(went_on.state_dict()[name], tensor, atol=1e-6, rtol=0)

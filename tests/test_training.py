@@ -86,6 +86,16 @@ def test_parameter_groups_scale_the_learning_rate_and_stats_reach_the_log(tmp_pa
     assert "  a 0.002" in capsys.readouterr().err  # mean of a over steps 3 and 4 (1e-3·(2 + 3)/2 ≈ 2.5e-3)
 
 
+def test_cosine_schedule_warms_up_then_halves_at_mid_run_and_ends_at_zero(tmp_path):
+    trainer = _trainer(tmp_path, steps=100)
+    trainer.config = TrainConfig(steps=100, lr=1e-3, warmup_steps=10, lr_schedule="cosine")
+    # lr·min(1, (s + 1)/warmup)·(1 + cos(π s / steps))/2
+    assert trainer._lr(0) == pytest.approx(1e-4 * (1 + np.cos(0)) / 2)
+    assert trainer._lr(50) == pytest.approx(5e-4) and trainer._lr(100) == pytest.approx(0, abs=1e-12)
+    trainer.config = TrainConfig(steps=100, lr=1e-3)
+    assert trainer._lr(0) == trainer._lr(100) == 1e-3  # constant
+
+
 def test_train_cli_refuses_to_overwrite_and_resumes(tmp_path):
     run = tmp_path / "run"
     args = ["train", "prior", "--run-dir", str(run), "--steps", "2", "--hidden", "8", "--layers", "1",
