@@ -43,7 +43,10 @@ def train_config(record: dict, steps: int | None) -> TrainConfig:
     """The record's training settings, its length replaced by ``steps`` when given."""
     if steps is not None:
         record["train"]["steps"] = steps
-    return TrainConfig(**record["train"])
+    try:
+        return TrainConfig(**record["train"])
+    except ValueError as err:  # a resumed run.json edited by hand
+        raise click.UsageError(f"run.json 'train': {err}") from None
 
 
 def train_in_run(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, record: dict,

@@ -104,6 +104,9 @@ class AdaptiveGradClip:
         return norm
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass
 class TrainConfig:
     steps: int = 20_000
@@ -118,6 +121,10 @@ class TrainConfig:
     seed: int = 0
     compile: bool = False  # the caller torch.compiles its hot network in place (same state_dict keys)
     precision: str = "fp32"  # of the network's matrix products while training (common.runtime.set_precision)
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:  # a run.json edited by hand must not fall back to constant
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r} (expected one of {', '.join(LR_SCHEDULES)})")
 
 
 class Progress:

@@ -94,6 +94,8 @@ def test_cosine_schedule_warms_up_then_halves_at_mid_run_and_ends_at_zero(tmp_pa
     assert trainer._lr(50) == pytest.approx(5e-4) and trainer._lr(100) == pytest.approx(0, abs=1e-12)
     trainer.config = TrainConfig(steps=100, lr=1e-3)
     assert trainer._lr(0) == trainer._lr(100) == 1e-3  # constant
+    with pytest.raises(ValueError, match="unknown lr_schedule 'cosin'"):
+        TrainConfig(lr_schedule="cosin")
 
 
 def test_train_cli_refuses_to_overwrite_and_resumes(tmp_path):

@@ -14,7 +14,7 @@ from common.cli import comma_names, compute_device, compute_options
 from common.runs import log_eval, run_record, train_config, train_in_run
 from common.runtime import seed_everything
 from common.schedules import SCHEDULES
-from common.training import TrainConfig, Trainer, checkpoint_in
+from common.training import LR_SCHEDULES, TrainConfig, Trainer, checkpoint_in
 from common.weights import SUFFIX
 from shapectrl.classifier import (
     CLASSIFIER_ARCHITECTURES,
@@ -154,7 +154,7 @@ def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, rec
               help="Go on from this unconditional prior's weights (e.g. shapectrl/weights/shapes-prior.safetensors) "
                    "with a fresh optimiser: its network replaces --arch ... --schedule (--points still sets the "
                    "training size); it must have been trained on this run's data set.")
-@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="constant", show_default=True,
               help="cosine: the learning rate falls to 0 at --steps after the warm-up (set --steps to the run's "
                    "real length; a resume that changes --steps changes the curve).")
 def prior(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, log_every, seed, device, threads, resume,
