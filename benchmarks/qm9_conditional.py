@@ -56,7 +56,7 @@ from molctrl.physics import PHYSICS_PROPERTIES
 from molctrl.pipeline import DEFAULT_WINDOW
 from molctrl.predictor import PROPERTIES, likelihood_reward
 from molctrl.weights import load_predictor, load_prior, load_reward
-from molctrl.xtb_reward import JUDGES, final_judge, physics_check
+from molctrl.xtb_reward import JUDGES, effective_judge, final_judge, physics_check
 
 
 def protocol_targets(conditions: PropertyConditions, prop: str, n: int,
@@ -100,13 +100,21 @@ def _row(name: str, sample, conditions: PropertyConditions, evaluator, propertie
         "samples_per_property": n, "sampling_seconds": round(seconds, 1)}
 
 
+def judge_label(judge: str, properties, judge_reward: str | None = None) -> str:
+    """What the final weights (or a best-of ranking) read, for a row's name: the predictor (``model``, or the
+    judge predictor's name), ``xtb``, or both, as ``judge`` acts on targets of ``properties`` (``both`` is the
+    predictor alone where xTB judges no target)."""
+    predictor = judge_reward or "model"
+    return {"model": predictor, "xtb": "xtb", "both": f"{predictor} and xtb"}[effective_judge(judge, properties)]
+
+
 def steered_sampler(spec: str, prior, reward, conditions: PropertyConditions, steps: int, final_reward=None,
                     judge: str = "model", solver: Solver = ANCESTRAL):
     """The row name and sampler of ``--smc K:PROPOSAL[:TAU[:FLAG...]]``, and a box that receives the network
     calls per molecule; flag ``plain`` reads the reward on x̂₀ unwidened in the potential, ``everyM`` reads
     the potential at every M-th step, ``fromT`` switches it on at diffusion step T (default 400), ``best``
     outputs each system's particle of highest final reward (instead of a draw by the final weights);
-    ``final_reward`` (of the ``--judge`` named ``judge``) gives the final weights in the reward's place."""
+    ``final_reward`` (named ``judge``, :func:`judge_label`) gives the final weights in the reward's place."""
     from molctrl.steer import Steering, steer
     from molctrl.weights import WEIGHTS_DIR
 
@@ -389,18 +397,20 @@ def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_
                                      "those", param_hint="--judge")
         judged = None if judge_reward is None else load_reward(prior, judge_reward)
         final = final_judge(judge, reward, prior.decode, properties, judged)
-        models = {"reward_model": smc_reward, "judge": judge} | ({"judge_model": judge_reward} if judge_reward else {})
+        label = judge_label(judge, properties, judge_reward)
+        models = {"reward_model": smc_reward, "judge": effective_judge(judge, properties)} | (
+            {"judge_model": judge_reward} if judge_reward else {})
         for spec in smc_specs:
-            name, sample, calls = steered_sampler(spec, prior, reward, conditions, steps, final, judge, solver)
+            name, sample, calls = steered_sampler(spec, prior, reward, conditions, steps, final, label, solver)
             rows.append(row(name, sample, conditions, scorer, properties, n_samples, seed) | calls | models)
         for k in best_of:
-            rows.append(row(f"best of {k} prior samples" + (f", by {judge}" if final else ""),
+            rows.append(row(f"best of {k} prior samples" + (f", by {label}" if final else ""),
                             best_of_sampler(k, prior, final or reward, steps, solver), conditions, scorer, properties, n_samples, seed)
                         | models | {"network_calls_per_molecule": k * (steps + 1)})
         for k in best_of_shared:
             sample, pool = shared_pool_best_of(k, prior, final or reward, conditions, properties, n_samples, seed, steps,
                                                solver)
-            rows.append(row(f"best of {k} prior samples (shared pool)" + (f", by {judge}" if final else ""), sample,
+            rows.append(row(f"best of {k} prior samples (shared pool)" + (f", by {label}" if final else ""), sample,
                             conditions, scorer, properties, n_samples, seed) | pool | models)
     record = {"setting": setting, "evaluator": evaluator, "seed": seed, "sampling_steps": steps, "solver": solver_name, "rows": rows,
               "threads": torch.get_num_threads(),

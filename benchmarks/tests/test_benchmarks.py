@@ -93,6 +93,16 @@ def test_smc_row_specs_name_their_flags(spec, name):
     assert steered_sampler(spec, None, None, None, 2)[0] == name  # the spec is read before anything is sampled
 
 
+@pytest.mark.parametrize("judge, properties, judge_reward, label", [
+    ("both", ["gap", "mu"], None, "model and xtb"), ("both", ["alpha", "Cv"], None, "model"),
+    ("both", ["alpha", "Cv"], "wide", "wide"), ("both", ["alpha", "gap"], "wide", "wide and xtb"),
+    ("xtb", ["gap"], None, "xtb"), ("model", ["gap"], "wide", "wide")])
+def test_row_names_say_what_the_final_weights_read(judge, properties, judge_reward, label):
+    from benchmarks.qm9_conditional import judge_label
+
+    assert judge_label(judge, properties, judge_reward) == label  # xTB judges no alpha or Cv target
+
+
 @pytest.mark.parametrize("spec", ["16:prior:0.25:every0", "16:prior:0.25:often", "16:prior:0.25:from0"])
 def test_bad_smc_flags_get_one_line_errors(spec):
     import click
