@@ -32,7 +32,7 @@ from pathlib import Path
 import click
 import torch
 
-from benchmarks.record import emit, machine_info
+from benchmarks.record import command_line, emit, machine_info
 from common.training import TrainConfig
 
 
@@ -94,7 +94,7 @@ def main(run_json: str, batches: int, seed: int, threads: int | None, out: str |
     cosine = torch.nn.functional.cosine_similarity(means["pathwise"], means["score_early"], dim=0)
     emit({"run": run_json, "control": record["control"], "batch_size": train_cfg.batch_size, "seed": seed,
           "estimators": rows, "cosine_of_mean_gradients": round(float(cosine), 4), "threads": torch.get_num_threads(),
-          "machine": machine_info(), "command": "python -m benchmarks.ctrl_gradient_noise " + " ".join(sys.argv[1:])},
+          "machine": machine_info(), "command": command_line("benchmarks.ctrl_gradient_noise")},
          out, indent=1)
 
 

@@ -16,14 +16,13 @@ properties conditioned, reward ``qm9-noh-e3nn-Db``). One warm-up iteration, then
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from dataclasses import asdict
 
 import click
 import torch
 
-from benchmarks.record import device_name, emit, machine_info
+from benchmarks.record import command_line, device_name, emit, machine_info
 from common.runtime import resolve_device
 from molctrl.data.qm9 import load_split
 from molctrl.finetune import GuidanceConfig, make_objective
@@ -91,7 +90,7 @@ def main(methods, batch_size, iterations, reward_model, threads, device, out) ->
     emit({"benchmark": "finetune_speed", "device": device_name(device), "threads": torch.get_num_threads(),
           "batch_size": batch_size, "iterations": iterations, "reward_model": reward_model, "results": results,
           "machine": machine_info(),
-          "command": "python -m benchmarks.finetune_speed " + " ".join(sys.argv[1:])}, out)
+          "command": command_line("benchmarks.finetune_speed")}, out)
 
 
 if __name__ == "__main__":

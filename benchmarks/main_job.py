@@ -21,7 +21,7 @@ import click
 import torch
 from click.testing import CliRunner
 
-from benchmarks.record import emit, machine_info
+from benchmarks.record import command_line, emit, machine_info
 from molctrl.cli import main as molctrl
 from shapectrl.cli import main as shapectrl
 
@@ -58,7 +58,7 @@ def main(targets, shapes, classes, n_samples, seed, extra, threads, out) -> None
             runs.append({"command": f"{name} " + " ".join(shown),
                          "target": target} | {k: v for k, v in summary.items() if k not in ("out", "png")})
             print(f"{target}: {json.dumps(runs[-1])}", file=sys.stderr)
-    emit({"benchmark": "main_job", "command": "python -m benchmarks.main_job " + " ".join(sys.argv[1:]),
+    emit({"benchmark": "main_job", "command": command_line("benchmarks.main_job"),
           "runs": runs, "threads": torch.get_num_threads(), "machine": machine_info()}, out)
 
 

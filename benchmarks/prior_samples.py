@@ -19,7 +19,7 @@ import time
 import click
 import torch
 
-from benchmarks.record import emit, machine_info
+from benchmarks.record import command_line, emit, machine_info
 from common.diffusion import SOLVERS
 from common.runtime import PRECISIONS, seed_everything, set_precision
 from common.weights import read_tree
@@ -48,7 +48,7 @@ def main(model_path: str, n_samples: int, step_counts: tuple[int, ...], rows_: t
         "model": model_path, "setting": model.config.setting, "train_step": payload.get("step"),
         "train_seconds": payload.get("train_seconds"), "n_samples": n_samples, "seed": seed, "rows": rows,
         "threads": torch.get_num_threads(),
-        "command": "python -m benchmarks.prior_samples " + " ".join(sys.argv[1:]), "machine": machine_info(),
+        "command": command_line("benchmarks.prior_samples"), "machine": machine_info(),
     }
     emit(record, out, indent=1)
 

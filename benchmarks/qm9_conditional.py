@@ -41,7 +41,13 @@ import click
 import numpy as np
 import torch
 
-from benchmarks.record import emit, guided_row, machine_info, smc_spec_fields
+from benchmarks.record import (
+    command_line,
+    emit,
+    guided_row,
+    machine_info,
+    smc_spec_fields,
+)
 from common.cli import solver_option
 from common.diffusion import ANCESTRAL, SOLVERS, Solver
 from common.rewards import GaussianLogLikelihood, WeightedSum, reward_where
@@ -414,7 +420,7 @@ def main(setting, methods, guidance_models, scale, window, guidance_scale, pool_
                             conditions, scorer, properties, n_samples, seed) | pool | models)
     record = {"setting": setting, "evaluator": evaluator, "seed": seed, "sampling_steps": steps, "solver": solver_name, "rows": rows,
               "threads": torch.get_num_threads(),
-              "command": "python -m benchmarks.qm9_conditional " + " ".join(sys.argv[1:]), "machine": machine_info()}
+              "command": command_line("benchmarks.qm9_conditional"), "machine": machine_info()}
     emit(record, out, indent=1)
 
 

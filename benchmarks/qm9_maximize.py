@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from benchmarks.qm9_conditional import best_of_sampler, steered_sampler
-from benchmarks.record import emit, machine_info
+from benchmarks.record import command_line, emit, machine_info
 from common.cli import solver_option
 from common.diffusion import SOLVERS
 from molctrl.chemistry import ChemistryReward, chemistry_scores
@@ -86,7 +86,7 @@ def main(score, models, smc_specs, best_of, n_samples, steps, solver, seed, thre
                network_calls_per_molecule=k * (steps + 1))
     emit({"score": score, "samples": n_samples, "sampling_steps": steps, "solver": solver_name, "seed": seed, "rows": rows,
           "threads": torch.get_num_threads(), "machine": machine_info(),
-          "command": "python -m benchmarks.qm9_maximize " + " ".join(sys.argv[1:])}, out)
+          "command": command_line("benchmarks.qm9_maximize")}, out)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import click
 import numpy as np
 import torch
 
-from benchmarks.record import emit, machine_info
+from benchmarks.record import command_line, emit, machine_info
 from common.weights import read_tree
 from molctrl.data.qm9 import SETTINGS, QM9Split, load_split
 from molctrl.predictor import PROPERTIES, AtomCountPredictor
@@ -88,7 +88,7 @@ def main(setting, evaluators, rewards, seed, threads, out) -> None:
                               "test_coverage_within_s": dict(zip(PROPERTIES, coverage.round(4).tolist()))})
         print(f"{name}: MAE on Da {models[-1]['mae_on_Da']}", file=sys.stderr)
     record = {"setting": setting, "seed": seed, "rows": rows, "models": models, "threads": torch.get_num_threads(),
-              "command": "python -m benchmarks.qm9_predictors " + " ".join(sys.argv[1:]), "machine": machine_info()}
+              "command": command_line("benchmarks.qm9_predictors"), "machine": machine_info()}
     emit(record, out, indent=1)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -36,6 +38,12 @@ def smc_spec_fields(spec: str) -> tuple[str, str, str, list[str]]:
     parts = spec.split(":")
     k, proposal, tau = (parts + ["prior", "1"][len(parts) - 1:])[:3]
     return k, proposal, tau, parts[3:]
+
+
+def command_line(module: str) -> str:
+    """The command line that ran ``python -m module``, quoted for a shell so that it reruns as it ran
+    (an empty ``--references ""`` stays an argument)."""
+    return f"python -m {module} " + shlex.join(sys.argv[1:])
 
 
 def machine_info() -> dict[str, str | int | None]:

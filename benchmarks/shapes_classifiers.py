@@ -17,7 +17,7 @@ import click
 import torch
 import torch.nn.functional as F
 
-from benchmarks.record import emit, machine_info
+from benchmarks.record import command_line, emit, machine_info
 from shapectrl.classifier import ShapeClassifier
 from shapectrl.data.procedural import ProceduralShapes
 
@@ -58,7 +58,7 @@ def main(paths, n_per_class, data_dir, seed, threads, out) -> None:
         rows.append(row)
     record = {"split": "test", "per_class": n_per_class, "jitter": JITTER, "rows": rows,
               "threads": torch.get_num_threads(),
-              "command": "python -m benchmarks.shapes_classifiers " + " ".join(sys.argv[1:]), "machine": machine_info()}
+              "command": command_line("benchmarks.shapes_classifiers"), "machine": machine_info()}
     emit(record, out, indent=1)
 
 

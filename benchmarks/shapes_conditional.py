@@ -48,7 +48,13 @@ import time
 import click
 import torch
 
-from benchmarks.record import emit, guided_row, machine_info, smc_spec_fields
+from benchmarks.record import (
+    command_line,
+    emit,
+    guided_row,
+    machine_info,
+    smc_spec_fields,
+)
 from common.cli import precision_option, solver_option
 from common.diffusion import SOLVERS, Solver
 from common.runtime import resolve_precision, set_precision
@@ -322,7 +328,7 @@ def main(methods, prior_path, pool_path, smc_specs, reward_path, tolerance, eval
     record = {"evaluator": evaluator, "samples_per_class": n_samples, "points": points, "guidance_scale": guidance_scale,
               "emd_points": emd_points, "sampling_steps": steps, "solver": solver_name, "precision": precision,
               "seed": seed, "rows": rows, "attributes": attribute_rows, "threads": torch.get_num_threads(),
-              "command": "python -m benchmarks.shapes_conditional " + " ".join(sys.argv[1:]), "machine": machine_info()}
+              "command": command_line("benchmarks.shapes_conditional"), "machine": machine_info()}
     emit(record, out, indent=1)
 
 

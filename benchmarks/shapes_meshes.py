@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from benchmarks.record import emit, machine_info
+from benchmarks.record import command_line, emit, machine_info
 from shapectrl.data.procedural import ProceduralShapes
 from shapectrl.mesh import MESH_METHODS, Surface, median_spacing, reconstruct
 from shapectrl.pipeline import ShapeGenerationConfig, ShapeGenerator
@@ -110,7 +110,7 @@ def main(n_per_class: int, points: int, steps: int, solver: str, methods: tuple[
           "generated_by": {"model": str(generator.path), "steps": steps, "solver": solver,
                            "guidance_scale": generator.config.guidance_scale},
           "seed": seed, "rows": rows, "threads": torch.get_num_threads(),
-          "command": "python -m benchmarks.shapes_meshes " + " ".join(sys.argv[1:]), "machine": machine_info()}, out)
+          "command": command_line("benchmarks.shapes_meshes"), "machine": machine_info()}, out)
 
 
 if __name__ == "__main__":

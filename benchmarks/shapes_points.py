@@ -17,7 +17,7 @@ import sys
 import click
 import torch
 
-from benchmarks.record import emit, machine_info
+from benchmarks.record import command_line, emit, machine_info
 from shapectrl.data.procedural import ProceduralShapes
 from shapectrl.prior import ShapeDiffusion
 from shapectrl.weights import PRIOR, weight_path
@@ -75,7 +75,7 @@ def main(model_path, sizes, steps, n_clouds, seed, threads, out) -> None:
     clouds = model.normalisation.normalise(torch.as_tensor(shapes.points, dtype=torch.float32))
     record = {"model": path, "n_train_points": model.config.n_train_points, "clouds": len(clouds), "seed": seed,
               "rows": loss_table(model, clouds, tuple(sizes), tuple(steps), seed), "threads": torch.get_num_threads(),
-              "command": "python -m benchmarks.shapes_points " + " ".join(sys.argv[1:]), "machine": machine_info()}
+              "command": command_line("benchmarks.shapes_points"), "machine": machine_info()}
     emit(record, out, indent=1)
 
 

@@ -15,13 +15,12 @@ Metrics missing from a record (the EMD of a Chamfer-only run) are left out.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 import numpy as np
 
-from benchmarks.record import emit
+from benchmarks.record import command_line, emit
 
 KEYS = ("accuracy", "1nna-cd", "1nna-emd", "cov-cd", "cov-emd", "mmd-cd", "mmd-emd")
 
@@ -81,7 +80,7 @@ def main(records, baseline, versus, out) -> None:
             row["minus_versus"] = _summary(values - against[name], "se", keys)
         rows.append(row)
     emit({"records": list(records), "versus": list(versus), "seeds": [r["seed"] for r in loaded], "baseline": baseline,
-          "rows": rows, "command": "python -m benchmarks.shapes_seeds " + " ".join(sys.argv[1:])}, out, indent=1)
+          "rows": rows, "command": command_line("benchmarks.shapes_seeds")}, out, indent=1)
 
 
 if __name__ == "__main__":

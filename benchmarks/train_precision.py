@@ -30,7 +30,7 @@ import click
 import torch
 
 from benchmarks.prior_samples import score_samplers
-from benchmarks.record import emit, machine_info
+from benchmarks.record import command_line, emit, machine_info
 from common.runtime import PRECISIONS, seed_everything, set_precision
 from common.training import TrainConfig, Trainer
 from molctrl.batches import MoleculeBatches
@@ -101,7 +101,7 @@ def main(model_path: str, from_scratch: bool, steps: int, batch_size: int, lr: f
               "valid_molecules": n_valid_batches * batch_size, "samples": n_samples,
               "sampling": f"{sampling_steps} dpm2 steps, fp32", "seed": seed, "rows": rows,
               "threads": torch.get_num_threads(),
-              "command": "python -m benchmarks.train_precision " + " ".join(sys.argv[1:]), "machine": machine_info()}
+              "command": command_line("benchmarks.train_precision"), "machine": machine_info()}
     emit(record, out, indent=1)
 
 

@@ -24,7 +24,7 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks.record import emit, machine_info
+from benchmarks.record import command_line, emit, machine_info
 from common.runtime import atomic_open
 from molctrl.data.qm9 import load_split
 from molctrl.physics import PHYSICS_PROPERTIES, xtb_properties
@@ -55,7 +55,7 @@ def main(n_molecules: int, seed: int, workers: int | None, out: str | None, map_
             "failure_reasons": dict(Counter(r for r in report.reasons if r).most_common(5)),
             "properties": {p: agreement(report.values[p], sample.properties[p]) for p in PHYSICS_PROPERTIES}}
         print(f"{route}: {report.seconds:.1f} s, {report.failures} failures", file=sys.stderr)
-    record |= {"workers": workers, "command": "python -m benchmarks.xtb_calibration " + " ".join(sys.argv[1:]),
+    record |= {"workers": workers, "command": command_line("benchmarks.xtb_calibration"),
                "machine": machine_info()}
     if map_path:
         keys = ("coefficients", "domain", "residual_std")

@@ -14,12 +14,10 @@ carry KLs of 10⁴ and more.
 """
 from __future__ import annotations
 
-import sys
-
 import click
 import torch
 
-from benchmarks.record import emit, machine_info
+from benchmarks.record import command_line, emit, machine_info
 from common.guidance import GuidedDenoiser, reconstruction_likelihood
 from common.rollout import kl_factors, rollout
 from molctrl.conditions import PropertyConditions
@@ -83,7 +81,7 @@ def main(models, reward_model, n_targets, steps, seed, threads, out) -> None:
                     | score(model, prior, reward, conditions, n_atoms, y, y_mask, steps, seed))
     emit({"reward_model": reward_model, "targets": n_targets, "sampling_steps": steps,
           "seed": seed, "rows": rows, "threads": torch.get_num_threads(),
-          "command": "python -m benchmarks.studies.ctrl_objective " + " ".join(sys.argv[1:]), "machine": machine_info()},
+          "command": command_line("benchmarks.studies.ctrl_objective"), "machine": machine_info()},
          out, indent=1)
 
 

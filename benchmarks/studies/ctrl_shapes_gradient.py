@@ -20,7 +20,7 @@ import sys
 import click
 import torch
 
-from benchmarks.record import emit, machine_info
+from benchmarks.record import command_line, emit, machine_info
 from common.rollout import rollout
 from common.weights import read_tree
 from shapectrl.classifier import ShapeClassifier
@@ -83,7 +83,7 @@ def main(model_path: str, rollouts: int, steps: int, points: int, seed: int, thr
             print(name, row, file=sys.stderr)
     emit({"model": model_path, "rollouts": rollouts, "steps": steps, "points": points, "seed": seed,
           "classes": list(conditions.classes), "rows": rows, "threads": torch.get_num_threads(),
-          "command": "python -m benchmarks.studies.ctrl_shapes_gradient " + " ".join(sys.argv[1:]),
+          "command": command_line("benchmarks.studies.ctrl_shapes_gradient"),
           "machine": machine_info()}, out, indent=1)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from benchmarks.qm9_conditional import protocol_targets, window_option
-from benchmarks.record import emit, machine_info
+from benchmarks.record import command_line, emit, machine_info
 from molctrl.bonds import bond_order_matrix
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
@@ -85,7 +85,7 @@ def main(n_samples, window, reward_model, evaluator, properties, steps, seed, th
         print(prop, rows[prop], file=sys.stderr, flush=True)
     emit({"window": window, "reward_model": reward_model, "evaluator": evaluator, "samples_per_property": n_samples,
           "sampling_steps": steps, "seed": seed, "properties": rows, "threads": torch.get_num_threads(),
-          "command": "python -m benchmarks.studies.guidance_edit " + " ".join(sys.argv[1:]), "machine": machine_info()},
+          "command": command_line("benchmarks.studies.guidance_edit"), "machine": machine_info()},
          out, indent=1)
 
 

@@ -26,7 +26,7 @@ import time as clock
 import click
 import torch
 
-from benchmarks.record import emit, machine_info
+from benchmarks.record import command_line, emit, machine_info
 from benchmarks.studies.payoff_fit import (
     PayoffStates,
     payoff_states,
@@ -96,7 +96,7 @@ def main(steps, molecules, targets_per_state, iterations, lr, cond_lr_scale, rep
     emit({"reward_model": reward_model, "molecules": molecules, "targets_per_state": targets_per_state,
           "iterations": iterations, "lr": lr, "cond_lr_scale": cond_lr_scale, "seed": seed, "rows": rows,
           "threads": torch.get_num_threads(),
-          "command": "python -m benchmarks.studies.payoff_capacity " + " ".join(sys.argv[1:]), "machine": machine_info()},
+          "command": command_line("benchmarks.studies.payoff_capacity"), "machine": machine_info()},
          out, indent=1)
 
 

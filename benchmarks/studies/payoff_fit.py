@@ -18,13 +18,12 @@ however it was trained.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import click
 import torch
 
-from benchmarks.record import emit, machine_info
+from benchmarks.record import command_line, emit, machine_info
 from common.guidance import GuidedDenoiser, reconstruction_likelihood
 from molctrl.batches import MoleculeBatches
 from molctrl.conditions import PropertyConditions
@@ -144,7 +143,7 @@ def main(models, reward_model, n_batches, batch_size, per_state, seed, threads, 
     rows = [{"row": name, "model": path, "cond_gate": loaded[name].config.cond_gate, "by_step": by_step[name]}
             for name, path in specs]
     emit({"reward_model": reward_model, "batches": n_batches, "batch_size": batch_size, "targets_per_state": per_state, "seed": seed, "rows": rows,
-          "threads": torch.get_num_threads(), "command": "python -m benchmarks.studies.payoff_fit " + " ".join(sys.argv[1:]),
+          "threads": torch.get_num_threads(), "command": command_line("benchmarks.studies.payoff_fit"),
           "machine": machine_info()}, out, indent=1)
 
 

@@ -267,3 +267,14 @@ def test_gradient_noise_summary_separates_signal_from_noise() -> None:
     assert summary["snr_per_batch"] == pytest.approx(2.75, abs=1e-4)
     assert summary["batch_size_for_snr_1"] == pytest.approx(8 / 2.75, abs=0.05)
     assert noise_summary(torch.tensor([[1.0, 1.0], [1.0, -1.0]]), 8)["batch_size_for_snr_1"] is None  # no signal left
+
+
+def test_recorded_commands_rerun_as_they_ran(monkeypatch):
+    import shlex
+    import sys
+
+    from benchmarks.record import command_line
+
+    argv = ["--references", "", "--smc", "16:prior:0.25:best", "--out", "results/a b.json"]
+    monkeypatch.setattr(sys, "argv", ["qm9_conditional.py", *argv])
+    assert shlex.split(command_line("benchmarks.qm9_conditional")) == ["python", "-m", "benchmarks.qm9_conditional", *argv]
