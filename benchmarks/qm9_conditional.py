@@ -34,6 +34,7 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -106,7 +107,7 @@ def _row(name: str, sample, conditions: PropertyConditions, evaluator, propertie
         "samples_per_property": n, "sampling_seconds": round(seconds, 1)}
 
 
-def judge_label(judge: str, properties, judge_reward: str | None = None) -> str:
+def judge_label(judge: str, properties: Sequence[str], judge_reward: str | None = None) -> str:
     """What the final weights (or a best-of ranking) read, for a row's name: the predictor (``model``, or the
     judge predictor's name), ``xtb``, or both, as ``judge`` acts on targets of ``properties`` (``both`` is the
     predictor alone where xTB judges no target)."""
