@@ -13,6 +13,7 @@ accuracy, points per cloud, steps and precision; the sampling seconds — and th
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -55,7 +56,7 @@ def main(targets, shapes, classes, n_samples, seed, extra, threads, out) -> None
                 raise click.ClickException(f"{name} {' '.join(args)} failed: {result.output.strip()}")
             summary = json.loads(result.output.strip().splitlines()[-1])
             shown = [a.replace(str(output), output.name) for a in args]
-            runs.append({"command": f"{name} " + " ".join(shown),
+            runs.append({"command": shlex.join([name, *shown]),
                          "target": target} | {k: v for k, v in summary.items() if k not in ("out", "png")})
             print(f"{target}: {json.dumps(runs[-1])}", file=sys.stderr)
     emit({"benchmark": "main_job", "command": command_line("benchmarks.main_job"),

@@ -8,10 +8,9 @@ index. Novelty is measured against the training SMILES of the same setting.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
-from benchmarks.record import emit, machine_info
+from benchmarks.record import command_line, emit, machine_info
 from molctrl.data.qm9 import SETTINGS, SPLITS, load_split
 from molctrl.metrics import evaluate_molecules, train_smiles
 
@@ -48,8 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N molecules")
     parser.add_argument("--out", default=None, help="also write the JSON record to this file")
     args = parser.parse_args(argv)
-    command = " ".join(["python -m benchmarks.qm9_data_metrics", *(sys.argv[1:] if argv is None else argv)])
-    record = run(args.setting, args.split, args.limit, command)
+    record = run(args.setting, args.split, args.limit, command_line("benchmarks.qm9_data_metrics", argv))
     emit(record, args.out)
 
 

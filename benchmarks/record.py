@@ -6,6 +6,7 @@ import os
 import platform
 import shlex
 import sys
+from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 
@@ -40,10 +41,10 @@ def smc_spec_fields(spec: str) -> tuple[str, str, str, list[str]]:
     return k, proposal, tau, parts[3:]
 
 
-def command_line(module: str) -> str:
-    """The command line that ran ``python -m module``, quoted for a shell so that it reruns as it ran
-    (an empty ``--references ""`` stays an argument)."""
-    return f"python -m {module} " + shlex.join(sys.argv[1:])
+def command_line(module: str, argv: Sequence[str] | None = None) -> str:
+    """The command line that ran ``python -m module`` with ``argv`` (default: this process's arguments),
+    quoted for a shell so that it reruns as it ran (an empty ``--references ""`` stays an argument)."""
+    return f"python -m {module} " + shlex.join(sys.argv[1:] if argv is None else argv)
 
 
 def machine_info() -> dict[str, str | int | None]:
