@@ -49,13 +49,13 @@ from benchmarks.record import (
     machine_info,
     smc_spec_fields,
 )
-from common.cli import solver_option
+from common.cli import solver_option, window_option
 from common.diffusion import ANCESTRAL, SOLVERS, Solver
 from common.rewards import GaussianLogLikelihood, WeightedSum, reward_where
 from common.weights import read_tree
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import load_split
-from molctrl.generate import Guidance, generate, parse_window
+from molctrl.generate import Guidance, generate
 from molctrl.io import write_sdf
 from molctrl.metrics import evaluate_molecules, train_smiles
 from molctrl.noisy_predictor import NoisyPropertyPredictor
@@ -284,14 +284,6 @@ def predictor_train_seconds(name_or_path: str) -> float | None:
     from molctrl.weights import predictor_path
 
     return read_tree(predictor_path(name_or_path)).get("train_seconds")
-
-
-def window_option(ctx, param, text: str | None) -> tuple[int, int] | None:
-    """Click callback of ``--guidance-window``: :func:`molctrl.generate.parse_window` as a usage error."""
-    try:
-        return None if text is None else parse_window(text)
-    except ValueError as err:
-        raise click.BadParameter(str(err)) from None
 
 
 @click.command()

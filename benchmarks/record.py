@@ -28,9 +28,12 @@ def device_name(device: torch.device | None = None) -> str:
     return platform.processor() or platform.machine()
 
 
-def guided_row(name: str, guidance_scale: float) -> str:
-    """A method's row name, with its classifier-free guidance scale when that is not 1."""
-    return name if guidance_scale == 1.0 else f"{name}, guidance {guidance_scale:g}"
+def guided_row(name: str, guidance_scale: float, window: tuple[int, int] | None = None) -> str:
+    """A method's row name, with its classifier-free guidance scale when that is not 1 (and the steps
+    lo < t ≤ hi it guides, when ``window`` limits them)."""
+    if guidance_scale == 1.0:
+        return name
+    return f"{name}, guidance {guidance_scale:g}" + ("" if window is None else f" on {window[0]} < t ≤ {window[1]}")
 
 
 def smc_spec_fields(spec: str) -> tuple[str, str, str, list[str]]:

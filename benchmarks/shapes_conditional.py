@@ -55,7 +55,7 @@ from benchmarks.record import (
     machine_info,
     smc_spec_fields,
 )
-from common.cli import precision_option, solver_option
+from common.cli import precision_option, solver_option, window_option
 from common.diffusion import SOLVERS, Solver
 from common.runtime import resolve_precision, set_precision
 from common.weights import read_tree
@@ -242,12 +242,15 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
 @solver_option("ancestral")
 @click.option("--guidance-scale", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Classifier-free guidance w of every --method model (1: the model itself).")
+@click.option("--guidance-window", "guidance_window", default=None, metavar="LO:HI", callback=window_option,
+              help="Guide only the diffusion steps LO < t ≤ HI of the models' 1,000 (the model itself elsewhere, one "
+                   "network call a step)  [default: every step]")
 @precision_option("fp32")
 @click.option("--data-dir", default=None, help="Procedural data cache (default: shapectrl's).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(methods, prior_path, pool_path, smc_specs, reward_path, tolerance, evaluator, attributes, no_attributes, no_data_row, n_samples, points, emd_points, steps, solver, guidance_scale, precision, data_dir, seed, threads, out) -> None:
+def main(methods, prior_path, pool_path, smc_specs, reward_path, tolerance, evaluator, attributes, no_attributes, no_data_row, n_samples, points, emd_points, steps, solver, guidance_scale, guidance_window, precision, data_dir, seed, threads, out) -> None:
     """Class accuracy, 1-NNA, COV and MMD per class, and attribute errors, of controlled shape models."""
     if threads:
         torch.set_num_threads(threads)
@@ -300,14 +303,15 @@ def main(methods, prior_path, pool_path, smc_specs, reward_path, tolerance, eval
             y, mask = model.conditions.target(cls)
             g = torch.Generator().manual_seed(seed * 1000 + k)
             return model.sample(y.expand(n_samples, -1), mask.expand(n_samples, -1), points, steps, g,
-                                guidance_scale=guidance_scale, solver=solver)
+                                guidance_scale=guidance_scale, guidance_window=guidance_window, solver=solver)
 
-        rows.append(_class_rows(guided_row(name, guidance_scale), draw, scorer, test, references)
+        rows.append(_class_rows(guided_row(name, guidance_scale, guidance_window), draw, scorer, test, references)
                     | {"model": path, "train_steps": trained.get("step"), "train_seconds": trained.get("train_seconds"),
                        "pool_seconds": trained.get("control", {}).get("pool_seconds")})
         if attributes:
             def sample(y, mask, g, model=model):
-                return model.sample(y, mask, points, steps, g, guidance_scale=guidance_scale, solver=solver)
+                return model.sample(y, mask, points, steps, g, guidance_scale=guidance_scale,
+                                    guidance_window=guidance_window, solver=solver)
 
             attribute_rows[name] = _attribute_rows(sample, model.conditions, frame, model.model.config.n_train_points,
                                                    scorer, test, attributes, n_samples, seed)
@@ -326,7 +330,8 @@ def main(methods, prior_path, pool_path, smc_specs, reward_path, tolerance, eval
             attribute_rows[name] = _attribute_rows(sample, conditions, frame, n_measure, scorer, test, attributes,
                                                    n_samples, seed)
     record = {"evaluator": evaluator, "samples_per_class": n_samples, "points": points, "guidance_scale": guidance_scale,
-              "emd_points": emd_points, "sampling_steps": steps, "solver": solver_name, "precision": precision,
+              "guidance_window": guidance_window, "emd_points": emd_points, "sampling_steps": steps, "solver": solver_name,
+              "precision": precision,
               "seed": seed, "rows": rows, "attributes": attribute_rows, "threads": torch.get_num_threads(),
               "command": command_line("benchmarks.shapes_conditional"), "machine": machine_info()}
     emit(record, out, indent=1)

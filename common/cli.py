@@ -12,6 +12,7 @@ import torch
 
 from common.diffusion import SOLVERS
 from common.exports import class_of, errors_naming, from_tree
+from common.guidance import parse_window
 from common.runtime import PRECISION_CHOICES, resolve_device, reuse_freed_memory
 from common.weights import (
     FORMAT,
@@ -51,6 +52,15 @@ def solver_option(default: str):
     return click.option("--solver", type=click.Choice(list(SOLVERS)), default=default, show_default=True,
                         help="How the reverse steps are taken: ancestral (DDPM's first-order steps, uniform in t) or "
                              "dpm2 (second-order stochastic steps on a grid even in log-SNR; docs/sampling.md).")
+
+
+def window_option(ctx: click.Context, param: click.Parameter, text: str | None) -> tuple[int, int] | None:
+    """Click callback of a ``LO:HI`` window of diffusion steps: :func:`common.guidance.parse_window`, or a
+    usage error naming the option."""
+    try:
+        return None if text is None else parse_window(text)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
 
 
 def precision_option(default: str = "auto"):

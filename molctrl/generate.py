@@ -60,14 +60,6 @@ def parse_targets(texts: Sequence[str]) -> dict[str, float]:
     return targets
 
 
-def parse_window(text: str) -> tuple[int, int]:
-    """``"0:150"`` -> ``(0, 150)``, the diffusion steps lo < t ≤ hi to guide, with a one-line error otherwise."""
-    lo, sep, hi = text.partition(":")
-    if not (sep and lo.isdigit() and hi.isdigit() and int(lo) < int(hi)):
-        raise ValueError(f"{text!r}: expected LO:HI, two step numbers with LO < HI, e.g. 0:150")
-    return int(lo), int(hi)
-
-
 def check_targets(targets: dict[str, float], conditions: PropertyConditions, margin: float = 0.1) -> None:
     """``ValueError`` naming the range for a target outside the conditioning labels' span widened by
     ``margin`` of it on each side: the reward and the models have seen nothing there."""

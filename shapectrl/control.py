@@ -186,13 +186,17 @@ class ControlledShapes:
     def sample(self, y: torch.Tensor, y_mask: torch.Tensor, n_points: int | None = None,
                n_sampling_steps: int | None = 50, generator: torch.Generator | None = None,
                batch_size: int = 16, on_batch=None, guidance_scale: float = 1.0,
-               solver: Solver = ANCESTRAL) -> torch.Tensor:
+               guidance_window: tuple[int, int] | None = None, solver: Solver = ANCESTRAL) -> torch.Tensor:
         """One cloud per target row ``y, y_mask (B, 1 + A)`` -> ``(B, n_points, 3)`` normalised, on the CPU.
-        ``guidance_scale`` w ≠ 1 samples with classifier-free guidance (:class:`common.guidance.ConditionScaled`);
-        ``solver``: the steps' grid and order."""
+        ``guidance_scale`` w ≠ 1 samples with classifier-free guidance (:class:`common.guidance.ConditionScaled`)
+        on the diffusion steps lo < t ≤ hi of ``guidance_window`` (None: all of them); ``solver``: the steps'
+        grid and order."""
         cond = self.conditions.encode(y, y_mask)
+        n_steps = self.model.diffusion.n_steps
+        lo, hi = guidance_window or (0, n_steps)
+        denoiser = classifier_free(self.model.denoiser, guidance_scale, (lo / n_steps, hi / n_steps))
         return self.model.sample_many(len(y), n_points, n_sampling_steps, generator, batch_size, on_batch, cond=cond,
-                                      denoiser=classifier_free(self.model.denoiser, guidance_scale), solver=solver)
+                                      denoiser=denoiser, solver=solver)
 
 
 def make_objective(config: ShapeControlConfig, prior: ShapeDiffusion, reward: ShapeReward, points: torch.Tensor,

@@ -56,7 +56,7 @@ class ShapeGenerationConfig:
     attribute likelihoods ``tolerance`` wide (in training standard deviations; None: the model's training width);
     ``points`` per cloud (PointFlow's 2,048 by default; None: the model's training size); ``steps``
     reverse steps of ``solver`` (:data:`common.diffusion.SOLVERS`); ``guidance_scale`` w of classifier-free
-    guidance; ``precision`` that of the denoisers' matrix products (``auto``: bf16 where the hardware has
+    guidance, on the diffusion steps lo < t ≤ hi of ``guidance_window`` (None: every step; without particles); ``precision`` that of the denoisers' matrix products (``auto``: bf16 where the hardware has
     it, :func:`common.runtime.resolve_precision`; the classifiers stay float32)."""
 
     method: str = "rgdm"
@@ -69,6 +69,7 @@ class ShapeGenerationConfig:
     steps: int = 50
     solver: str = "dpm2"  # docs/sampling.md: lower 1-NNA-CD than ancestral steps at 512 and 2,048 points, same cost
     guidance_scale: float = 2.0
+    guidance_window: tuple[int, int] | None = None
     precision: str = "auto"
 
     def __post_init__(self) -> None:
@@ -85,6 +86,8 @@ class ShapeGenerationConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.tolerance is not None and not self.tolerance > 0:
             raise ValueError(f"tolerance must be positive, got {self.tolerance}")
+        if self.guidance_window is not None and self.particles:
+            raise ValueError("a guidance window applies to sampling a model once (particles=0)")
 
 
 @dataclass
@@ -170,7 +173,8 @@ class ShapeGenerator:
                 ", best particle" if config.pick == "best" else "")
         else:
             clouds = controlled.sample(*targets, self.points, config.steps, generator, batch_size, on_batch=on_batch,
-                                       guidance_scale=config.guidance_scale, solver=SOLVERS[config.solver])
+                                       guidance_scale=config.guidance_scale, guidance_window=config.guidance_window,
+                                       solver=SOLVERS[config.solver])
             how = controlled.control.get("method", config.method)
         return GeneratedShapes(controlled.model.denormalise(clouds), class_name, dict(attributes or {}), how,
                                time.perf_counter() - t0, steered, controlled.conditions,

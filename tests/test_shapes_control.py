@@ -281,6 +281,12 @@ def test_classifier_free_guidance_interpolates_the_conditional_and_the_empty_con
                           atol=1e-5)
     with pytest.raises(ValueError, match="needs a condition"):
         ConditionScaled(model.denoiser, 2.0)(z, t, mask)
+    # a window guides only the rows with lo < t ≤ hi and leaves the others to the conditional model
+    windowed = ConditionScaled(model.denoiser, 3.0, window=(0.5, 1.0))(z, t, mask, cond)
+    assert torch.allclose(windowed[0], conditional[0], atol=1e-6)
+    assert torch.allclose(windowed[1], (empty + 3 * (conditional - empty))[1], atol=1e-5)
+    assert torch.allclose(ConditionScaled(model.denoiser, 3.0, window=(0.95, 1.0))(z, t, mask, cond), conditional,
+                          atol=1e-6)
 
 
 def test_ctrl_with_score_early_draws_each_target_on_consecutive_rows() -> None:

@@ -42,8 +42,9 @@ def weights(tmp_path_factory) -> tuple[str, str]:
                            normalisation=normalisation, classes=CLASSES)
     conditions = ShapeConditions(CLASSES, ("height", "chair_back_height"), torch.tensor([0.6, 0.4]),
                                  torch.tensor([0.3, 0.2]))
-    save_tree(controlled_export(prior.with_condition(conditions.cond_dim), conditions, ShapeControlConfig(), {}),
-               folder / "model.safetensors")
+    model = prior.with_condition(conditions.cond_dim)
+    torch.nn.init.normal_(model.denoiser.cond_embed.weight)  # a condition that acts, as after training
+    save_tree(controlled_export(model, conditions, ShapeControlConfig(), {}), folder / "model.safetensors")
     evaluator = ShapeClassifier(ShapeClassifierConfig(arch="dgcnn", classes=CLASSES, widths=(8, 8), embed=16,
                                                       head_hidden=8), normalisation)
     save_tree(evaluator.export(), folder / "evaluator.safetensors")
@@ -76,6 +77,18 @@ def test_generate_writes_clouds_sheet_and_summary(tmp_path, weights):
     assert saved["samples"][0]["class"] in CLASSES and set(saved["samples"][0]["attributes"]) == {"chair_back_height", "height"}
 
 
+def test_generate_guides_only_inside_the_guidance_window(tmp_path, weights):
+    """A window over the whole chain (T = 20 here) is plain guidance; a narrower one changes the clouds."""
+    clouds = {}
+    for name, window in (("all", []), ("whole", ["--guidance-window", "0:20"]), ("early", ["--guidance-window", "10:20"])):
+        result = _run(weights, tmp_path / name, "--class", "chair", "--json", *window)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output.strip().splitlines()[-1])["guidance_window"] == ([int(v) for v in window[1].split(":")]
+                                                                                         if window else None)
+        clouds[name] = read_ply(tmp_path / name / "sample_0000.ply")
+    assert np.array_equal(clouds["all"], clouds["whole"]) and not np.allclose(clouds["all"], clouds["early"])
+
+
 def test_generate_reports_attributes_without_a_class(tmp_path, weights):
     result = _run(weights, tmp_path / "gen", "--attr", "height=0.7")
     assert result.exit_code == 0, result.output
@@ -89,6 +102,8 @@ def test_generate_reports_attributes_without_a_class(tmp_path, weights):
     (["--attr", "wingspan=1"], "Invalid value for --attr: unknown attribute 'wingspan'"),
     (["--class", "sofa"], "Invalid value for --class: unknown class 'sofa'"),
     ([], "give a target"),
+    (["--class", "chair", "--guidance-window", "9:3"], "Invalid value for '--guidance-window': '9:3': expected LO:HI"),
+    (["--class", "chair", "--guidance-window", "5:20", "--particles", "2"], "a guidance window applies to sampling"),
 ])
 def test_generate_rejects_bad_targets(tmp_path, weights, args, message):
     result = _run(weights, tmp_path / "gen", *args)

@@ -8,7 +8,7 @@ import click
 from click.core import ParameterSource
 from tqdm import tqdm
 
-from common.cli import compute_options, precision_option, solver_option
+from common.cli import compute_options, precision_option, solver_option, window_option
 from common.smc import PICKS
 from molctrl.data.qm9 import PROPERTY_UNITS
 from molctrl.pipeline import DEFAULT_WINDOW, GenerationConfig
@@ -72,7 +72,7 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
 @click.option("--verify", is_flag=True, help="Recompute the targeted properties by GFN2-xTB (tblite) on the DFT scale: "
               "SDF fields xtb_*, and the physics MAE printed beside the evaluator's.")
 @click.option("--scale", type=float, default=DEFAULTS.scale, show_default=True, help="Guidance scale of --method guidance.")
-@click.option("--guidance-window", "window", default=None, metavar="LO:HI",
+@click.option("--guidance-window", "window", default=None, metavar="LO:HI", callback=window_option,
               help="--method guidance: guide only the diffusion steps LO < t ≤ HI of the prior's 1,000 "
                    f"[default: {DEFAULT_WINDOW[0]}:{DEFAULT_WINDOW[1]} for reconstruction guidance, whose effect lies in the last 15 % of "
                    "the chain in docs/conditioned.md, at a third of the time of 0:1000; the whole chain for "
@@ -96,7 +96,7 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
     novelty, stability and the evaluator's MAE to the targets."""
     from common.cli import compute_device, usage_errors
     from molctrl.depict import grid_png
-    from molctrl.generate import parse_targets, parse_window
+    from molctrl.generate import parse_targets
     from molctrl.io import write_molecules
     from molctrl.physics import tblite_missing
     from molctrl.pipeline import GenerationConfig, MoleculeGenerator, evaluate
@@ -110,10 +110,6 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
         wanted = parse_targets(targets)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--target") from None
-    try:
-        steps_window = None if window is None else parse_window(window)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--guidance-window") from None
     if particles and click.get_current_context().get_parameter_source("method") is not ParameterSource.DEFAULT:
         raise click.UsageError("--method samples each molecule once: pass --particles 0 with it "
                                "(or --proposal to steer with that kernel)")
@@ -126,7 +122,7 @@ def generate(targets, maximize, n_molecules, out, particles, proposal, temperatu
     dev = compute_device(device, threads)
     with usage_errors():
         config = GenerationConfig("smc" if particles else method, particles, proposal, temperature, potential_from, judge,
-                                  scale, steps_window, guidance_scale, steps, solver, reward_model, precision, pick,
+                                  scale, window, guidance_scale, steps, solver, reward_model, precision, pick,
                                   judge_model)
         generator = MoleculeGenerator.load(config, maximize=maximize, model=model_path, prior=prior_path,
                                            device=str(dev))

@@ -17,6 +17,7 @@ from common.cli import (
     precision_option,
     solver_option,
     usage_errors,
+    window_option,
 )
 from common.runtime import atomic_open
 from common.smc import PICKS
@@ -126,6 +127,10 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @click.option("--guidance-scale", type=click.FloatRange(0), default=DEFAULTS.guidance_scale, show_default=True,
               help="Classifier-free guidance w: ε(z, 0) + w·(ε(z, c) − ε(z, 0)), the empty condition being the model's "
                    "unconditional branch; 1 samples the model itself (two network calls per step otherwise).")
+@click.option("--guidance-window", default=None, metavar="LO:HI", callback=window_option,
+              help="Guide only the diffusion steps LO < t ≤ HI of the model's 1,000 (the model itself, one network call, "
+                   "elsewhere; with --particles 0), e.g. 500:1000: guidance where the coarse shape is decided "
+                   "(docs/shapes.md)  [default: every step]")
 @precision_option(DEFAULTS.precision)
 @click.option("--mesh", "mesh_method", type=click.Choice(MESH_METHODS), is_flag=False, flag_value="offset", default=None,
               help="Also write a surface per cloud, PREFIX_0000_mesh.ply, and meshes.png of them shaded (pymeshlab): "
@@ -138,8 +143,8 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_path, particles, proposal, temperature,
-             pick, tolerance, reward_path, points, steps, solver, guidance_scale, precision, mesh_method, batch_size,
-             prefix, overwrite, seed, device, threads, as_json) -> None:
+             pick, tolerance, reward_path, points, steps, solver, guidance_scale, guidance_window, precision, mesh_method,
+             batch_size, prefix, overwrite, seed, device, threads, as_json) -> None:
     """Generate N clouds for one target (a --class, --attr values or both) into OUT.
 
     Writes OUT/PREFIX_0000.ply, ... in model units, OUT/contact_sheet.png (each cloud captioned with
@@ -155,7 +160,7 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
     dev = compute_device(device, threads)
     with usage_errors():
         config = ShapeGenerationConfig(method, particles, proposal, temperature, pick, tolerance, points, steps,
-                                       solver, guidance_scale, precision)
+                                       solver, guidance_scale, guidance_window, precision)
     generator = ShapeGenerator.load(config, model=model_path, reward=reward_path, device=str(dev))
     try:
         with warnings.catch_warnings(record=True) as rare:
@@ -200,6 +205,7 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
         "out": str(out), "clouds": n_samples, "points": generator.points, "attribute_points": result.attribute_points,
         "sampling_steps": min(steps, generator.controlled.model.config.n_steps), "solver": solver,
         "guidance_scale": None if particles and proposal == "prior" else guidance_scale,
+        "guidance_window": guidance_window,
         "precision": generator.config.precision, "seconds": round(result.seconds, 2),
         "device": str(dev),
     } | evaluate(result, scores=scores)
@@ -243,7 +249,8 @@ def _report(summary: dict) -> str:
     target = summary["target"]
     lines = [(f"wrote {summary['clouds']} clouds of {summary['points']} points, {SHEET} and {SUMMARY} to "
               f"{summary['out']} ({summary['method']}, {summary['sampling_steps']} {summary['solver']} steps, "
-              + ("" if summary["guidance_scale"] is None else f"guidance {summary['guidance_scale']:g}, ") +
+              + ("" if summary["guidance_scale"] is None else f"guidance {summary['guidance_scale']:g}, ")
+              + ("" if summary["guidance_window"] is None else "on {} < t ≤ {}, ".format(*summary["guidance_window"])) +
               f"{summary['precision']}, {summary['seconds']:.1f} s on {summary['device']})")]
     if "particles" in summary:
         lines.append(f"mean ESS {summary['mean_ess']:.1f} of {summary['particles']}; "
