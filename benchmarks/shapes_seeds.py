@@ -9,7 +9,8 @@ For each row and each metric of its three-class mean: the mean over seeds and th
 deviation. With ``--baseline ROW``, each other row's paired difference to it, seed by seed (row −
 baseline), with its mean and standard error: the samples of two rows share the references, so the
 paired difference removes the references' own variation. With ``--versus RECORDS`` (another sampler or
-setting at the same seeds, in the same order), each row's paired difference to the same row there.
+setting at the same seeds, in the same order), each row's paired difference to the same row there, or to
+``--versus-row ROW`` of them (a row named for its own setting, e.g. a guidance window).
 Metrics missing from a record (the EMD of a Chamfer-only run) are left out.
 """
 from __future__ import annotations
@@ -35,7 +36,8 @@ def _table(records: list[dict], keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     names = [[row["row"] for row in r["rows"]] for r in records]
     if any(n != names[0] for n in names):
         raise click.BadParameter("the records score different rows", param_hint="RECORDS")
-    setup = [(r["samples_per_class"], r["points"], r["sampling_steps"], r.get("guidance_scale")) for r in records]
+    setup = [(r["samples_per_class"], r["points"], r["sampling_steps"], r.get("guidance_scale"),
+              tuple(r.get("guidance_window") or ())) for r in records]
     if len(set(setup)) > 1:
         raise click.BadParameter(f"the records differ in samples, points, steps or guidance: {setup}",
                                  param_hint="RECORDS")
@@ -58,8 +60,10 @@ def _summary(values: np.ndarray, spread: str, keys: tuple[str, ...]) -> dict[str
 @click.option("--versus", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="A record of another setting at the same seed, one per RECORD in the same order (repeatable): "
                    "each row's paired difference to the same row there.")
+@click.option("--versus-row", default=None, help="With --versus: compare every row to this row of the --versus "
+              "records  [default: the row of the same name]")
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(records, baseline, versus, out) -> None:
+def main(records, baseline, versus, versus_row, out) -> None:
     """Aggregate shape benchmark records over seeds and print one JSON record."""
     loaded = [json.loads(Path(p).read_text()) for p in records]
     others = [json.loads(Path(p).read_text()) for p in versus]
@@ -71,16 +75,19 @@ def main(records, baseline, versus, out) -> None:
     against = _table(others, keys) if others else {}
     if baseline is not None and baseline not in table:
         raise click.BadParameter(f"no row {baseline!r} (rows: {', '.join(table)})", param_hint="--baseline")
+    if versus_row is not None and versus_row not in against:
+        raise click.BadParameter(f"no row {versus_row!r} in the --versus records (rows: {', '.join(against)})",
+                                 param_hint="--versus-row")
     rows = []
     for name, values in table.items():
         row = {"row": name, "over_seeds": _summary(values, "sd", keys)}
         if baseline is not None and name != baseline:
             row["minus_baseline"] = _summary(values - table[baseline], "se", keys)
-        if name in against:
-            row["minus_versus"] = _summary(values - against[name], "se", keys)
+        if (versus_row or name) in against:
+            row["minus_versus"] = _summary(values - against[versus_row or name], "se", keys)
         rows.append(row)
-    emit({"records": list(records), "versus": list(versus), "seeds": [r["seed"] for r in loaded], "baseline": baseline,
-          "rows": rows, "command": command_line("benchmarks.shapes_seeds")}, out, indent=1)
+    emit({"records": list(records), "versus": list(versus), "versus_row": versus_row,
+          "seeds": [r["seed"] for r in loaded], "baseline": baseline, "rows": rows, "command": command_line("benchmarks.shapes_seeds")}, out, indent=1)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,6 +242,15 @@ def test_seed_aggregation_pairs_two_settings_by_seed_and_keeps_the_metrics_both_
     assert diff["mean"] == pytest.approx(0.0, abs=1e-9) and diff["se"] == pytest.approx(0.01, abs=1e-5)
     shuffled = CliRunner().invoke(aggregate, [*fast, "--versus", slow[1], "--versus", slow[0], "--versus", slow[2]])
     assert shuffled.exit_code == 2 and "same seeds in the same order" in shuffled.output
+    for path in fast:  # a row named for its setting is paired with the --versus row named
+        record = json.loads(Path(path).read_text())
+        record["rows"][0]["row"] = "rgdm, 25 steps"
+        Path(path).write_text(json.dumps(record))
+    versus = [x for path in slow for x in ("--versus", path)]
+    (named,) = json.loads(CliRunner().invoke(aggregate, [*fast, *versus, "--versus-row", "rgdm"]).stdout)["rows"]
+    assert named["minus_versus"]["1nna-cd"] == diff
+    unknown = CliRunner().invoke(aggregate, [*fast, *versus, "--versus-row", "cond"])
+    assert unknown.exit_code == 2 and "no row 'cond' in the --versus records (rows: rgdm)" in unknown.output
 
 
 def test_maximize_benchmark_records_its_solver_and_costs(tmp_path) -> None:
