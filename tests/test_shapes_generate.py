@@ -78,15 +78,18 @@ def test_generate_writes_clouds_sheet_and_summary(tmp_path, weights):
 
 
 def test_generate_guides_only_inside_the_guidance_window(tmp_path, weights):
-    """A window over the whole chain (T = 20 here) is plain guidance; a narrower one changes the clouds."""
+    """By default guidance acts on the top 70 % of the chain (6 < t ≤ 20 of T = 20 here); 0:20 guides every step."""
     clouds = {}
-    for name, window in (("all", []), ("whole", ["--guidance-window", "0:20"]), ("early", ["--guidance-window", "10:20"])):
+    for name, window, expected in (("default", [], [6, 20]), ("same", ["--guidance-window", "6:20"], [6, 20]),
+                                   ("every", ["--guidance-window", "0:20"], [0, 20])):
         result = _run(weights, tmp_path / name, "--class", "chair", "--json", *window)
         assert result.exit_code == 0, result.output
-        assert json.loads(result.output.strip().splitlines()[-1])["guidance_window"] == ([int(v) for v in window[1].split(":")]
-                                                                                         if window else None)
+        assert json.loads(result.output.strip().splitlines()[-1])["guidance_window"] == expected
         clouds[name] = read_ply(tmp_path / name / "sample_0000.ply")
-    assert np.array_equal(clouds["all"], clouds["whole"]) and not np.allclose(clouds["all"], clouds["early"])
+    assert np.array_equal(clouds["default"], clouds["same"]) and not np.allclose(clouds["default"], clouds["every"])
+    beyond = _run(weights, tmp_path / "beyond", "--class", "chair", "--guidance-window", "5:30")
+    assert beyond.exit_code == 2 and "guidance window 5:30 reaches beyond the 20 diffusion steps" in beyond.output
+    assert not (tmp_path / "beyond").exists()
 
 
 def test_generate_reports_attributes_without_a_class(tmp_path, weights):
