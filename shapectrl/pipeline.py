@@ -2,7 +2,7 @@
 
     import shapectrl
 
-    generator = shapectrl.load()                                    # the shipped RGDM model, w = 2 on t > 300
+    generator = shapectrl.load()                                    # the shipped RGDM model, w = 2
     result = generator.sample("chair", {"chair_back_height": 0.6}, n=4, seed=0)
     print(shapectrl.evaluate(result))                               # class accuracy, attribute MAE
     shapectrl.write_clouds("chairs", result.clouds)
@@ -48,8 +48,9 @@ from shapectrl.weights import (
 PROPOSALS = ("prior", "model")
 
 
-#: The share of the chain, lo < t/T ≤ hi, that classifier-free guidance acts on by default: at 2,048 points,
-#: 1.2 points lower 1-NNA-CD than guiding every step, the same class accuracy, a fifth less time (docs/shapes.md).
+#: The share of the chain, lo < t/T ≤ hi, that classifier-free guidance acts on by default for a class target: at
+#: 2,048 points, 1.2 points lower 1-NNA-CD than guiding every step, the same class accuracy, a fifth less time
+#: (docs/shapes.md). Attribute targets are guided on every step.
 GUIDANCE_WINDOW = (0.3, 1.0)
 
 
@@ -62,7 +63,7 @@ class ShapeGenerationConfig:
     ``points`` per cloud (PointFlow's 2,048 by default; None: the model's training size); ``steps``
     reverse steps of ``solver`` (:data:`common.diffusion.SOLVERS`); ``guidance_scale`` w of classifier-free
     guidance, on the diffusion steps lo < t ≤ hi of ``guidance_window`` (without particles; None: the top 70 % of the
-    chain, :data:`GUIDANCE_WINDOW`); ``precision`` that of the denoisers' matrix products (``auto``: bf16 where the hardware has
+    chain, :data:`GUIDANCE_WINDOW`, for a class alone, every step with attributes); ``precision`` that of the denoisers' matrix products (``auto``: bf16 where the hardware has
     it, :func:`common.runtime.resolve_precision`; the classifiers stay float32)."""
 
     method: str = "rgdm"
@@ -148,14 +149,19 @@ class ShapeGenerator:
     def points(self) -> int:
         return self.config.points or self.controlled.model.config.n_train_points
 
-    @property
-    def guidance_window(self) -> tuple[int, int] | None:
-        """The diffusion steps lo < t ≤ hi that classifier-free guidance acts on: ``config.guidance_window``, or
-        :data:`GUIDANCE_WINDOW` of the model's chain (300 < t ≤ 1,000 of T = 1,000); None under SMC or at w = 1."""
+    def guidance_window(self, attributes: Mapping[str, float] | None = None) -> tuple[int, int] | None:
+        """The diffusion steps lo < t ≤ hi that classifier-free guidance acts on for a target with ``attributes``:
+        ``config.guidance_window``; by default :data:`GUIDANCE_WINDOW` of the model's chain (300 < t ≤ 1,000 of
+        T = 1,000) for a class alone, and every step once attributes are targeted (the window raised their errors by
+        3–12 % over two seeds, docs/shapes.md); None under SMC or at w = 1."""
         if self.config.particles or self.config.guidance_scale == 1.0:
             return None
         n_steps = self.controlled.model.diffusion.n_steps
-        lo, hi = self.config.guidance_window or (round(f * n_steps) for f in GUIDANCE_WINDOW)
+        if self.config.guidance_window is not None:
+            return self.config.guidance_window
+        if attributes:
+            return 0, n_steps
+        lo, hi = (round(f * n_steps) for f in GUIDANCE_WINDOW)
         return lo, hi
 
     def target(self, class_name: str | None = None, attributes: Mapping[str, float] | None = None,
@@ -193,8 +199,8 @@ class ShapeGenerator:
                 ", best particle" if config.pick == "best" else "")
         else:
             clouds = controlled.sample(*targets, self.points, config.steps, generator, batch_size, on_batch=on_batch,
-                                       guidance_scale=config.guidance_scale, guidance_window=self.guidance_window,
-                                       solver=SOLVERS[config.solver])
+                                       guidance_scale=config.guidance_scale,
+                                       guidance_window=self.guidance_window(attributes), solver=SOLVERS[config.solver])
             how = controlled.control.get("method", config.method)
         return GeneratedShapes(controlled.model.denormalise(clouds), class_name, dict(attributes or {}), how,
                                time.perf_counter() - t0, steered, controlled.conditions,

@@ -78,7 +78,8 @@ def test_generate_writes_clouds_sheet_and_summary(tmp_path, weights):
 
 
 def test_generate_guides_only_inside_the_guidance_window(tmp_path, weights):
-    """By default guidance acts on the top 70 % of the chain (6 < t ≤ 20 of T = 20 here); 0:20 guides every step."""
+    """By default guidance acts on the top 70 % of the chain (6 < t ≤ 20 of T = 20 here) for a class alone and on
+    every step for attributes; 0:20 guides every step."""
     clouds = {}
     for name, window, expected in (("default", [], [6, 20]), ("same", ["--guidance-window", "6:20"], [6, 20]),
                                    ("every", ["--guidance-window", "0:20"], [0, 20])):
@@ -87,6 +88,8 @@ def test_generate_guides_only_inside_the_guidance_window(tmp_path, weights):
         assert json.loads(result.output.strip().splitlines()[-1])["guidance_window"] == expected
         clouds[name] = read_ply(tmp_path / name / "sample_0000.ply")
     assert np.array_equal(clouds["default"], clouds["same"]) and not np.allclose(clouds["default"], clouds["every"])
+    attribute = _run(weights, tmp_path / "attribute", "--class", "chair", "--attr", "height=0.7", "--json")
+    assert json.loads(attribute.output.strip().splitlines()[-1])["guidance_window"] == [0, 20]  # attributes: every step
     beyond = _run(weights, tmp_path / "beyond", "--class", "chair", "--guidance-window", "5:30")
     assert beyond.exit_code == 2 and "guidance window 5:30 reaches beyond the 20 diffusion steps" in beyond.output
     assert not (tmp_path / "beyond").exists()

@@ -129,8 +129,9 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
                    "unconditional branch; 1 samples the model itself (two network calls per step otherwise).")
 @click.option("--guidance-window", default=None, metavar="LO:HI", callback=window_option,
               help="Guide only the diffusion steps LO < t ≤ HI of the model's 1,000 (the model itself, one network call, "
-                   "elsewhere; with --particles 0); 0:1000 guides every step  [default: 300:1000, 1.2 points lower "
-                   "1-NNA-CD than every step at the same class accuracy and a fifth less time: docs/shapes.md]")
+                   "elsewhere; with --particles 0); 0:1000 guides every step  [default: 300:1000 for a --class alone, 1.2 "
+                   "points lower 1-NNA-CD than every step at the same class accuracy and a fifth less time; every "
+                   "step with --attr, whose errors the window raised: docs/shapes.md]")
 @precision_option(DEFAULTS.precision)
 @click.option("--mesh", "mesh_method", type=click.Choice(MESH_METHODS), is_flag=False, flag_value="offset", default=None,
               help="Also write a surface per cloud, PREFIX_0000_mesh.ply, and meshes.png of them shaded (pymeshlab): "
@@ -206,7 +207,7 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
         "out": str(out), "clouds": n_samples, "points": generator.points, "attribute_points": result.attribute_points,
         "sampling_steps": min(steps, generator.controlled.model.config.n_steps), "solver": solver,
         "guidance_scale": None if particles and proposal == "prior" else guidance_scale,
-        "guidance_window": generator.guidance_window,
+        "guidance_window": generator.guidance_window(attrs),
         "precision": generator.config.precision, "seconds": round(result.seconds, 2),
         "device": str(dev),
     } | evaluate(result, scores=scores)
