@@ -63,8 +63,9 @@ class ShapeGenerationConfig:
     ``points`` per cloud (PointFlow's 2,048 by default; None: the model's training size); ``steps``
     reverse steps of ``solver`` (:data:`common.diffusion.SOLVERS`); ``guidance_scale`` w of classifier-free
     guidance, on the diffusion steps lo < t ≤ hi of ``guidance_window`` (without particles; None: the top 70 % of the
-    chain, :data:`GUIDANCE_WINDOW`, for a class alone, every step with attributes); ``precision`` that of the denoisers' matrix products (``auto``: bf16 where the hardware has
-    it, :func:`common.runtime.resolve_precision`; the classifiers stay float32)."""
+    chain, :data:`GUIDANCE_WINDOW`, for a class alone, every step with attributes); ``precision`` that of the
+    denoisers' matrix products (``auto``: bf16 where the hardware has it, :func:`common.runtime.resolve_precision`;
+    the classifiers stay float32)."""
 
     method: str = "rgdm"
     particles: int = 0

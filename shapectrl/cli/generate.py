@@ -162,7 +162,6 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
     with usage_errors():
         config = ShapeGenerationConfig(method, particles, proposal, temperature, pick, tolerance, points, steps,
                                        solver, guidance_scale, guidance_window, precision)
-    with usage_errors():
         generator = ShapeGenerator.load(config, model=model_path, reward=reward_path, device=str(dev))
     try:
         with warnings.catch_warnings(record=True) as rare:
