@@ -331,8 +331,7 @@ def main(methods, prior_path, pool_path, smc_specs, reward_path, tolerance, eval
                                                    n_samples, seed)
     record = {"evaluator": evaluator, "samples_per_class": n_samples, "points": points, "guidance_scale": guidance_scale,
               "guidance_window": guidance_window, "emd_points": emd_points, "sampling_steps": steps, "solver": solver_name,
-              "precision": precision,
-              "seed": seed, "rows": rows, "attributes": attribute_rows, "threads": torch.get_num_threads(),
+              "precision": precision, "seed": seed, "rows": rows, "attributes": attribute_rows, "threads": torch.get_num_threads(),
               "command": command_line("benchmarks.shapes_conditional"), "machine": machine_info()}
     emit(record, out, indent=1)
 

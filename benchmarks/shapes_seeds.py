@@ -87,7 +87,8 @@ def main(records, baseline, versus, versus_row, out) -> None:
             row["minus_versus"] = _summary(values - against[versus_row or name], "se", keys)
         rows.append(row)
     emit({"records": list(records), "versus": list(versus), "versus_row": versus_row,
-          "seeds": [r["seed"] for r in loaded], "baseline": baseline, "rows": rows, "command": command_line("benchmarks.shapes_seeds")}, out, indent=1)
+          "seeds": [r["seed"] for r in loaded], "baseline": baseline, "rows": rows,
+          "command": command_line("benchmarks.shapes_seeds")}, out, indent=1)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,13 @@ def parse_window(text: str) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
+def window_shares(window: tuple[int, int] | None, n_steps: int) -> tuple[float, float]:
+    """A window of diffusion steps lo < t ≤ hi of ``n_steps`` (None: every step) as the shares
+    ``(lo/T, hi/T)`` of the chain that :class:`GuidedDenoiser` and :class:`ConditionScaled` read."""
+    lo, hi = window or (0, n_steps)
+    return lo / n_steps, hi / n_steps
+
+
 class GuidedDenoiser(nn.Module):
     """A :class:`~common.diffusion.Denoiser` whose ε is shifted by ``scale``·σ_t·∇ log p(y | ·)."""
 

@@ -12,7 +12,12 @@ from dataclasses import dataclass
 import torch
 
 from common.diffusion import ANCESTRAL, GaussianDiffusion, Solver
-from common.guidance import GuidedDenoiser, classifier_free, reconstruction_likelihood
+from common.guidance import (
+    GuidedDenoiser,
+    classifier_free,
+    reconstruction_likelihood,
+    window_shares,
+)
 from common.rewards import GaussianLogLikelihood
 from molctrl.conditions import PropertyConditions
 from molctrl.data.qm9 import PROPERTY_UNITS
@@ -119,9 +124,8 @@ def generate(model: MoleculeDiffusion, conditions: PropertyConditions, y: torch.
         cond = conditions.encode(yb, mb).to(device) if model.config.cond_dim else None
         if guidance is not None:
             log_likelihood = guidance.log_likelihood(yb.to(device), mb.to(device), model.diffusion)
-            window = (0, model.diffusion.n_steps) if guidance.window is None else guidance.window
             denoiser = GuidedDenoiser(model.denoiser, model.diffusion, log_likelihood, guidance.scale, guidance.mode,
-                                      window=(window[0] / model.diffusion.n_steps, window[1] / model.diffusion.n_steps))
+                                      window=window_shares(guidance.window, model.diffusion.n_steps))
         else:
             denoiser = classifier_free(model.denoiser, guidance_scale)
         molecules += model.sample(len(yb), n_sampling_steps, generator, n_atoms=n_atoms[rows], cond=cond,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from common.diffusion import ANCESTRAL, Solver
-from common.guidance import GuidedDenoiser, reconstruction_likelihood
+from common.guidance import GuidedDenoiser, reconstruction_likelihood, window_shares
 from common.rewards import GaussianLogLikelihood, Reward
 from common.smc import (
     Proposal,
@@ -74,11 +74,10 @@ def _proposal(steering: Steering, prior: MoleculeDiffusion, reward: Reward, y: t
     if steering.proposal == "guidance":
         if not isinstance(reward, GaussianLogLikelihood):
             raise ValueError("the guidance proposal needs a property target (a differentiable likelihood)")
-        steps = prior.diffusion.n_steps
-        lo, hi = steering.guidance_window
         return guided_proposal(GuidedDenoiser(prior.denoiser, prior.diffusion,
                                               reconstruction_likelihood(reward, prior.diffusion, y, y_mask),
-                                              steering.guidance_scale, window=(lo / steps, hi / steps)))
+                                              steering.guidance_scale,
+                                              window=window_shares(steering.guidance_window, prior.diffusion.n_steps)))
     if conditioned is None:
         raise ValueError(f"the {steering.proposal} proposal needs its conditioned model")
     return model_proposal(conditioned.denoiser, conditions.encode(y, y_mask).to(y.device))

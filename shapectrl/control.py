@@ -41,7 +41,7 @@ from common.control import (
 )
 from common.diffusion import ANCESTRAL, Solver
 from common.exports import errors_naming, load_module, typed_field
-from common.guidance import classifier_free
+from common.guidance import classifier_free, window_shares
 from shapectrl.conditions import DEFAULT_ATTRIBUTES, ShapeConditions
 from shapectrl.prior import ShapeBatches, ShapeDiffusion, random_subset
 from shapectrl.reward import ShapeReward
@@ -192,9 +192,8 @@ class ControlledShapes:
         on the diffusion steps lo < t ≤ hi of ``guidance_window`` (None: all of them); ``solver``: the steps'
         grid and order."""
         cond = self.conditions.encode(y, y_mask)
-        n_steps = self.model.diffusion.n_steps
-        lo, hi = guidance_window or (0, n_steps)
-        denoiser = classifier_free(self.model.denoiser, guidance_scale, (lo / n_steps, hi / n_steps))
+        denoiser = classifier_free(self.model.denoiser, guidance_scale,
+                                   window_shares(guidance_window, self.model.diffusion.n_steps))
         return self.model.sample_many(len(y), n_points, n_sampling_steps, generator, batch_size, on_batch, cond=cond,
                                       denoiser=denoiser, solver=solver)
 

@@ -157,9 +157,9 @@ class ShapeGenerator:
         3–12 % over two seeds, docs/shapes.md); None under SMC or at w = 1."""
         if self.config.particles or self.config.guidance_scale == 1.0:
             return None
-        n_steps = self.controlled.model.diffusion.n_steps
         if self.config.guidance_window is not None:
             return self.config.guidance_window
+        n_steps = self.controlled.model.diffusion.n_steps
         if attributes:
             return 0, n_steps
         lo, hi = (round(f * n_steps) for f in GUIDANCE_WINDOW)
