@@ -219,7 +219,10 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
                    "by default), e.g. 16:prior, 16:rgdm-data:0.25; 'best' outputs each system's particle of highest "
                    "reward instead of a draw by the final weights, e.g. 16:rgdm-data:0.25:best; class and attribute rows.")
 @click.option("--reward", "reward_path", default="shapectrl/weights/shapes-classifier-pointnet.safetensors",
-              show_default=True, help="The reward classifier of the --smc rows.")
+              show_default=True, help="The reward classifier of the --smc rows and of --redraw's class check.")
+@click.option("--redraw", type=click.IntRange(0), default=0, show_default=True,
+              help="Draw each --method cloud of a class target that --reward's classifier puts in another class again, "
+                   "up to this many times (shapectrl generate --redraw); the row records the extra draws per class.")
 @click.option("--tolerance", type=click.FloatRange(0, min_open=True), default=None,
               help="Width of the --smc rows' attribute likelihoods, in training standard deviations  [default: the "
                    "first --method's training tolerance]")
@@ -250,7 +253,7 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(methods, prior_path, pool_path, smc_specs, reward_path, tolerance, evaluator, attributes, no_attributes, no_data_row, n_samples, points, emd_points, steps, solver, guidance_scale, guidance_window, precision, data_dir, seed, threads, out) -> None:
+def main(methods, prior_path, pool_path, smc_specs, reward_path, redraw, tolerance, evaluator, attributes, no_attributes, no_data_row, n_samples, points, emd_points, steps, solver, guidance_scale, guidance_window, precision, data_dir, seed, threads, out) -> None:
     """Class accuracy, 1-NNA, COV and MMD per class, and attribute errors, of controlled shape models."""
     if threads:
         torch.set_num_threads(threads)
@@ -295,24 +298,32 @@ def main(methods, prior_path, pool_path, smc_specs, reward_path, tolerance, eval
                     | {"pool": pool_path, "pool_size": len(pool.points), "pool_seconds": round(pool.seconds, 1),
                        "train_seconds": 0})
     attribute_rows = {}
+    class_check = ShapeClassifier.load(reward_path).eval() if redraw else None
     for name, (path, model) in models.items():
         model.model.eval()
         trained = read_tree(path)
+        extra_draws: list[int] = []  # per sample() call, with --redraw
 
-        def draw(cls: str, k: int, model=model) -> torch.Tensor:
+        def sample(y: torch.Tensor, mask: torch.Tensor, g: torch.Generator, model=model, extra_draws=extra_draws):
+            options = dict(n_points=points, n_sampling_steps=steps, generator=g, guidance_scale=guidance_scale,
+                           guidance_window=guidance_window, solver=solver)
+            if class_check is None:
+                return model.sample(y, mask, **options)
+            clouds, draws, _ = model.sample_in_class(y, mask, class_check, redraw, **options)
+            extra_draws.append(int(draws.sum()) - len(y))
+            return clouds
+
+        def draw(cls: str, k: int, model=model, sample=sample) -> torch.Tensor:
             y, mask = model.conditions.target(cls)
-            g = torch.Generator().manual_seed(seed * 1000 + k)
-            return model.sample(y.expand(n_samples, -1), mask.expand(n_samples, -1), points, steps, g,
-                                guidance_scale=guidance_scale, guidance_window=guidance_window, solver=solver)
+            return sample(y.expand(n_samples, -1), mask.expand(n_samples, -1), torch.Generator().manual_seed(seed * 1000 + k))
 
-        rows.append(_class_rows(guided_row(name, guidance_scale, guidance_window), draw, scorer, test, references)
+        row_name = guided_row(name, guidance_scale, guidance_window) + (
+            f", off-class clouds redrawn (≤ {redraw} times)" if redraw else "")
+        rows.append(_class_rows(row_name, draw, scorer, test, references)
                     | {"model": path, "train_steps": trained.get("step"), "train_seconds": trained.get("train_seconds"),
-                       "pool_seconds": trained.get("control", {}).get("pool_seconds")})
+                       "pool_seconds": trained.get("control", {}).get("pool_seconds")}
+                    | ({"extra_draws": dict(zip(RGDM_CLASSES, extra_draws))} if redraw else {}))  # the class rows' calls
         if attributes:
-            def sample(y, mask, g, model=model):
-                return model.sample(y, mask, points, steps, g, guidance_scale=guidance_scale,
-                                    guidance_window=guidance_window, solver=solver)
-
             attribute_rows[name] = _attribute_rows(sample, model.conditions, frame, model.model.config.n_train_points,
                                                    scorer, test, attributes, n_samples, seed)
     for spec in smc_specs:
@@ -330,7 +341,7 @@ def main(methods, prior_path, pool_path, smc_specs, reward_path, tolerance, eval
             attribute_rows[name] = _attribute_rows(sample, conditions, frame, n_measure, scorer, test, attributes,
                                                    n_samples, seed)
     record = {"evaluator": evaluator, "samples_per_class": n_samples, "points": points, "guidance_scale": guidance_scale,
-              "guidance_window": guidance_window, "emd_points": emd_points, "sampling_steps": steps, "solver": solver_name,
+              "guidance_window": guidance_window, "redraw": redraw, "emd_points": emd_points, "sampling_steps": steps, "solver": solver_name,
               "precision": precision, "seed": seed, "rows": rows, "attributes": attribute_rows, "threads": torch.get_num_threads(),
               "command": command_line("benchmarks.shapes_conditional"), "machine": machine_info()}
     emit(record, out, indent=1)

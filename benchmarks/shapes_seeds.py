@@ -37,9 +37,9 @@ def _table(records: list[dict], keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     if any(n != names[0] for n in names):
         raise click.BadParameter("the records score different rows", param_hint="RECORDS")
     setup = [(r["samples_per_class"], r["points"], r["sampling_steps"], r.get("guidance_scale"),
-              tuple(r.get("guidance_window") or ())) for r in records]
+              tuple(r.get("guidance_window") or ()), r.get("redraw", 0)) for r in records]
     if len(set(setup)) > 1:
-        raise click.BadParameter(f"the records differ in samples, points, steps or guidance: {setup}",
+        raise click.BadParameter(f"the records differ in samples, points, steps, guidance or redraw: {setup}",
                                  param_hint="RECORDS")
     return {name: np.array([[next(row for row in r["rows"] if row["row"] == name)["mean"][k] for k in keys]
                             for r in records]) for name in names[0]}

@@ -42,6 +42,8 @@ from common.control import (
 from common.diffusion import ANCESTRAL, Solver
 from common.exports import errors_naming, load_module, typed_field
 from common.guidance import classifier_free, window_shares
+from common.selection import redraw_refused
+from shapectrl.classifier import ShapeClassifier
 from shapectrl.conditions import DEFAULT_ATTRIBUTES, ShapeConditions
 from shapectrl.prior import ShapeBatches, ShapeDiffusion, random_subset
 from shapectrl.reward import ShapeReward
@@ -196,6 +198,29 @@ class ControlledShapes:
                                    window_shares(guidance_window, self.model.diffusion.n_steps))
         return self.model.sample_many(len(y), n_points, n_sampling_steps, generator, batch_size, on_batch, cond=cond,
                                       denoiser=denoiser, solver=solver)
+
+    @torch.no_grad()
+    def sample_in_class(self, y: torch.Tensor, y_mask: torch.Tensor, classifier: ShapeClassifier, rounds: int,
+                        on_batch=None, **options) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`sample` (``options``: its keywords), each cloud of a class target that ``classifier`` (the reward's,
+        never the evaluator) puts in another class drawn again, up to ``rounds`` times
+        (:func:`common.selection.redraw_refused`): a draw of the model restricted to its target class. ``on_batch``
+        reports the first draw's progress. ``-> (clouds (B, N, 3)`` normalised, on the CPU, ``draws (B,)``, ``in_class (B,))``."""
+        unknown = [c for c in self.conditions.classes if c not in classifier.classes]
+        if unknown:
+            raise ValueError(f"the class check's classifier does not know class {unknown[0]!r} "
+                             f"(it knows {', '.join(classifier.classes)})")
+        columns = torch.tensor([classifier.classes.index(c) for c in self.conditions.classes])
+        wanted = columns[torch.where(y_mask[:, 0], y[:, 0], 0).long().cpu()]
+        checked = y_mask[:, 0].cpu()
+
+        def draw(rows: torch.Tensor) -> torch.Tensor:
+            return self.sample(y[rows], y_mask[rows], on_batch=on_batch if len(rows) == len(y) else None, **options)
+
+        def accept(clouds: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return ~checked[rows] | (classifier.predict_logits(clouds).argmax(1) == wanted[rows])
+
+        return redraw_refused(draw, accept, len(y), rounds)
 
 
 def make_objective(config: ShapeControlConfig, prior: ShapeDiffusion, reward: ShapeReward, points: torch.Tensor,

@@ -48,10 +48,11 @@ from shapectrl.weights import (
 PROPOSALS = ("prior", "model")
 
 
-#: The share of the chain, lo < t/T ≤ hi, that classifier-free guidance acts on by default for a class target: at
-#: 2,048 points, 1.2 points lower 1-NNA-CD than guiding every step, the same class accuracy, a fifth less time
-#: (docs/shapes.md). Attribute targets are guided on every step.
-GUIDANCE_WINDOW = (0.3, 1.0)
+#: Classifier-free guidance w for targets with attributes and for SMC's model proposal (attribute errors at w = 1:
+#: docs/shapes.md). A class alone is sampled from the model itself (w = 1), each cloud that the reward classifier puts
+#: in another class drawn again: at 2,048 points 6.4 points lower 1-NNA-CD than w = 2, at the same class accuracy, in
+#: less time (docs/shapes.md).
+GUIDANCE = 2.0
 
 
 @dataclass
@@ -62,8 +63,9 @@ class ShapeGenerationConfig:
     attribute likelihoods ``tolerance`` wide (in training standard deviations; None: the model's training width);
     ``points`` per cloud (PointFlow's 2,048 by default; None: the model's training size); ``steps``
     reverse steps of ``solver`` (:data:`common.diffusion.SOLVERS`); ``guidance_scale`` w of classifier-free
-    guidance, on the diffusion steps lo < t ≤ hi of ``guidance_window`` (without particles; None: the top 70 % of the
-    chain, :data:`GUIDANCE_WINDOW`, for a class alone, every step with attributes); ``precision`` that of the
+    guidance (None: 1 for a class alone, :data:`GUIDANCE` with attributes or particles), on the diffusion steps
+    lo < t ≤ hi of ``guidance_window`` (without particles; None: every step); without particles, each cloud of a class
+    target that the reward classifier puts in another class is drawn again, up to ``redraw`` times; ``precision`` that of the
     denoisers' matrix products (``auto``: bf16 where the hardware has it, :func:`common.runtime.resolve_precision`;
     the classifiers stay float32)."""
 
@@ -76,8 +78,9 @@ class ShapeGenerationConfig:
     points: int | None = 2048
     steps: int = 50
     solver: str = "dpm2"  # docs/sampling.md: lower 1-NNA-CD than ancestral steps at 512 and 2,048 points, same cost
-    guidance_scale: float = 2.0
+    guidance_scale: float | None = None
     guidance_window: tuple[int, int] | None = None
+    redraw: int = 4
     precision: str = "auto"
 
     def __post_init__(self) -> None:
@@ -88,8 +91,10 @@ class ShapeGenerationConfig:
         check_pick(self.pick)
         solver_named(self.solver)
         check_precision_choice(self.precision)
-        if self.particles < 0 or self.steps < 1 or (self.points is not None and self.points < 1):
-            raise ValueError("particles must be ≥ 0, steps and points ≥ 1")
+        if self.particles < 0 or self.redraw < 0 or self.steps < 1 or (self.points is not None and self.points < 1):
+            raise ValueError("particles and redraw must be ≥ 0, steps and points ≥ 1")
+        if self.guidance_scale is not None and not self.guidance_scale >= 0:
+            raise ValueError(f"guidance_scale must be ≥ 0, got {self.guidance_scale}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.tolerance is not None and not self.tolerance > 0:
@@ -99,11 +104,21 @@ class ShapeGenerationConfig:
 
 
 @dataclass
+class ClassCheck:
+    """What redrawing off-class clouds did: how many clouds were drawn again, the extra draws in all, and how many
+    clouds the reward classifier still puts in another class after the last round."""
+
+    redrawn: int
+    extra_draws: int
+    off_class: int
+
+
+@dataclass
 class GeneratedShapes:
     """What :meth:`ShapeGenerator.sample` returns: clouds ``(B, N, 3)`` in model units (CPU), the target,
-    how they were made, the sampling time, SMC's report (None without particles), and what measuring
+    how they were made, the sampling time, SMC's report (None without particles), what measuring
     the attributes needs: the model's conditions and its training size (attributes are measured on
-    that many first points of each cloud)."""
+    that many first points of each cloud), and what the class check did (None without it)."""
 
     clouds: torch.Tensor
     class_name: str | None
@@ -113,6 +128,7 @@ class GeneratedShapes:
     steering: SteeringReport | None
     conditions: ShapeConditions
     attribute_points: int
+    class_check: ClassCheck | None = None
 
 
 class ShapeGenerator:
@@ -120,14 +136,16 @@ class ShapeGenerator:
     with :meth:`load`."""
 
     def __init__(self, controlled: ControlledShapes, config: ShapeGenerationConfig, path: Path,
-                 prior: ShapeDiffusion | None = None, reward: ShapeReward | None = None):
+                 prior: ShapeDiffusion | None = None, reward: ShapeReward | None = None,
+                 class_check: ShapeClassifier | None = None):
         self.controlled, self.config, self.path, self.prior, self.reward = controlled, config, path, prior, reward
+        self.class_check = class_check
 
     @classmethod
     def load(cls, config: ShapeGenerationConfig | None = None, *, model: str | Path | None = None,
              reward: str | Path | None = None, device: str = "auto") -> ShapeGenerator:
-        """The shipped model of ``config.method`` (or ``model``, a file of ``shapectrl train control``) and,
-        for SMC, the shipped prior and reward classifier (or ``reward``). One-line
+        """The shipped model of ``config.method`` (or ``model``, a file of ``shapectrl train control``) and the
+        shipped reward classifier (or ``reward``) that checks the class or, for SMC, steers with the shipped prior. One-line
         :class:`~common.weights.WeightsError` for an unusable file."""
         config = config or ShapeGenerationConfig()
         dev = resolve_device(device)
@@ -139,31 +157,34 @@ class ShapeGenerator:
         if config.guidance_window is not None and config.guidance_window[1] > n_steps:
             raise ValueError(f"guidance window {config.guidance_window[0]}:{config.guidance_window[1]} reaches beyond "
                              f"the {n_steps} diffusion steps of {path}")
-        prior = shape_reward = None
+        prior = shape_reward = class_check = None
+        if config.particles or config.redraw:
+            classifier = ShapeClassifier.load(weight_path(reward or REWARD_CLASSIFIER)).to(dev).eval()
         if config.particles:
             prior = set_precision(ShapeDiffusion.load(weight_path(PRIOR)).to(dev).eval(), config.precision)
-            classifier = ShapeClassifier.load(weight_path(reward or REWARD_CLASSIFIER))
             shape_reward = controlled.reward(classifier, config.tolerance).to(dev)
-        return cls(controlled, config, path, prior, shape_reward)
+        elif config.redraw:
+            class_check = classifier
+        return cls(controlled, config, path, prior, shape_reward, class_check)
 
     @property
     def points(self) -> int:
         return self.config.points or self.controlled.model.config.n_train_points
 
+    def guidance_scale(self, attributes: Mapping[str, float] | None = None) -> float:
+        """Classifier-free guidance w for a target with ``attributes``: ``config.guidance_scale``; by default 1 (the
+        model itself, its off-class clouds drawn again) for a class alone and :data:`GUIDANCE` with attributes
+        (whose errors are lower guided, docs/shapes.md) or under SMC (as its model proposal was measured)."""
+        if self.config.guidance_scale is not None:
+            return self.config.guidance_scale
+        return GUIDANCE if attributes or self.config.particles else 1.0
+
     def guidance_window(self, attributes: Mapping[str, float] | None = None) -> tuple[int, int] | None:
         """The diffusion steps lo < t ≤ hi that classifier-free guidance acts on for a target with ``attributes``:
-        ``config.guidance_window``; by default :data:`GUIDANCE_WINDOW` of the model's chain (300 < t ≤ 1,000 of
-        T = 1,000) for a class alone, and every step once attributes are targeted (the window raised their errors by
-        3–12 % over two seeds, docs/shapes.md); None under SMC or at w = 1."""
-        if self.config.particles or self.config.guidance_scale == 1.0:
+        ``config.guidance_window``, or every step ``(0, T)``; None under SMC or unguided (w = 1)."""
+        if self.config.particles or self.guidance_scale(attributes) == 1.0:
             return None
-        if self.config.guidance_window is not None:
-            return self.config.guidance_window
-        n_steps = self.controlled.model.diffusion.n_steps
-        if attributes:
-            return 0, n_steps
-        lo, hi = (round(f * n_steps) for f in GUIDANCE_WINDOW)
-        return lo, hi
+        return self.config.guidance_window or (0, self.controlled.model.diffusion.n_steps)
 
     def target(self, class_name: str | None = None, attributes: Mapping[str, float] | None = None,
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,11 +207,11 @@ class ShapeGenerator:
         targets = y.expand(n, -1), y_mask.expand(n, -1)
         generator = seed_everything(seed)
         t0 = time.perf_counter()
-        steered = None
+        steered = checked = None
         if config.particles:
             proposal = controlled if config.proposal == "model" else None
             clouds, steered = steer_shapes(self.prior, self.reward, *targets, self.points, config.particles,
-                                           config.steps, proposal, config.guidance_scale, config.temperature,
+                                           config.steps, proposal, self.guidance_scale(attributes), config.temperature,
                                            generator=generator, on_batch=on_batch, solver=SOLVERS[config.solver],
                                            pick=config.pick)
             kernel = controlled.control.get("method", config.method) if proposal else "prior"
@@ -199,13 +220,19 @@ class ShapeGenerator:
                 f", attribute tolerance {config.tolerance:g}" if config.tolerance and attributes else "") + (
                 ", best particle" if config.pick == "best" else "")
         else:
-            clouds = controlled.sample(*targets, self.points, config.steps, generator, batch_size, on_batch=on_batch,
-                                       guidance_scale=config.guidance_scale,
-                                       guidance_window=self.guidance_window(attributes), solver=SOLVERS[config.solver])
+            options = dict(n_points=self.points, n_sampling_steps=config.steps, generator=generator,
+                           batch_size=batch_size, guidance_scale=self.guidance_scale(attributes),
+                           guidance_window=self.guidance_window(attributes), solver=SOLVERS[config.solver])
             how = controlled.control.get("method", config.method)
+            if class_name is not None and self.class_check is not None:
+                clouds, draws, in_class = controlled.sample_in_class(*targets, self.class_check, config.redraw,
+                                                                     on_batch=on_batch, **options)
+                checked = ClassCheck(int((draws > 1).sum()), int(draws.sum()) - n, int((~in_class).sum()))
+            else:
+                clouds = controlled.sample(*targets, on_batch=on_batch, **options)
         return GeneratedShapes(controlled.model.denormalise(clouds), class_name, dict(attributes or {}), how,
                                time.perf_counter() - t0, steered, controlled.conditions,
-                               min(self.points, controlled.model.config.n_train_points))
+                               min(self.points, controlled.model.config.n_train_points), checked)
 
 
 def load(method: str = "rgdm", *, model: str | Path | None = None, reward: str | Path | None = None,

@@ -77,22 +77,57 @@ def test_generate_writes_clouds_sheet_and_summary(tmp_path, weights):
     assert saved["samples"][0]["class"] in CLASSES and set(saved["samples"][0]["attributes"]) == {"chair_back_height", "height"}
 
 
-def test_generate_guides_only_inside_the_guidance_window(tmp_path, weights):
-    """By default guidance acts on the top 70 % of the chain (6 < t ≤ 20 of T = 20 here) for a class alone and on
-    every step for attributes; 0:20 guides every step."""
+def _summary(result) -> dict:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output.strip().splitlines()[-1])
+
+
+def test_generate_guides_attributes_and_samples_a_class_alone_from_the_model(tmp_path, weights):
+    """By default a class alone is the model itself (w = 1) and attributes are guided (w = 2) on every step; a
+    guidance window of the whole chain is every step, a shorter one changes the clouds."""
+    default = _summary(_run(weights, tmp_path / "default", "--class", "chair", "--json"))
+    assert [default["guidance_scale"], default["guidance_window"]] == [1, None]
+    attribute = _summary(_run(weights, tmp_path / "attribute", "--class", "chair", "--attr", "height=0.7", "--json"))
+    assert [attribute["guidance_scale"], attribute["guidance_window"]] == [2, [0, 20]]
     clouds = {}
-    for name, window, expected in (("default", [], [6, 20]), ("same", ["--guidance-window", "6:20"], [6, 20]),
-                                   ("every", ["--guidance-window", "0:20"], [0, 20])):
-        result = _run(weights, tmp_path / name, "--class", "chair", "--json", *window)
-        assert result.exit_code == 0, result.output
-        assert json.loads(result.output.strip().splitlines()[-1])["guidance_window"] == expected
+    for name, window, expected in (("every", [], [0, 20]), ("same", ["--guidance-window", "0:20"], [0, 20]),
+                                   ("window", ["--guidance-window", "6:20"], [6, 20])):
+        summary = _summary(_run(weights, tmp_path / name, "--class", "chair", "--guidance-scale", "2", "--json", *window))
+        assert summary["guidance_window"] == expected
         clouds[name] = read_ply(tmp_path / name / "sample_0000.ply")
-    assert np.array_equal(clouds["default"], clouds["same"]) and not np.allclose(clouds["default"], clouds["every"])
-    attribute = _run(weights, tmp_path / "attribute", "--class", "chair", "--attr", "height=0.7", "--json")
-    assert json.loads(attribute.output.strip().splitlines()[-1])["guidance_window"] == [0, 20]  # attributes: every step
-    beyond = _run(weights, tmp_path / "beyond", "--class", "chair", "--guidance-window", "5:30")
+    assert np.array_equal(clouds["every"], clouds["same"]) and not np.allclose(clouds["every"], clouds["window"])
+    beyond = _run(weights, tmp_path / "beyond", "--class", "chair", "--guidance-scale", "2", "--guidance-window", "5:30")
     assert beyond.exit_code == 2 and "guidance window 5:30 reaches beyond the 20 diffusion steps" in beyond.output
     assert not (tmp_path / "beyond").exists()
+
+
+def test_generate_draws_off_class_clouds_again(tmp_path, weights):
+    """The class check (here also the evaluator, its bias set so that half of the unchecked clouds are chairs) draws
+    again exactly the clouds it puts in another class; the others are those drawn without the check, and the
+    summary's off-class count is what the evaluator finds."""
+    model, evaluator = weights
+    args = ("--class", "chair", "-n", "8", "--json")
+    _summary(_run(weights, tmp_path / "unbiased", *args, "--redraw", "0"))
+    classifier = ShapeClassifier.load(evaluator).eval()
+    clouds = torch.from_numpy(np.stack([read_ply(path) for path in sorted((tmp_path / "unbiased").glob("*.ply"))]))
+    margin = classifier.predict_logits_model_units(clouds.float()) @ torch.tensor([1.0, -1.0])  # chair − table
+    with torch.no_grad():
+        classifier.head[-1].bias[0] -= margin.median() + 1e-4
+    save_tree(classifier.export(), tmp_path / "check.safetensors")
+    check_weights = (model, str(tmp_path / "check.safetensors"))
+    args += ("--reward", str(tmp_path / "check.safetensors"))
+    plain = _summary(_run(check_weights, tmp_path / "plain", *args, "--redraw", "0"))
+    checked = _summary(_run(check_weights, tmp_path / "checked", *args, "--redraw", "3"))
+    assert "class_check" not in plain
+    first = json.loads((tmp_path / "plain" / "summary.json").read_text())["samples"]
+    assert sum(sample["class"] == "chair" for sample in first) == 4
+    check = checked["class_check"]
+    assert check["rounds"] == 3 and check["redrawn"] == 4 and 4 <= check["extra_draws"] <= 12
+    saved = json.loads((tmp_path / "checked" / "summary.json").read_text())["samples"]
+    assert check["off_class"] == sum(sample["class"] != "chair" for sample in saved)
+    for sample in first:
+        same = np.array_equal(read_ply(tmp_path / "plain" / sample["file"]), read_ply(tmp_path / "checked" / sample["file"]))
+        assert same == (sample["class"] == "chair"), sample
 
 
 def test_generate_reports_attributes_without_a_class(tmp_path, weights):
@@ -110,6 +145,7 @@ def test_generate_reports_attributes_without_a_class(tmp_path, weights):
     ([], "give a target"),
     (["--class", "chair", "--guidance-window", "9:3"], "Invalid value for '--guidance-window': '9:3': expected LO:HI"),
     (["--class", "chair", "--guidance-window", "5:20", "--particles", "2"], "a guidance window applies to sampling"),
+    (["--class", "chair", "--redraw", "-1"], "Invalid value for '--redraw'"),
 ])
 def test_generate_rejects_bad_targets(tmp_path, weights, args, message):
     result = _run(weights, tmp_path / "gen", *args)

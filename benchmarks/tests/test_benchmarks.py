@@ -163,12 +163,16 @@ def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
     classes_only = CliRunner().invoke(benchmark, ["--method", f"rgdm={model_path}", "--evaluator", str(evaluator_path),
                                                   "-n", "2", "--points", "32", "--steps", "1", "--data-dir",
                                                   str(tmp_path), "--no-attributes", "--threads", "1",
-                                                  "--emd-points", "0", "--precision", "bf16", "--no-data-row"])
+                                                  "--emd-points", "0", "--precision", "bf16", "--no-data-row",
+                                                  "--redraw", "2", "--reward", str(evaluator_path)])
     assert classes_only.exit_code == 0, classes_only.output
     record = json.loads(classes_only.stdout)
     assert record["attributes"] == {} and record["precision"] == "bf16" and record["emd_points"] == 0
     (only,) = record["rows"]
-    assert only["row"] == "rgdm" and "1nna-cd" in only["mean"] and "1nna-emd" not in only["mean"]
+    assert only["row"] == "rgdm, off-class clouds redrawn (≤ 2 times)" and record["redraw"] == 2
+    assert "1nna-cd" in only["mean"] and "1nna-emd" not in only["mean"]
+    assert set(only["extra_draws"]) == {"airplane", "chair", "car"}
+    assert all(0 <= extra <= 2 * 2 for extra in only["extra_draws"].values())  # 2 clouds, at most 2 redraws each
 
 
 def test_main_job_runs_shapectrl_generate_at_its_defaults(tmp_path) -> None:
@@ -220,7 +224,7 @@ def test_seed_aggregation_gives_means_spreads_and_paired_differences(tmp_path) -
     record["points"] = 2048
     paths[2].write_text(json.dumps(record))
     mixed = CliRunner().invoke(aggregate, list(map(str, paths)))
-    assert mixed.exit_code == 2 and "differ in samples, points, steps or guidance" in mixed.output
+    assert mixed.exit_code == 2 and "differ in samples, points, steps, guidance or redraw" in mixed.output
 
 
 def test_seed_aggregation_pairs_two_settings_by_seed_and_keeps_the_metrics_both_have(tmp_path) -> None:
