@@ -2,7 +2,7 @@
 
     import shapectrl
 
-    generator = shapectrl.load()                                    # the shipped RGDM model, w = 2
+    generator = shapectrl.load()                                    # the shipped RGDM model
     result = generator.sample("chair", {"chair_back_height": 0.6}, n=4, seed=0)
     print(shapectrl.evaluate(result))                               # class accuracy, attribute MAE
     shapectrl.write_clouds("chairs", result.clouds)
