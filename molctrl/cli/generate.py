@@ -36,8 +36,8 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
               help="With --particles: T of exp(reward/T)  [default: 0.25 for --target, i.e. p_prior(x)*p(y|x)^4, "
                    "sharper than the conditional (T = 1): the lowest MAE of T = 1, 0.5, 0.25 in "
                    "docs/steered.md; 0.002 for --maximize: with --potential-from's default, mean QED 0.589 of 500 "
-                   "molecules against best-of-16's 0.572 at the same network evaluations, with 95 %% unique molecules "
-                   "against 98 %% (docs/conditioned.md)]")
+                   "molecules against best-of-16's 0.572 at the same network evaluations, with 95 % unique molecules "
+                   "against 98 % (docs/conditioned.md)]")
 @click.option("--potential-from", type=click.IntRange(min=1), default=None, metavar="T",
               help="With --particles: the reward steers the particles (and resamples them) from diffusion step T of "
                    "the prior's 1,000 down to 0, ramping in  [default: 400 for --target; 100 for --maximize, where x̂₀'s "
@@ -46,7 +46,7 @@ SYMBOLS = {"alpha": "alpha", "gap": "gap", "homo": "HOMO", "lumo": "LUMO", "mu":
               help="With --particles: each molecule is its system's particle drawn by the final weights (sample: "
                    "a sample of p_prior*exp(reward/T)) or the one of highest final reward (best: a selection "
                    "among the steered particles)  [default: best for --target: a lower MAE on all six properties "
-                   "at the same cost, 99 %% unique (docs/steered.md); sample for --maximize]")
+                   "at the same cost, 99 % unique (docs/steered.md); sample for --maximize]")
 @click.option("--method", type=click.Choice(["rgdm", "ctrl", "guidance"]), default="rgdm", show_default=True,
               help="With --particles 0: rgdm / ctrl, a shipped (or --model) conditioned model; guidance, the prior "
                    "steered by the reward predictor's gradient (reconstruction guidance).")
