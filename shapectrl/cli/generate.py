@@ -107,13 +107,13 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
                    "at --guidance-scale).")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.temperature,
               show_default=True, help="With --particles: T of exp(reward/T); below 1 sharper than the conditional "
-              "(with the controlled model as proposal, T = 0.25 gave 100 %% class accuracy on class targets against 98 %% "
-              "at T = 1, but 94 %% on class-and-attribute targets: docs/shapes.md).")
+              "(with the controlled model as proposal, T = 0.25 gave 100 % class accuracy on class targets against 98 % "
+              "at T = 1, but 94 % on class-and-attribute targets: docs/shapes.md).")
 @click.option("--pick", type=click.Choice(list(PICKS)), default=DEFAULTS.pick, show_default=True,
               help="With --particles: each cloud is drawn from its system's particles by their final weights "
                    "(sample: a sample of p_prior*exp(reward/T)), or is the particle the reward likes best (best: a "
-                   "selection, sharper and less varied; at T = 0.25 with the model as proposal 96.9 %% class "
-                   "accuracy on class-and-attribute targets against 93.8 %%: docs/shapes.md).")
+                   "selection, sharper and less varied; at T = 0.25 with the model as proposal 96.9 % class "
+                   "accuracy on class-and-attribute targets against 93.8 %: docs/shapes.md).")
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.tolerance,
               help="With --particles and --attr: the width of the reward's attribute likelihoods, in the attribute's "
                    "training standard deviations (wider: the class weighs more against the attribute)  [default: the "
@@ -129,9 +129,10 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @solver_option(DEFAULTS.solver)
 @click.option("--guidance-scale", type=click.FloatRange(0), default=DEFAULTS.guidance_scale,
               help="Classifier-free guidance w: ε(z, 0) + w·(ε(z, c) − ε(z, 0)), the empty condition being the model's "
-                   "unconditional branch; 1 samples the model itself (two network calls per step otherwise)  [default: 1 "
-                   "for a --class alone, with --redraw: 6.4 points lower 1-NNA-CD than w = 2 at the same class accuracy; "
-                   f"{GUIDANCE:g} with --attr, whose errors are lower guided, and with --particles: docs/shapes.md]")
+                   "unconditional branch; 1 samples the model itself (two network calls per step otherwise)  [default: "
+                   "1 for a --class alone, with --redraw: 6.4 points lower 1-NNA-CD than w = 2 on 300 < t ≤ 1000 at the "
+                   f"same class accuracy; {GUIDANCE:g} with --attr, whose errors are lower guided, and with --particles: "
+                   "docs/shapes.md]")
 @click.option("--guidance-window", default=None, metavar="LO:HI", callback=window_option,
               help="Guide only the diffusion steps LO < t ≤ HI of the model's 1,000 (the model itself, one network call, "
                    "elsewhere; with --particles 0)  [default: every step]")
