@@ -270,7 +270,7 @@ def _report(summary: dict) -> str:
     if "class_check" in summary:
         check = summary["class_check"]
         lines.append(f"class check by the reward classifier: {check['redrawn']} of {summary['clouds']} clouds drawn again "
-                     f"({check['extra_draws']} more draws), {check['off_class']} still off-class after {check['rounds']} rounds")
+                     f"(extra draws: {check['extra_draws']}), {check['off_class']} still off-class after {check['rounds']} rounds")
     if "mesh" in summary:
         mesh = summary["mesh"]
         lines.append(f"{mesh['made']} {mesh['method']} surfaces and {MESH_SHEET} in {mesh['seconds']:.1f} s, "
