@@ -209,6 +209,9 @@ class MoleculeGenerator:
             guidance = _guidance(main, config, dev)
         else:
             main = _conditioned(model, config.method, maximize).to(dev)
+        if config.window is not None and config.window[1] > main.diffusion.n_steps:
+            raise ValueError(f"guidance window {config.window[0]}:{config.window[1]} reaches beyond the model's "
+                             f"{main.diffusion.n_steps} diffusion steps")
         for denoising in (main, conditioned):
             if denoising is not None:
                 set_precision(denoising, config.precision)

@@ -270,6 +270,8 @@ def test_generate_reports_bad_requests_in_one_line(weight_files, tmp_path):
              (["--maximize", "qed", "--guidance-scale", "2"], "needs property targets and a"),
              (["--target", "mu=1", "--guidance-window", "0:10"], "only method guidance"),
              ([*once, "--target", "mu=1", "--method", "guidance", "--guidance-window", "10"], "expected LO:HI"),
+             ([*once, "--target", "mu=1", "--method", "guidance", "--guidance-window", "0:5000"],
+              "guidance window 0:5000 reaches beyond the model's 1000 diffusion steps"),
              (["--target", "mu=1", "--method", "ctrl"], "--method samples each molecule once"),
              (["--target", "mu=1", "--potential-from", "0"], "'--potential-from': 0 is not in the range x>=1"),
              (["--target", "mu=1", "--pick", "mode"], "'--pick': 'mode' is not one of 'sample', 'best'"),
