@@ -199,7 +199,9 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
     per_cloud = [{name: round(float(values[k]), 5) for name, values in scores.measured.items()}
                  for k in range(n_samples)]
     captions = [_caption(c, float(p), v) for c, p, v in zip(scores.classes, scores.probabilities, per_cloud)]
-    title = f"{_target_text(class_name, attrs)} ({result.description})"
+    scale = None if particles and proposal == "prior" else generator.guidance_scale(attrs)
+    window = generator.guidance_window(attrs)
+    title = f"{_target_text(class_name, attrs)} ({result.description}{_guidance_text(scale, window)})"
     contact_sheet(result.clouds, captions, out / SHEET, title=title)
     t_mesh = time.perf_counter()
     surfaces = _write_surfaces(result.clouds, mesh_paths, mesh_method) if mesh_method else []
@@ -213,8 +215,7 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
         "method": result.description, "model": str(generator.path), "evaluator": str(evaluator_file),
         "out": str(out), "clouds": n_samples, "points": generator.points, "attribute_points": result.attribute_points,
         "sampling_steps": min(steps, generator.controlled.model.config.n_steps), "solver": solver,
-        "guidance_scale": None if particles and proposal == "prior" else generator.guidance_scale(attrs),
-        "guidance_window": generator.guidance_window(attrs),
+        "guidance_scale": scale, "guidance_window": window,
         "precision": generator.config.precision, "seconds": round(result.seconds, 2),
         "device": str(dev),
     } | evaluate(result, scores=scores)
@@ -256,14 +257,20 @@ def _write_surfaces(clouds, paths: list[Path], method: str) -> list[Surface | No
     return surfaces
 
 
+def _guidance_text(scale: float | None, window: list[int] | tuple[int, int] | None) -> str:
+    """``", guidance 2 on 300 < t ≤ 1000"``; empty for the model itself (w = 1) or no model (SMC's prior proposal)."""
+    if scale is None or scale == 1:
+        return ""
+    return f", guidance {scale:g}" + ("" if window is None else f" on {window[0]} < t ≤ {window[1]}")
+
+
 def _report(summary: dict) -> str:
     """The summary as a few lines for a person."""
     target = summary["target"]
     lines = [(f"wrote {summary['clouds']} clouds of {summary['points']} points, {SHEET} and {SUMMARY} to "
-              f"{summary['out']} ({summary['method']}, {summary['sampling_steps']} {summary['solver']} steps, "
-              + ("" if summary["guidance_scale"] is None else f"guidance {summary['guidance_scale']:g}, ")
-              + ("" if summary["guidance_window"] is None else "on {} < t ≤ {}, ".format(*summary["guidance_window"])) +
-              f"{summary['precision']}, {summary['seconds']:.1f} s on {summary['device']})")]
+              f"{summary['out']} ({summary['method']}, {summary['sampling_steps']} {summary['solver']} steps"
+              + _guidance_text(summary["guidance_scale"], summary["guidance_window"]) +
+              f", {summary['precision']}, {summary['seconds']:.1f} s on {summary['device']})")]
     if "particles" in summary:
         lines.append(f"mean ESS {summary['mean_ess']:.1f} of {summary['particles']}; "
                      f"{summary['network_calls_per_cloud']} network evaluations per cloud")
