@@ -289,6 +289,25 @@ def test_classifier_free_guidance_interpolates_the_conditional_and_the_empty_con
                           atol=1e-6)
 
 
+def test_class_check_redraws_class_targets_only_and_names_a_class_it_cannot_read() -> None:
+    torch.manual_seed(0)
+    prior = ShapeDiffusion(ShapePriorConfig(width=16, depth=1, voxel_channels=4, n_steps=10), Normalisation((0, 0, 0), 1.0),
+                           CLASSES)
+    controlled = ControlledShapes(prior.with_condition(_conditions().cond_dim), _conditions(), {})
+    y = torch.tensor([[float(CLASSES.index("chair")), 0.0, 0.0], [0.0, 0.7, 0.0]])
+    y_mask = torch.tensor([[True, False, False], [False, True, False]])  # a chair; a height alone
+    always_table = _classifier()
+    with torch.no_grad():
+        always_table.head[-1].bias[CLASSES.index("table")] = 1e3
+    clouds, draws, in_class = controlled.sample_in_class(y, y_mask, always_table, 3, n_points=16, n_sampling_steps=2,
+                                                         generator=torch.Generator().manual_seed(0))
+    assert clouds.shape == (2, 16, 3)
+    assert draws.tolist() == [4, 1] and in_class.tolist() == [False, True]  # the chair is refused on every draw
+    short = ShapeClassifier(ShapeClassifierConfig(classes=("airplane", "chair"), widths=(8,), head_hidden=8))
+    with pytest.raises(ValueError, match="does not know class 'car'"):
+        controlled.sample_in_class(y, y_mask, short, 1, n_points=16, n_sampling_steps=2)
+
+
 def test_ctrl_with_score_early_draws_each_target_on_consecutive_rows() -> None:
     """The score-function baseline compares rollouts of one target: G rows per target (G = samples_per_target)."""
     labels = torch.arange(12) % 2
