@@ -205,7 +205,8 @@ class ControlledShapes:
         """:meth:`sample` (``options``: its keywords), each cloud of a class target that ``classifier`` (the reward's,
         never the evaluator) puts in another class drawn again, up to ``rounds`` times
         (:func:`common.selection.redraw_refused`): a draw of the model restricted to its target class. ``on_batch``
-        reports the first draw's progress. ``-> (clouds (B, N, 3)`` normalised, on the CPU, ``draws (B,)``, ``in_class (B,))``."""
+        reports the first draw's progress. ``-> (clouds (B, N, 3)`` normalised, on the CPU, ``draws (B,)``,
+        ``in_class (B,))``."""
         unknown = [c for c in self.conditions.classes if c not in classifier.classes]
         if unknown:
             raise ValueError(f"the class check's classifier does not know class {unknown[0]!r} "

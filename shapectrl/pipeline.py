@@ -65,8 +65,8 @@ class ShapeGenerationConfig:
     reverse steps of ``solver`` (:data:`common.diffusion.SOLVERS`); ``guidance_scale`` w of classifier-free
     guidance (None: 1 for a class alone, :data:`GUIDANCE` with attributes or particles), on the diffusion steps
     lo < t ≤ hi of ``guidance_window`` (without particles; None: every step); without particles, each cloud of a class
-    target that the reward classifier puts in another class is drawn again, up to ``redraw`` times; ``precision`` that of the
-    denoisers' matrix products (``auto``: bf16 where the hardware has it, :func:`common.runtime.resolve_precision`;
+    target that the reward classifier puts in another class is drawn again, up to ``redraw`` times; ``precision`` that
+    of the denoisers' matrix products (``auto``: bf16 where the hardware has it, :func:`common.runtime.resolve_precision`;
     the classifiers stay float32)."""
 
     method: str = "rgdm"
@@ -145,8 +145,8 @@ class ShapeGenerator:
     def load(cls, config: ShapeGenerationConfig | None = None, *, model: str | Path | None = None,
              reward: str | Path | None = None, device: str = "auto") -> ShapeGenerator:
         """The shipped model of ``config.method`` (or ``model``, a file of ``shapectrl train control``) and the
-        shipped reward classifier (or ``reward``) that checks the class or, for SMC, steers with the shipped prior. One-line
-        :class:`~common.weights.WeightsError` for an unusable file."""
+        shipped reward classifier (or ``reward``) that checks the class or, for SMC, steers with the shipped prior.
+        One-line :class:`~common.weights.WeightsError` for an unusable file."""
         config = config or ShapeGenerationConfig()
         dev = resolve_device(device)
         config = replace(config, precision=resolve_precision(config.precision, dev))

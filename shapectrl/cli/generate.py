@@ -119,8 +119,8 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
                    "training standard deviations (wider: the class weighs more against the attribute)  [default: the "
                    "model's training width]")
 @click.option("--reward", "reward_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help=f"The reward classifier that steers --particles and checks the class for --redraw (default: the shipped "
-                   f"{REWARD_CLASSIFIER}).")
+              help=f"The reward classifier that steers --particles and checks the class for --redraw (default: the "
+                   f"shipped {REWARD_CLASSIFIER}).")
 @click.option("--points", type=click.IntRange(1), default=DEFAULTS.points, show_default=True,
               help="Points per cloud (PointFlow's protocol size; the shipped models were trained on 512, and the "
                    "denoiser's voxel grid reads at most that many, so it runs on any N: docs/shapes.md).")
@@ -152,8 +152,8 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
 @compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_path, particles, proposal, temperature,
-             pick, tolerance, reward_path, points, steps, solver, guidance_scale, guidance_window, redraw, precision, mesh_method,
-             batch_size, prefix, overwrite, seed, device, threads, as_json) -> None:
+             pick, tolerance, reward_path, points, steps, solver, guidance_scale, guidance_window, redraw, precision,
+             mesh_method, batch_size, prefix, overwrite, seed, device, threads, as_json) -> None:
     """Generate N clouds for one target (a --class, --attr values or both) into OUT.
 
     Writes OUT/PREFIX_0000.ply, ... in model units, OUT/contact_sheet.png (each cloud captioned with
@@ -276,8 +276,9 @@ def _report(summary: dict) -> str:
                      f"{summary['network_calls_per_cloud']} network evaluations per cloud")
     if "class_check" in summary:
         check = summary["class_check"]
-        lines.append(f"class check by the reward classifier: {check['redrawn']} of {summary['clouds']} clouds drawn again "
-                     f"(extra draws: {check['extra_draws']}), {check['off_class']} still off-class after {check['rounds']} rounds")
+        lines.append(f"class check by the reward classifier: {check['redrawn']} of {summary['clouds']} clouds drawn "
+                     f"again (extra draws: {check['extra_draws']}), {check['off_class']} still off-class after "
+                     f"{check['rounds']} rounds")
     if "mesh" in summary:
         mesh = summary["mesh"]
         lines.append(f"{mesh['made']} {mesh['method']} surfaces and {MESH_SHEET} in {mesh['seconds']:.1f} s, "
