@@ -302,27 +302,31 @@ def main(methods, prior_path, pool_path, smc_specs, reward_path, redraw, toleran
     for name, (path, model) in models.items():
         model.model.eval()
         trained = read_tree(path)
-        extra_draws: list[int] = []  # per sample() call, with --redraw
+        extra_draws: dict[str, int] = {}  # per class row, with --redraw
 
-        def sample(y: torch.Tensor, mask: torch.Tensor, g: torch.Generator, model=model, extra_draws=extra_draws):
+        def sample(y: torch.Tensor, mask: torch.Tensor, g: torch.Generator, model=model,
+                   count: str | None = None) -> torch.Tensor:
+            """Clouds for targets ``y, mask``; with --redraw, the extra draws are recorded under ``count``."""
             options = dict(n_points=points, n_sampling_steps=steps, generator=g, guidance_scale=guidance_scale,
                            guidance_window=guidance_window, solver=solver)
             if class_check is None:
                 return model.sample(y, mask, **options)
             clouds, draws, _ = model.sample_in_class(y, mask, class_check, redraw, **options)
-            extra_draws.append(int(draws.sum()) - len(y))
+            if count is not None:
+                extra_draws[count] = int(draws.sum()) - len(y)
             return clouds
 
         def draw(cls: str, k: int, model=model, sample=sample) -> torch.Tensor:
             y, mask = model.conditions.target(cls)
-            return sample(y.expand(n_samples, -1), mask.expand(n_samples, -1), torch.Generator().manual_seed(seed * 1000 + k))
+            return sample(y.expand(n_samples, -1), mask.expand(n_samples, -1),
+                          torch.Generator().manual_seed(seed * 1000 + k), count=cls)
 
         row_name = guided_row(name, guidance_scale, guidance_window) + (
             f", off-class clouds redrawn (≤ {redraw} times)" if redraw else "")
         rows.append(_class_rows(row_name, draw, scorer, test, references)
                     | {"model": path, "train_steps": trained.get("step"), "train_seconds": trained.get("train_seconds"),
                        "pool_seconds": trained.get("control", {}).get("pool_seconds")}
-                    | ({"extra_draws": dict(zip(RGDM_CLASSES, extra_draws))} if redraw else {}))  # the class rows' calls
+                    | ({"extra_draws": extra_draws} if redraw else {}))
         if attributes:
             attribute_rows[name] = _attribute_rows(sample, model.conditions, frame, model.model.config.n_train_points,
                                                    scorer, test, attributes, n_samples, seed)
@@ -341,8 +345,9 @@ def main(methods, prior_path, pool_path, smc_specs, reward_path, redraw, toleran
             attribute_rows[name] = _attribute_rows(sample, conditions, frame, n_measure, scorer, test, attributes,
                                                    n_samples, seed)
     record = {"evaluator": evaluator, "samples_per_class": n_samples, "points": points, "guidance_scale": guidance_scale,
-              "guidance_window": guidance_window, "redraw": redraw, "emd_points": emd_points, "sampling_steps": steps, "solver": solver_name,
-              "precision": precision, "seed": seed, "rows": rows, "attributes": attribute_rows, "threads": torch.get_num_threads(),
+              "guidance_window": guidance_window, "redraw": redraw, "emd_points": emd_points, "sampling_steps": steps,
+              "solver": solver_name, "precision": precision, "seed": seed, "rows": rows, "attributes": attribute_rows,
+              "threads": torch.get_num_threads(),
               "command": command_line("benchmarks.shapes_conditional"), "machine": machine_info()}
     emit(record, out, indent=1)
 
