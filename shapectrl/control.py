@@ -65,6 +65,7 @@ class ShapeControlConfig(ControlConfig):
     p_class: float = 0.8  # probability that a training target conditions on the class
     p_attribute: float = 0.25  # ... on each attribute that applies to the class
     tolerance: float = 0.1  # attribute likelihood width, in training standard deviations
+    neighbours: int = 0  # > 0: first give the prior's network a local branch over this many neighbours
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -229,8 +230,11 @@ def make_objective(config: ShapeControlConfig, prior: ShapeDiffusion, reward: Sh
                    pool_path: Path | None = None) -> tuple[nn.Module, object]:
     """The objective and batch source of ``config``: ``points (M, P, 3)`` are the labelled training
     clouds (normalised) behind ``targets``. RGDM with the prior as proposal samples its pool once and
-    keeps it at ``pool_path`` (reused when there); with the data as proposal it scores ``points``."""
-    model = prior.with_condition(reward.conditions.cond_dim)
+    keeps it at ``pool_path`` (reused when there); with the data as proposal it scores ``points``. With
+    ``config.neighbours`` the trained copy first grows a local branch (:meth:`ShapeDiffusion.with_neighbours`);
+    CTRL's KL and the pool stay the prior's."""
+    start = prior.with_neighbours(config.neighbours) if config.neighbours else prior
+    model = start.with_condition(reward.conditions.cond_dim)
     if config.method == "cond":
         labelled = ShapeBatches(points, batch_size, n_points, torch.arange(len(points)), seed)
         return (ConditionedDenoising(model, reward.conditions, config),

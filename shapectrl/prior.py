@@ -10,7 +10,7 @@ subset of each shape's points at every step, :class:`ShapeBatches`) samples 2,04
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -34,7 +34,8 @@ class ShapePriorConfig:
     ``resolution``, ``voxel_channels`` and ``extent`` shape the ``pvd`` voxel branch, ``n_inducing``
     and ``heads`` the ``transformer`` attention. ``schedule`` defaults to PVD's linear β (1e-4 to 0.02,
     T = 1000). ``n_train_points`` is the cloud size the prior was trained on (samples may be larger; the
-    ``pvd`` voxel grid then averages that many of their points).
+    ``pvd`` voxel grid then averages that many of their points). ``neighbours`` > 0 gives every ``pvd``
+    block a local branch over each point's nearest of those points (0: none, as in the shipped prior).
     """
 
     arch: str = "pvd"
@@ -51,6 +52,7 @@ class ShapePriorConfig:
     precision: float = 1e-5
     n_train_points: int = 512
     cond_dim: int = 0
+    neighbours: int = 0
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -60,7 +62,8 @@ class ShapePriorConfig:
 
     def build_denoiser(self) -> PointDenoiser:
         return build_denoiser(self.arch, self.width, self.depth, self.cond_dim, self.n_frequencies, self.resolution,
-                              self.voxel_channels, self.extent, self.n_inducing, self.heads, self.n_train_points)
+                              self.voxel_channels, self.extent, self.n_inducing, self.heads, self.n_train_points,
+                              self.neighbours)
 
 
 class ShapeDiffusion(Conditionable, Exportable, nn.Module):
@@ -149,6 +152,21 @@ class ShapeDiffusion(Conditionable, Exportable, nn.Module):
     def reconfigured(self, config: ShapePriorConfig) -> ShapeDiffusion:
         """This model's untrained network under ``config`` (:class:`common.conditioning.Conditionable`)."""
         return ShapeDiffusion(config, self.normalisation, self.classes)
+
+    def with_neighbours(self, k: int) -> ShapeDiffusion:
+        """A copy whose ``pvd`` blocks also read each point's ``k`` nearest anchors
+        (:class:`~shapectrl.denoisers.LocalMax`); the new branches' output maps are zero, so the copy starts as
+        this model, and every other weight is copied."""
+        if self.config.arch != "pvd" or self.config.neighbours:
+            raise ValueError(f"only a pvd network without a local branch can grow one (this one: {self.config.arch}, "
+                             f"{self.config.neighbours} neighbours)")
+        if k < 1:
+            raise ValueError(f"a local branch needs at least one neighbour, got {k}")
+        model = self.reconfigured(replace(self.config, neighbours=k))
+        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
+        if unexpected or not all(".local." in key or ".from_local." in key for key in missing):
+            raise RuntimeError(f"grown copy: missing {missing}, unexpected {unexpected}")
+        return model.to(self._anchor.device)
 
     # -- shipping --------------------------------------------------------------------------------
 

@@ -69,6 +69,21 @@ def test_knn_matches_brute_force_and_neighbourhood_max() -> None:
     assert features.grad.sum() == out.numel()  # one winner per output entry
 
 
+def test_knn_among_reference_points_matches_brute_force() -> None:
+    """Neighbours of 50 query points among 20 others: indices into the 20, nearest first; a max over them
+    reads the reference's features."""
+    points, reference = torch.randn(2, 50, 3), torch.randn(2, 20, 3)
+    idx = knn_indices(points, 4, reference)
+    assert idx.shape == (2, 50, 4) and int(idx.max()) < 20
+    expected = torch.cdist(points, reference).topk(4, largest=False).indices
+    assert torch.equal(idx, expected)
+    features = torch.randn(2, 20, 6, requires_grad=True)
+    out = neighbourhood_max(features, idx)
+    assert out.shape == (2, 50, 6)
+    torch.testing.assert_close(out, gather_neighbours(features, idx).amax(2))
+    assert knn_indices(points, 30, reference).shape == (2, 50, 20)  # k capped at the reference's size
+
+
 def test_calibration_fits_a_temperature_that_lowers_the_nll() -> None:
     model = _classifier("pointnet")
     points = torch.randn(60, 64, 3)

@@ -225,7 +225,8 @@ TINY_DATA = ["--per-class", "2", "--data-points", "64", "--points", "32", "--cla
 TINY_RUN = ["--batch-size", "4", "--threads", "1", "--checkpoint-every", "1", "--log-every", "1"]
 
 
-@pytest.mark.parametrize("method, proposal, extra", [("rgdm", "prior", []), ("rgdm", "data", []), ("ctrl", "prior", []),
+@pytest.mark.parametrize("method, proposal, extra", [("rgdm", "prior", []), ("rgdm", "data", ["--neighbours", "2"]),
+                                                    ("ctrl", "prior", []),
                                                     ("ctrl", "prior", ["--score-early", "--samples-per-target", "2"]),
                                                     ("cond", "prior", [])])
 def test_train_control_cli_trains_each_method_and_resumes(tmp_path, method: str, proposal: str, extra: list[str]) -> None:
@@ -251,7 +252,11 @@ def test_train_control_cli_trains_each_method_and_resumes(tmp_path, method: str,
     model = ControlledShapes.load(run / "model.safetensors")
     assert model.conditions.classes == ("chair", "table") and model.control["method"] == method
     control = json.loads((run / "run.json").read_text())["control"]
-    assert control["attributes"] == ["height", "chair_back_height"] and control["score_early"] == bool(extra)
+    assert control["attributes"] == ["height", "chair_back_height"]
+    assert control["score_early"] == ("--score-early" in extra)
+    grown = 2 if "--neighbours" in extra else 0  # the prior's network grew a local branch, and was trained with it
+    assert control["neighbours"] == model.model.config.neighbours == grown
+    assert all((block.from_local is not None) == bool(grown) for block in model.model.denoiser.blocks)
 
 
 def test_train_control_cli_errors(tmp_path) -> None:

@@ -14,9 +14,15 @@ from common.weights import read_tree, save_tree
 from shapectrl.cli import main
 from shapectrl.data.normalisation import Normalisation
 from shapectrl.data.procedural import ProceduralShapes
-from shapectrl.denoisers import ARCHITECTURES, build_denoiser
+from shapectrl.denoisers import ARCHITECTURES, LocalMax, build_denoiser
 from shapectrl.io import read_ply
-from shapectrl.networks import VoxelGrid, devoxelise, voxelise
+from shapectrl.networks import (
+    VoxelGrid,
+    devoxelise,
+    gather_neighbours,
+    knn_indices,
+    voxelise,
+)
 from shapectrl.prior import ShapeBatches, ShapeDiffusion, ShapePriorConfig
 
 torch.set_num_threads(1)
@@ -41,10 +47,10 @@ def _perturb(model: torch.nn.Module, scale: float = 0.05) -> None:
 # Denoisers
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_denoiser_is_permutation_equivariant(arch: str) -> None:
+@pytest.mark.parametrize("arch, neighbours", [(arch, 0) for arch in ARCHITECTURES] + [("pvd", 6)])
+def test_denoiser_is_permutation_equivariant(arch: str, neighbours: int) -> None:
     torch.manual_seed(0)
-    net = build_denoiser(arch, 32, 2, voxel_channels=8, n_inducing=8, heads=2).eval()
+    net = build_denoiser(arch, 32, 2, voxel_channels=8, n_inducing=8, heads=2, neighbours=neighbours).eval()
     _perturb(net)
     z, t = 1.2 * torch.randn(3, 200, 3), torch.tensor([0.0, 0.4, 1.0])
     perm = torch.randperm(200)
@@ -77,6 +83,49 @@ def test_the_first_training_size_points_of_a_larger_cloud_are_denoised_as_a_clou
     assert not torch.allclose(full(z, t)[:, :20], full(z[:, :20], t), atol=1e-4)
 
 
+def test_local_branch_is_the_max_over_each_points_nearest_anchors() -> None:
+    """LocalMax against its definition, m_i = max_j [W·a_j + U·(z_j − z_i)] over the k nearest anchors j,
+    written per edge: in training (float32, with gradients) and in sampling (a float16 max)."""
+    torch.manual_seed(0)
+    local = LocalMax(16, 8)
+    z, a = torch.randn(2, 30, 3), torch.randn(2, 30, 16, requires_grad=True)
+    index = knn_indices(z, 5, z[:, :12])
+    neighbours = gather_neighbours(z[:, :12], index)  # (B, N, k, 3)
+    w = gather_neighbours(local.features(a[:, :12]), index)  # (B, N, k, C)
+    expected = (w + local.offset(neighbours - z.unsqueeze(2))).amax(2)
+    trained = local(a[:, :12], z[:, :12], z, index)
+    torch.testing.assert_close(trained, expected, atol=1e-5, rtol=0)
+    trained.sum().backward()
+    assert a.grad[:, 12:].abs().sum() == 0 and a.grad[:, :12].abs().sum() > 0  # only anchors feed the max
+    with torch.no_grad():
+        torch.testing.assert_close(local(a[:, :12], z[:, :12], z, index), expected, atol=5e-3, rtol=0)
+
+
+def test_a_grown_local_branch_starts_as_the_network_it_grew_from() -> None:
+    """``with_neighbours`` keeps every weight and zeroes the new output maps: the same ε̂ until trained;
+    the branch then moves it, its gradient flows, and the first K outputs of a larger cloud are still
+    those of the K-point cloud. A network cannot grow a second branch."""
+    prior = _prior("pvd", n_train_points=20)
+    _perturb(prior)
+    prior.eval()
+    grown = prior.with_neighbours(4).eval()
+    assert grown.config.neighbours == 4 and grown.denoiser.neighbours == 4
+    z, t = torch.randn(2, 60, 3), torch.tensor([0.1, 0.7])
+    torch.testing.assert_close(grown.denoiser(z, t), prior.denoiser(z, t), atol=0, rtol=0)
+    grown.train()
+    grown(z[:, :20]).backward()
+    assert all(block.from_local.weight.grad.abs().sum() > 0 for block in grown.denoiser.blocks)
+    grown.eval()
+    _perturb(grown)
+    assert not torch.allclose(grown.denoiser(z, t), prior.denoiser(z, t), atol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(grown.denoiser(z, t)[:, :20], grown.denoiser(z[:, :20], t), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="without a local branch"):
+        grown.with_neighbours(4)
+    with pytest.raises(ValueError, match="without a local branch"):
+        _prior("transformer").with_neighbours(4)
+
+
 def _spheres(n_clouds: int, n_points: int, generator: torch.Generator) -> torch.Tensor:
     """Spheres of radius U(0.6, 1.4) about the origin, ``(B, N, 3)``."""
     radius = 0.6 + 0.8 * torch.rand(n_clouds, 1, 1, generator=generator)
@@ -90,14 +139,16 @@ def _radial_spread(clouds: torch.Tensor) -> float:
     return float((radii.std(1) / radii.mean(1)).mean())
 
 
-def test_a_prior_trained_on_64_points_samples_256_as_well() -> None:
+@pytest.mark.parametrize("neighbours", [0, 4])
+def test_a_prior_trained_on_64_points_samples_256_as_well(neighbours: int) -> None:
     """A small pvd prior trained on 64-point spheres of random radius keeps the shape at 256 points: the
     radial spread of its samples (0 for a sphere; each cloud must agree on one radius) is within 20 % of
-    its spread at 64, where the same weights reading every point for grid and pool are worse by more than
-    35 % (measured at two training seeds: +7 / +3 % against +72 / +52 %)."""
+    its spread at 64, where the same weights reading every point for grid, pool (and neighbours) are worse
+    by more than 35 % (measured at two training seeds: +7 / +3 % against +72 / +52 %; with a local branch
+    of 4 neighbours +1 / +10 % against +74 / +71 %)."""
     torch.manual_seed(0)
     model = ShapeDiffusion(ShapePriorConfig(width=32, depth=2, resolution=4, voxel_channels=8, n_steps=200,
-                                            n_train_points=64, extent=2.0))
+                                            n_train_points=64, extent=2.0, neighbours=neighbours))
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     data = torch.Generator().manual_seed(0)
     for _ in range(1500):
@@ -365,12 +416,19 @@ def test_train_prior_cli_goes_on_from_a_prior(tmp_path) -> None:
     resumed = runner.invoke(main, ["train", "prior", "--run-dir", str(tmp_path / "b"), "--steps", "2", "--resume",
                                    "--threads", "1"])
     assert resumed.exit_code == 0 and "at step 1" in resumed.output, resumed.output
+    grown = runner.invoke(main, [*args[:3], str(tmp_path / "e"), *args[4:], "--neighbours", "3"])
+    assert grown.exit_code == 0, grown.output  # the init's network with a local branch, which starts at zero
+    assert json.loads((tmp_path / "e" / "run.json").read_text())["model"]["neighbours"] == 3
+    assert ShapeDiffusion.load(str(tmp_path / "e" / "model.safetensors")).denoiser.neighbours == 3
+    twice = runner.invoke(main, [*args[:3], str(tmp_path / "f"), *args[4:11], str(tmp_path / "e" / "model.safetensors"),
+                                 *args[12:], "--neighbours", "2"])
+    assert twice.exit_code != 0 and "without a local branch" in twice.output, twice.output
     other = runner.invoke(main, [*args[:3], str(tmp_path / "c"), *args[4:], "--per-class", "3"])
     assert other.exit_code != 0 and "trained on another data set" in other.output
     (tmp_path / "junk.safetensors").write_text("not a model")
     junk = runner.invoke(main, [*args[:3], str(tmp_path / "d"), *args[4:11], str(tmp_path / "junk.safetensors"), *TINY])
     assert junk.exit_code != 0 and "junk.safetensors: not a weights file" in junk.output
-    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+    assert not any((tmp_path / name).exists() for name in "cdf")
 
 
 def test_sample_cli_writes_readable_ply_files(tmp_path) -> None:

@@ -112,12 +112,18 @@ def _load(data: dict, split: str = "train", per_class: int | None = None,
     return shapes
 
 
-def _initial_prior(path: str) -> ShapeDiffusion:
-    """The unconditional prior in ``path`` that ``train prior --init`` goes on from."""
+def _initial_prior(path: str, neighbours: int = 0) -> ShapeDiffusion:
+    """The unconditional prior in ``path`` that ``train prior --init`` goes on from, grown a local branch of
+    ``neighbours`` when it has none (:meth:`ShapeDiffusion.with_neighbours`)."""
     start = ShapeDiffusion.load(path)
     if start.config.cond_dim:
         raise click.BadParameter(f"{path}: a controlled model; --init takes an unconditional prior", param_hint="--init")
-    return start
+    if not neighbours or start.config.neighbours == neighbours:
+        return start
+    try:
+        return start.with_neighbours(neighbours)
+    except ValueError as err:
+        raise click.BadParameter(f"{path}: {err}", param_hint="--neighbours") from None
 
 
 def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, record: dict,
@@ -140,6 +146,10 @@ def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, rec
 @click.option("--depth", type=click.IntRange(1), default=4, show_default=True, help="Blocks.")
 @click.option("--resolution", type=click.IntRange(2), default=8, show_default=True, help="pvd: voxel grid R (R³ cells).")
 @click.option("--voxel-channels", type=click.IntRange(1), default=32, show_default=True, help="pvd: features per cell.")
+@click.option("--neighbours", type=click.IntRange(0), default=0, show_default=True,
+              help="pvd: give every block a local branch over each point's N nearest anchors (a cloud's first "
+                   "--points points, those the voxel grid reads; shapectrl/denoisers.py, LocalMax; 0: none). With "
+                   "--init the prior's network grows the branch, which starts at zero.")
 @click.option("--inducing", type=click.IntRange(1), default=32, show_default=True,
               help="transformer: inducing vectors per block.")
 @click.option("--diffusion-steps", type=click.IntRange(1), default=1000, show_default=True, help="T of the noise schedule.")
@@ -159,7 +169,7 @@ def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, rec
                    "real length; a resume that changes --steps changes the curve).")
 def prior(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, log_every, seed, device, threads, resume,
           data_dir, per_class, data_points, class_text, data_seed, arch, points, width, depth, resolution,
-          voxel_channels, inducing, diffusion_steps, schedule, preview_every, preview_samples, preview_steps,
+          voxel_channels, neighbours, inducing, diffusion_steps, schedule, preview_every, preview_samples, preview_steps,
           init_path, lr_schedule) -> None:
     """Train the unconditional shape prior (point-cloud ε-network + Gaussian diffusion on R^{N×3}).
 
@@ -170,10 +180,10 @@ def prior(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, l
     if preview_every % checkpoint_every:
         raise click.BadParameter(f"{preview_every} is not a multiple of --checkpoint-every {checkpoint_every}",
                                  param_hint="--preview-every")
-    start = _initial_prior(init_path) if init_path and not resume else None
+    start = _initial_prior(init_path, neighbours) if init_path and not resume else None
     network = (start.config if start else
                ShapePriorConfig(arch=arch, width=width, depth=depth, resolution=resolution, voxel_channels=voxel_channels,
-                                n_inducing=inducing, n_steps=diffusion_steps, schedule=schedule))
+                                n_inducing=inducing, n_steps=diffusion_steps, schedule=schedule, neighbours=neighbours))
     fresh = {
         "model": asdict(replace(network, n_train_points=points)),
         "init": init_path,
@@ -190,7 +200,7 @@ def prior(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, l
     shapes = _load(record["data"])
     model = ShapeDiffusion(ShapePriorConfig(**record["model"]), shapes.normalisation, shapes.classes)
     if record.get("init") and not (resume and checkpoint_in(run_dir)):
-        start = start or _initial_prior(record["init"])
+        start = start or _initial_prior(record["init"], record["model"].get("neighbours", 0))
         if (start.normalisation, start.classes) != (shapes.normalisation, shapes.classes):
             raise click.ClickException(f"{record['init']}: trained on another data set than this run's (use the same "
                                        "--classes, --per-class, --data-points and --data-seed)")
@@ -311,6 +321,10 @@ CONTROL = ShapeControlConfig  # the defaults of 'train control'
               help="ctrl with --score-early: rollouts per target (a batch holds batch-size / this targets).")
 @click.option("--cond-lr-scale", type=click.FloatRange(0, min_open=True), default=CONTROL.cond_lr_scale, show_default=True,
               help="Learning rate of the condition embedding relative to the rest.")
+@click.option("--neighbours", type=click.IntRange(0), default=0, show_default=True,
+              help="Before fine-tuning, give the prior's pvd network a local branch over each point's N nearest "
+                   "anchors (a cloud's first points, as many as the prior was trained on), starting at zero "
+                   "(shapectrl/denoisers.py, LocalMax; 0: the prior's network as it is).")
 @click.option("--freeze-backbone", is_flag=True, help="Train the condition embedding only.")
 def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, log_every, seed, device, threads,
             resume, data_dir, per_class, data_points, class_text, data_seed, prior_path, reward_path, points,
@@ -359,5 +373,8 @@ def control_objective(record: dict, train_cfg: TrainConfig, pool_path: Path | No
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     targets = ShapeTargets(conditions, labels, values, config)
-    return make_objective(config, prior_model, reward, shapes.normalised_points, targets, train_cfg.batch_size, n_points,
-                          train_cfg.seed, pool_path)
+    try:
+        return make_objective(config, prior_model, reward, shapes.normalised_points, targets, train_cfg.batch_size,
+                              n_points, train_cfg.seed, pool_path)
+    except ValueError as err:  # e.g. --neighbours for a prior that cannot grow a local branch
+        raise click.ClickException(f"{record['prior']}: {err}") from None

@@ -8,34 +8,39 @@ import torch
 DISTANCE_BLOCK = 2**22
 
 
-def knn_indices(points: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` nearest points of every point (itself included, first), ``points (B, N, C)``
-    -> ``(B, N, k)`` int64; ``k`` is capped at N."""
+def knn_indices(points: torch.Tensor, k: int, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices of the ``k`` nearest points of every point, ``points (B, N, C)`` -> ``(B, N, k)`` int64.
+
+    Neighbours are taken among ``points`` themselves (each point first, even among duplicates), or
+    among ``reference (B, M, C)`` when given (indices into M). ``k`` is capped at the candidates' number.
+    """
+    candidates = points if reference is None else reference
     b, n, _ = points.shape
-    k = min(k, n)
-    chunk = max(1, DISTANCE_BLOCK // max(n * b, 1))
-    sq = (points**2).sum(-1)  # (B, N)
+    k = min(k, candidates.shape[1])
+    chunk = max(1, DISTANCE_BLOCK // max(candidates.shape[1] * b, 1))
+    sq = (candidates**2).sum(-1)  # (B, M)
     out = []
     with torch.no_grad():
         for start in range(0, n, chunk):
             q = points[:, start : start + chunk]
-            d = sq[:, start : start + chunk, None] - 2 * q @ points.transpose(1, 2) + sq[:, None, :]
-            rows = torch.arange(start, start + q.shape[1], device=points.device)
-            d[:, torch.arange(q.shape[1], device=points.device), rows] = -1.0  # self first, even with duplicates
+            d = (q**2).sum(-1, keepdim=True) - 2 * q @ candidates.transpose(1, 2) + sq[:, None, :]
+            if reference is None:
+                rows = torch.arange(start, start + q.shape[1], device=points.device)
+                d[:, torch.arange(q.shape[1], device=points.device), rows] = -1.0
             out.append(d.topk(k, dim=-1, largest=False, sorted=True).indices)
     return torch.cat(out, dim=1)
 
 
 def gather_neighbours(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``features (B, N, C)`` at the neighbours ``index (B, N, k)`` -> ``(B, N, k, C)``."""
-    b, n, c = features.shape
-    offset = (torch.arange(b, device=index.device) * n).view(-1, 1, 1)
-    return features.reshape(b * n, c)[(index + offset).reshape(-1)].view(*index.shape, c)
+    """``features (B, M, C)`` at the neighbours ``index (B, N, k)`` (indices into M) -> ``(B, N, k, C)``."""
+    b, m, c = features.shape
+    offset = (torch.arange(b, device=index.device) * m).view(-1, 1, 1)
+    return features.reshape(b * m, c).index_select(0, (index + offset).reshape(-1)).view(*index.shape, c)
 
 
 def neighbourhood_max(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Channel-wise max of ``features (B, N, C)`` over each point's neighbours ``index (B, N, k)``
-    -> ``(B, N, C)``.
+    """Channel-wise max of ``features (B, M, C)`` over each point's neighbours ``index (B, N, k)``
+    (indices into M) -> ``(B, N, C)``.
 
     The arg-max is found without autograd and the winners are gathered from ``features`` directly,
     so backward is a scatter into ``(B, N, C)`` instead of through a ``(B, N, k, C)`` tensor (measured
