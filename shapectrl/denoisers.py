@@ -248,7 +248,7 @@ class PointVoxelDenoiser(PointDenoiser):
         points = self.grid.assign(z)
         k = z.shape[1] if self.grid_points is None else min(self.grid_points, z.shape[1])
         cells = points if k == z.shape[1] else self.grid.assign(z[:, :k])
-        index = knn_indices(z.float(), self.neighbours, z[:, :k].float()) if self.neighbours else None
+        index = knn_indices(z, self.neighbours, z[:, :k]) if self.neighbours else None
         for block in self.blocks:
             h = block(h, ctx, cells, points, k, z, index)
         return h

@@ -82,6 +82,8 @@ def test_knn_among_reference_points_matches_brute_force() -> None:
     assert out.shape == (2, 50, 6)
     torch.testing.assert_close(out, gather_neighbours(features, idx).amax(2))
     assert knn_indices(points, 30, reference).shape == (2, 50, 20)  # k capped at the reference's size
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # distances stay float32: the same neighbours
+        assert torch.equal(knn_indices(3.0 + 0.05 * points, 4, 3.0 + 0.05 * reference), expected)
 
 
 def test_calibration_fits_a_temperature_that_lowers_the_nll() -> None:

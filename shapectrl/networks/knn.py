@@ -13,14 +13,17 @@ def knn_indices(points: torch.Tensor, k: int, reference: torch.Tensor | None = N
 
     Neighbours are taken among ``points`` themselves (each point first, even among duplicates), or
     among ``reference (B, M, C)`` when given (indices into M). ``k`` is capped at the candidates' number.
+    Distances are float32 even under autocast: |q|² − 2q·c + |c|² in bfloat16 loses the few hundredths
+    that rank close neighbours (7 % of the 8 nearest of 512 anchors came out wrong on shape clouds).
     """
-    candidates = points if reference is None else reference
+    points = points.float()
+    candidates = points if reference is None else reference.float()
     b, n, _ = points.shape
     k = min(k, candidates.shape[1])
     chunk = max(1, DISTANCE_BLOCK // max(candidates.shape[1] * b, 1))
-    sq = (candidates**2).sum(-1)  # (B, M)
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(points.device.type, enabled=False):
+        sq = (candidates**2).sum(-1)  # (B, M)
         for start in range(0, n, chunk):
             q = points[:, start : start + chunk]
             d = (q**2).sum(-1, keepdim=True) - 2 * q @ candidates.transpose(1, 2) + sq[:, None, :]
