@@ -24,7 +24,7 @@ from shapectrl.mesh import mesh_missing
 from shapectrl.pipeline import ShapeGenerationConfig, ShapeGenerator
 from shapectrl.prior import ShapeDiffusion, ShapePriorConfig
 from shapectrl.render import contact_sheet
-from shapectrl.weights import DEFAULT_MODELS, WEIGHTS_DIR, weight_path
+from shapectrl.weights import DEFAULT_MODELS, WEIGHTS_DIR, weight_name, weight_path
 
 torch.set_num_threads(1)
 
@@ -66,6 +66,7 @@ def test_generate_writes_clouds_sheet_and_summary(tmp_path, weights):
     assert printed["target"] == {"class": "chair", "attributes": {"chair_back_height": 0.5, "height": 0.8}}
     assert 0 <= printed["class_accuracy"] <= 1 and set(printed["attribute_mae"]) == {"chair_back_height", "height"}
     assert printed["method"] == "rgdm" and printed["clouds"] == 3 and printed["seconds"] >= 0
+    assert (printed["model"], printed["evaluator"]) == weights  # files not shipped: by their paths
     assert printed["precision"] == resolve_precision("auto", torch.device("cpu"))  # the default, resolved
     plys = sorted(out.glob("*.ply"))
     assert [p.name for p in plys] == ["sample_0000.ply", "sample_0001.ply", "sample_0002.ply"]
@@ -211,6 +212,8 @@ def test_contact_sheet_writes_a_png(tmp_path):
 
 def test_weight_path_maps_shipped_names(tmp_path):
     assert weight_path(tmp_path / "here.safetensors") == tmp_path / "here.safetensors"
+    assert weight_name(WEIGHTS_DIR / DEFAULT_MODELS["rgdm"]) == DEFAULT_MODELS["rgdm"]  # the same on every machine
+    assert weight_name(tmp_path / DEFAULT_MODELS["rgdm"]) == str(tmp_path / DEFAULT_MODELS["rgdm"])  # a copy elsewhere
     shipped = WEIGHTS_DIR / DEFAULT_MODELS["rgdm"]
     if shipped.exists():
         assert weight_path(DEFAULT_MODELS["rgdm"]) == shipped
@@ -229,6 +232,7 @@ def test_generate_steers_particles_from_the_shipped_prior(tmp_path):
     assert summary["method"] == "smc, 4 particles, prior proposal, best particle" and summary["guidance_scale"] is None
     assert summary["temperature"] == 1.0 and summary["pick"] == "best"  # the default
     assert summary["tolerance"] == 0.1  # the model's training width
+    assert summary["model"] == DEFAULT_MODELS["rgdm"]
     assert len(list((tmp_path / "s").glob("*.ply"))) == 2
 
 

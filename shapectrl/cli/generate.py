@@ -36,7 +36,7 @@ from shapectrl.pipeline import (
     score,
 )
 from shapectrl.render import contact_sheet
-from shapectrl.weights import EVALUATOR, REWARD_CLASSIFIER, weight_path
+from shapectrl.weights import EVALUATOR, REWARD_CLASSIFIER, weight_name, weight_path
 
 DEFAULTS = ShapeGenerationConfig()  # one source of defaults: the Python API's
 
@@ -212,7 +212,7 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
                       title=f"{title}, {mesh_method} surfaces", surfaces=surfaces)
     summary = {
         "target": {"class": class_name, "attributes": attrs},
-        "method": result.description, "model": str(generator.path), "evaluator": str(evaluator_file),
+        "method": result.description, "model": weight_name(generator.path), "evaluator": weight_name(evaluator_file),
         "out": str(out), "clouds": n_samples, "points": generator.points, "attribute_points": result.attribute_points,
         "sampling_steps": min(steps, generator.controlled.model.config.n_steps), "solver": solver,
         "guidance_scale": scale, "guidance_window": window,
@@ -220,7 +220,7 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
         "device": str(dev),
     } | evaluate(result, scores=scores)
     if result.class_check is not None:
-        summary["class_check"] = {"reward_classifier": str(weight_path(reward_path or REWARD_CLASSIFIER)),
+        summary["class_check"] = {"reward_classifier": weight_name(weight_path(reward_path or REWARD_CLASSIFIER)),
                                   "rounds": redraw} | asdict(result.class_check)
     steered = result.steering
     if steered is not None:

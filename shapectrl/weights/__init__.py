@@ -22,3 +22,10 @@ SHIPPED = (*DEFAULT_MODELS.values(), RGDM_PRIOR_POOL, PRIOR, REWARD_CLASSIFIER, 
 def weight_path(name_or_path: str | Path) -> Path:
     """A shipped file's path (by its name, see :data:`SHIPPED`) or the path itself."""
     return WEIGHTS_DIR / str(name_or_path) if str(name_or_path) in SHIPPED else Path(name_or_path)
+
+
+def weight_name(path: str | Path) -> str:
+    """How a summary names a weights file: a shipped file by its name (the same on every machine), any
+    other by its path."""
+    path = Path(path)
+    return path.name if path.name in SHIPPED and path.resolve() == (WEIGHTS_DIR / path.name).resolve() else str(path)
