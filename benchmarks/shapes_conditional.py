@@ -17,7 +17,11 @@ points, the training split's global normalisation, distances in that normalised 
 
 A reference row scores ``n`` clouds of the *validation* split the same way: what a perfect generator
 would get at this sample size (1-NNA near 50 %). With ``--prior``, the unconditional prior is scored
-blind: one set of ``n`` samples against each class (its accuracy is the class's share of its samples).
+blind: one set of ``n`` samples against each class (its accuracy is the class's share of its samples);
+with ``--prior-in-class R`` also restricted to each class: every prior cloud that the reward classifier
+(``--reward``, never the evaluator) puts in another class is drawn again, up to R times, so an accepted
+cloud is an exact draw of p_prior(x)·1[argmax p̂(· | x) = class] / P(accept), the target that class
+control approximates at τ = 1 without training.
 With ``--best-of-pool POOL`` (an RGDM run's scored pool of M prior clouds), best-of-N: the pool is
 shuffled into ``n`` disjoint groups of N = M // n clouds, and each group gives its cloud of highest
 reward log p̂(class | x) (the reward classifier's, as RGDM's pay-off weights).
@@ -58,6 +62,7 @@ from benchmarks.record import (
 from common.cli import precision_option, solver_option, window_option
 from common.diffusion import SOLVERS, Solver
 from common.runtime import resolve_precision, set_precision
+from common.selection import redraw_refused
 from common.weights import read_tree
 from shapectrl.classifier import ShapeClassifier
 from shapectrl.control import ControlledShapes, ShapePool
@@ -101,6 +106,23 @@ def _best_of_pool(pool: ShapePool, classes: tuple[str, ...], n: int, seed: int):
         return pool.points[groups.gather(1, scores.argmax(1, keepdim=True)).squeeze(1)]
 
     return draw, group
+
+
+def _prior_in_class(prior: ShapeDiffusion, check: ShapeClassifier, rounds: int, n: int, points: int, steps: int,
+                    solver: Solver, seed: int, scorer, test: ProceduralShapes, references: dict[str, References]) -> dict:
+    """The class row of the prior restricted to each class by ``check`` (:func:`common.selection.redraw_refused`)."""
+    extra, refused = {}, {}
+
+    def draw(cls: str, k: int) -> torch.Tensor:
+        generator, wanted = torch.Generator().manual_seed(seed * 1000 + k), check.classes.index(cls)
+        clouds, draws, accepted = redraw_refused(
+            lambda rows: prior.sample_many(len(rows), points, steps, generator, solver=solver),
+            lambda x, rows: check.predict_logits(x).argmax(1) == wanted, n, rounds)
+        extra[cls], refused[cls] = int(draws.sum()) - n, int((~accepted).sum())
+        return clouds
+
+    row = _class_rows(f"prior, off-class clouds redrawn (≤ {rounds} times)", draw, scorer, test, references)
+    return row | {"extra_draws": extra, "never_accepted": refused}
 
 
 class References:
@@ -211,6 +233,10 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
 @click.option("--prior", "prior_path", default=None, metavar="MODEL",
               help="Also score this unconditional prior, blind to the class: one set of n samples against each "
                    "class's test clouds (its accuracy is the share of the class among the prior's samples).")
+@click.option("--prior-in-class", "prior_rounds", type=click.IntRange(min=1), default=None, metavar="R",
+              help="Also score the --prior restricted to each class: each cloud the --reward classifier puts in "
+                   "another class drawn again, up to R times (the row records the extra draws and the clouds "
+                   "never accepted).")
 @click.option("--best-of-pool", "pool_path", type=click.Path(exists=True, dir_okay=False), default=None, metavar="POOL",
               help="Also score best-of-N selection from this scored pool of prior clouds (an RGDM run's pool.safetensors).")
 @click.option("--smc", "smc_specs", multiple=True, metavar="K:PROPOSAL[:TAU[:best]]",
@@ -253,8 +279,10 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(methods, prior_path, pool_path, smc_specs, reward_path, redraw, tolerance, evaluator, attributes, no_attributes, no_data_row, n_samples, points, emd_points, steps, solver, guidance_scale, guidance_window, precision, data_dir, seed, threads, out) -> None:
+def main(methods, prior_path, prior_rounds, pool_path, smc_specs, reward_path, redraw, tolerance, evaluator, attributes, no_attributes, no_data_row, n_samples, points, emd_points, steps, solver, guidance_scale, guidance_window, precision, data_dir, seed, threads, out) -> None:
     """Class accuracy, 1-NNA, COV and MMD per class, and attribute errors, of controlled shape models."""
+    if prior_rounds and not prior_path:
+        raise click.BadParameter("needs --prior (the prior to restrict)", param_hint="--prior-in-class")
     if threads:
         torch.set_num_threads(threads)
     if no_attributes:
@@ -288,6 +316,9 @@ def main(methods, prior_path, pool_path, smc_specs, reward_path, redraw, toleran
         blind = prior.sample_many(n_samples, points, steps, torch.Generator().manual_seed(seed * 1000), solver=solver)
         rows.append(_class_rows("prior (no control)", lambda cls, k: blind, scorer, test, references)
                     | {"model": prior_path})
+        if prior_rounds:
+            rows.append(_prior_in_class(prior, ShapeClassifier.load(reward_path).eval(), prior_rounds, n_samples, points,
+                                        steps, solver, seed, scorer, test, references) | {"model": prior_path})
     if pool_path:
         pool = ShapePool.load(pool_path)
         if pool.points.shape[1] != points:

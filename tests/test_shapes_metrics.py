@@ -29,6 +29,7 @@ from shapectrl.metrics import (
     mmd_cov,
     nearest_sq_distances,
     one_nn_accuracy,
+    one_nn_sides,
     pairwise_distances,
 )
 
@@ -146,6 +147,15 @@ def test_one_nn_accuracy_on_hand_built_matrices_with_ties() -> None:
     assert one_nn_accuracy(zeros3, zeros3, zeros3) == pytest.approx(2 / 5)
 
 
+def test_one_nn_sides_separate_a_tight_sample_set_from_spread_references() -> None:
+    # On a line: samples at 0 and 0.1, references at 5 and 10. Both samples find each other; reference 5 is
+    # nearer sample 0.1 (4.9) than reference 10 (5); reference 10 finds reference 5.
+    s, r = torch.tensor([0.0, 0.1]), torch.tensor([5.0, 10.0])
+    d_ss, d_sr, d_rr = ((a[:, None] - b[None, :]).abs() for a, b in ((s, s), (s, r), (r, r)))
+    assert one_nn_sides(d_ss, d_sr, d_rr) == pytest.approx((1.0, 0.5))
+    assert one_nn_accuracy(d_ss, d_sr, d_rr) == pytest.approx(0.75)
+
+
 def test_all_metrics_on_identical_and_separated_sets() -> None:
     s = _rand(4, 32, 3, seed=8)
     same = compute_all_metrics(s, s.clone(), metrics=("cd", "emd"))
@@ -154,7 +164,8 @@ def test_all_metrics_on_identical_and_separated_sets() -> None:
     assert same["1nna-cd"] == 0.0 and same["1nna-emd"] == 0.0  # each cloud's nearest is its copy
     far = compute_all_metrics(s, _rand(5, 32, 3, seed=9) + 10.0, metrics=("cd", "emd-auction"))
     assert far["1nna-cd"] == 1.0 and far["1nna-emd-auction"] == 1.0
-    assert far["mmd-cd"] > 250 and set(far) == {f"{k}-{m}" for k in ("mmd", "mmd_smp", "cov", "1nna")
+    assert far["1nna_smp-cd"] == 1.0 and far["1nna_ref-cd"] == 1.0 and same["1nna_ref-emd"] == 0.0
+    assert far["mmd-cd"] > 250 and set(far) == {f"{k}-{m}" for k in ("mmd", "mmd_smp", "cov", "1nna", "1nna_smp", "1nna_ref")
                                                 for m in ("cd", "emd-auction")}
 
 

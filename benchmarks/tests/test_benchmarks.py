@@ -144,18 +144,22 @@ def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
     ShapePool(torch.randn(7, 32, 3), torch.randn(7, len(ALL) + 2), 2, 1.0).save(pool_path)
     result = CliRunner().invoke(benchmark, ["--method", f"rgdm={model_path}", "--evaluator", str(evaluator_path),
                                             "--prior", str(prior_path), "--best-of-pool", str(pool_path),
-                                            "-n", "3", "--points", "32", "--steps", "2", "--data-dir", str(tmp_path),
+                                            "--prior-in-class", "2", "-n", "3", "--points", "32", "--steps", "2", "--data-dir", str(tmp_path),
                                             "--attribute", "chair:chair_back_height", "--threads", "1",
                                             "--smc", "2:rgdm:0.5", "--reward", str(evaluator_path), "--out", str(out)])
     assert result.exit_code == 0, result.output
     record = json.loads(out.read_text())
-    data, blind, best, rgdm, steered = record["rows"]
+    data, blind, in_class, best, rgdm, steered = record["rows"]
+    assert in_class["row"] == "prior, off-class clouds redrawn (≤ 2 times)"
+    for cls, scores in in_class["classes"].items():  # the check is the evaluator here: refused clouds are its misses
+        assert 0 <= in_class["extra_draws"][cls] <= 3 * 2
+        assert scores["accuracy"] == pytest.approx(1 - in_class["never_accepted"][cls] / 3, abs=1e-4)
     assert steered["row"] == "SMC, K = 2, rgdm proposal, τ = 0.5" and steered["network_calls_per_cloud"] > 0
     assert set(steered["classes"]) == {"airplane", "chair", "car"}
     assert record["attributes"]["SMC, K = 2, rgdm proposal, τ = 0.5"][0]["mae_composed"] >= 0
     assert blind["row"] == "prior (no control)" and best["row"] == "best-of-2 (prior pool)"
     assert data["row"] == "data (valid split)" and rgdm["row"] == "rgdm"
-    for row in (data, blind, best, rgdm):
+    for row in (data, blind, in_class, best, rgdm):
         assert set(row["classes"]) == {"airplane", "chair", "car"}
         assert 0.0 <= row["mean"]["1nna-cd"] <= 1.0 and 0.0 <= row["mean"]["accuracy"] <= 1.0
     (attribute,) = record["attributes"]["rgdm"]
@@ -166,6 +170,8 @@ def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
                                                   "--emd-points", "0", "--precision", "bf16", "--no-data-row",
                                                   "--redraw", "2", "--reward", str(evaluator_path)])
     assert classes_only.exit_code == 0, classes_only.output
+    no_prior = CliRunner().invoke(benchmark, ["--method", f"rgdm={model_path}", "--prior-in-class", "2"])
+    assert no_prior.exit_code == 2 and "needs --prior" in no_prior.output
     record = json.loads(classes_only.stdout)
     assert record["attributes"] == {} and record["precision"] == "bf16" and record["emd_points"] == 0
     (only,) = record["rows"]

@@ -15,10 +15,12 @@ from shapectrl.metrics.generation import (
     compute_all_metrics,
     mmd_cov,
     one_nn_accuracy,
+    one_nn_sides,
     pairwise_distances,
 )
 
 __all__ = [
     "APPROXMATCH_LEVELS", "DISTANCES", "chamfer_distance", "compute_all_metrics", "emd_approx",
-    "emd_approxmatch", "emd_exact", "mmd_cov", "nearest_sq_distances", "one_nn_accuracy", "pairwise_distances",
+    "emd_approxmatch", "emd_exact", "mmd_cov", "nearest_sq_distances", "one_nn_accuracy", "one_nn_sides",
+    "pairwise_distances",
 ]

@@ -14,6 +14,11 @@ With a sample set S (B clouds) and a reference set R (M clouds) and a distance d
   compared with an exact copy of itself scores 0 %). **Ties** (several nearest neighbours at the
   same distance) count fractionally: a cloud scores the fraction of its tied nearest neighbours
   that belong to its own set, which is the expected accuracy under uniformly random tie-breaking.
+  ``1nna_smp`` and ``1nna_ref`` are the same accuracy over the samples and over the references alone
+  (1-NNA is their mean weighted by B and M). A high ``1nna_smp`` with ``1nna_ref`` near 50 % says
+  the samples lie closer to each other than the references do (too little spread, or a signature
+  of their own) while the references find samples as near as their own kind; a high ``1nna_ref``,
+  that parts of the references have no sample near them.
 
 Distances are computed in the frame of the clouds given (evaluate samples and references in the
 same frame). CD is the squared-distance Chamfer sum of :mod:`shapectrl.metrics.chamfer`; EMD the mean
@@ -88,11 +93,9 @@ def mmd_cov(d_sr: torch.Tensor) -> dict[str, float]:
     }
 
 
-def one_nn_accuracy(d_ss: torch.Tensor, d_sr: torch.Tensor, d_rr: torch.Tensor) -> float:
-    """Leave-one-out 1-NN accuracy over S ∪ R (ties counted fractionally; see the module docstring).
-
-    ``d_ss (B, B)``, ``d_sr (B, M)`` and ``d_rr (M, M)``; diagonals are ignored.
-    """
+def _one_nn_scores(d_ss: torch.Tensor, d_sr: torch.Tensor, d_rr: torch.Tensor) -> torch.Tensor:
+    """Each cloud's leave-one-out 1-NN score over S ∪ R, ``(B + M,)``: the share of its nearest other
+    clouds (ties) that belong to its own set; samples first."""
     n_s, n_r = d_sr.shape
     if d_ss.shape != (n_s, n_s) or d_rr.shape != (n_r, n_r):
         raise ValueError(f"distance matrices of shapes {tuple(d_ss.shape)}, {tuple(d_sr.shape)}, {tuple(d_rr.shape)} "
@@ -103,8 +106,21 @@ def one_nn_accuracy(d_ss: torch.Tensor, d_sr: torch.Tensor, d_rr: torch.Tensor) 
     in_s = torch.zeros(n_s + n_r, dtype=torch.bool, device=full.device)
     in_s[:n_s] = True
     same = in_s.unsqueeze(1) == in_s.unsqueeze(0)
-    score = (nearest & same).sum(dim=1).double() / nearest.sum(dim=1).double()
-    return float(score.mean())
+    return (nearest & same).sum(dim=1).double() / nearest.sum(dim=1).double()
+
+
+def one_nn_accuracy(d_ss: torch.Tensor, d_sr: torch.Tensor, d_rr: torch.Tensor) -> float:
+    """Leave-one-out 1-NN accuracy over S ∪ R (ties counted fractionally; see the module docstring).
+
+    ``d_ss (B, B)``, ``d_sr (B, M)`` and ``d_rr (M, M)``; diagonals are ignored.
+    """
+    return float(_one_nn_scores(d_ss, d_sr, d_rr).mean())
+
+
+def one_nn_sides(d_ss: torch.Tensor, d_sr: torch.Tensor, d_rr: torch.Tensor) -> tuple[float, float]:
+    """:func:`one_nn_accuracy` over the B samples alone and over the M references alone."""
+    scores = _one_nn_scores(d_ss, d_sr, d_rr)
+    return float(scores[: len(d_ss)].mean()), float(scores[len(d_ss):].mean())
 
 
 def _labelled(progress: Callable[[str, int, int], None] | None, label: str) -> Callable[[int, int], None] | None:
@@ -122,8 +138,9 @@ def compute_all_metrics(
     each cloud distance in ``metrics`` (keys of :data:`DISTANCES`; ``emd`` is PointFlow's
     approximate EMD, comparable with published numbers).
 
-    Keys are ``mmd-<metric>``, ``mmd_smp-<metric>``, ``cov-<metric>`` and ``1nna-<metric>``; COV and
-    1-NNA are fractions in [0, 1]. ``reference_distances`` caches the references' own distance
+    Keys are ``mmd-<metric>``, ``mmd_smp-<metric>``, ``cov-<metric>``, ``1nna-<metric>`` and its two
+    sides ``1nna_smp-<metric>``, ``1nna_ref-<metric>`` (:func:`one_nn_sides`); COV and 1-NNA are
+    fractions in [0, 1]. ``reference_distances`` caches the references' own distance
     matrices by metric (filled on first use), for scoring several sample sets against one reference set.
     """
     if samples.shape[1:] != references.shape[1:]:
@@ -142,5 +159,8 @@ def compute_all_metrics(
             raise ValueError(f"cached {metric} reference distances {tuple(d_rr.shape)} do not fit {len(references)} references")
         for key, value in mmd_cov(d_sr).items():
             results[f"{key}-{metric}"] = value
-        results[f"1nna-{metric}"] = one_nn_accuracy(d_ss, d_sr, d_rr)
+        on_samples, on_references = one_nn_sides(d_ss, d_sr, d_rr)
+        results[f"1nna-{metric}"] = (len(samples) * on_samples + len(references) * on_references) / (
+            len(samples) + len(references))
+        results[f"1nna_smp-{metric}"], results[f"1nna_ref-{metric}"] = on_samples, on_references
     return results
