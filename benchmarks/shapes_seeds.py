@@ -6,7 +6,7 @@
 The records must score the same rows against the same references (same ``-n``, ``--points`` and
 ``--steps``; only ``--seed`` differs, so the test clouds are the same and only the samples change).
 For each row and each metric of its three-class mean: the mean over seeds and the sample standard
-deviation. With ``--baseline ROW``, each other row's paired difference to it, seed by seed (row −
+deviation; and each class's mean over seeds. With ``--baseline ROW``, each other row's paired difference to it, seed by seed (row −
 baseline), with its mean and standard error: the samples of two rows share the references, so the
 paired difference removes the references' own variation. With ``--versus RECORDS`` (another sampler or
 setting at the same seeds, in the same order), each row's paired difference to the same row there, or to
@@ -23,7 +23,7 @@ import numpy as np
 
 from benchmarks.record import command_line, emit
 
-KEYS = ("accuracy", "1nna-cd", "1nna-emd", "cov-cd", "cov-emd", "mmd-cd", "mmd-emd")
+KEYS = ("accuracy", "1nna-cd", "1nna_smp-cd", "1nna_ref-cd", "1nna-emd", "cov-cd", "cov-emd", "mmd-cd", "mmd-emd")
 
 
 def _keys(records: list[dict]) -> tuple[str, ...]:
@@ -43,6 +43,13 @@ def _table(records: list[dict], keys: tuple[str, ...]) -> dict[str, np.ndarray]:
                                  param_hint="RECORDS")
     return {name: np.array([[next(row for row in r["rows"] if row["row"] == name)["mean"][k] for k in keys]
                             for r in records]) for name in names[0]}
+
+
+def _per_class(records: list[dict], name: str, keys: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Class -> metric -> mean over the records of row ``name``'s per-class value."""
+    rows = [next(row for row in r["rows"] if row["row"] == name) for r in records]
+    return {cls: {k: round(float(np.mean([row["classes"][cls][k] for row in rows])), 5) for k in keys}
+            for cls in rows[0]["classes"]}
 
 
 def _summary(values: np.ndarray, spread: str, keys: tuple[str, ...]) -> dict[str, dict[str, float]]:
@@ -80,7 +87,7 @@ def main(records, baseline, versus, versus_row, out) -> None:
                                  param_hint="--versus-row")
     rows = []
     for name, values in table.items():
-        row = {"row": name, "over_seeds": _summary(values, "sd", keys)}
+        row = {"row": name, "over_seeds": _summary(values, "sd", keys), "per_class": _per_class(loaded, name, keys)}
         if baseline is not None and name != baseline:
             row["minus_baseline"] = _summary(values - table[baseline], "se", keys)
         if (versus_row or name) in against:

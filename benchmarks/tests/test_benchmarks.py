@@ -215,7 +215,9 @@ def test_seed_aggregation_gives_means_spreads_and_paired_differences(tmp_path) -
 
     paths = []
     for seed, (a, b) in enumerate([(0.80, 0.70), (0.90, 0.76), (0.70, 0.64)]):
-        rows = [{"row": name, "mean": {k: v for k in KEYS}} for name, v in (("cond", a), ("rgdm", b))]
+        rows = [{"row": name, "mean": {k: v for k in KEYS},
+                 "classes": {"chair": {k: v - 0.1 for k in KEYS}, "car": {k: v + 0.1 for k in KEYS}}}
+                for name, v in (("cond", a), ("rgdm", b))]
         record = {"seed": seed, "samples_per_class": 32, "points": 512, "sampling_steps": 50, "guidance_scale": 1.0,
                   "rows": rows}
         paths.append(tmp_path / f"r{seed}.json")
@@ -224,6 +226,7 @@ def test_seed_aggregation_gives_means_spreads_and_paired_differences(tmp_path) -
     assert result.exit_code == 0, result.output
     cond, rgdm = json.loads(result.stdout)["rows"]
     assert cond["over_seeds"]["1nna-cd"] == {"mean": 0.8, "sd": 0.1} and "minus_baseline" not in cond
+    assert cond["per_class"]["chair"]["1nna-cd"] == pytest.approx(0.7) and rgdm["per_class"]["car"]["accuracy"] == 0.8
     diff = rgdm["minus_baseline"]["1nna-cd"]  # paired: -0.10, -0.14, -0.06
     assert diff["mean"] == pytest.approx(-0.1) and diff["se"] == pytest.approx(0.04 / np.sqrt(3), abs=1e-5)
     record = json.loads(paths[2].read_text())
@@ -238,7 +241,8 @@ def test_seed_aggregation_pairs_two_settings_by_seed_and_keeps_the_metrics_both_
 
     def write(name: str, seed: int, steps: int, value: float):
         record = {"seed": seed, "samples_per_class": 32, "points": 2048, "sampling_steps": steps, "guidance_scale": 2,
-                  "rows": [{"row": "rgdm", "mean": {"accuracy": 1.0, "1nna-cd": value, "mmd-cd": 0.05}}]}
+                  "rows": [{"row": "rgdm", "mean": (mean := {"accuracy": 1.0, "1nna-cd": value, "mmd-cd": 0.05}),
+                            "classes": {"car": mean}}]}
         (tmp_path / name).write_text(json.dumps(record))
         return str(tmp_path / name)
 
