@@ -117,7 +117,7 @@ def _prior_in_class(prior: ShapeDiffusion, check: ShapeClassifier, rounds: int, 
         generator, wanted = torch.Generator().manual_seed(seed * 1000 + k), check.classes.index(cls)
         clouds, draws, accepted = redraw_refused(
             lambda rows: prior.sample_many(len(rows), points, steps, generator, solver=solver),
-            lambda x, rows: check.predict_logits(x).argmax(1) == wanted, n, rounds)
+            lambda x, rows: check.predicts(x, torch.full((len(rows),), wanted)), n, rounds)
         extra[cls], refused[cls] = int(draws.sum()) - n, int((~accepted).sum())
         return clouds
 
@@ -309,6 +309,7 @@ def main(methods, prior_path, prior_rounds, pool_path, smc_specs, reward_path, r
     references = {cls: References(_of_class(test, cls), emd_points) for cls in RGDM_CLASSES}
     rows = [] if no_data_row else [_class_rows("data (valid split)", lambda cls, k: _of_class(valid, cls), scorer,
                                                test, references)]
+    class_check = ShapeClassifier.load(reward_path).eval() if redraw or prior_rounds else None
     if prior_path:
         prior = set_precision(ShapeDiffusion.load(prior_path).eval(), precision)
         if prior.normalisation != frame:
@@ -317,7 +318,7 @@ def main(methods, prior_path, prior_rounds, pool_path, smc_specs, reward_path, r
         rows.append(_class_rows("prior (no control)", lambda cls, k: blind, scorer, test, references)
                     | {"model": prior_path})
         if prior_rounds:
-            rows.append(_prior_in_class(prior, ShapeClassifier.load(reward_path).eval(), prior_rounds, n_samples, points,
+            rows.append(_prior_in_class(prior, class_check, prior_rounds, n_samples, points,
                                         steps, solver, seed, scorer, test, references) | {"model": prior_path})
     if pool_path:
         pool = ShapePool.load(pool_path)
@@ -329,7 +330,6 @@ def main(methods, prior_path, prior_rounds, pool_path, smc_specs, reward_path, r
                     | {"pool": pool_path, "pool_size": len(pool.points), "pool_seconds": round(pool.seconds, 1),
                        "train_seconds": 0})
     attribute_rows = {}
-    class_check = ShapeClassifier.load(reward_path).eval() if redraw else None
     for name, (path, model) in models.items():
         model.model.eval()
         trained = read_tree(path)
@@ -340,7 +340,7 @@ def main(methods, prior_path, prior_rounds, pool_path, smc_specs, reward_path, r
             """Clouds for targets ``y, mask``; with --redraw, the extra draws are recorded under ``count``."""
             options = dict(n_points=points, n_sampling_steps=steps, generator=g, guidance_scale=guidance_scale,
                            guidance_window=guidance_window, solver=solver)
-            if class_check is None:
+            if not redraw:
                 return model.sample(y, mask, **options)
             clouds, draws, _ = model.sample_in_class(y, mask, class_check, redraw, **options)
             if count is not None:

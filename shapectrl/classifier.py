@@ -140,6 +140,11 @@ class ShapeClassifier(Exportable, nn.Module):
         out = [self.logits(points[i : i + batch_size].to(device)).cpu() for i in range(0, len(points), batch_size)]
         return torch.cat(out) if out else torch.zeros(0, len(self.classes))
 
+    def predicts(self, points: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Whether this classifier's most likely class of each clean cloud ``(M, N, 3)`` is ``classes (M,)`` (column
+        indices), ``-> (M,)`` bool on the CPU: the class check of redrawing (:func:`common.selection.redraw_refused`)."""
+        return self.predict_logits(points).argmax(1) == classes.cpu()
+
     def predict_logits_model_units(self, points: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """:meth:`predict_logits` of clouds ``(M, N, 3)`` in model units, first put into this
         classifier's normalised frame, ``-> (M, K)`` on the CPU."""

@@ -220,7 +220,7 @@ class ControlledShapes:
             return self.sample(y[rows], y_mask[rows], on_batch=on_batch if len(rows) == len(y) else None, **options)
 
         def accept(clouds: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            return ~checked[rows] | (classifier.predict_logits(clouds).argmax(1) == wanted[rows])
+            return ~checked[rows] | classifier.predicts(clouds, wanted[rows])
 
         return redraw_refused(draw, accept, len(y), rounds)
 
