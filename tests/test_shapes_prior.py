@@ -423,12 +423,22 @@ def test_train_prior_cli_goes_on_from_a_prior(tmp_path) -> None:
     twice = runner.invoke(main, [*args[:3], str(tmp_path / "f"), *args[4:11], str(tmp_path / "e" / "model.safetensors"),
                                  *args[12:], "--neighbours", "2"])
     assert twice.exit_code != 0 and "without a local branch" in twice.output, twice.output
-    other = runner.invoke(main, [*args[:3], str(tmp_path / "c"), *args[4:], "--per-class", "3"])
-    assert other.exit_code != 0 and "trained on another data set" in other.output
+    # a subset of the init's classes is trained in the init's frame, not in the subset's own normalisation
+    subset = runner.invoke(main, [*args[:3], str(tmp_path / "c"), *args[4:], "--classes", "chair,car"])
+    assert subset.exit_code == 0, subset.output
+    resumed = runner.invoke(main, ["train", "prior", "--run-dir", str(tmp_path / "c"), "--steps", "2", "--resume",
+                                   "--threads", "1"])
+    assert resumed.exit_code == 0, resumed.output
+    of_two = ShapeDiffusion.load(str(tmp_path / "c" / "model.safetensors"))
+    assert of_two.classes == ("chair", "car") and of_two.normalisation == start.normalisation
+    assert ProceduralShapes("train", 2, 64, ("chair", "car"), 0, data).normalisation != start.normalisation
+    unseen = runner.invoke(main, [*args[:3], str(tmp_path / "g"), *args[4:11], str(tmp_path / "c" / "model.safetensors"),
+                                  *args[12:], "--classes", "car,lamp"])
+    assert unseen.exit_code != 0 and "trained on chair, car, not on lamp (--classes)" in unseen.output, unseen.output
     (tmp_path / "junk.safetensors").write_text("not a model")
     junk = runner.invoke(main, [*args[:3], str(tmp_path / "d"), *args[4:11], str(tmp_path / "junk.safetensors"), *TINY])
     assert junk.exit_code != 0 and "junk.safetensors: not a weights file" in junk.output
-    assert not any((tmp_path / name).exists() for name in "cdf")
+    assert not any((tmp_path / name).exists() for name in "dfg")
 
 
 def test_sample_cli_writes_readable_ply_files(tmp_path) -> None:

@@ -29,6 +29,7 @@ from shapectrl.control import (
 )
 from shapectrl.data.attributes import ATTRIBUTES
 from shapectrl.data.families import CLASSES, local_labels
+from shapectrl.data.normalisation import Normalisation
 from shapectrl.data.procedural import ProceduralShapes
 from shapectrl.denoisers import ARCHITECTURES
 from shapectrl.prior import ShapeBatches, ShapeDiffusion, ShapePriorConfig
@@ -99,12 +100,13 @@ def _data_record(data_dir: Path | None, per_class: int, data_points: int, class_
 
 
 def _load(data: dict, split: str = "train", per_class: int | None = None,
-          train: ProceduralShapes | None = None) -> ProceduralShapes:
-    """A split of the run's data set (built into the cache the first time)."""
+          normalisation: Normalisation | None = None) -> ProceduralShapes:
+    """A split of the run's data set (built into the cache the first time), in ``normalisation``'s frame
+    (default: the training split's own)."""
     t0 = time.perf_counter()
     try:
         shapes = ProceduralShapes(split, per_class or data["per_class"], data["data_points"], data["classes"],
-                                  data["seed"], data["dir"], None if train is None else train.normalisation)
+                                  data["seed"], data["dir"], normalisation)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     how = f"built in {time.perf_counter() - t0:.1f} s" if shapes.build_seconds else "cached"
@@ -163,7 +165,8 @@ def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, rec
 @click.option("--init", "init_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Go on from this unconditional prior's weights (e.g. shapectrl/weights/shapes-prior.safetensors) "
                    "with a fresh optimiser: its network replaces --arch ... --schedule (--points still sets the "
-                   "training size); it must have been trained on this run's data set.")
+                   "training size) and its normalisation the split's; --classes may be any of its classes (one "
+                   "class: a prior of that class alone, fine-tuned from the prior of all).")
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="constant", show_default=True,
               help="cosine: the learning rate falls to 0 at --steps after the warm-up (set --steps to the run's "
                    "real length; a resume that changes --steps changes the curve).")
@@ -197,13 +200,15 @@ def prior(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, l
     record = run_record(run_dir, resume, fresh)
     train_cfg = train_config(record, steps)
     seed_everything(train_cfg.seed)
-    shapes = _load(record["data"])
-    model = ShapeDiffusion(ShapePriorConfig(**record["model"]), shapes.normalisation, shapes.classes)
-    if record.get("init") and not (resume and checkpoint_in(run_dir)):
+    if record.get("init"):
         start = start or _initial_prior(record["init"], record["model"].get("neighbours", 0))
-        if (start.normalisation, start.classes) != (shapes.normalisation, shapes.classes):
-            raise click.ClickException(f"{record['init']}: trained on another data set than this run's (use the same "
-                                       "--classes, --per-class, --data-points and --data-seed)")
+        unseen = [c for c in record["data"]["classes"] if c not in start.classes]
+        if unseen:
+            raise click.ClickException(f"{record['init']}: trained on {', '.join(start.classes)}, not on "
+                                       f"{', '.join(unseen)} (--classes)")
+    shapes = _load(record["data"], normalisation=start.normalisation if start else None)
+    model = ShapeDiffusion(ShapePriorConfig(**record["model"]), shapes.normalisation, shapes.classes)
+    if start and not (resume and checkpoint_in(run_dir)):
         model.load_state_dict(start.state_dict())
     batches = ShapeBatches(shapes.normalised_points, train_cfg.batch_size, record["data"]["points"], seed=train_cfg.seed)
     preview = record["preview"]
@@ -262,7 +267,7 @@ def classifier(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_eve
     train_cfg = train_config(record, steps)
     seed_everything(train_cfg.seed)
     shapes = _load(record["data"])
-    valid = _load(record["data"], "valid", record["data"]["valid_per_class"], shapes)
+    valid = _load(record["data"], "valid", record["data"]["valid_per_class"], shapes.normalisation)
     model = ShapeClassifier(ShapeClassifierConfig(**record["model"]), shapes.normalisation)
     n_points = record["data"]["points"]
     batches = ShapeBatches(shapes.normalised_points, train_cfg.batch_size, n_points,
