@@ -22,6 +22,9 @@ with ``--prior-in-class R`` also restricted to each class: every prior cloud tha
 (``--reward``, never the evaluator) puts in another class is drawn again, up to R times, so an accepted
 cloud is an exact draw of p_prior(x)·1[argmax p̂(· | x) = class] / P(accept), the target that class
 control approximates at τ = 1 without training.
+With ``--class-prior CLASS=MODEL`` for each of the three classes, each class is drawn from a prior of its own:
+the prior fine-tuned on that class's training clouds alone (``shapectrl train prior --init PRIOR --classes
+CLASS``), no class check: what the same network does when all of its capacity serves one class.
 With ``--best-of-pool POOL`` (an RGDM run's scored pool of M prior clouds), best-of-N: the pool is
 shuffled into ``n`` disjoint groups of N = M // n clouds, and each group gives its cloud of highest
 reward log p̂(class | x) (the reward classifier's, as RGDM's pay-off weights).
@@ -106,6 +109,27 @@ def _best_of_pool(pool: ShapePool, classes: tuple[str, ...], n: int, seed: int):
         return pool.points[groups.gather(1, scores.argmax(1, keepdim=True)).squeeze(1)]
 
     return draw, group
+
+
+def _class_priors(specs: tuple[str, ...], frame: Normalisation, precision: str) -> dict[str, ShapeDiffusion]:
+    """``--class-prior CLASS=MODEL`` for each class of the table: the priors, checked (their class, their frame)."""
+    priors = {}
+    for spec in specs:
+        cls, _, path = spec.partition("=")
+        if cls not in RGDM_CLASSES or not path:
+            raise click.BadParameter(f"{spec!r}: expected CLASS=MODEL with CLASS one of {', '.join(RGDM_CLASSES)}",
+                                     param_hint="--class-prior")
+        prior = ShapeDiffusion.load(path)
+        if prior.classes != (cls,):
+            raise click.BadParameter(f"{path}: trained on {', '.join(prior.classes) or 'unrecorded classes'}, not on "
+                                     f"{cls} alone", param_hint="--class-prior")
+        if prior.normalisation != frame:
+            raise click.BadParameter(f"{path}: trained in another normalisation than the models", param_hint="--class-prior")
+        priors[cls] = set_precision(prior.eval(), precision)
+    missing = [c for c in RGDM_CLASSES if c not in priors]
+    if missing:
+        raise click.BadParameter(f"no prior for {', '.join(missing)}", param_hint="--class-prior")
+    return priors
 
 
 def _prior_in_class(prior: ShapeDiffusion, check: ShapeClassifier, rounds: int, n: int, points: int, steps: int,
@@ -237,6 +261,9 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
               help="Also score the --prior restricted to each class: each cloud the --reward classifier puts in "
                    "another class drawn again, up to R times (the row records the extra draws and the clouds "
                    "never accepted).")
+@click.option("--class-prior", "class_prior_specs", multiple=True, metavar="CLASS=MODEL",
+              help="Also score one prior per class (shapectrl train prior --init PRIOR --classes CLASS), each class "
+                   "drawn from its own; give one for each of airplane, chair and car.")
 @click.option("--best-of-pool", "pool_path", type=click.Path(exists=True, dir_okay=False), default=None, metavar="POOL",
               help="Also score best-of-N selection from this scored pool of prior clouds (an RGDM run's pool.safetensors).")
 @click.option("--smc", "smc_specs", multiple=True, metavar="K:PROPOSAL[:TAU[:best]]",
@@ -279,7 +306,7 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(methods, prior_path, prior_rounds, pool_path, smc_specs, reward_path, redraw, tolerance, evaluator, attributes, no_attributes, no_data_row, n_samples, points, emd_points, steps, solver, guidance_scale, guidance_window, precision, data_dir, seed, threads, out) -> None:
+def main(methods, prior_path, prior_rounds, class_prior_specs, pool_path, smc_specs, reward_path, redraw, tolerance, evaluator, attributes, no_attributes, no_data_row, n_samples, points, emd_points, steps, solver, guidance_scale, guidance_window, precision, data_dir, seed, threads, out) -> None:
     """Class accuracy, 1-NNA, COV and MMD per class, and attribute errors, of controlled shape models."""
     if prior_rounds and not prior_path:
         raise click.BadParameter("needs --prior (the prior to restrict)", param_hint="--prior-in-class")
@@ -320,6 +347,11 @@ def main(methods, prior_path, prior_rounds, pool_path, smc_specs, reward_path, r
         if prior_rounds:
             rows.append(_prior_in_class(prior, class_check, prior_rounds, n_samples, points,
                                         steps, solver, seed, scorer, test, references) | {"model": prior_path})
+    if class_prior_specs:
+        priors = _class_priors(class_prior_specs, frame, precision)
+        rows.append(_class_rows("one prior per class", lambda cls, k: priors[cls].sample_many(
+            n_samples, points, steps, torch.Generator().manual_seed(seed * 1000 + k), solver=solver), scorer, test,
+            references) | {"models": dict(spec.partition("=")[::2] for spec in class_prior_specs)})
     if pool_path:
         pool = ShapePool.load(pool_path)
         if pool.points.shape[1] != points:

@@ -179,6 +179,20 @@ def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
     assert "1nna-cd" in only["mean"] and "1nna-emd" not in only["mean"]
     assert set(only["extra_draws"]) == {"airplane", "chair", "car"}
     assert all(0 <= extra <= 2 * 2 for extra in only["extra_draws"].values())  # 2 clouds, at most 2 redraws each
+    for cls in ("airplane", "chair", "car", "lamp"):  # one prior per class, as `train prior --classes CLS` makes them
+        save_tree(ShapeDiffusion(prior.config, normalisation, (cls,)).export(), tmp_path / f"{cls}.safetensors")
+    base = ["--method", f"rgdm={model_path}", "--evaluator", str(evaluator_path), "-n", "2", "--points", "32",
+            "--steps", "1", "--data-dir", str(tmp_path), "--no-attributes", "--no-data-row", "--threads", "1"]
+    per_class = [f"--class-prior={cls}={tmp_path / cls}.safetensors" for cls in ("airplane", "chair", "car")]
+    result = CliRunner().invoke(benchmark, [*base, *per_class])
+    assert result.exit_code == 0, result.output
+    own, _ = json.loads(result.stdout)["rows"]
+    assert own["row"] == "one prior per class" and set(own["classes"]) == {"airplane", "chair", "car"}
+    assert own["models"]["car"].endswith("car.safetensors")
+    missing = CliRunner().invoke(benchmark, [*base, *per_class[:2]])
+    assert missing.exit_code == 2 and "no prior for car" in missing.output
+    swapped = CliRunner().invoke(benchmark, [*base, *per_class[:2], f"--class-prior=car={tmp_path / 'lamp'}.safetensors"])
+    assert swapped.exit_code == 2 and "lamp.safetensors: trained on lamp, not on car alone" in swapped.output
 
 
 def test_main_job_runs_shapectrl_generate_at_its_defaults(tmp_path) -> None:
