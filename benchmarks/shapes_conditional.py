@@ -68,7 +68,7 @@ from common.runtime import resolve_precision, set_precision
 from common.selection import redraw_refused
 from common.weights import read_tree
 from shapectrl.classifier import ShapeClassifier
-from shapectrl.control import ControlledShapes, ShapePool
+from shapectrl.control import ControlledShapes, ShapePool, with_class_models
 from shapectrl.data.families import CLASSES
 from shapectrl.data.normalisation import Normalisation
 from shapectrl.data.procedural import ProceduralShapes
@@ -147,6 +147,13 @@ def _prior_in_class(prior: ShapeDiffusion, check: ShapeClassifier, rounds: int, 
 
     row = _class_rows(f"prior, off-class clouds redrawn (≤ {rounds} times)", draw, scorer, test, references)
     return row | {"extra_draws": extra, "never_accepted": refused}
+
+
+def _trained(path: str) -> dict:
+    """What a row records of a model file: its path, training steps and seconds, and its pool's seconds."""
+    trained = read_tree(path)
+    return {"model": path, "train_steps": trained.get("step"), "train_seconds": trained.get("train_seconds"),
+            "pool_seconds": trained.get("control", {}).get("pool_seconds")}
 
 
 class References:
@@ -252,8 +259,10 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
 
 
 @click.command()
-@click.option("--method", "methods", multiple=True, metavar="NAME=MODEL", required=True,
-              help="A controlled model (from 'shapectrl train control'), e.g. rgdm=shapectrl/weights/shapes-rgdm.safetensors.")
+@click.option("--method", "methods", multiple=True, metavar="NAME=MODEL[,CLASS=MODEL...]", required=True,
+              help="A controlled model (from 'shapectrl train control'), e.g. rgdm=shapectrl/weights/shapes-rgdm.safetensors; "
+                   "each CLASS=MODEL after it a model of that class alone (train control --target-classes CLASS) that "
+                   "draws the targets of its class, as 'shapectrl generate' draws them with the shipped class models.")
 @click.option("--prior", "prior_path", default=None, metavar="MODEL",
               help="Also score this unconditional prior, blind to the class: one set of n samples against each "
                    "class's test clouds (its accuracy is the share of the class among the prior's samples).")
@@ -320,11 +329,21 @@ def main(methods, prior_path, prior_rounds, class_prior_specs, pool_path, smc_sp
 
     data_dir = data_dir or str(default_data_dir())
     scorer = ShapeClassifier.load(evaluator).eval()
-    models = {}
+    models, class_models, class_paths = {}, {}, {}
     for spec in methods:
-        name, _, path = spec.partition("=")
+        general, *own = spec.split(",")
+        name, _, path = general.partition("=")
         models[name] = (path, ControlledShapes.load(path))
-        set_precision(models[name][1].model, precision)
+        class_paths[name] = dict(item.partition("=")[::2] for item in own)
+        unknown = [c for c in class_paths[name] if c not in models[name][1].conditions.classes]
+        if unknown:
+            raise click.BadParameter(f"{spec}: {unknown[0]!r} is not a class of {path}", param_hint="--method")
+        try:
+            class_models[name] = with_class_models(models[name][1], class_paths[name])
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--method") from None
+        for model in (models[name][1], *class_models[name].values()):
+            set_precision(model.model, precision)
     frames = {m.model.normalisation for _, m in models.values()}
     if len(frames) > 1:
         raise click.BadParameter("the models were trained in different normalisations (different data sets)",
@@ -362,14 +381,16 @@ def main(methods, prior_path, prior_rounds, class_prior_specs, pool_path, smc_sp
                     | {"pool": pool_path, "pool_size": len(pool.points), "pool_seconds": round(pool.seconds, 1),
                        "train_seconds": 0})
     attribute_rows = {}
-    for name, (path, model) in models.items():
-        model.model.eval()
-        trained = read_tree(path)
+    for name, (path, general) in models.items():
         extra_draws: dict[str, int] = {}  # per class row, with --redraw
 
-        def sample(y: torch.Tensor, mask: torch.Tensor, g: torch.Generator, model=model,
+        def sample(y: torch.Tensor, mask: torch.Tensor, g: torch.Generator, general=general, own=class_models[name],
                    count: str | None = None) -> torch.Tensor:
-            """Clouds for targets ``y, mask``; with --redraw, the extra draws are recorded under ``count``."""
+            """Clouds for targets ``y, mask`` (one class or none), drawn by the model of their class where there is
+            one; with --redraw, the extra draws are recorded under ``count``."""
+            classes = set(y[:, 0].long().tolist()) if mask[:, 0].all() else set()
+            model = own.get(general.conditions.classes[classes.pop()], general) if len(classes) == 1 else general
+            model.model.eval()
             options = dict(n_points=points, n_sampling_steps=steps, generator=g, guidance_scale=guidance_scale,
                            guidance_window=guidance_window, solver=solver)
             if not redraw:
@@ -379,19 +400,19 @@ def main(methods, prior_path, prior_rounds, class_prior_specs, pool_path, smc_sp
                 extra_draws[count] = int(draws.sum()) - len(y)
             return clouds
 
-        def draw(cls: str, k: int, model=model, sample=sample) -> torch.Tensor:
-            y, mask = model.conditions.target(cls)
+        def draw(cls: str, k: int, conditions=general.conditions, sample=sample) -> torch.Tensor:
+            y, mask = conditions.target(cls)
             return sample(y.expand(n_samples, -1), mask.expand(n_samples, -1),
                           torch.Generator().manual_seed(seed * 1000 + k), count=cls)
 
         row_name = guided_row(name, guidance_scale, guidance_window) + (
             f", off-class clouds redrawn (≤ {redraw} times)" if redraw else "")
         rows.append(_class_rows(row_name, draw, scorer, test, references)
-                    | {"model": path, "train_steps": trained.get("step"), "train_seconds": trained.get("train_seconds"),
-                       "pool_seconds": trained.get("control", {}).get("pool_seconds")}
+                    | _trained(path)
+                    | ({"class_models": {c: _trained(p) for c, p in class_paths[name].items()}} if class_paths[name] else {})
                     | ({"extra_draws": extra_draws} if redraw else {}))
         if attributes:
-            attribute_rows[name] = _attribute_rows(sample, model.conditions, frame, model.model.config.n_train_points,
+            attribute_rows[name] = _attribute_rows(sample, general.conditions, frame, general.model.config.n_train_points,
                                                    scorer, test, attributes, n_samples, seed)
     for spec in smc_specs:
         name, sample, calls = _steered(spec, models, prior_path, reward_path, tolerance, points, steps,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,10 +67,13 @@ class ShapeControlConfig(ControlConfig):
     p_attribute: float = 0.25  # ... on each attribute that applies to the class
     tolerance: float = 0.1  # attribute likelihood width, in training standard deviations
     neighbours: int = 0  # > 0: first give the prior's network a local branch over this many neighbours
+    target_classes: tuple[str, ...] = ()  # targets of these classes alone, the class always conditioned (empty: all)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.attributes = tuple(self.attributes)
+        self.attributes, self.target_classes = tuple(self.attributes), tuple(self.target_classes)
+        if self.target_classes and self.p_class != 1:
+            raise ValueError(f"p_class: targets of chosen classes always condition on the class (1), got {self.p_class}")
 
 
 @dataclass
@@ -130,19 +134,26 @@ class ShapePool(ScoredPool):
 
 class ShapeTargets:
     """Training targets from the labelled split: ``labels (M,)`` (class indices) and ``values (M, A)``
-    (attributes), with a random subset of each target's columns conditioned (:meth:`ShapeConditions.random_mask`)."""
+    (attributes), with a random subset of each target's columns conditioned (:meth:`ShapeConditions.random_mask`).
+    With ``config.target_classes``, only the shapes of those classes give targets: ``rows (M',)``, their indices
+    in the split (what :meth:`draw` numbers)."""
 
     def __init__(self, conditions: ShapeConditions, labels: torch.Tensor, values: torch.Tensor,
                  config: ShapeControlConfig):
         self.conditions, self.config = conditions, config
-        self.y = torch.cat([labels.float().unsqueeze(1), values.float()], dim=1)
-        self.labels = labels
+        unknown = [c for c in config.target_classes if c not in conditions.classes]
+        if unknown:
+            raise ValueError(f"target class {unknown[0]!r} is not in the data (it has {', '.join(conditions.classes)})")
+        wanted = [conditions.classes.index(c) for c in config.target_classes] or range(len(conditions.classes))
+        self.rows = torch.nonzero(torch.isin(labels, torch.tensor(list(wanted)))).squeeze(1)
+        self.labels = labels[self.rows]
+        self.y = torch.cat([self.labels.float().unsqueeze(1), values[self.rows].float()], dim=1)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def draw(self, rows: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(y (B, 1 + A), y_mask (B, 1 + A))`` of the labelled ``rows (B,)``."""
+        """``(y (B, 1 + A), y_mask (B, 1 + A))`` of the targets ``rows (B,)``."""
         mask = self.conditions.random_mask(self.labels[rows], self.config.p_class, self.config.p_attribute, generator)
         return self.y[rows], mask
 
@@ -180,6 +191,20 @@ class ControlledShapes:
         """The attribute likelihood width the model was trained with, in training standard deviations."""
         return self.control.get("tolerance", ShapeControlConfig.tolerance)
 
+    @property
+    def target_classes(self) -> tuple[str, ...]:
+        """The classes the model was trained for alone (``train control --target-classes``; empty: every class)."""
+        return tuple(self.control.get("target_classes", ()))
+
+    def check_targets(self, y: torch.Tensor, y_mask: torch.Tensor) -> None:
+        """A clear error for targets ``(B, 1 + A)`` outside the classes the model was trained for."""
+        if not self.target_classes:
+            return
+        wanted = torch.tensor([self.conditions.classes.index(c) for c in self.target_classes])
+        if not (y_mask[:, 0].cpu().all() and torch.isin(y[:, 0].cpu().long(), wanted).all()):
+            raise ValueError(f"this model was trained for targets of class {' or '.join(self.target_classes)} alone "
+                             "(give one of them as the class)")
+
     def reward(self, classifier: nn.Module, tolerance: float | None = None) -> ShapeReward:
         """The reward on this model's targets: ``classifier``'s log-probability of the class plus attribute
         likelihoods ``tolerance`` wide (None: the width the model was trained with)."""
@@ -194,6 +219,7 @@ class ControlledShapes:
         ``guidance_scale`` w ≠ 1 samples with classifier-free guidance (:class:`common.guidance.ConditionScaled`)
         on the diffusion steps lo < t ≤ hi of ``guidance_window`` (None: all of them); ``solver``: the steps'
         grid and order."""
+        self.check_targets(y, y_mask)
         cond = self.conditions.encode(y, y_mask)
         denoiser = classifier_free(self.model.denoiser, guidance_scale,
                                    window_shares(guidance_window, self.model.diffusion.n_steps))
@@ -225,6 +251,27 @@ class ControlledShapes:
         return redraw_refused(draw, accept, len(y), rounds)
 
 
+def with_class_models(general: ControlledShapes, paths: Mapping[str, str | Path]) -> dict[str, ControlledShapes]:
+    """The models of ``paths`` ({class: file of ``train control --target-classes CLASS``}), each checked against
+    ``general``, the model of every other target: trained for that class alone, on the same conditions, in the same
+    normalisation and diffusion (one-line :class:`~common.weights.WeightsError` naming the file otherwise)."""
+    models = {}
+    for class_name, path in paths.items():
+        model = ControlledShapes.load(path)
+        with errors_naming(path):
+            if model.target_classes != (class_name,):
+                raise ValueError(f"trained for targets of {', '.join(model.target_classes) or 'every class'}, not of "
+                                 f"{class_name} alone")
+            if model.conditions.to_dict() != general.conditions.to_dict():
+                raise ValueError("its conditions (classes, attributes, their statistics) differ from the model of the "
+                                 "other targets")
+            if (model.model.normalisation, model.model.diffusion.n_steps) != (
+                    general.model.normalisation, general.model.diffusion.n_steps):
+                raise ValueError("trained in another normalisation or diffusion than the model of the other targets")
+        models[class_name] = model
+    return models
+
+
 def make_objective(config: ShapeControlConfig, prior: ShapeDiffusion, reward: ShapeReward, points: torch.Tensor,
                    targets: ShapeTargets, batch_size: int, n_points: int, seed: int = 0,
                    pool_path: Path | None = None) -> tuple[nn.Module, object]:
@@ -236,7 +283,7 @@ def make_objective(config: ShapeControlConfig, prior: ShapeDiffusion, reward: Sh
     start = prior.with_neighbours(config.neighbours) if config.neighbours else prior
     model = start.with_condition(reward.conditions.cond_dim)
     if config.method == "cond":
-        labelled = ShapeBatches(points, batch_size, n_points, torch.arange(len(points)), seed)
+        labelled = ShapeBatches(points[targets.rows], batch_size, n_points, torch.arange(len(targets)), seed)
         return (ConditionedDenoising(model, reward.conditions, config),
                 LabelledBatches(labelled, targets.draw, seed))
     target_batches = targets.batches(batch_size, n_points, seed)

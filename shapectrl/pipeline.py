@@ -32,12 +32,13 @@ from common.runtime import (
 from common.smc import SteeringReport, check_pick
 from shapectrl.classifier import ShapeClassifier
 from shapectrl.conditions import RareTargetWarning, ShapeConditions
-from shapectrl.control import ControlledShapes, ShapeControlConfig
+from shapectrl.control import ControlledShapes, ShapeControlConfig, with_class_models
 from shapectrl.io import write_ply
 from shapectrl.prior import ShapeDiffusion
 from shapectrl.reward import ShapeReward
 from shapectrl.steer import steer_shapes
 from shapectrl.weights import (
+    CLASS_MODELS,
     DEFAULT_MODELS,
     EVALUATOR,
     PRIOR,
@@ -118,7 +119,8 @@ class GeneratedShapes:
     """What :meth:`ShapeGenerator.sample` returns: clouds ``(B, N, 3)`` in model units (CPU), the target,
     how they were made, the sampling time, SMC's report (None without particles), what measuring
     the attributes needs: the model's conditions and its training size (attributes are measured on
-    that many first points of each cloud), and what the class check did (None without it)."""
+    that many first points of each cloud), the file of the model that drew them, and what the class check did
+    (None without it)."""
 
     clouds: torch.Tensor
     class_name: str | None
@@ -128,23 +130,27 @@ class GeneratedShapes:
     steering: SteeringReport | None
     conditions: ShapeConditions
     attribute_points: int
+    model: Path
     class_check: ClassCheck | None = None
 
 
 class ShapeGenerator:
-    """A controlled shape model with what SMC needs (the prior, the reward), ready to sample. Build it
-    with :meth:`load`."""
+    """A controlled shape model, the models of one class each that serve the targets of their class
+    (``class_models``: {class: (model, file)}), and what SMC needs (the prior, the reward), ready to sample.
+    Build it with :meth:`load`."""
 
     def __init__(self, controlled: ControlledShapes, config: ShapeGenerationConfig, path: Path,
                  prior: ShapeDiffusion | None = None, reward: ShapeReward | None = None,
-                 class_check: ShapeClassifier | None = None):
+                 class_check: ShapeClassifier | None = None,
+                 class_models: Mapping[str, tuple[ControlledShapes, Path]] | None = None):
         self.controlled, self.config, self.path, self.prior, self.reward = controlled, config, path, prior, reward
-        self.class_check = class_check
+        self.class_check, self.class_models = class_check, dict(class_models or {})
 
     @classmethod
     def load(cls, config: ShapeGenerationConfig | None = None, *, model: str | Path | None = None,
              reward: str | Path | None = None, device: str = "auto") -> ShapeGenerator:
-        """The shipped model of ``config.method`` (or ``model``, a file of ``shapectrl train control``) and the
+        """The shipped model of ``config.method`` with the shipped models of one class each
+        (:data:`~shapectrl.weights.CLASS_MODELS`), or ``model`` alone (a file of ``shapectrl train control``), and the
         shipped reward classifier (or ``reward``) that checks the class or, for SMC, steers with the shipped prior.
         One-line :class:`~common.weights.WeightsError` for an unusable file."""
         config = config or ShapeGenerationConfig()
@@ -152,7 +158,10 @@ class ShapeGenerator:
         config = replace(config, precision=resolve_precision(config.precision, dev))
         path = weight_path(model or DEFAULT_MODELS[config.method])
         controlled = ControlledShapes.load(path)
-        set_precision(controlled.model.to(dev).eval(), config.precision)
+        own = {} if model else {c: weight_path(name) for c, name in CLASS_MODELS.get(config.method, {}).items()}
+        class_models = with_class_models(controlled, own)
+        for m in (controlled, *class_models.values()):
+            set_precision(m.model.to(dev).eval(), config.precision)
         n_steps = controlled.model.diffusion.n_steps
         if config.guidance_window is not None and config.guidance_window[1] > n_steps:
             raise ValueError(f"guidance window {config.guidance_window[0]}:{config.guidance_window[1]} reaches beyond "
@@ -165,7 +174,8 @@ class ShapeGenerator:
             shape_reward = controlled.reward(classifier, config.tolerance).to(dev)
         elif config.redraw:
             class_check = classifier
-        return cls(controlled, config, path, prior, shape_reward, class_check)
+        return cls(controlled, config, path, prior, shape_reward, class_check,
+                   {c: (m, own[c]) for c, m in class_models.items()})
 
     @property
     def points(self) -> int:
@@ -203,7 +213,8 @@ class ShapeGenerator:
                seed: int = 0, batch_size: int = 16, on_batch: Callable[[int], None] | None = None) -> GeneratedShapes:
         """``n`` clouds for one target (a class, attribute values, or both)."""
         y, y_mask = self.target(class_name, attributes)
-        config, controlled = self.config, self.controlled
+        config = self.config
+        controlled, path = self.class_models.get(class_name, (self.controlled, self.path))
         targets = y.expand(n, -1), y_mask.expand(n, -1)
         generator = seed_everything(seed)
         t0 = time.perf_counter()
@@ -223,7 +234,8 @@ class ShapeGenerator:
             options = dict(n_points=self.points, n_sampling_steps=config.steps, generator=generator,
                            batch_size=batch_size, guidance_scale=self.guidance_scale(attributes),
                            guidance_window=self.guidance_window(attributes), solver=SOLVERS[config.solver])
-            how = controlled.control.get("method", config.method)
+            how = controlled.control.get("method", config.method) + (
+                f", the {class_name} model" if controlled.target_classes else "")
             if class_name is not None and self.class_check is not None:
                 clouds, draws, in_class = controlled.sample_in_class(*targets, self.class_check, config.redraw,
                                                                      on_batch=on_batch, **options)
@@ -232,7 +244,7 @@ class ShapeGenerator:
                 clouds = controlled.sample(*targets, on_batch=on_batch, **options)
         return GeneratedShapes(controlled.model.denormalise(clouds), class_name, dict(attributes or {}), how,
                                time.perf_counter() - t0, steered, controlled.conditions,
-                               min(self.points, controlled.model.config.n_train_points), checked)
+                               min(self.points, controlled.model.config.n_train_points), path, checked)
 
 
 def load(method: str = "rgdm", *, model: str | Path | None = None, reward: str | Path | None = None,

@@ -173,6 +173,21 @@ def test_payoff_resampling_picks_the_target_class_and_the_nearest_attribute() ->
     assert torch.equal(batches(3)[0], batches(3)[0])  # a function of the step
 
 
+def test_target_classes_give_targets_of_their_class_alone_and_the_pool_stays_every_cloud() -> None:
+    pool = _pool()
+    config = ShapeControlConfig(p_class=1.0, p_attribute=0.5, target_classes=(CLASSES[2],))
+    labels = torch.arange(40) % 5
+    targets = ShapeTargets(_conditions(), labels, torch.full((40, 2), 0.4), config)
+    assert len(targets) == 8 and torch.equal(targets.rows, torch.arange(2, 40, 5))
+    points, y, y_mask = PayoffBatches(pool, _FixedScores(pool.scores), targets.batches(16, 8, seed=0))(0)
+    assert (y[:, 0] == 2).all() and y_mask[:, 0].all()  # the class is always conditioned
+    assert (points[:, 0, 0].long() % 5 == 2).all()  # the reward picked the class's clouds from the whole pool
+    with pytest.raises(ValueError, match="always condition on the class"):
+        ShapeControlConfig(p_class=0.8, target_classes=("chair",))
+    with pytest.raises(ValueError, match="target class 'boat' is not in the data"):
+        ShapeTargets(_conditions(), labels, torch.full((40, 2), 0.4), ShapeControlConfig(p_class=1.0, target_classes=("boat",)))
+
+
 def test_data_proposal_scores_training_clouds_at_the_training_size_and_subsamples_them() -> None:
     reference = _pool()
     clouds = reference.points[:, :1].expand(-1, 32, 3).clone()  # 32 points each, all at the cloud's index
@@ -226,6 +241,7 @@ TINY_RUN = ["--batch-size", "4", "--threads", "1", "--checkpoint-every", "1", "-
 
 
 @pytest.mark.parametrize("method, proposal, extra", [("rgdm", "prior", []), ("rgdm", "data", ["--neighbours", "2"]),
+                                                    ("rgdm", "data", ["--target-classes", "chair"]),
                                                     ("ctrl", "prior", []),
                                                     ("ctrl", "prior", ["--score-early", "--samples-per-target", "2"]),
                                                     ("cond", "prior", [])])
@@ -254,6 +270,8 @@ def test_train_control_cli_trains_each_method_and_resumes(tmp_path, method: str,
     control = json.loads((run / "run.json").read_text())["control"]
     assert control["attributes"] == ["height", "chair_back_height"]
     assert control["score_early"] == ("--score-early" in extra)
+    assert (control["target_classes"], control["p_class"]) == ((["chair"], 1.0) if "--target-classes" in extra else ([], 0.8))
+    assert model.target_classes == tuple(control["target_classes"])
     grown = 2 if "--neighbours" in extra else 0  # the prior's network grew a local branch, and was trained with it
     assert control["neighbours"] == model.model.config.neighbours == grown
     assert all((block.from_local is not None) == bool(grown) for block in model.model.denoiser.blocks)
@@ -268,6 +286,11 @@ def test_train_control_cli_errors(tmp_path) -> None:
     bad = runner.invoke(main, ["train", "control", "--run-dir", str(tmp_path / "r"), "--prior", str(tmp_path / "x.pt"),
                                "--reward", str(tmp_path / "x.pt"), "--attributes", "height,wings"])
     assert bad.exit_code == 2 and "unknown attribute 'wings'" in bad.output
+    for extra, message in ((["--target-classes", "boat"], "unknown class 'boat'"),
+                           (["--target-classes", "chair", "--p-class", "0.5"], "always condition on their class")):
+        wrong = runner.invoke(main, ["train", "control", "--run-dir", str(tmp_path / "r"), "--prior", str(tmp_path / "x.pt"),
+                                     "--reward", str(tmp_path / "x.pt"), *extra])
+        assert wrong.exit_code == 2 and message in wrong.output, wrong.output
 
 
 def test_classifier_free_guidance_interpolates_the_conditional_and_the_empty_condition() -> None:

@@ -2,6 +2,7 @@
 shipped-weights lookup; tiny models built in temporary folders."""
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 
@@ -268,3 +269,36 @@ def test_generate_steers_towards_a_sharper_tilt_and_draws_by_the_final_weights(t
     bad = CliRunner().invoke(main, ["generate", "--class", "chair", "--particles", "2", "--temperature", "0",
                                     "--out", str(tmp_path / "t")])
     assert bad.exit_code == 2 and "--temperature" in bad.output and not (tmp_path / "t").exists()
+
+
+def test_a_class_with_a_model_of_its_own_is_drawn_by_it(tmp_path, weights):
+    """A model of one class (``train control --target-classes``) serves its class's targets, the general model every
+    other target; each model is checked against the general one, and refuses targets of another class."""
+    from common.weights import WeightsError
+    from shapectrl.control import ControlledShapes, with_class_models
+
+    general_path, _ = weights
+    general = ControlledShapes.load(general_path)
+    chair = copy.deepcopy(general.model)  # a copy of the general network ...
+    torch.nn.init.normal_(chair.denoiser.cond_embed.weight)  # ... that draws other clouds
+    save_tree(controlled_export(chair, general.conditions, ShapeControlConfig(p_class=1.0, target_classes=("chair",)),
+                                {}), tmp_path / "chair.safetensors")
+    own = with_class_models(general, {"chair": tmp_path / "chair.safetensors"})
+    generator = ShapeGenerator(general, ShapeGenerationConfig(redraw=0, points=32, steps=3, precision="fp32"),
+                               general_path, class_models={"chair": (own["chair"], tmp_path / "chair.safetensors")})
+    by_own, by_general = (generator.sample(cls, n=2, seed=0) for cls in ("chair", "table"))
+    assert by_own.model == tmp_path / "chair.safetensors" and by_own.description == "rgdm, the chair model"
+    assert str(by_general.model) == general_path and by_general.description == "rgdm"
+    plain = ShapeGenerator(general, generator.config, general_path).sample("chair", n=2, seed=0)
+    assert not torch.allclose(plain.clouds, by_own.clouds)
+    with pytest.raises(ValueError, match="trained for targets of class chair alone"):
+        own["chair"].sample(*(v.unsqueeze(0) for v in general.conditions.target("table")), n_points=8, n_sampling_steps=1)
+    with pytest.raises(WeightsError, match="chair.safetensors: trained for targets of chair, not of table alone"):
+        with_class_models(general, {"table": tmp_path / "chair.safetensors"})
+    with pytest.raises(WeightsError, match="model.safetensors: trained for targets of every class, not of chair alone"):
+        with_class_models(general, {"chair": general_path})
+    other = ShapeConditions(CLASSES, general.conditions.attributes, general.conditions.mean + 1, general.conditions.scale)
+    save_tree(controlled_export(chair, other, ShapeControlConfig(p_class=1.0, target_classes=("chair",)), {}),
+              tmp_path / "other.safetensors")
+    with pytest.raises(WeightsError, match="its conditions .* differ from the model of the other targets"):
+        with_class_models(general, {"chair": tmp_path / "other.safetensors"})

@@ -193,6 +193,27 @@ def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
     assert missing.exit_code == 2 and "no prior for car" in missing.output
     swapped = CliRunner().invoke(benchmark, [*base, *per_class[:2], f"--class-prior=car={tmp_path / 'lamp'}.safetensors"])
     assert swapped.exit_code == 2 and "lamp.safetensors: trained on lamp, not on car alone" in swapped.output
+    # one controlled model per class (train control --target-classes CLASS) draws its class's targets, the attribute
+    # rows' too; the other targets are the general model's
+    for cls in ("chair", "car"):
+        config = ShapeControlConfig(p_class=1.0, target_classes=(cls,))
+        save_tree(controlled_export(prior.with_condition(conditions.cond_dim), conditions, config, {}),
+                  tmp_path / f"rgdm-{cls}.safetensors")
+    routed = f"rgdm={model_path},chair={tmp_path / 'rgdm-chair'}.safetensors,car={tmp_path / 'rgdm-car'}.safetensors"
+    base[1] = routed
+    both = CliRunner().invoke(benchmark, [arg for arg in base if arg != "--no-attributes"]
+                              + ["--attribute", "chair:chair_back_height"])
+    assert both.exit_code == 0, both.output
+    record = json.loads(both.stdout)
+    (row,) = record["rows"]
+    assert set(row["class_models"]) == {"chair", "car"} and row["class_models"]["car"]["model"].endswith("rgdm-car.safetensors")
+    assert record["attributes"]["rgdm"][0]["mae_composed"] >= 0
+    for spec, message in ((f"rgdm={model_path},chair={tmp_path / 'rgdm-car'}.safetensors",
+                           "rgdm-car.safetensors: trained for targets of car, not of chair alone"),
+                          (f"rgdm={model_path},boat={tmp_path / 'rgdm-car'}.safetensors", "'boat' is not a class of")):
+        base[1] = spec
+        wrong = CliRunner().invoke(benchmark, base)
+        assert wrong.exit_code != 0 and message in wrong.output, wrong.output
 
 
 def test_main_job_runs_shapectrl_generate_at_its_defaults(tmp_path) -> None:

@@ -95,7 +95,8 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
               help="Which shipped controlled model to use: rgdm (shapes-rgdm-data.safetensors, RGDM over the unlabelled training "
                    "clouds), ctrl (shapes-ctrl.safetensors) or cond (shapes-cond.safetensors, the label-as-input baseline).")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A controlled model.safetensors from 'shapectrl train control' (overrides --method's shipped file).")
+              help="A controlled model.safetensors from 'shapectrl train control', for every target (overrides "
+                   "--method's shipped files).")
 @click.option("--evaluator", "evaluator_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help=f"Classifier that scores the class (default: the shipped {EVALUATOR}).")
 @click.option("--particles", type=click.IntRange(0), default=DEFAULTS.particles, show_default=True,
@@ -212,7 +213,7 @@ def generate(class_name, attrs, n_samples, out, method, model_path, evaluator_pa
                       title=f"{title}, {mesh_method} surfaces", surfaces=surfaces)
     summary = {
         "target": {"class": class_name, "attributes": attrs},
-        "method": result.description, "model": weight_name(generator.path), "evaluator": weight_name(evaluator_file),
+        "method": result.description, "model": weight_name(result.model), "evaluator": weight_name(evaluator_file),
         "out": str(out), "clouds": n_samples, "points": generator.points, "attribute_points": result.attribute_points,
         "sampling_steps": min(steps, generator.controlled.model.config.n_steps), "solver": solver,
         "guidance_scale": scale, "guidance_window": window,

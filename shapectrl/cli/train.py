@@ -60,6 +60,12 @@ def data_options(fn: Callable) -> Callable:
     return fn
 
 
+LR_SCHEDULE = click.option(
+    "--lr-schedule", type=click.Choice(LR_SCHEDULES), default="constant", show_default=True,
+    help="cosine: the learning rate falls to 0 at --steps after the warm-up (set --steps to the run's real length; a "
+         "resume that changes --steps changes the curve).")
+
+
 def train_options(fn: Callable) -> Callable:
     """Optimisation, device and run-folder options shared by every ``train`` command."""
     options = [
@@ -167,9 +173,7 @@ def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, rec
                    "with a fresh optimiser: its network replaces --arch ... --schedule (--points still sets the "
                    "training size) and its normalisation the split's; --classes may be any of its classes (one "
                    "class: a prior of that class alone, fine-tuned from the prior of all).")
-@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="constant", show_default=True,
-              help="cosine: the learning rate falls to 0 at --steps after the warm-up (set --steps to the run's "
-                   "real length; a resume that changes --steps changes the curve).")
+@LR_SCHEDULE
 def prior(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, log_every, seed, device, threads, resume,
           data_dir, per_class, data_points, class_text, data_seed, arch, points, width, depth, resolution,
           voxel_channels, neighbours, inducing, diffusion_steps, schedule, preview_every, preview_samples, preview_steps,
@@ -302,8 +306,13 @@ CONTROL = ShapeControlConfig  # the defaults of 'train control'
               help="Points per cloud while training (the pool and CTRL's rollouts use this size too).")
 @click.option("--attributes", "attribute_text", default=",".join(CONTROL.attributes), show_default=True,
               help=f"Comma-separated attributes to condition on (some of {', '.join(ATTRIBUTES)}); empty: class only.")
-@click.option("--p-class", type=click.FloatRange(0, 1), default=CONTROL.p_class, show_default=True,
-              help="Probability that a training target conditions on the class.")
+@click.option("--p-class", type=click.FloatRange(0, 1), default=None,
+              help=f"Probability that a training target conditions on the class  [default: {CONTROL.p_class}; 1 with "
+                   "--target-classes]")
+@click.option("--target-classes", "target_class_text", default="",
+              help="Comma-separated classes: train targets of these classes alone, each conditioned on its class (a "
+                   "model of one class: RGDM's pool stays every unlabelled training cloud, the reward picks the class's; "
+                   "empty: every class of the data).")
 @click.option("--p-attribute", type=click.FloatRange(0, 1), default=CONTROL.p_attribute, show_default=True,
               help="Probability that a training target conditions on each attribute that applies to its class.")
 @click.option("--tolerance", type=click.FloatRange(0, min_open=True), default=CONTROL.tolerance, show_default=True,
@@ -331,9 +340,10 @@ CONTROL = ShapeControlConfig  # the defaults of 'train control'
                    "anchors (a cloud's first points, as many as the prior was trained on), starting at zero "
                    "(shapectrl/denoisers.py, LocalMax; 0: the prior's network as it is).")
 @click.option("--freeze-backbone", is_flag=True, help="Train the condition embedding only.")
+@LR_SCHEDULE
 def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every, log_every, seed, device, threads,
-            resume, data_dir, per_class, data_points, class_text, data_seed, prior_path, reward_path, points,
-            attribute_text, freeze_backbone, **options) -> None:
+            resume, lr_schedule, data_dir, per_class, data_points, class_text, data_seed, prior_path, reward_path, points,
+            attribute_text, target_class_text, p_class, freeze_backbone, **options) -> None:
     """Add class and attribute control to a shape prior (RGDM, CTRL or the label-as-input baseline).
 
     Targets are the classes and measured attributes of the training split, a random subset of them
@@ -345,9 +355,16 @@ def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every,
     for value, hint in ((prior_path, "--prior"), (reward_path, "--reward")):
         if value is None and not resume:
             raise click.BadParameter("required for a new run", param_hint=hint)
-    config = ShapeControlConfig.from_options(options, attributes=attributes, train_backbone=not freeze_backbone)
+    target_classes = comma_names(target_class_text, CLASSES, "--target-classes", "class", empty=True)
+    if p_class is None:
+        p_class = 1.0 if target_classes else CONTROL.p_class
+    elif target_classes and p_class != 1:
+        raise click.BadParameter("targets of --target-classes always condition on their class (1)", param_hint="--p-class")
+    config = ShapeControlConfig.from_options(options, attributes=attributes, p_class=p_class,
+                                             target_classes=target_classes, train_backbone=not freeze_backbone)
     fresh = {"control": asdict(config), "prior": str(prior_path), "reward": str(reward_path),
              "train": asdict(TrainConfig(steps=steps or 3000, batch_size=batch_size, lr=lr or 1e-4, warmup_steps=warmup,
+                                         lr_schedule=lr_schedule,
                                          ema_decay=ema_decay, checkpoint_every=checkpoint_every, log_every=log_every,
                                          seed=seed)),
              "data": _data_record(data_dir, per_class, data_points, class_text, data_seed, points)}
@@ -375,9 +392,9 @@ def control_objective(record: dict, train_cfg: TrainConfig, pool_path: Path | No
         labels = local_labels(shapes.labels, shapes.classes)
         conditions = ShapeConditions.fit(values, labels, shapes.classes, config.attributes)
         reward = ShapeReward(classifier_model, conditions, config.tolerance)
+        targets = ShapeTargets(conditions, labels, values, config)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
-    targets = ShapeTargets(conditions, labels, values, config)
     try:
         return make_objective(config, prior_model, reward, shapes.normalised_points, targets, train_cfg.batch_size,
                               n_points, train_cfg.seed, pool_path)

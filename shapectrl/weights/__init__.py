@@ -12,11 +12,14 @@ from common.weights import SUFFIX
 
 WEIGHTS_DIR = Path(__file__).parent
 DEFAULT_MODELS = {"rgdm": f"shapes-rgdm-data{SUFFIX}", "ctrl": f"shapes-ctrl{SUFFIX}", "cond": f"shapes-cond{SUFFIX}"}
+#: Models of one class each (``train control --target-classes``) that serve a method's targets of their class.
+CLASS_MODELS: dict[str, dict[str, str]] = {}
 RGDM_PRIOR_POOL = f"shapes-rgdm{SUFFIX}"  # RGDM with the prior's own samples as proposal (the first shipped RGDM)
 PRIOR = f"shapes-prior{SUFFIX}"
 REWARD_CLASSIFIER = f"shapes-classifier-pointnet{SUFFIX}"
 EVALUATOR = f"shapes-classifier-dgcnn{SUFFIX}"
-SHIPPED = (*DEFAULT_MODELS.values(), RGDM_PRIOR_POOL, PRIOR, REWARD_CLASSIFIER, EVALUATOR)
+SHIPPED = (*DEFAULT_MODELS.values(), *(f for files in CLASS_MODELS.values() for f in files.values()), RGDM_PRIOR_POOL,
+           PRIOR, REWARD_CLASSIFIER, EVALUATOR)
 
 
 def weight_path(name_or_path: str | Path) -> Path:
