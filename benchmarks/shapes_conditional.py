@@ -262,7 +262,7 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
 @click.option("--method", "methods", multiple=True, metavar="NAME=MODEL[,CLASS=MODEL...]", required=True,
               help="A controlled model (from 'shapectrl train control'), e.g. rgdm=shapectrl/weights/shapes-rgdm.safetensors; "
                    "each CLASS=MODEL after it a model of that class alone (train control --target-classes CLASS) that "
-                   "draws the targets of its class, as 'shapectrl generate' draws them with the shipped class models.")
+                   "draws that class as a target alone, as 'shapectrl generate' draws it with the shipped class models.")
 @click.option("--prior", "prior_path", default=None, metavar="MODEL",
               help="Also score this unconditional prior, blind to the class: one set of n samples against each "
                    "class's test clouds (its accuracy is the share of the class among the prior's samples).")
@@ -386,9 +386,9 @@ def main(methods, prior_path, prior_rounds, class_prior_specs, pool_path, smc_sp
 
         def sample(y: torch.Tensor, mask: torch.Tensor, g: torch.Generator, general=general, own=class_models[name],
                    count: str | None = None) -> torch.Tensor:
-            """Clouds for targets ``y, mask`` (one class or none), drawn by the model of their class where there is
-            one; with --redraw, the extra draws are recorded under ``count``."""
-            classes = set(y[:, 0].long().tolist()) if mask[:, 0].all() else set()
+            """Clouds for targets ``y, mask`` (one class or none), a class alone drawn by the model of its class where
+            there is one (as shapectrl generate draws it); with --redraw, the extra draws are recorded under ``count``."""
+            classes = set(y[:, 0].long().tolist()) if mask[:, 0].all() and not mask[:, 1:].any() else set()
             model = own.get(general.conditions.classes[classes.pop()], general) if len(classes) == 1 else general
             model.model.eval()
             options = dict(n_points=points, n_sampling_steps=steps, generator=g, guidance_scale=guidance_scale,

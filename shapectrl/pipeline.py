@@ -135,8 +135,8 @@ class GeneratedShapes:
 
 
 class ShapeGenerator:
-    """A controlled shape model, the models of one class each that serve the targets of their class
-    (``class_models``: {class: (model, file)}), and what SMC needs (the prior, the reward), ready to sample.
+    """A controlled shape model, the models of one class each that serve their class alone as a target
+    (``class_models``: {class: (model, file)}; targets with attributes stay the general model's), and what SMC needs (the prior, the reward), ready to sample.
     Build it with :meth:`load`."""
 
     def __init__(self, controlled: ControlledShapes, config: ShapeGenerationConfig, path: Path,
@@ -214,7 +214,8 @@ class ShapeGenerator:
         """``n`` clouds for one target (a class, attribute values, or both)."""
         y, y_mask = self.target(class_name, attributes)
         config = self.config
-        controlled, path = self.class_models.get(class_name, (self.controlled, self.path))
+        own = None if attributes else self.class_models.get(class_name)  # attributes: measured on the general model
+        controlled, path = own or (self.controlled, self.path)
         targets = y.expand(n, -1), y_mask.expand(n, -1)
         generator = seed_everything(seed)
         t0 = time.perf_counter()

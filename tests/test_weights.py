@@ -89,7 +89,7 @@ SHIPPED = sorted([*MOL_WEIGHTS.glob("*.safetensors"), *SHAPE_WEIGHTS.glob("*.saf
 
 
 def test_every_shipped_file_is_safetensors_and_matches_the_sha256_of_its_record():
-    assert len(SHIPPED) == 21 and not [*MOL_WEIGHTS.glob("*.pt"), *SHAPE_WEIGHTS.glob("*.pt")]
+    assert len(SHIPPED) == 24 and not [*MOL_WEIGHTS.glob("*.pt"), *SHAPE_WEIGHTS.glob("*.pt")]
     for path in SHIPPED:
         record = path.with_suffix(".md").read_text(encoding="utf-8")
         assert path.read_bytes()[8:9] == b"{" and f"SHA-256: `{sha256(path)}`" in record, path
