@@ -335,13 +335,10 @@ def main(methods, prior_path, prior_rounds, class_prior_specs, pool_path, smc_sp
         name, _, path = general.partition("=")
         models[name] = (path, ControlledShapes.load(path))
         class_paths[name] = dict(item.partition("=")[::2] for item in own)
-        unknown = [c for c in class_paths[name] if c not in models[name][1].conditions.classes]
-        if unknown:
-            raise click.BadParameter(f"{spec}: {unknown[0]!r} is not a class of {path}", param_hint="--method")
         try:
             class_models[name] = with_class_models(models[name][1], class_paths[name])
         except ValueError as err:
-            raise click.BadParameter(str(err), param_hint="--method") from None
+            raise click.BadParameter(f"{spec}: {err}", param_hint="--method") from None
         for model in (models[name][1], *class_models[name].values()):
             set_precision(model.model, precision)
     frames = {m.model.normalisation for _, m in models.values()}

@@ -253,10 +253,13 @@ class ControlledShapes:
 
 def with_class_models(general: ControlledShapes, paths: Mapping[str, str | Path]) -> dict[str, ControlledShapes]:
     """The models of ``paths`` ({class: file of ``train control --target-classes CLASS``}), each checked against
-    ``general``, the model of every other target: trained for that class alone, on the same conditions, in the same
+    ``general``, the model of every other target: a class it knows, trained for that class alone, on the same conditions, in the same
     normalisation and diffusion (one-line :class:`~common.weights.WeightsError` naming the file otherwise)."""
     models = {}
     for class_name, path in paths.items():
+        if class_name not in general.conditions.classes:
+            raise ValueError(f"{class_name!r} is not a class of the model of the other targets (it knows "
+                             f"{', '.join(general.conditions.classes)})")
         model = ControlledShapes.load(path)
         with errors_naming(path):
             if model.target_classes != (class_name,):

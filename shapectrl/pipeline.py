@@ -136,8 +136,8 @@ class GeneratedShapes:
 
 class ShapeGenerator:
     """A controlled shape model, the models of one class each that serve their class alone as a target
-    (``class_models``: {class: (model, file)}; targets with attributes stay the general model's), and what SMC needs (the prior, the reward), ready to sample.
-    Build it with :meth:`load`."""
+    (``class_models``: {class: (model, file)}; targets with attributes stay the general model's), and what SMC
+    needs (the prior, the reward), ready to sample. Build it with :meth:`load`."""
 
     def __init__(self, controlled: ControlledShapes, config: ShapeGenerationConfig, path: Path,
                  prior: ShapeDiffusion | None = None, reward: ShapeReward | None = None,

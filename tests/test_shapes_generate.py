@@ -273,7 +273,8 @@ def test_generate_steers_towards_a_sharper_tilt_and_draws_by_the_final_weights(t
 
 def test_a_class_with_a_model_of_its_own_is_drawn_by_it(tmp_path, weights):
     """A model of one class (``train control --target-classes``) draws its class as a target alone, the general model
-    every other target (with attributes too); each model is checked against the general one, and refuses targets of another class."""
+    every other target (with attributes too); each model is checked against the general one, and refuses targets of
+    another class."""
     from common.weights import WeightsError
     from shapectrl.control import ControlledShapes, with_class_models
 

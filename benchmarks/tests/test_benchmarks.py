@@ -193,8 +193,8 @@ def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
     assert missing.exit_code == 2 and "no prior for car" in missing.output
     swapped = CliRunner().invoke(benchmark, [*base, *per_class[:2], f"--class-prior=car={tmp_path / 'lamp'}.safetensors"])
     assert swapped.exit_code == 2 and "lamp.safetensors: trained on lamp, not on car alone" in swapped.output
-    # one controlled model per class (train control --target-classes CLASS) draws its class's targets, the attribute
-    # rows' too; the other targets are the general model's
+    # one controlled model per class (train control --target-classes CLASS) draws its class as a target alone; the
+    # other targets, the attribute rows' among them, are the general model's
     for cls in ("chair", "car"):
         config = ShapeControlConfig(p_class=1.0, target_classes=(cls,))
         save_tree(controlled_export(prior.with_condition(conditions.cond_dim), conditions, config, {}),
