@@ -68,7 +68,12 @@ from common.runtime import resolve_precision, set_precision
 from common.selection import redraw_refused
 from common.weights import read_tree
 from shapectrl.classifier import ShapeClassifier
-from shapectrl.control import ControlledShapes, ShapePool, with_class_models
+from shapectrl.control import (
+    ControlledShapes,
+    ShapePool,
+    class_alone,
+    with_class_models,
+)
 from shapectrl.data.families import CLASSES
 from shapectrl.data.normalisation import Normalisation
 from shapectrl.data.procedural import ProceduralShapes
@@ -385,8 +390,7 @@ def main(methods, prior_path, prior_rounds, class_prior_specs, pool_path, smc_sp
                    count: str | None = None) -> torch.Tensor:
             """Clouds for targets ``y, mask`` (one class or none), a class alone drawn by the model of its class where
             there is one (as shapectrl generate draws it); with --redraw, the extra draws are recorded under ``count``."""
-            classes = set(y[:, 0].long().tolist()) if mask[:, 0].all() and not mask[:, 1:].any() else set()
-            model = own.get(general.conditions.classes[classes.pop()], general) if len(classes) == 1 else general
+            model = own.get(class_alone(general.conditions, y, mask), general)
             model.model.eval()
             options = dict(n_points=points, n_sampling_steps=steps, generator=g, guidance_scale=guidance_scale,
                            guidance_window=guidance_window, solver=solver)

@@ -73,7 +73,8 @@ class ShapeControlConfig(ControlConfig):
         super().__post_init__()
         self.attributes, self.target_classes = tuple(self.attributes), tuple(self.target_classes)
         if self.target_classes and self.p_class != 1:
-            raise ValueError(f"p_class: targets of chosen classes always condition on the class (1), got {self.p_class}")
+            raise ValueError(f"p_class: targets of target_classes always condition on their class (p_class 1), got "
+                             f"{self.p_class}")
 
 
 @dataclass
@@ -249,6 +250,15 @@ class ControlledShapes:
             return ~checked[rows] | classifier.predicts(clouds, wanted[rows])
 
         return redraw_refused(draw, accept, len(y), rounds)
+
+
+def class_alone(conditions: ShapeConditions, y: torch.Tensor, y_mask: torch.Tensor) -> str | None:
+    """The class of targets ``y, y_mask (B, 1 + A)`` when every row asks for that one class and no attribute (the
+    targets a model of :func:`with_class_models` draws), else None."""
+    if not y_mask[:, 0].all() or y_mask[:, 1:].any():
+        return None
+    classes = y[:, 0].long().unique()
+    return conditions.classes[int(classes)] if len(classes) == 1 else None
 
 
 def with_class_models(general: ControlledShapes, paths: Mapping[str, str | Path]) -> dict[str, ControlledShapes]:

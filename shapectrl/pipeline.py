@@ -32,7 +32,12 @@ from common.runtime import (
 from common.smc import SteeringReport, check_pick
 from shapectrl.classifier import ShapeClassifier
 from shapectrl.conditions import RareTargetWarning, ShapeConditions
-from shapectrl.control import ControlledShapes, ShapeControlConfig, with_class_models
+from shapectrl.control import (
+    ControlledShapes,
+    ShapeControlConfig,
+    class_alone,
+    with_class_models,
+)
 from shapectrl.io import write_ply
 from shapectrl.prior import ShapeDiffusion
 from shapectrl.reward import ShapeReward
@@ -214,9 +219,9 @@ class ShapeGenerator:
         """``n`` clouds for one target (a class, attribute values, or both)."""
         y, y_mask = self.target(class_name, attributes)
         config = self.config
-        own = None if attributes else self.class_models.get(class_name)  # attributes: measured on the general model
-        controlled, path = own or (self.controlled, self.path)
         targets = y.expand(n, -1), y_mask.expand(n, -1)
+        own = self.class_models.get(class_alone(self.controlled.conditions, *targets))  # attributes: the general model
+        controlled, path = own or (self.controlled, self.path)
         generator = seed_everything(seed)
         t0 = time.perf_counter()
         steered = checked = None

@@ -20,6 +20,7 @@ from shapectrl.control import (
     ShapeControlConfig,
     ShapePool,
     ShapeTargets,
+    class_alone,
 )
 from shapectrl.data.families import CLASSES
 from shapectrl.data.normalisation import Normalisation
@@ -173,6 +174,19 @@ def test_payoff_resampling_picks_the_target_class_and_the_nearest_attribute() ->
     assert torch.equal(batches(3)[0], batches(3)[0])  # a function of the step
 
 
+def test_class_alone_names_the_class_only_when_every_row_asks_for_it_and_no_attribute() -> None:
+    conditions = _conditions()
+    chair = conditions.target("chair")
+    y, y_mask = chair[0].expand(3, -1).clone(), chair[1].expand(3, -1).clone()
+    assert class_alone(conditions, y, y_mask) == "chair"
+    with_attribute = conditions.target("chair", {"chair_back_height": 0.5})
+    assert class_alone(conditions, with_attribute[0][None], with_attribute[1][None]) is None
+    y[1, 0] = CLASSES.index("car")
+    assert class_alone(conditions, y, y_mask) is None  # two classes in one batch
+    y_mask[:, 0] = False
+    assert class_alone(conditions, y, y_mask) is None  # no class
+
+
 def test_target_classes_give_targets_of_their_class_alone_and_the_pool_stays_every_cloud() -> None:
     pool = _pool()
     config = ShapeControlConfig(p_class=1.0, p_attribute=0.5, target_classes=(CLASSES[2],))
@@ -182,7 +196,7 @@ def test_target_classes_give_targets_of_their_class_alone_and_the_pool_stays_eve
     points, y, y_mask = PayoffBatches(pool, _FixedScores(pool.scores), targets.batches(16, 8, seed=0))(0)
     assert (y[:, 0] == 2).all() and y_mask[:, 0].all()  # the class is always conditioned
     assert (points[:, 0, 0].long() % 5 == 2).all()  # the reward picked the class's clouds from the whole pool
-    with pytest.raises(ValueError, match="always condition on the class"):
+    with pytest.raises(ValueError, match="always condition on their class"):
         ShapeControlConfig(p_class=0.8, target_classes=("chair",))
     with pytest.raises(ValueError, match="target class 'boat' is not in the data"):
         ShapeTargets(_conditions(), labels, torch.full((40, 2), 0.4), ShapeControlConfig(p_class=1.0, target_classes=("boat",)))

@@ -135,10 +135,10 @@ def _initial_prior(path: str, neighbours: int = 0) -> ShapeDiffusion:
 
 
 def _fit(model: torch.nn.Module, batches, train_cfg: TrainConfig, run: Path, record: dict,
-         device: torch.device, resume: bool, on_checkpoint=None) -> Trainer:
-    """:func:`common.runs.train_in_run` on shapes."""
+         device: torch.device, resume: bool, on_checkpoint=None, what: str = "shapes") -> Trainer:
+    """:func:`common.runs.train_in_run` on ``len(batches)`` shapes (``what`` they are: training shapes, targets)."""
     return train_in_run(model, batches, train_cfg, run, record, device, resume,
-                        f"{len(batches)} shapes x {record['data']['points']} points", on_checkpoint)
+                        f"{len(batches)} {what} x {record['data']['points']} points", on_checkpoint)
 
 
 @train.command()
@@ -358,10 +358,11 @@ def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every,
     target_classes = comma_names(target_class_text, CLASSES, "--target-classes", "class", empty=True)
     if p_class is None:
         p_class = 1.0 if target_classes else CONTROL.p_class
-    elif target_classes and p_class != 1:
-        raise click.BadParameter("targets of --target-classes always condition on their class (1)", param_hint="--p-class")
-    config = ShapeControlConfig.from_options(options, attributes=attributes, p_class=p_class,
-                                             target_classes=target_classes, train_backbone=not freeze_backbone)
+    try:
+        config = ShapeControlConfig.from_options(options, attributes=attributes, p_class=p_class,
+                                                 target_classes=target_classes, train_backbone=not freeze_backbone)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
     fresh = {"control": asdict(config), "prior": str(prior_path), "reward": str(reward_path),
              "train": asdict(TrainConfig(steps=steps or 3000, batch_size=batch_size, lr=lr or 1e-4, warmup_steps=warmup,
                                          lr_schedule=lr_schedule,
@@ -372,7 +373,7 @@ def control(run_dir, steps, batch_size, lr, warmup, ema_decay, checkpoint_every,
     train_cfg = train_config(record, steps)
     seed_everything(train_cfg.seed)
     objective, batches = control_objective(record, train_cfg, run_dir / f"pool{SUFFIX}")
-    _fit(objective, batches, train_cfg, run_dir, record, dev, resume)
+    _fit(objective, batches, train_cfg, run_dir, record, dev, resume, what="target shapes")
 
 
 def control_objective(record: dict, train_cfg: TrainConfig, pool_path: Path | None = None) -> tuple[torch.nn.Module, object]:
