@@ -181,6 +181,7 @@ def test_class_alone_names_the_class_only_when_every_row_asks_for_it_and_no_attr
     assert class_alone(conditions, y, y_mask) == "chair"
     with_attribute = conditions.target("chair", {"chair_back_height": 0.5})
     assert class_alone(conditions, with_attribute[0][None], with_attribute[1][None]) is None
+    assert class_alone(conditions, with_attribute[0][None], with_attribute[1][None], with_attributes=True) == "chair"
     y[1, 0] = CLASSES.index("car")
     assert class_alone(conditions, y, y_mask) is None  # two classes in one batch
     y_mask[:, 0] = False

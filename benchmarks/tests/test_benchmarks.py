@@ -207,7 +207,11 @@ def test_conditional_benchmark_scores_a_controlled_model(tmp_path) -> None:
     record = json.loads(both.stdout)
     (row,) = record["rows"]
     assert set(row["class_models"]) == {"chair", "car"} and row["class_models"]["car"]["model"].endswith("rgdm-car.safetensors")
-    assert record["attributes"]["rgdm"][0]["mae_composed"] >= 0
+    assert record["attributes"]["rgdm"][0]["mae_composed"] >= 0 and not row["class_models_draw_attributes"]
+    composed = CliRunner().invoke(benchmark, [arg for arg in base if arg != "--no-attributes"]
+                                  + ["--attribute", "chair:chair_back_height", "--class-model-attributes"])
+    assert composed.exit_code == 0, composed.output
+    assert json.loads(composed.stdout)["rows"][0]["class_models_draw_attributes"]
     for spec, message in ((f"rgdm={model_path},chair={tmp_path / 'rgdm-car'}.safetensors",
                            "rgdm-car.safetensors: trained for targets of car, not of chair alone"),
                           (f"rgdm={model_path},boat={tmp_path / 'rgdm-car'}.safetensors", "'boat' is not a class of")):
