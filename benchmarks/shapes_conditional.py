@@ -71,7 +71,7 @@ from shapectrl.classifier import ShapeClassifier
 from shapectrl.control import (
     ControlledShapes,
     ShapePool,
-    class_alone,
+    target_class,
     with_class_models,
 )
 from shapectrl.data.families import CLASSES
@@ -267,7 +267,8 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
 @click.option("--method", "methods", multiple=True, metavar="NAME=MODEL[,CLASS=MODEL...]", required=True,
               help="A controlled model (from 'shapectrl train control'), e.g. rgdm=shapectrl/weights/shapes-rgdm.safetensors; "
                    "each CLASS=MODEL after it a model of that class alone (train control --target-classes CLASS) that "
-                   "draws that class as a target alone, as 'shapectrl generate' draws it with the shipped class models.")
+                   "draws the targets of that class (alone or with attributes), as 'shapectrl generate' draws them "
+                   "with the shipped class models.")
 @click.option("--prior", "prior_path", default=None, metavar="MODEL",
               help="Also score this unconditional prior, blind to the class: one set of n samples against each "
                    "class's test clouds (its accuracy is the share of the class among the prior's samples).")
@@ -290,9 +291,6 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
 @click.option("--redraw", type=click.IntRange(0), default=0, show_default=True,
               help="Draw each --method cloud of a class target that --reward's classifier puts in another class again, "
                    "up to this many times (shapectrl generate --redraw); the row records the extra draws per class.")
-@click.option("--class-model-attributes", is_flag=True,
-              help="Each --method's CLASS=MODEL also draws its class's attribute rows (the class and an attribute), "
-                   "not only the class alone (shapectrl generate's rule).")
 @click.option("--tolerance", type=click.FloatRange(0, min_open=True), default=None,
               help="Width of the --smc rows' attribute likelihoods, in training standard deviations  [default: the "
                    "first --method's training tolerance]")
@@ -323,7 +321,7 @@ def _steered(spec: str, models: dict, prior_path: str | None, reward_path: str, 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None)
-def main(methods, prior_path, prior_rounds, class_prior_specs, pool_path, smc_specs, reward_path, redraw, class_model_attributes, tolerance, evaluator, attributes, no_attributes, no_data_row, n_samples, points, emd_points, steps, solver, guidance_scale, guidance_window, precision, data_dir, seed, threads, out) -> None:
+def main(methods, prior_path, prior_rounds, class_prior_specs, pool_path, smc_specs, reward_path, redraw, tolerance, evaluator, attributes, no_attributes, no_data_row, n_samples, points, emd_points, steps, solver, guidance_scale, guidance_window, precision, data_dir, seed, threads, out) -> None:
     """Class accuracy, 1-NNA, COV and MMD per class, and attribute errors, of controlled shape models."""
     if prior_rounds and not prior_path:
         raise click.BadParameter("needs --prior (the prior to restrict)", param_hint="--prior-in-class")
@@ -391,9 +389,9 @@ def main(methods, prior_path, prior_rounds, class_prior_specs, pool_path, smc_sp
 
         def sample(y: torch.Tensor, mask: torch.Tensor, g: torch.Generator, general=general, own=class_models[name],
                    count: str | None = None) -> torch.Tensor:
-            """Clouds for targets ``y, mask`` (one class or none), a class alone drawn by the model of its class where
-            there is one (as shapectrl generate draws it); with --redraw, the extra draws are recorded under ``count``."""
-            model = own.get(class_alone(general.conditions, y, mask, class_model_attributes), general)
+            """Clouds for targets ``y, mask`` (one class or none), drawn by the model of their class where there is one
+            (as shapectrl generate draws them); with --redraw, the extra draws are recorded under ``count``."""
+            model = own.get(target_class(general.conditions, y, mask), general)
             model.model.eval()
             options = dict(n_points=points, n_sampling_steps=steps, generator=g, guidance_scale=guidance_scale,
                            guidance_window=guidance_window, solver=solver)
@@ -411,11 +409,9 @@ def main(methods, prior_path, prior_rounds, class_prior_specs, pool_path, smc_sp
 
         row_name = guided_row(name, guidance_scale, guidance_window) + (
             f", off-class clouds redrawn (≤ {redraw} times)" if redraw else "")
-        class_models_record = {"class_models": {c: _trained(p) for c, p in class_paths[name].items()},
-                               "class_models_draw_attributes": class_model_attributes} if class_paths[name] else {}
         rows.append(_class_rows(row_name, draw, scorer, test, references)
                     | _trained(path)
-                    | class_models_record
+                    | ({"class_models": {c: _trained(p) for c, p in class_paths[name].items()}} if class_paths[name] else {})
                     | ({"extra_draws": extra_draws} if redraw else {}))
         if attributes:
             attribute_rows[name] = _attribute_rows(sample, general.conditions, frame, general.model.config.n_train_points,

@@ -252,11 +252,10 @@ class ControlledShapes:
         return redraw_refused(draw, accept, len(y), rounds)
 
 
-def class_alone(conditions: ShapeConditions, y: torch.Tensor, y_mask: torch.Tensor,
-                with_attributes: bool = False) -> str | None:
-    """The class of targets ``y, y_mask (B, 1 + A)`` when every row asks for that one class and no attribute (the
-    targets a model of :func:`with_class_models` draws; ``with_attributes``: attributes allowed too), else None."""
-    if not y_mask[:, 0].all() or (y_mask[:, 1:].any() and not with_attributes):
+def target_class(conditions: ShapeConditions, y: torch.Tensor, y_mask: torch.Tensor) -> str | None:
+    """The class of targets ``y, y_mask (B, 1 + A)`` when every row asks for that one class, with or without
+    attributes (the targets a model of :func:`with_class_models` draws), else None."""
+    if not y_mask[:, 0].all():
         return None
     classes = y[:, 0].long().unique()
     return conditions.classes[int(classes)] if len(classes) == 1 else None

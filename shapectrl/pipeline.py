@@ -35,7 +35,7 @@ from shapectrl.conditions import RareTargetWarning, ShapeConditions
 from shapectrl.control import (
     ControlledShapes,
     ShapeControlConfig,
-    class_alone,
+    target_class,
     with_class_models,
 )
 from shapectrl.io import write_ply
@@ -140,9 +140,9 @@ class GeneratedShapes:
 
 
 class ShapeGenerator:
-    """A controlled shape model, the models of one class each that serve their class alone as a target
-    (``class_models``: {class: (model, file)}; targets with attributes stay the general model's), and what SMC
-    needs (the prior, the reward), ready to sample. Build it with :meth:`load`."""
+    """A controlled shape model, the models of one class each that draw the targets of their class, alone or with
+    attributes (``class_models``: {class: (model, file)}; targets without a class, and SMC, stay with the general
+    model), and what SMC needs (the prior, the reward), ready to sample. Build it with :meth:`load`."""
 
     def __init__(self, controlled: ControlledShapes, config: ShapeGenerationConfig, path: Path,
                  prior: ShapeDiffusion | None = None, reward: ShapeReward | None = None,
@@ -220,7 +220,8 @@ class ShapeGenerator:
         y, y_mask = self.target(class_name, attributes)
         config = self.config
         targets = y.expand(n, -1), y_mask.expand(n, -1)
-        own = self.class_models.get(class_alone(self.controlled.conditions, *targets))  # attributes: the general model
+        # SMC's proposal stays the model it was measured with, the model of every class
+        own = None if config.particles else self.class_models.get(target_class(self.controlled.conditions, *targets))
         controlled, path = own or (self.controlled, self.path)
         generator = seed_everything(seed)
         t0 = time.perf_counter()

@@ -20,7 +20,7 @@ from shapectrl.control import (
     ShapeControlConfig,
     ShapePool,
     ShapeTargets,
-    class_alone,
+    target_class,
 )
 from shapectrl.data.families import CLASSES
 from shapectrl.data.normalisation import Normalisation
@@ -174,18 +174,19 @@ def test_payoff_resampling_picks_the_target_class_and_the_nearest_attribute() ->
     assert torch.equal(batches(3)[0], batches(3)[0])  # a function of the step
 
 
-def test_class_alone_names_the_class_only_when_every_row_asks_for_it_and_no_attribute() -> None:
+def test_target_class_names_the_class_only_when_every_row_asks_for_it() -> None:
     conditions = _conditions()
     chair = conditions.target("chair")
     y, y_mask = chair[0].expand(3, -1).clone(), chair[1].expand(3, -1).clone()
-    assert class_alone(conditions, y, y_mask) == "chair"
+    assert target_class(conditions, y, y_mask) == "chair"
     with_attribute = conditions.target("chair", {"chair_back_height": 0.5})
-    assert class_alone(conditions, with_attribute[0][None], with_attribute[1][None]) is None
-    assert class_alone(conditions, with_attribute[0][None], with_attribute[1][None], with_attributes=True) == "chair"
+    assert target_class(conditions, with_attribute[0][None], with_attribute[1][None]) == "chair"
+    attribute_alone = conditions.target(None, {"height": 0.5})
+    assert target_class(conditions, attribute_alone[0][None], attribute_alone[1][None]) is None
     y[1, 0] = CLASSES.index("car")
-    assert class_alone(conditions, y, y_mask) is None  # two classes in one batch
-    y_mask[:, 0] = False
-    assert class_alone(conditions, y, y_mask) is None  # no class
+    assert target_class(conditions, y, y_mask) is None  # two classes in one batch
+    y_mask[1, 0] = False
+    assert target_class(conditions, y, y_mask) is None  # a row without a class
 
 
 def test_target_classes_give_targets_of_their_class_alone_and_the_pool_stays_every_cloud() -> None:

@@ -272,9 +272,9 @@ def test_generate_steers_towards_a_sharper_tilt_and_draws_by_the_final_weights(t
 
 
 def test_a_class_with_a_model_of_its_own_is_drawn_by_it(tmp_path, weights):
-    """A model of one class (``train control --target-classes``) draws its class as a target alone, the general model
-    every other target (with attributes too); each model is checked against the general one, and refuses targets of
-    another class."""
+    """A model of one class (``train control --target-classes``) draws the targets of its class, alone or with
+    attributes, the general model every other target; each model is checked against the general one, and refuses
+    targets of another class."""
     from common.weights import WeightsError
     from shapectrl.control import ControlledShapes, with_class_models
 
@@ -290,7 +290,8 @@ def test_a_class_with_a_model_of_its_own_is_drawn_by_it(tmp_path, weights):
     by_own, by_general = (generator.sample(cls, n=2, seed=0) for cls in ("chair", "table"))
     assert by_own.model == tmp_path / "chair.safetensors" and by_own.description == "rgdm, the chair model"
     assert str(by_general.model) == general_path and by_general.description == "rgdm"
-    assert str(generator.sample("chair", {"height": 0.6}, n=2, seed=0).model) == general_path
+    assert generator.sample("chair", {"height": 0.6}, n=2, seed=0).model == tmp_path / "chair.safetensors"
+    assert str(generator.sample(None, {"height": 0.6}, n=2, seed=0).model) == general_path
     plain = ShapeGenerator(general, generator.config, general_path).sample("chair", n=2, seed=0)
     assert not torch.allclose(plain.clouds, by_own.clouds)
     with pytest.raises(ValueError, match="trained for targets of class chair alone"):

@@ -12,8 +12,8 @@ from common.weights import SUFFIX
 
 WEIGHTS_DIR = Path(__file__).parent
 DEFAULT_MODELS = {"rgdm": f"shapes-rgdm-data{SUFFIX}", "ctrl": f"shapes-ctrl{SUFFIX}", "cond": f"shapes-cond{SUFFIX}"}
-#: Models of one class each (``train control --target-classes``) that draw their class as a method's target alone
-#: (docs/shapes.md, "One model per class").
+#: Models of one class each (``train control --target-classes``) that draw the targets of their class, alone or with
+#: attributes (docs/shapes.md, "One model per class").
 CLASS_MODELS = {"rgdm": {c: f"shapes-rgdm-data-{c}{SUFFIX}" for c in ("airplane", "chair", "car")}}
 RGDM_PRIOR_POOL = f"shapes-rgdm{SUFFIX}"  # RGDM with the prior's own samples as proposal (the first shipped RGDM)
 PRIOR = f"shapes-prior{SUFFIX}"
