@@ -93,8 +93,9 @@ def _target_text(class_name: str | None, attrs: dict[str, float]) -> str:
               help="Folder for the PLY files, the contact sheet and summary.json (created if missing).")
 @click.option("--method", type=click.Choice(ShapeControlConfig.methods), default=DEFAULTS.method, show_default=True,
               help="Which shipped controlled model to use: rgdm (RGDM over the unlabelled training clouds: an airplane, "
-                   "chair or car alone from a model of its own, shapes-rgdm-data-CLASS.safetensors, every other target "
-                   "from shapes-rgdm-data.safetensors), ctrl (shapes-ctrl.safetensors) or cond (shapes-cond.safetensors, "
+                   "chair or car target, with or without attributes, from a model of its own, "
+                   "shapes-rgdm-data-CLASS.safetensors; an attribute alone, and --particles, from "
+                   "shapes-rgdm-data.safetensors), ctrl (shapes-ctrl.safetensors) or cond (shapes-cond.safetensors, "
                    "the label-as-input baseline).")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A controlled model.safetensors from 'shapectrl train control', for every target (overrides "
