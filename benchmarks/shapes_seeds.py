@@ -52,6 +52,16 @@ def _per_class(records: list[dict], name: str, keys: tuple[str, ...]) -> dict[st
             for cls in rows[0]["classes"]}
 
 
+def _attributes(records: list[dict]) -> dict[str, list[dict]]:
+    """Method -> its attribute rows with each error and accuracy averaged over the records (the rows of the first)."""
+    out = {}
+    for method, rows in (records[0].get("attributes") or {}).items():
+        out[method] = [{k: v if not isinstance(v, float) else
+                        round(float(np.mean([r["attributes"][method][i][k] for r in records])), 5)
+                        for k, v in row.items()} for i, row in enumerate(rows)]
+    return out
+
+
 def _summary(values: np.ndarray, spread: str, keys: tuple[str, ...]) -> dict[str, dict[str, float]]:
     """Per metric, the mean over seeds of ``values (S, len(keys))`` and its ``spread``: ``sd`` (sample
     standard deviation) or ``se`` (standard error of the mean); NaN from one seed."""
@@ -94,7 +104,7 @@ def main(records, baseline, versus, versus_row, out) -> None:
             row["minus_versus"] = _summary(values - against[versus_row or name], "se", keys)
         rows.append(row)
     emit({"records": list(records), "versus": list(versus), "versus_row": versus_row,
-          "seeds": [r["seed"] for r in loaded], "baseline": baseline, "rows": rows,
+          "seeds": [r["seed"] for r in loaded], "baseline": baseline, "rows": rows, "attributes": _attributes(loaded),
           "command": command_line("benchmarks.shapes_seeds")}, out, indent=1)
 
 
