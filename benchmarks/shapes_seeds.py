@@ -54,12 +54,17 @@ def _per_class(records: list[dict], name: str, keys: tuple[str, ...]) -> dict[st
 
 def _attributes(records: list[dict]) -> dict[str, list[dict]]:
     """Method -> its attribute rows with each error and accuracy averaged over the records (the rows of the first)."""
-    out = {}
-    for method, rows in (records[0].get("attributes") or {}).items():
-        out[method] = [{k: v if not isinstance(v, float) else
-                        round(float(np.mean([r["attributes"][method][i][k] for r in records])), 5)
-                        for k, v in row.items()} for i, row in enumerate(rows)]
-    return out
+    def targets(record: dict) -> dict[str, list[tuple]]:
+        return {m: [(row["class"], row["attribute"], row["targets"]) for row in rows]
+                for m, rows in (record.get("attributes") or {}).items()}
+
+    if any(targets(r) != targets(records[0]) for r in records):
+        raise click.BadParameter("the records' attribute rows differ in method, class, attribute or targets",
+                                 param_hint="RECORDS")
+    return {method: [{k: v if not isinstance(v, float) else
+                      round(float(np.mean([r["attributes"][method][i][k] for r in records])), 5)
+                      for k, v in row.items()} for i, row in enumerate(rows)]
+            for method, rows in (records[0].get("attributes") or {}).items()}
 
 
 def _summary(values: np.ndarray, spread: str, keys: tuple[str, ...]) -> dict[str, dict[str, float]]:

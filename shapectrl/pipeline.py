@@ -163,7 +163,8 @@ class ShapeGenerator:
         config = replace(config, precision=resolve_precision(config.precision, dev))
         path = weight_path(model or DEFAULT_MODELS[config.method])
         controlled = ControlledShapes.load(path)
-        own = {} if model else {c: weight_path(name) for c, name in CLASS_MODELS.get(config.method, {}).items()}
+        own = {} if model or config.particles else {c: weight_path(name)
+                                                   for c, name in CLASS_MODELS.get(config.method, {}).items()}
         class_models = with_class_models(controlled, own)
         for m in (controlled, *class_models.values()):
             set_precision(m.model.to(dev).eval(), config.precision)

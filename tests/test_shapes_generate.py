@@ -243,6 +243,7 @@ def test_generate_steers_with_a_wider_attribute_tolerance(tmp_path):
     config = ShapeGenerationConfig(particles=2, tolerance=0.5)
     generator = ShapeGenerator.load(config, device="cpu")
     assert torch.allclose(generator.reward.spread, 0.5 * generator.controlled.conditions.scale)
+    assert generator.class_models == {}  # SMC's proposal is the general model: the class models are not read
     result = CliRunner().invoke(main, ["generate", "--class", "chair", "--attr", "chair_back_height=0.6", "-n", "1",
                                        "--particles", "2", "--steps", "2", "--points", "64", "--tolerance", "0.5",
                                        "--out", str(tmp_path / "s"), "--json"])

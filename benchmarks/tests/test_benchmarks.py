@@ -253,18 +253,26 @@ def test_seed_aggregation_gives_means_spreads_and_paired_differences(tmp_path) -
         rows = [{"row": name, "mean": {k: v for k in KEYS},
                  "classes": {"chair": {k: v - 0.1 for k in KEYS}, "car": {k: v + 0.1 for k in KEYS}}}
                 for name, v in (("cond", a), ("rgdm", b))]
+        attributes = {"rgdm": [{"class": "chair", "attribute": "chair_back_height", "targets": 32,
+                                "mae_composed": b / 10, "accuracy_composed": 1.0}]}
         record = {"seed": seed, "samples_per_class": 32, "points": 512, "sampling_steps": 50, "guidance_scale": 1.0,
-                  "rows": rows}
+                  "rows": rows, "attributes": attributes}
         paths.append(tmp_path / f"r{seed}.json")
         paths[-1].write_text(json.dumps(record))
     result = CliRunner().invoke(aggregate, [*map(str, paths), "--baseline", "cond"])
     assert result.exit_code == 0, result.output
+    (back,) = json.loads(result.stdout)["attributes"]["rgdm"]  # attribute errors averaged over the seeds
+    assert back["mae_composed"] == pytest.approx(0.07) and back["targets"] == 32 and back["class"] == "chair"
     cond, rgdm = json.loads(result.stdout)["rows"]
     assert cond["over_seeds"]["1nna-cd"] == {"mean": 0.8, "sd": 0.1} and "minus_baseline" not in cond
     assert cond["per_class"]["chair"]["1nna-cd"] == pytest.approx(0.7) and rgdm["per_class"]["car"]["accuracy"] == 0.8
     diff = rgdm["minus_baseline"]["1nna-cd"]  # paired: -0.10, -0.14, -0.06
     assert diff["mean"] == pytest.approx(-0.1) and diff["se"] == pytest.approx(0.04 / np.sqrt(3), abs=1e-5)
     record = json.loads(paths[2].read_text())
+    record["attributes"]["rgdm"][0]["attribute"] = "chair_seat_height"
+    paths[2].write_text(json.dumps(record))
+    other = CliRunner().invoke(aggregate, list(map(str, paths)))
+    assert other.exit_code == 2 and "attribute rows differ" in other.output
     record["points"] = 2048
     paths[2].write_text(json.dumps(record))
     mixed = CliRunner().invoke(aggregate, list(map(str, paths)))
