@@ -264,7 +264,8 @@ def target_class(conditions: ShapeConditions, y: torch.Tensor, y_mask: torch.Ten
 def with_class_models(general: ControlledShapes, paths: Mapping[str, str | Path]) -> dict[str, ControlledShapes]:
     """The models of ``paths`` ({class: file of ``train control --target-classes CLASS``}), each checked against
     ``general``, the model of every other target: a class it knows, trained for that class alone, on the same
-    conditions, in the same normalisation and diffusion (one-line :class:`~common.weights.WeightsError` naming the file otherwise)."""
+    conditions, in the same normalisation and diffusion (one-line :class:`~common.weights.WeightsError` naming the
+    file otherwise)."""
     models = {}
     for class_name, path in paths.items():
         if class_name not in general.conditions.classes:

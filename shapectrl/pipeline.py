@@ -155,16 +155,16 @@ class ShapeGenerator:
     def load(cls, config: ShapeGenerationConfig | None = None, *, model: str | Path | None = None,
              reward: str | Path | None = None, device: str = "auto") -> ShapeGenerator:
         """The shipped model of ``config.method`` with the shipped models of one class each
-        (:data:`~shapectrl.weights.CLASS_MODELS`), or ``model`` alone (a file of ``shapectrl train control``), and the
-        shipped reward classifier (or ``reward``) that checks the class or, for SMC, steers with the shipped prior.
+        (:data:`~shapectrl.weights.CLASS_MODELS`; none for SMC), or ``model`` alone (a file of ``shapectrl train
+        control``), and the shipped reward classifier (or ``reward``) that checks the class or, for SMC, steers with the shipped prior.
         One-line :class:`~common.weights.WeightsError` for an unusable file."""
         config = config or ShapeGenerationConfig()
         dev = resolve_device(device)
         config = replace(config, precision=resolve_precision(config.precision, dev))
         path = weight_path(model or DEFAULT_MODELS[config.method])
         controlled = ControlledShapes.load(path)
-        own = {} if model or config.particles else {c: weight_path(name)
-                                                   for c, name in CLASS_MODELS.get(config.method, {}).items()}
+        shipped = {} if model or config.particles else CLASS_MODELS.get(config.method, {})  # SMC: the general model
+        own = {c: weight_path(name) for c, name in shipped.items()}
         class_models = with_class_models(controlled, own)
         for m in (controlled, *class_models.values()):
             set_precision(m.model.to(dev).eval(), config.precision)
