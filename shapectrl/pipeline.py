@@ -156,8 +156,8 @@ class ShapeGenerator:
              reward: str | Path | None = None, device: str = "auto") -> ShapeGenerator:
         """The shipped model of ``config.method`` with the shipped models of one class each
         (:data:`~shapectrl.weights.CLASS_MODELS`; none for SMC), or ``model`` alone (a file of ``shapectrl train
-        control``), and the shipped reward classifier (or ``reward``) that checks the class or, for SMC, steers with the shipped prior.
-        One-line :class:`~common.weights.WeightsError` for an unusable file."""
+        control``), and the shipped reward classifier (or ``reward``) that checks the class or, for SMC, steers with
+        the shipped prior. One-line :class:`~common.weights.WeightsError` for an unusable file."""
         config = config or ShapeGenerationConfig()
         dev = resolve_device(device)
         config = replace(config, precision=resolve_precision(config.precision, dev))
